@@ -1,0 +1,65 @@
+"""The `ownerlink` command line: argument parsing and composition only.
+
+Each command group lives in its own module exposing `register(subparsers)`; the command's
+function receives the parsed arguments and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.errors import ConfigError, OwnerlinkError
+
+# Command modules, in the order `ownerlink --help` lists them.
+COMMAND_MODULES = (
+    "bridge.cli.demo",
+    "bridge.cli.run",
+    "bridge.cli.config_cmd",
+    "bridge.cli.login",
+    "bridge.cli.vehicles",
+    "bridge.cli.apps",
+    "bridge.cli.command",
+    "bridge.cli.stepup",
+    "bridge.cli.audit",
+    "bridge.cli.owner",
+    "bridge.cli.doctor",
+    "bridge.cli.simulate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ownerlink",
+        description="Owner-authorised access to your connected car over MQTT and OAuth 2.0.",
+    )
+    parser.add_argument("--version", action="version", version=f"ownerlink {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command group not built yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
+    except OwnerlinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

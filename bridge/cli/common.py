@@ -1,0 +1,37 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bridge import logs
+from bridge.config import Settings, load_config
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """`--config`, `--state-dir` and `--log-level`, accepted by every command that reads config."""
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="config file (default: $OWNERLINK_CONFIG, /etc/ownerlink/config.yaml, "
+                             "./config.yaml)")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="override state_dir")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        help="override logging.level")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as a nested settings mapping (highest precedence)."""
+    out: dict[str, Any] = {}
+    if getattr(args, "state_dir", None) is not None:
+        out["state_dir"] = args.state_dir
+    if getattr(args, "log_level", None) is not None:
+        out["logging"] = {"level": args.log_level}
+    return out
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Load config (raises ConfigError → exit 2 in main) and configure logging from it."""
+    settings = load_config(getattr(args, "config", None), cli_overrides(args))
+    logs.configure(settings.logging.level, settings.logging.format)
+    return settings

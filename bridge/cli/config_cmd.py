@@ -1,0 +1,28 @@
+"""`ownerlink config check`: validate a configuration file without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bridge.cli.common import add_common, cli_overrides
+from bridge.config import find_config_path, load_config
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("config", help="inspect the configuration")
+    inner = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = inner.add_parser("check", help="validate the config; exit 2 naming each bad key")
+    add_common(check)
+    check.set_defaults(func=check_command)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    settings = load_config(args.config, cli_overrides(args))
+    source = find_config_path(args.config) or "(defaults and environment only)"
+    print(
+        f"config OK: {source} — {len(settings.accounts)} account(s), "
+        f"{len(settings.vehicles)} vehicle(s), broker {settings.mqtt.host}:{settings.mqtt.port}, "
+        f"state in {settings.state_dir}"
+    )
+    return 0

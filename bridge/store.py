@@ -1,0 +1,108 @@
+"""The SQLite state database: one file in the state directory, each part owning its tables.
+
+A part declares its schema as an ordered list of migrations and calls `Store.migrate(part, steps)`;
+the store records how far each part has got, so parts evolve independently and a restart is a no-op.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from bridge.errors import StateError
+
+DB_NAME = "ownerlink.db"
+
+
+class Store:
+    """A thread-safe handle on the state database (one connection, serialised by a lock)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Store:
+        """Open (creating if needed) the database in `state_dir`, private to the daemon's user."""
+        ensure_private_dir(state_dir)
+        store = cls(state_dir / DB_NAME)
+        store.connect()
+        return store
+
+    def connect(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # WAL keeps readers off the writer's back; FULL makes each commit durable at once,
+            # which the budget and de-duplication counters need to survive a kill -9.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INTEGER)"
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        self.path.chmod(0o600)
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError("state database is not open")
+        return self._conn
+
+    def migrate(self, part: str, steps: Sequence[str]) -> None:
+        """Apply the part's migrations that have not run yet, each in its own transaction."""
+        if not part.replace("_", "").isalnum():
+            raise StateError(f"bad schema part name {part!r}")
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT version FROM schema_versions WHERE part = ?", (part,)
+            ).fetchone()
+            done = row[0] if row else 0
+            for version, sql in enumerate(steps[done:], start=done + 1):
+                # executescript commits whatever is open first, so each step carries its own
+                # BEGIN/COMMIT and the version bump rides in the same transaction.
+                self.conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql};\n"
+                    f"INSERT INTO schema_versions (part, version) VALUES ('{part}', {version}) "
+                    "ON CONFLICT(part) DO UPDATE SET version = excluded.version;\nCOMMIT;"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT under the lock; rolled back if the block raises."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self.conn.execute(sql, params)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create the state directory with mode 0700 (tokens and secrets live there)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StateError(f"cannot create state directory {path}: {exc.strerror}") from exc
