@@ -1,0 +1,59 @@
+"""Alert events: raised by any part, delivered by the alerts sink (MQTT event topic, webhook)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class AlertKind(enum.StrEnum):
+    APP_ADDED = "app_added"
+    SCOPE_GRANTED = "sensitive_scope_granted"
+    APP_REVOKED = "app_revoked"
+    COMMAND_REFUSED = "command_refused"
+    STEPUP_FAILED = "stepup_failed"
+    STEPUP_LOCKOUT = "stepup_lockout"
+    RELOGIN_NEEDED = "relogin_needed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    ACCOUNT_SUSPENDED = "account_suspended"
+    AUDIT_TAMPERED = "audit_tampered"
+    BROKER_DRIFT = "broker_drift"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    kind: AlertKind
+    message: str
+    ts: datetime
+    app: str | None = None
+    vehicle: str | None = None
+    account: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"event_type": self.kind.value, "message": self.message,
+                               "ts": self.ts.isoformat()}
+        for key in ("app", "vehicle", "account"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        if self.details:
+            doc["details"] = self.details
+        return doc
+
+
+class AlertSink(Protocol):
+    """Takes an alert without blocking; delivery (MQTT, webhook) happens elsewhere."""
+
+    def emit(self, alert: Alert) -> None: ...
+
+
+class CollectingAlerts:
+    """An AlertSink that keeps alerts in a list: for tests and for commands run outside the daemon."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def emit(self, alert: Alert) -> None:
+        self.alerts.append(alert)

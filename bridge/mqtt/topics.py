@@ -1,0 +1,81 @@
+"""The MQTT topic contract as pure functions, and the Publish value every part hands to the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+StateKind = Literal["status", "health", "location", "budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One message to publish. Parts build these; only the MQTT adapter sends them."""
+
+    topic: str
+    payload: str | bytes
+    retain: bool = False
+    qos: int = 1
+
+
+class PublishSink(Protocol):
+    """Accepts messages without blocking (thread-safe); the adapter delivers them."""
+
+    def publish(self, message: Publish) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTopic:
+    app: str
+    vehicle: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic Ownerlink uses, derived from the base topic and the discovery prefix."""
+
+    base: str = "ownerlink"
+    discovery_prefix: str = "homeassistant"
+
+    @property
+    def bridge_state(self) -> str:
+        return f"{self.base}/bridge/state"
+
+    @property
+    def bridge_event(self) -> str:
+        return f"{self.base}/bridge/event"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.base}/bridge/audit_head"
+
+    @property
+    def ha_status(self) -> str:
+        return f"{self.discovery_prefix}/status"
+
+    @property
+    def command_filter(self) -> str:
+        return f"{self.base}/app/+/+/cmd/+"
+
+    def availability(self, vehicle: str) -> str:
+        return f"{self.base}/{vehicle}/availability"
+
+    def state(self, vehicle: str, kind: StateKind) -> str:
+        return f"{self.base}/{vehicle}/{kind}"
+
+    def command(self, app: str, vehicle: str, command: str) -> str:
+        return f"{self.base}/app/{app}/{vehicle}/cmd/{command}"
+
+    def result(self, app: str, vehicle: str) -> str:
+        return f"{self.base}/app/{app}/{vehicle}/result"
+
+    def parse_command(self, topic: str) -> CommandTopic | None:
+        """Split `<base>/app/<app>/<vehicle>/cmd/<command>`; None for anything else."""
+        prefix = f"{self.base}/app/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix) :].split("/")
+        if len(parts) != 4 or parts[2] != "cmd" or not all(parts):
+            return None
+        return CommandTopic(app=parts[0], vehicle=parts[1], command=parts[3])

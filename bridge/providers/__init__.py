@@ -1,0 +1,1 @@
+"""Vehicle providers: the car maker's side, over httpx, knowing nothing of MQTT."""

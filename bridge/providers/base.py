@@ -1,0 +1,62 @@
+"""The Provider protocol the rest of the daemon uses, and the call gate that charges the budget."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
+
+
+class CallKind(enum.StrEnum):
+    """What a provider request is for; the budget reserves a share for commands."""
+
+    READ = "read"
+    COMMAND = "command"  # the command itself, its status polls and its confirmation read
+    TOKEN = "token"
+
+
+class CallGate(Protocol):
+    """Charged before every provider request; raises BudgetExhausted to refuse it."""
+
+    def charge(self, account: str, kind: CallKind) -> None: ...
+
+
+class FreeGate:
+    """A gate that charges nothing: for one-off CLI reads outside the daemon's budget."""
+
+    def charge(self, account: str, kind: CallKind) -> None:
+        return None
+
+
+# Called once the provider has accepted a command, with its command id (for an `accepted` result).
+OnAccepted = Callable[[str], Awaitable[None]]
+
+
+class Provider(Protocol):
+    """One account at one car maker API. Errors raised are from `bridge.errors.ProviderError`."""
+
+    account: str
+
+    async def list_vehicles(self) -> list[VehicleInfo]:
+        """The vehicles this account's consent covers."""
+        ...
+
+    async def read(self, vehicle_id: str) -> VehicleState:
+        """The vehicle's last uploaded state, normalised; unknown fields stay unknown."""
+        ...
+
+    def supported_operations(self, info: VehicleInfo) -> frozenset[Operation]:
+        """What this provider can do to this vehicle (read-only providers: nothing)."""
+        ...
+
+    async def execute(
+        self, vehicle_id: str, operation: Operation, *, on_accepted: OnAccepted | None = None
+    ) -> CommandOutcome:
+        """Send a command and follow it to a final status (succeeded, failed or timed_out)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the HTTP client."""
+        ...
