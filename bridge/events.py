@@ -57,3 +57,26 @@ class CollectingAlerts:
 
     def emit(self, alert: Alert) -> None:
         self.alerts.append(alert)
+
+
+class AuditSink(Protocol):
+    """The audit log as other parts see it: `append` returns once the record is durable (fsync'd).
+
+    Record kinds are dotted: `app.added`, `app.scopes_changed`, `app.revoked`, `command.decision`,
+    `command.outcome`, `api.access`, `owner.login`, `audit.repaired`, … Fields are plain JSON values
+    and never secrets. Raises bridge.errors.AuditWriteError when the record could not be made durable.
+    """
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]: ...
+
+
+class CollectingAudit:
+    """An AuditSink that keeps records in a list (tests only; not durable, not chained)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        record = {"seq": len(self.records) + 1, "kind": kind, **fields}
+        self.records.append(record)
+        return record

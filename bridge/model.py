@@ -214,3 +214,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A registered consumer (Home Assistant, Node-RED, a script). `id` is its broker username."""
+
+    id: str
+    name: str
+    scopes: frozenset[Scope]
+    created_at: datetime
+    enabled: bool = True
+    home_assistant: bool = False
+    rate_limit_per_minute: int | None = None  # None: the configured default
+    allow_cidrs: tuple[str, ...] = ()  # empty: no restriction beyond the web/API allowlist
+    last_seen: datetime | None = None
+    last_command: str | None = None
+
+    def has(self, scope: Scope) -> bool:
+        return self.enabled and scope in self.scopes
