@@ -20,7 +20,9 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -194,6 +196,22 @@ class Settings(BaseSettings):
     web: WebConfig = WebConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        """Cross-section checks, reported with the path of the offending key."""
+        problems: list[InitErrorDetails] = []
+        for alias, vehicle in self.vehicles.items():
+            if vehicle.account not in self.accounts:
+                problems.append(_problem(("vehicles", alias, "account"),
+                                         f"unknown account {vehicle.account!r}"))
+        assistants = [name for name, app in self.apps.items() if app.home_assistant]
+        for name in assistants[1:]:
+            problems.append(_problem(("apps", name, "home_assistant"),
+                                     "only one app can be Home Assistant"))
+        if problems:
+            raise ValidationError.from_exception_data("Settings", problems)
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -214,6 +232,11 @@ class YamlDocumentSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_yaml_document.get())
+
+
+def _problem(loc: tuple[str, ...], message: str) -> InitErrorDetails:
+    error = PydanticCustomError("reference", message)
+    return {"type": error, "loc": loc, "input": None}
 
 
 def find_config_path(explicit: Path | None) -> Path | None:

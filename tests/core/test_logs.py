@@ -1,0 +1,75 @@
+"""The redaction processor keeps secrets out of every log line."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from pydantic import SecretStr
+
+from bridge import logs
+
+
+def capture() -> io.StringIO:
+    stream = io.StringIO()
+    logs.configure("debug", "json", stream)
+    return stream
+
+
+def test_secret_keys_are_blanked() -> None:
+    """Values under token/secret/password/code keys never appear."""
+    stream = capture()
+    logs.get_logger("t").info("login", access_token="tok-AAAA", client_secret="sec-BBBB",
+                              password="pw-CCCC", totp_code="123456", nested={"refresh_token": "r"})
+    out = stream.getvalue()
+    for secret in ("tok-AAAA", "sec-BBBB", "pw-CCCC", "123456"):
+        assert secret not in out
+    assert json.loads(out)["nested"]["refresh_token"] == logs.REDACTED
+
+
+def test_secret_looking_text_is_scrubbed() -> None:
+    """Bearer headers, JWTs and secret query parameters inside free text are redacted."""
+    stream = capture()
+    logs.get_logger("t").info(
+        "request",
+        url="https://x/cb?code=abc123def&state=s1",
+        header="Authorization: Bearer eyJhbGciOi.eyJzdWIiOiIx.c2ln",
+    )
+    out = stream.getvalue()
+    assert "abc123def" not in out
+    assert "eyJzdWIiOiIx" not in out
+    assert "state=s1" in out
+
+
+def test_registered_secret_redacted_anywhere() -> None:
+    """A token registered at run time is redacted even inside an unrelated message."""
+    stream = capture()
+    logs.register_secret("opaque-token-value-42")
+    logs.get_logger("t").warning("failed with opaque-token-value-42 in body")
+    assert "opaque-token-value-42" not in stream.getvalue()
+
+
+def test_secretstr_values_never_render() -> None:
+    """A SecretStr passed as any field renders as the redaction marker."""
+    stream = capture()
+    logs.get_logger("t").info("cfg", thing=SecretStr("hidden-value"))
+    assert "hidden-value" not in stream.getvalue()
+
+
+def test_exception_tracebacks_are_scrubbed() -> None:
+    """Secrets inside an exception message are scrubbed from the rendered traceback."""
+    stream = capture()
+    try:
+        raise RuntimeError("refresh failed: refresh_token=zzz-secret-zzz")
+    except RuntimeError:
+        logs.get_logger("t").exception("boom")
+    assert "zzz-secret-zzz" not in stream.getvalue()
+
+
+def test_safe_keys_survive() -> None:
+    """Keys like status_code that merely contain a secret-ish word are kept."""
+    stream = capture()
+    logs.get_logger("t").info("http", status_code=429, command="lock")
+    doc = json.loads(stream.getvalue())
+    assert doc["status_code"] == 429
+    assert doc["command"] == "lock"
