@@ -142,3 +142,11 @@ def test_every_command_has_help() -> None:
     assert run_cli("--help").returncode == 0
     for name in sub.choices:  # type: ignore[union-attr]
         assert run_cli(name, "--help").returncode == 0, name
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is exactly what the generator makes from the models today."""
+    from bridge.configdoc import render
+
+    current = (ROOT / "docs" / "configuration.md").read_text()
+    assert current == render(), "run: python -m bridge.configdoc > docs/configuration.md"

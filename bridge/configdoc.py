@@ -1,0 +1,102 @@
+"""Generate docs/configuration.md from the config models and config.example.yaml's comments.
+
+Run `python -m bridge.configdoc > docs/configuration.md`; a test fails when the file is stale,
+so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from bridge.config import AccountConfig, AppConfig, Settings, VehicleConfig, field_docs
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):")
+# The example names entries of dict sections; the reference shows them generically.
+_DICT_SECTIONS = {"accounts": ("ford", "<name>"), "vehicles": ("mache", "<alias>"),
+                  "apps": ("homeassistant", "<app-id>")}
+
+
+def example_comments(text: str) -> dict[str, str]:
+    """Map each dotted key of the example to the comment lines just above it."""
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:
+            pending = []
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, match["key"]))
+        comments[".".join(key for _, key in stack)] = " ".join(pending)
+        pending = []
+    return comments
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default is PydanticUndefined and info.default_factory is None:
+        return "required"
+    value: Any = info.get_default(call_default_factory=True)
+    if hasattr(value, "get_secret_value"):
+        return "(secret)"
+    if isinstance(value, frozenset | set):
+        value = sorted(str(v) for v in value)
+    return f"`{value}`" if value not in (None, "") else "`null`"
+
+
+def _type(info: FieldInfo) -> str:
+    text = str(info.annotation).replace("typing.", "").replace("pathlib.", "")
+    text = re.sub(r"<class '([^']+)'>", r"\1", text)
+    text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"\1", text)  # validators are not types
+    return text.replace("pydantic.types.", "").replace("bridge.model.", "").replace("|", "\\|")
+
+
+def _rows(prefix: str, model: Any, comments: dict[str, str], example_prefix: str) -> list[str]:
+    rows = []
+    for key, info in field_docs(model):
+        note = comments.get(f"{example_prefix}{key}", "")
+        rows.append(f"| `{prefix}{key}` | {_type(info)} | {_default(info)} | {note} |")
+    return rows
+
+
+def render() -> str:
+    comments = example_comments(EXAMPLE.read_text())
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the config models by `python -m bridge.configdoc`; do not edit by hand.",
+        "Every key can also be set in the environment: `OWNERLINK_` + the path in capitals with",
+        "`__` between levels, e.g. `OWNERLINK_MQTT__HOST`. See `config.example.yaml` for a file.",
+        "",
+        "| Key | Type | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    skip = tuple(f"{name}." for name in _DICT_SECTIONS)
+    for key, info in field_docs(Settings):
+        if key in _DICT_SECTIONS or key.startswith(skip):
+            continue
+        lines.append(f"| `{key}` | {_type(info)} | {_default(info)} | {comments.get(key, '')} |")
+    for section, model in (("accounts", AccountConfig), ("vehicles", VehicleConfig),
+                           ("apps", AppConfig)):
+        example, placeholder = _DICT_SECTIONS[section]
+        lines += ["", f"## `{section}.{placeholder}`", "", comments.get(section, ""), "",
+                  "| Key | Type | Default | Meaning |", "|---|---|---|---|"]
+        lines += _rows(f"{section}.{placeholder}.", model, comments, f"{section}.{example}.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
