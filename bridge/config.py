@@ -22,8 +22,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -202,12 +202,14 @@ class Settings(BaseSettings):
         problems: list[InitErrorDetails] = []
         for alias, vehicle in self.vehicles.items():
             if vehicle.account not in self.accounts:
-                problems.append(_problem(("vehicles", alias, "account"),
-                                         f"unknown account {vehicle.account!r}"))
+                problems.append(
+                    _problem(("vehicles", alias, "account"), f"unknown account {vehicle.account!r}")
+                )
         assistants = [name for name, app in self.apps.items() if app.home_assistant]
         for name in assistants[1:]:
-            problems.append(_problem(("apps", name, "home_assistant"),
-                                     "only one app can be Home Assistant"))
+            problems.append(
+                _problem(("apps", name, "home_assistant"), "only one app can be Home Assistant")
+            )
         if problems:
             raise ValidationError.from_exception_data("Settings", problems)
         return self
@@ -240,7 +242,7 @@ def _problem(loc: tuple[str, ...], message: str) -> InitErrorDetails:
 
 
 def find_config_path(explicit: Path | None) -> Path | None:
-    """The file to read: `--config`, else `$OWNERLINK_CONFIG`, else the first default that exists."""
+    """The file to read: `--config`, else `$OWNERLINK_CONFIG`, else a default that exists."""
     if explicit is not None:
         return explicit
     env = os.environ.get("OWNERLINK_CONFIG")

@@ -19,8 +19,11 @@ from bridge.config import AccountConfig, AppConfig, Settings, VehicleConfig, fie
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):")
 # The example names entries of dict sections; the reference shows them generically.
-_DICT_SECTIONS = {"accounts": ("ford", "<name>"), "vehicles": ("mache", "<alias>"),
-                  "apps": ("homeassistant", "<app-id>")}
+_DICT_SECTIONS = {
+    "accounts": ("ford", "<name>"),
+    "vehicles": ("mache", "<alias>"),
+    "apps": ("homeassistant", "<app-id>"),
+}
 
 
 def example_comments(text: str) -> dict[str, str]:
@@ -89,11 +92,21 @@ def render() -> str:
         if key in _DICT_SECTIONS or key.startswith(skip):
             continue
         lines.append(f"| `{key}` | {_type(info)} | {_default(info)} | {comments.get(key, '')} |")
-    for section, model in (("accounts", AccountConfig), ("vehicles", VehicleConfig),
-                           ("apps", AppConfig)):
+    for section, model in (
+        ("accounts", AccountConfig),
+        ("vehicles", VehicleConfig),
+        ("apps", AppConfig),
+    ):
         example, placeholder = _DICT_SECTIONS[section]
-        lines += ["", f"## `{section}.{placeholder}`", "", comments.get(section, ""), "",
-                  "| Key | Type | Default | Meaning |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## `{section}.{placeholder}`",
+            "",
+            comments.get(section, ""),
+            "",
+            "| Key | Type | Default | Meaning |",
+            "|---|---|---|---|",
+        ]
         lines += _rows(f"{section}.{placeholder}.", model, comments, f"{section}.{example}.")
     return "\n".join(lines) + "\n"
 

@@ -1,23 +1,23 @@
 """The one exception tree, named for what the caller must do.
 
-    OwnerlinkError
-    ├── ConfigError              fix the configuration (exit status 2)
-    ├── StateError               the state directory or database is unusable
-    ├── ProviderError            something went wrong talking to the car maker
-    │   ├── ReauthRequired       the owner must log in again; do not retry
-    │   ├── RateLimited          back off for `retry_after` seconds
-    │   ├── BudgetExhausted      our own budget says no; wait until `retry_at`
-    │   ├── Forbidden            final refusal (suspended account, remote-start allowance)
-    │   ├── Unsupported          the vehicle cannot do this (406); never retry
-    │   ├── NotFound             unknown vehicle or command id
-    │   └── ProviderUnavailable  5xx, timeouts, dropped connections, malformed bodies; retry later
-    ├── LoginError               the owner's login attempt failed (state mismatch, bad code)
-    ├── CommandRejected          a command was refused; `reason` says why
-    ├── AuditError               the audit log cannot be trusted or written
-    │   ├── AuditWriteError      fsync/write failed: stop processing commands
-    │   └── AuditTampered        verification found damage
-    ├── AccessError              a bad request against the app registry
-    └── BrokerError              the MQTT broker refused or is unreachable
+OwnerlinkError
+├── ConfigError              fix the configuration (exit status 2)
+├── StateError               the state directory or database is unusable
+├── ProviderError            something went wrong talking to the car maker
+│   ├── ReauthRequired       the owner must log in again; do not retry
+│   ├── RateLimited          back off for `retry_after` seconds
+│   ├── BudgetExhausted      our own budget says no; wait until `retry_at`
+│   ├── Forbidden            final refusal (suspended account, remote-start allowance)
+│   ├── Unsupported          the vehicle cannot do this (406); never retry
+│   ├── NotFound             unknown vehicle or command id
+│   └── ProviderUnavailable  5xx, timeouts, dropped connections, malformed bodies; retry later
+├── LoginError               the owner's login attempt failed (state mismatch, bad code)
+├── CommandRejected          a command was refused; `reason` says why
+├── AuditError               the audit log cannot be trusted or written
+│   ├── AuditWriteError      fsync/write failed: stop processing commands
+│   └── AuditTampered        verification found damage
+├── AccessError              a bad request against the app registry
+└── BrokerError              the MQTT broker refused or is unreachable
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class AuditTampered(AuditError):
 
 
 class AccessError(OwnerlinkError):
-    """A bad request against the app registry (invalid id, unknown scope, duplicate, unknown app)."""
+    """A bad request against the app registry (bad id or scope, duplicate, unknown)."""
 
 
 class BrokerError(OwnerlinkError):

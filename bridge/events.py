@@ -33,8 +33,11 @@ class Alert:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"event_type": self.kind.value, "message": self.message,
-                               "ts": self.ts.isoformat()}
+        doc: dict[str, Any] = {
+            "event_type": self.kind.value,
+            "message": self.message,
+            "ts": self.ts.isoformat(),
+        }
         for key in ("app", "vehicle", "account"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
@@ -50,7 +53,7 @@ class AlertSink(Protocol):
 
 
 class CollectingAlerts:
-    """An AlertSink that keeps alerts in a list: for tests and for commands run outside the daemon."""
+    """An AlertSink that keeps alerts in a list (tests, one-off commands)."""
 
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
@@ -64,7 +67,7 @@ class AuditSink(Protocol):
 
     Record kinds are dotted: `app.added`, `app.scopes_changed`, `app.revoked`, `command.decision`,
     `command.outcome`, `api.access`, `owner.login`, `audit.repaired`, … Fields are plain JSON values
-    and never secrets. Raises bridge.errors.AuditWriteError when the record could not be made durable.
+    and never secrets. Raises bridge.errors.AuditWriteError if it cannot be made durable.
     """
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]: ...

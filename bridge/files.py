@@ -1,4 +1,4 @@
-"""Crash-safe private files: tokens, the step-up secret and rendered broker files are written here."""
+"""Crash-safe private files: tokens, the step-up secret and rendered broker files."""
 
 from __future__ import annotations
 

@@ -15,11 +15,35 @@ REDACTED = "[redacted]"
 
 # Keys whose values are secret whatever they hold. Matched on the lower-cased key, by substring,
 # so `refresh_token`, `client_secret`, `admin_password` and `totp_code` are all caught.
-SECRET_KEY_PARTS = ("token", "secret", "password", "passwd", "authorization", "code", "cookie",
-                    "otp", "vin", "csrf", "session", "verifier", "challenge")
+SECRET_KEY_PARTS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "authorization",
+    "code",
+    "cookie",
+    "otp",
+    "vin",
+    "csrf",
+    "session",
+    "verifier",
+    "challenge",
+)
 # Keys that merely contain one of the parts above but carry no secret.
-SAFE_KEYS = frozenset({"status_code", "reason_code", "code_format", "exit_code", "token_type",
-                       "expires_in", "http_status", "command", "vehicle"})
+SAFE_KEYS = frozenset(
+    {
+        "status_code",
+        "reason_code",
+        "code_format",
+        "exit_code",
+        "token_type",
+        "expires_in",
+        "http_status",
+        "command",
+        "vehicle",
+    }
+)
 
 # Values that look secret wherever they appear: bearer headers, JWT-like strings, query parameters.
 _SECRET_PATTERNS = (
@@ -110,8 +134,11 @@ def _quiet_foreign_loggers(level: str) -> None:
     # httpx logs every request URL at INFO (query strings can carry codes); keep it at WARNING.
     for name in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.getLevelName(level.upper()), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.getLevelName(level.upper()),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s %(message)s",
+    )
 
 
 def get_logger(name: str, **context: Any) -> Any:

@@ -26,7 +26,9 @@ class Scope(enum.StrEnum):
 
 READ_SCOPES = frozenset({Scope.READ_STATUS, Scope.READ_HEALTH, Scope.READ_LOCATION})
 # Scopes whose grant raises an alert: they open the car or reveal where it is.
-SENSITIVE_SCOPES = frozenset({Scope.READ_LOCATION, Scope.COMMAND_UNLOCK, Scope.COMMAND_REMOTE_START})
+SENSITIVE_SCOPES = frozenset(
+    {Scope.READ_LOCATION, Scope.COMMAND_UNLOCK, Scope.COMMAND_REMOTE_START}
+)
 
 
 class Command(enum.StrEnum):

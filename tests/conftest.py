@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +31,16 @@ def _no_broker(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[BrokerAddress]:
-    """A real Mosquitto for the whole test session: testcontainers if Docker runs, else the binary."""
+    """A real Mosquitto for the whole test session: testcontainers or the binary."""
     if docker_available():
         from testcontainers.mqtt import MosquittoContainer
 
         with MosquittoContainer() as container:
-            yield BrokerAddress(container.get_container_host_ip(),
-                                int(container.get_exposed_port(1883)))
+            yield BrokerAddress(
+                container.get_container_host_ip(), int(container.get_exposed_port(1883))
+            )
         return
-    if not shutil.which("mosquitto") and not os.path.exists("/usr/sbin/mosquitto"):
+    if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
         _no_broker("mosquitto is not installed and no Docker engine is reachable")
     proc = MosquittoProcess()
     proc.start()
@@ -51,7 +53,7 @@ def broker() -> Iterator[BrokerAddress]:
 @pytest.fixture
 def own_broker() -> Iterator[MosquittoProcess]:
     """A private Mosquitto for one test (for restarts, kills and special configs)."""
-    if not shutil.which("mosquitto") and not os.path.exists("/usr/sbin/mosquitto"):
+    if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
         _no_broker("mosquitto is not installed")
     proc = MosquittoProcess()
     proc.start()

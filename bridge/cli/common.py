@@ -12,12 +12,16 @@ from bridge.config import Settings, load_config
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     """`--config`, `--state-dir` and `--log-level`, accepted by every command that reads config."""
-    parser.add_argument("--config", type=Path, metavar="PATH",
-                        help="config file (default: $OWNERLINK_CONFIG, /etc/ownerlink/config.yaml, "
-                             "./config.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="config file (default: $OWNERLINK_CONFIG, /etc/ownerlink/config.yaml, ./config.yaml)",
+    )
     parser.add_argument("--state-dir", type=Path, metavar="DIR", help="override state_dir")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        help="override logging.level")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level"
+    )
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The MQTT topic contract as pure functions, and the Publish value every part hands to the client."""
+"""The MQTT topic contract as pure functions, and the Publish value parts hand to the client."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ class CallKind(enum.StrEnum):
 
     READ = "read"
     COMMAND = "command"  # the command itself, its status polls and its confirmation read
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - a call kind, not a password
 
 
 class CallGate(Protocol):

@@ -19,8 +19,14 @@ def capture() -> io.StringIO:
 def test_secret_keys_are_blanked() -> None:
     """Values under token/secret/password/code keys never appear."""
     stream = capture()
-    logs.get_logger("t").info("login", access_token="tok-AAAA", client_secret="sec-BBBB",
-                              password="pw-CCCC", totp_code="123456", nested={"refresh_token": "r"})
+    logs.get_logger("t").info(
+        "login",
+        access_token="tok-AAAA",
+        client_secret="sec-BBBB",
+        password="pw-CCCC",
+        totp_code="123456",
+        nested={"refresh_token": "r"},
+    )
     out = stream.getvalue()
     for secret in ("tok-AAAA", "sec-BBBB", "pw-CCCC", "123456"):
         assert secret not in out

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.files import read_private, write_private_atomic
 from bridge.errors import StateError
+from bridge.files import read_private, write_private_atomic
 from bridge.store import Store
 
 

@@ -26,15 +26,20 @@ def tool(name: str) -> str:
 
 def test_dockerfile_passes_hadolint() -> None:
     """hadolint finds nothing to complain about in the Dockerfile."""
-    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [tool("hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_addon_dockerfile_passes_hadolint() -> None:
     """The Home Assistant add-on's Dockerfile passes hadolint too."""
-    result = subprocess.run([tool("hadolint"), str(ROOT / "ha-addon" / "Dockerfile")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("hadolint"), str(ROOT / "ha-addon" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -47,18 +52,27 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         pytest.skip("the ownerlink console script is not installed in this environment")
     path = tmp_path / "ownerlink.service"
     path.write_text(unit.replace("/usr/local/bin/ownerlink", str(ownerlink)))
-    result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [analyze, "verify", str(path)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_unit_has_the_hardening_we_promise() -> None:
     """The unit keeps its sandboxing settings (a regression here is a security regression)."""
     unit = (ROOT / "systemd" / "ownerlink.service").read_text()
-    for setting in ("Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                    "ProtectHome=yes", "PrivateTmp=yes", "StateDirectory=ownerlink",
-                    "ConfigurationDirectory=ownerlink", "Restart=on-failure",
-                    "RestrictAddressFamilies=", "CapabilityBoundingSet="):
+    for setting in (
+        "Type=notify",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=ownerlink",
+        "ConfigurationDirectory=ownerlink",
+        "Restart=on-failure",
+        "RestrictAddressFamilies=",
+        "CapabilityBoundingSet=",
+    ):
         assert setting in unit
 
 

@@ -11,8 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DYNSEC_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib",
-                      "/usr/lib/mosquitto", "/usr/local/lib")
+DYNSEC_PLUGIN_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib",
+    "/usr/lib/mosquitto",
+    "/usr/local/lib",
+)
 
 
 def free_port() -> int:
@@ -60,7 +65,7 @@ class MosquittoProcess:
     def start(self) -> None:
         self.write_config()
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
+        self.proc = subprocess.Popen(
             [binary, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -87,8 +92,9 @@ class MosquittoProcess:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes] | None = None,
-                  timeout: float = 10.0) -> None:
+def wait_for_port(
+    host: str, port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -109,6 +115,6 @@ def docker_available() -> bool:
         import docker  # type: ignore[import-untyped]
 
         docker.from_env().ping()
-    except Exception:  # noqa: BLE001 - any failure means "no engine here"
+    except Exception:
         return False
     return True
