@@ -1,4 +1,4 @@
-"""Simulated time: a clock that runs `speed`× faster than real time, and a manual one for tests."""
+"""Simulated time: a clock running `speed` times faster than real time, and a manual one."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _aware(start: datetime) -> datetime:
 
 
 class SimClock:
-    """Maps real monotonic time to simulated time: `start + elapsed_real × speed + jumps`."""
+    """Maps real monotonic time to simulated time: `start + elapsed_real * speed + jumps`."""
 
     def __init__(
         self,

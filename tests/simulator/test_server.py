@@ -1,0 +1,133 @@
+"""Over real sockets: serve_in_thread, a full owner flow, and the `ownerlink simulate` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from bridge.cli import simulate
+from bridge.simulator import ManualClock, Simulator, serve_in_thread
+from tests.simulator.support import (
+    CLIENT,
+    MONDAY_0700,
+    QUERY,
+    REDIRECT,
+    V1,
+    VERIFIER,
+    authorize_params,
+    bearer,
+    v1_headers,
+)
+
+
+def owner_flow(base: str) -> None:
+    with httpx.Client(base_url=base) as client:
+        consent = client.get("/oauth/authorize", params=authorize_params())
+        code = dict(httpx.URL(consent.headers["location"]).params)["code"]
+        tokens = client.post(
+            "/oauth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": REDIRECT,
+                "code_verifier": VERIFIER,
+                **CLIENT,
+            },
+        ).json()
+        token = tokens["access_token"]
+        [vehicle] = client.get(V1, headers=v1_headers(token)).json()["vehicles"]
+        lock = client.post(f"{V1}/{vehicle['vehicleId']}/lock", headers=v1_headers(token))
+        assert lock.status_code == 202
+        assert client.get(f"{QUERY}/telemetry", headers=bearer(token)).status_code == 200
+
+
+def test_serve_in_thread_serves_the_whole_flow() -> None:
+    """Authorise, exchange, list, command and read over a real socket on a free port."""
+    sim = Simulator(vehicles=2, clock=ManualClock(MONDAY_0700), auto_consent=True)
+    with serve_in_thread(sim) as base:
+        assert base.startswith("http://127.0.0.1:") and not base.endswith(":0")
+        owner_flow(base)
+    assert [e.command for e in sim.vehicles[0].executed] == ["lock"]
+
+
+def test_serve_in_thread_stops_listening_on_exit() -> None:
+    """Leaving the context stops the server: the port refuses connections."""
+    sim = Simulator(vehicles=1, clock=ManualClock(MONDAY_0700))
+    with serve_in_thread(sim) as base:
+        port = int(base.rsplit(":", 1)[1])
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+def test_simulate_command_parses_its_options() -> None:
+    """`ownerlink simulate` registers its options with the documented defaults."""
+    parser = argparse.ArgumentParser()
+    simulate.register(parser.add_subparsers())
+    args = parser.parse_args(["simulate"])
+    assert (args.host, args.port, args.vehicles, args.speed, args.seed) == (
+        "127.0.0.1",
+        8765,
+        2,
+        1.0,
+        1,
+    )
+    assert args.func is simulate.run and not args.admin and not args.auto_consent
+    args = parser.parse_args(
+        [
+            "simulate",
+            "--vehicles",
+            "5",
+            "--faults",
+            "5xx=0.1",
+            "--client-id",
+            "c",
+            "--token-lifetime",
+            "60",
+            "--admin",
+        ]
+    )
+    sim = simulate.build_simulator(args)
+    assert len(sim.vehicles) == 5 and sim.admin and sim.auth.client.client_id == "c"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_simulate_command_serves_until_interrupted() -> None:
+    """`python -m bridge simulate` serves the API and exits 0 on Ctrl-C (SIGINT)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bridge", "simulate", "--port", str(port), "--auto-consent"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        assert "simulator:" in proc.stdout.readline().decode()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                owner_flow(f"http://127.0.0.1:{port}")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the simulator never started listening"
+                time.sleep(0.05)  # the child process gives no other readiness signal
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
