@@ -65,7 +65,7 @@ def _problem(sim: Simulator, p: Mapping[str, str]) -> Response | None:
             },
         )
     try:
-        sim.vehicle_ids_for(p.get("vehicle"))
+        sim.vehicle_ids_for(_requested_vehicles(p))
     except ValueError as exc:
         return _redirect(
             uri, {"error": "invalid_request", "state": state, "error_description": str(exc)}
@@ -75,7 +75,7 @@ def _problem(sim: Simulator, p: Mapping[str, str]) -> Response | None:
 
 def _approve(sim: Simulator, p: Mapping[str, str]) -> Response:
     code = sim.consent(
-        vehicle_ids=sim.vehicle_ids_for(p.get("vehicle")),
+        vehicle_ids=sim.vehicle_ids_for(_requested_vehicles(p)),
         login_hint=p.get("login_hint") or None,
         redirect_uri=p["redirect_uri"],
         challenge=p.get("code_challenge") or None,
@@ -90,7 +90,7 @@ def _consent_page(sim: Simulator, p: Mapping[str, str]) -> Response:
         for k in PARAMS
         if k in p and k != "vehicle"
     )
-    chosen = set(sim.vehicle_ids_for(p.get("vehicle")))
+    chosen = set(sim.vehicle_ids_for(_requested_vehicles(p)))
     boxes = "".join(
         f'<p><label><input type="checkbox" name="vehicle" value="{v.vehicle_id}"'
         f"{' checked' if v.vehicle_id in chosen else ''}> {html.escape(v.spec.nickname)} — "
@@ -188,3 +188,9 @@ def routes() -> list[BaseRoute]:
         Route("/oauth/authorize", authorize_decision, methods=["POST"]),
         Route("/oauth/token", token, methods=["POST"]),
     ]
+
+
+def _requested_vehicles(p: Mapping[str, str]) -> str | None:
+    """A v1 consent (it names an application id) covers every vehicle unless the owner picks;
+    a Query consent binds one vehicle, the first by default, as Ford's does."""
+    return p.get("vehicle") or ("all" if p.get("application_id") else None)

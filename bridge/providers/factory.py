@@ -1,0 +1,94 @@
+"""Builds one Provider per configured account, each with its own HTTP client and token manager."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from bridge.config import AccountConfig, Settings
+from bridge.events import AlertSink
+from bridge.providers.base import CallGate, Provider
+from bridge.providers.fordconnect import V1_BASE_URL, FordConnectProvider, v1_headers
+from bridge.providers.fordconnect_query import QUERY_BASE_URL, FordConnectQueryProvider
+from bridge.providers.http import AuthorizedApi, Edge
+from bridge.providers.oauth import OAuthClient
+from bridge.providers.tokens import TokenManager, TokenStore
+
+# Hosts that are Ford's own: the simulator's extensions are never offered against them.
+FORD_DOMAINS = ("ford.com", "b2clogin.com", "onmicrosoft.com")
+
+
+@dataclass(frozen=True, slots=True)
+class AccountParts:
+    """What one account is made of, for callers that need more than the Provider (the login)."""
+
+    provider: Provider
+    api: AuthorizedApi
+    tokens: TokenManager
+    oauth: OAuthClient
+
+
+def build_providers(
+    settings: Settings,
+    *,
+    gate: CallGate,
+    alerts: AlertSink,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Provider]:
+    """A Provider per `accounts:` entry, keyed by account name. Nothing touches the network yet."""
+    return {
+        name: build_account(
+            settings, name, gate=gate, alerts=alerts, transport=transport, clock=clock
+        ).provider
+        for name in settings.accounts
+    }
+
+
+def build_account(
+    settings: Settings,
+    name: str,
+    *,
+    gate: CallGate,
+    alerts: AlertSink,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> AccountParts:
+    """The provider, token manager and OAuth client of one account, sharing one HTTP client."""
+    config = settings.accounts[name]
+    client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+    edge = Edge(account=name, client=client, gate=gate, timeout_s=config.request_timeout_s)
+    oauth = OAuthClient(config=config, edge=edge, clock=clock)
+    tokens = TokenManager(
+        account=name, store=TokenStore(settings.state_dir), oauth=oauth, alerts=alerts, clock=clock
+    )
+    headers = v1_headers(config.application_id) if config.provider == "fordconnect" else {}
+    api = AuthorizedApi(edge=edge, tokens=tokens, headers=headers)
+    return AccountParts(_provider(settings, name, config, api), api, tokens, oauth)
+
+
+def _provider(settings: Settings, name: str, config: AccountConfig, api: AuthorizedApi) -> Provider:
+    if config.provider == "fordconnect-query":
+        return FordConnectQueryProvider(
+            name, api=api, base_url=config.api_base_url or QUERY_BASE_URL
+        )
+    return FordConnectProvider(
+        name,
+        api=api,
+        base_url=config.api_base_url or V1_BASE_URL,
+        poll_interval_s=settings.commands.status_poll_interval_s,
+        command_timeout_s=settings.commands.timeout_s,
+        horn_lights_extension=is_extension_server(config.api_base_url),
+    )
+
+
+def is_extension_server(api_base_url: str | None) -> bool:
+    """True for a configured non-Ford server (the simulator), whose extensions we may use."""
+    if api_base_url is None:
+        return False
+    host = (urlsplit(api_base_url).hostname or "").lower()
+    return not any(host == d or host.endswith(f".{d}") for d in FORD_DOMAINS)

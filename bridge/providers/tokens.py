@@ -1,0 +1,271 @@
+"""Token files and the token lifecycle: refresh ahead of expiry, once, persisted before use.
+
+Each account's tokens live in `<state_dir>/tokens/<account>.json` (0600, replaced atomically). A
+refresh token Ford rotates is written to disk *before* the new access token is handed out: if we
+crashed after using it but before saving it, the owner would have to log in again. A refresh that
+ends in `invalid_grant` sets `relogin_needed` in the file, raises one alert, and from then on every
+call fails fast with ReauthRequired, without touching the network, until a new login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import LoginError, ReauthRequired, StateError
+from bridge.events import Alert, AlertKind, AlertSink
+from bridge.files import read_private, write_private_atomic
+from bridge.logs import get_logger, register_secret
+from bridge.providers.oauth import InvalidGrant, LoginRequest, OAuthClient, TokenSet
+
+# Refresh this long before the access token expires, so a request never leaves with a token that
+# dies in flight (Ford's access tokens live 20 minutes).
+REFRESH_AHEAD_S = 60.0
+# A login the owner has not finished within this time is abandoned (Ford's codes expire sooner).
+LOGIN_TTL_S = 15 * 60
+FILE_VERSION = 1
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTokens:
+    """The token file's content."""
+
+    access_token: str | None
+    refresh_token: str | None
+    expires_at: float
+    refresh_expires_at: float | None = None
+    obtained_at: float = 0.0
+    relogin_needed: bool = False
+
+    @classmethod
+    def issued(cls, tokens: TokenSet, now: float) -> StoredTokens:
+        return cls(
+            tokens.access_token,
+            tokens.refresh_token,
+            tokens.expires_at,
+            tokens.refresh_expires_at,
+            now,
+        )
+
+
+class TokenStore:
+    """The token files of all accounts under `<state_dir>/tokens/`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "tokens"
+
+    def path(self, account: str) -> Path:
+        return self.directory / f"{account}.json"
+
+    def login_path(self, account: str) -> Path:
+        return self.directory / f"{account}.login.json"
+
+    def load(self, account: str) -> StoredTokens | None:
+        """The account's tokens, or None before the first login."""
+        doc = self._read(self.path(account))
+        if doc is None:
+            return None
+        try:
+            fields = {k: doc[k] for k in StoredTokens.__dataclass_fields__ if k in doc}
+            stored = StoredTokens(**fields)
+        except TypeError as exc:
+            raise StateError(f"{self.path(account)}: not a token file") from exc
+        register_secret(stored.access_token)
+        register_secret(stored.refresh_token)
+        return stored
+
+    def save(self, account: str, tokens: StoredTokens) -> None:
+        """Write the token file atomically (0600): a crash leaves the old file or the new one."""
+        self._write(self.path(account), {"version": FILE_VERSION, **asdict(tokens)})
+
+    def save_login(self, account: str, login: LoginRequest) -> None:
+        """Remember a login in progress so another invocation (`--redirect-url`) can finish it."""
+        self._write(self.login_path(account), {"version": FILE_VERSION, **asdict(login)})
+
+    def load_login(self, account: str, now: float) -> LoginRequest:
+        """The login in progress, or LoginError when there is none or it is too old."""
+        doc = self._read(self.login_path(account))
+        if doc is None:
+            raise LoginError(
+                f"no login in progress for account {account}; run `ownerlink login {account}` first"
+            )
+        doc.pop("version", None)
+        try:
+            login = LoginRequest(**doc)
+        except TypeError as exc:
+            raise LoginError(
+                f"the login in progress for account {account} is unreadable; "
+                f"run `ownerlink login {account}` again"
+            ) from exc
+        if now - login.created_at > LOGIN_TTL_S:
+            raise LoginError(
+                f"the login for account {account} started too long ago; "
+                f"run `ownerlink login {account}` again"
+            )
+        register_secret(login.code_verifier)
+        return login
+
+    def forget_login(self, account: str) -> None:
+        self.login_path(account).unlink(missing_ok=True)
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        raw = read_private(path)
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StateError(f"{path}: unreadable ({exc.__class__.__name__})") from exc
+        if not isinstance(doc, dict):
+            raise StateError(f"{path}: not a JSON object")
+        return doc
+
+    def _write(self, path: Path, doc: dict[str, Any]) -> None:
+        # 0700: the directory listing already tells which accounts exist.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)  # mkdir's mode is filtered by the umask
+        write_private_atomic(path, json.dumps(doc, indent=2).encode())
+
+
+class TokenManager:
+    """One account's tokens in the running process: valid on demand, refreshed once at a time."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        store: TokenStore,
+        oauth: OAuthClient,
+        alerts: AlertSink,
+        clock: Callable[[], float] = time.time,
+        refresh_ahead_s: float = REFRESH_AHEAD_S,
+    ) -> None:
+        self.account = account
+        self._store = store
+        self._oauth = oauth
+        self._alerts = alerts
+        self._clock = clock
+        self._ahead = refresh_ahead_s
+        self._tokens: StoredTokens | None = None
+        self._lock = asyncio.Lock()
+
+    async def access_token(self) -> str:
+        """A token valid for at least `refresh_ahead_s`; refreshes first when it is not."""
+        tokens = self._current()
+        if self._fresh(tokens):
+            assert tokens.access_token is not None
+            return tokens.access_token
+        async with self._lock:  # concurrent callers wait here and reuse the one refresh
+            tokens = self._current()
+            if not self._fresh(tokens):
+                tokens = await self._refresh(tokens)
+            assert tokens.access_token is not None
+            return tokens.access_token
+
+    async def refresh_rejected(self, rejected: str) -> None:
+        """The API said 401 to `rejected`: refresh, unless another caller already replaced it."""
+        async with self._lock:
+            tokens = self._current()
+            if tokens.access_token == rejected:
+                await self._refresh(tokens, rejected=rejected)
+
+    async def complete_login(self, login: LoginRequest, code: str) -> None:
+        """Exchange the code from the owner's redirect and store the tokens (clears the flag)."""
+        issued = await self._oauth.exchange_code(code, code_verifier=login.code_verifier)
+        async with self._lock:
+            self._tokens = StoredTokens.issued(issued, self._clock())
+            self._store.save(self.account, self._tokens)
+        log.info("provider.login_stored", account=self.account)
+
+    @property
+    def relogin_needed(self) -> bool:
+        tokens = self._tokens or self._store.load(self.account)
+        return tokens is not None and tokens.relogin_needed
+
+    def _current(self) -> StoredTokens:
+        """The tokens to use; re-reads the file when it may have changed (a login elsewhere)."""
+        if self._tokens is None or self._tokens.relogin_needed:
+            # Local file I/O only: this is how a daemon notices a `ownerlink login` run beside it.
+            self._tokens = self._store.load(self.account)
+        tokens = self._tokens
+        if tokens is None:
+            raise ReauthRequired(
+                f"account {self.account} is not logged in; run `ownerlink login {self.account}`"
+            )
+        if tokens.relogin_needed:
+            raise ReauthRequired(
+                f"account {self.account} needs a new login; run `ownerlink login {self.account}`"
+            )
+        return tokens
+
+    def _fresh(self, tokens: StoredTokens) -> bool:
+        return tokens.access_token is not None and tokens.expires_at - self._ahead > self._clock()
+
+    async def _refresh(self, tokens: StoredTokens, rejected: str | None = None) -> StoredTokens:
+        """New tokens from the refresh token, unless the file already has usable newer ones."""
+        tokens = self._adopt_newer_file(tokens)
+        if self._fresh(tokens) and tokens.access_token != rejected:
+            return tokens
+        if tokens.refresh_token is None:
+            raise ReauthRequired(
+                f"account {self.account} has no refresh token; run `ownerlink login {self.account}`"
+            )
+        renewed = await self._renew(tokens, tokens.refresh_token)
+        # Persist first: a rotated refresh token that only lived in memory dies with the process.
+        self._store.save(self.account, renewed)
+        self._tokens = renewed
+        log.info(
+            "provider.token_refreshed",
+            account=self.account,
+            rotated=renewed.refresh_token != tokens.refresh_token,
+            expires_in=round(renewed.expires_at - self._clock()),
+        )
+        return renewed
+
+    async def _renew(self, tokens: StoredTokens, refresh_token: str) -> StoredTokens:
+        """One refresh at the token endpoint; invalid_grant ends this login for good."""
+        try:
+            issued = await self._oauth.refresh(refresh_token)
+        except InvalidGrant as exc:
+            self._mark_relogin(tokens)
+            raise ReauthRequired(
+                f"account {self.account}: Ford refused the refresh token; "
+                f"run `ownerlink login {self.account}`"
+            ) from exc
+        return StoredTokens.issued(issued, self._clock())
+
+    def _adopt_newer_file(self, tokens: StoredTokens) -> StoredTokens:
+        """Another process (the CLI beside the daemon) may have refreshed and rotated already."""
+        on_disk = self._store.load(self.account)
+        if (
+            on_disk is not None
+            and not on_disk.relogin_needed
+            and on_disk != tokens
+            and on_disk.obtained_at >= tokens.obtained_at
+        ):
+            self._tokens = on_disk
+            return on_disk
+        return tokens
+
+    def _mark_relogin(self, tokens: StoredTokens) -> None:
+        flagged = replace(tokens, access_token=None, relogin_needed=True)
+        self._tokens = flagged
+        self._store.save(self.account, flagged)
+        log.warning("provider.relogin_needed", account=self.account)
+        self._alerts.emit(
+            Alert(
+                kind=AlertKind.RELOGIN_NEEDED,
+                message=f"Ford refused the stored login for account {self.account}; "
+                f"run `ownerlink login {self.account}`",
+                ts=datetime.fromtimestamp(self._clock(), UTC),
+                account=self.account,
+            )
+        )

@@ -1,0 +1,66 @@
+"""build_providers: one provider per configured account, keyed by name, with Ford's defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from bridge.events import CollectingAlerts
+from bridge.model import Operation, Powertrain, VehicleInfo
+from bridge.providers.base import FreeGate
+from bridge.providers.factory import build_providers, is_extension_server
+from bridge.providers.fordconnect import FordConnectProvider
+from bridge.providers.fordconnect_query import FordConnectQueryProvider
+from tests.providers.support import account_config, settings_for
+
+
+async def test_one_provider_per_account_keyed_by_name(tmp_path: Path) -> None:
+    """Two Query accounts and a v1 account give three providers of the right kinds."""
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    settings = settings_for(
+        tmp_path,
+        {
+            "alice": account_config("fordconnect-query"),
+            "bob": account_config("fordconnect-query"),
+            "fleet": account_config("fordconnect"),
+        },
+    )
+    providers = build_providers(
+        settings,
+        gate=FreeGate(),
+        alerts=CollectingAlerts(),
+        transport=httpx.MockTransport(record),
+    )
+    assert sorted(providers) == ["alice", "bob", "fleet"]
+    assert isinstance(providers["alice"], FordConnectQueryProvider)
+    assert isinstance(providers["fleet"], FordConnectProvider)
+    assert {p.account for p in providers.values()} == {"alice", "bob", "fleet"}
+    assert sent == []  # building touches neither the network nor the token files
+    assert not (tmp_path / "tokens").exists()
+    for provider in providers.values():
+        await provider.aclose()
+
+
+def test_the_horn_extension_is_never_offered_against_ford() -> None:
+    """The simulator's horn/lights extension is on for other hosts, off for Ford's own."""
+    assert not is_extension_server(None)
+    assert not is_extension_server("https://api.mps.ford.com/api/fordconnect/vehicles/v1")
+    assert not is_extension_server("https://api.vehicle.ford.com/fcon-query/v1")
+    assert is_extension_server("http://127.0.0.1:8765/api/fordconnect/vehicles/v1")
+    assert not is_extension_server("https://notford.com.ford.com/x")
+    assert is_extension_server("https://ford.com.evil.example/x")
+
+
+async def test_fords_default_urls_mean_no_extension(tmp_path: Path) -> None:
+    """An account without api_base_url talks to Ford and offers no horn/lights."""
+    settings = settings_for(tmp_path, {"home": account_config("fordconnect", api_base_url=None)})
+    providers = build_providers(settings, gate=FreeGate(), alerts=CollectingAlerts())
+    ops = providers["home"].supported_operations(VehicleInfo("v", powertrain=Powertrain.EV))
+    assert Operation.HORN_LIGHTS not in ops and Operation.START_CHARGE in ops
+    await providers["home"].aclose()

@@ -1,0 +1,290 @@
+"""Both providers against the real simulator, in process (ASGITransport): login to commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bridge.errors import LoginError, ReauthRequired, Unsupported
+from bridge.events import AlertKind
+from bridge.model import CommandStatus, LockState, Operation, Powertrain
+from bridge.providers.base import CallKind
+from bridge.providers.oauth import InvalidGrant, parse_redirect
+from bridge.providers.tokens import TokenStore
+from bridge.simulator import Simulator, Timings
+from tests.providers.simulated import (
+    SimAccount,
+    asgi,
+    connect,
+    consent,
+    log_in,
+    make_sim,
+    sim_account,
+    sim_settings,
+)
+from tests.providers.support import FakeClock
+
+BASE = "http://sim.test"
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    return make_sim()
+
+
+@pytest.fixture
+def transport(sim: Simulator) -> httpx.ASGITransport:
+    return asgi(sim)
+
+
+def v1_account(tmp_path: Path, transport: httpx.AsyncBaseTransport, **kw: object) -> SimAccount:
+    settings = sim_settings(tmp_path, {"home": sim_account(BASE, "fordconnect")})
+    return connect(settings, "home", transport, **kw)
+
+
+async def test_login_with_pkce_stores_tokens_and_lists_the_consent(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """A PKCE login against the simulator stores tokens; the account then lists its vehicles."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    stored = TokenStore(tmp_path).load("home")
+    assert stored is not None and stored.refresh_token
+    vehicles = await account.parts.provider.list_vehicles()
+    assert [v.vehicle_id for v in vehicles] == [v.vehicle_id for v in sim.vehicles]
+    assert [v.powertrain for v in vehicles] == [Powertrain.EV, Powertrain.ICE, Powertrain.EV]
+    await account.parts.provider.aclose()
+
+
+async def test_login_with_the_wrong_pkce_verifier_is_refused(
+    tmp_path: Path, transport: httpx.ASGITransport
+) -> None:
+    """A code exchanged with another verifier than the one challenged fails as LoginError."""
+    account = v1_account(tmp_path, transport)
+    login, redirect = await consent(account.config, transport)
+    other, _ = await consent(account.config, transport)
+    code = parse_redirect(redirect, expected_state=login.state)
+    with pytest.raises(LoginError, match="refused the authorisation code"):
+        await account.parts.tokens.complete_login(other, code)
+    assert TokenStore(tmp_path).load("home") is None
+    await account.parts.provider.aclose()
+
+
+async def test_a_redirect_for_another_login_fails_the_state_check(
+    tmp_path: Path, transport: httpx.ASGITransport
+) -> None:
+    """The redirect of one login presented to another fails on `state` before any exchange."""
+    account = v1_account(tmp_path, transport)
+    mine, _ = await consent(account.config, transport)
+    _, theirs = await consent(account.config, transport)
+    with pytest.raises(LoginError, match="state does not match"):
+        parse_redirect(theirs, expected_state=mine.state)
+    await account.parts.provider.aclose()
+
+
+async def test_a_code_works_only_once(tmp_path: Path, transport: httpx.ASGITransport) -> None:
+    """Replaying an authorisation code is refused (invalid_grant → LoginError)."""
+    account = v1_account(tmp_path, transport)
+    login, redirect = await consent(account.config, transport)
+    code = parse_redirect(redirect, expected_state=login.state)
+    await account.parts.tokens.complete_login(login, code)
+    with pytest.raises(LoginError):
+        await account.parts.tokens.complete_login(login, code)
+    await account.parts.provider.aclose()
+
+
+async def test_refresh_rotates_and_the_old_refresh_token_is_dead(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """Past expiry the token is refreshed; the rotated refresh token is stored, the old one dead."""
+    clock = FakeClock(1_750_000_000.0)
+    account = v1_account(tmp_path, transport, clock=clock)
+    await log_in(account, transport, vehicle="all")
+    before = TokenStore(tmp_path).load("home")
+    assert before is not None and before.refresh_token is not None
+    clock.now += 1200
+    vehicle_id = sim.vehicles[0].vehicle_id
+    await account.parts.provider.read(vehicle_id)
+    after = TokenStore(tmp_path).load("home")
+    assert after is not None and after.refresh_token not in (None, before.refresh_token)
+    assert CallKind.TOKEN in account.gate.kinds()
+    with pytest.raises(InvalidGrant):
+        await account.parts.oauth.refresh(before.refresh_token)
+    await account.parts.provider.aclose()
+
+
+async def test_a_token_expired_mid_session_is_refreshed_and_the_read_retried(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """The server dropping our access token (401) costs one refresh; the read still succeeds."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    vehicle_id = sim.vehicles[0].vehicle_id
+    assert sim.expire_tokens() == 1
+    state = await account.parts.provider.read(vehicle_id)
+    assert state.status.lock is LockState.LOCKED
+    assert account.gate.kinds() == [CallKind.TOKEN, CallKind.READ, CallKind.TOKEN, CallKind.READ]
+    await account.parts.provider.aclose()
+
+
+async def test_a_revoked_refresh_token_needs_a_new_login(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """With both tokens dead the account raises ReauthRequired, alerts once and stops calling."""
+    clock = FakeClock(1_750_000_000.0)
+    account = v1_account(tmp_path, transport, clock=clock)
+    await log_in(account, transport, vehicle="all")
+    stored = TokenStore(tmp_path).load("home")
+    assert stored is not None and stored.refresh_token is not None
+    await account.parts.oauth.refresh(stored.refresh_token)  # someone else rotated it away
+    clock.now += 1200
+    for _ in range(3):
+        with pytest.raises(ReauthRequired):
+            await account.parts.provider.read(sim.vehicles[0].vehicle_id)
+    assert account.gate.kinds() == [CallKind.TOKEN, CallKind.TOKEN, CallKind.TOKEN]
+    assert [a.kind for a in account.alerts.alerts] == [AlertKind.RELOGIN_NEEDED]
+    await account.parts.provider.aclose()
+
+
+async def test_commands_complete_and_change_the_car(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """unlock then lock both reach COMPLETED; the car's true lock state follows."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    car = sim.vehicles[1]
+    accepted: list[str] = []
+
+    async def on_accepted(command_id: str) -> None:
+        accepted.append(command_id)
+
+    provider = account.parts.provider
+    unlocked = await provider.execute(car.vehicle_id, Operation.UNLOCK, on_accepted=on_accepted)
+    assert unlocked.status is CommandStatus.SUCCEEDED
+    assert car.car.truth(sim.now()).locked is False
+    locked = await provider.execute(car.vehicle_id, Operation.LOCK, on_accepted=on_accepted)
+    assert locked.status is CommandStatus.SUCCEEDED
+    assert car.car.truth(sim.now()).locked is True
+    assert accepted == [unlocked.provider_command_id, locked.provider_command_id]
+    assert [e.command for e in car.executed] == ["unlock", "lock"]
+    await provider.aclose()
+
+
+async def test_a_command_the_car_rejects_is_failed(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """startCharge on an unplugged EV reaches the car and comes back FAILED."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    outcome = await account.parts.provider.execute(
+        sim.vehicles[0].vehicle_id, Operation.START_CHARGE
+    )
+    assert outcome.status is CommandStatus.FAILED
+    await account.parts.provider.aclose()
+
+
+async def test_a_command_without_a_verdict_in_time_is_timed_out(tmp_path: Path) -> None:
+    """A car answering after our deadline leaves the command timed_out, not failed."""
+    sim = make_sim(timings=Timings(command_delay_s=30))
+    transport = asgi(sim)
+    settings = sim_settings(tmp_path, {"home": sim_account(BASE)})
+    settings = settings.model_copy(
+        update={"commands": settings.commands.model_copy(update={"timeout_s": 0.2})}
+    )
+    account = connect(settings, "home", transport)
+    await log_in(account, transport, vehicle="all")
+    outcome = await account.parts.provider.execute(sim.vehicles[1].vehicle_id, Operation.LOCK)
+    assert outcome.status is CommandStatus.TIMED_OUT
+    assert [e.command for e in sim.vehicles[1].executed] == ["lock"]  # it did reach the car
+    await account.parts.provider.aclose()
+
+
+async def test_charging_a_combustion_car_is_unsupported(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """startCharge on the ICE car is refused with 406 → Unsupported, and never reaches it."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    ice = sim.vehicles[1]
+    with pytest.raises(Unsupported):
+        await account.parts.provider.execute(ice.vehicle_id, Operation.START_CHARGE)
+    assert ice.executed == []
+    await account.parts.provider.aclose()
+
+
+async def test_refresh_and_horn_lights_on_the_simulator(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """A status refresh and the simulator's horn-and-lights extension both complete."""
+    account = v1_account(tmp_path, transport)
+    await log_in(account, transport, vehicle="all")
+    car = sim.vehicles[0]
+    provider = account.parts.provider
+    assert (await provider.execute(car.vehicle_id, Operation.REFRESH)).status is (
+        CommandStatus.SUCCEEDED
+    )
+    assert (await provider.execute(car.vehicle_id, Operation.HORN_LIGHTS)).status is (
+        CommandStatus.SUCCEEDED
+    )
+    assert [e.command for e in car.executed] == ["status", "hornLights"]
+    await provider.aclose()
+
+
+async def test_query_reads_the_bound_vehicle(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """A Query login bound to one vehicle reads its telemetry, mapped; commands are refused."""
+    settings = sim_settings(tmp_path, {"q": sim_account(BASE, "fordconnect-query")})
+    account = connect(settings, "q", transport)
+    await log_in(account, transport, vehicle=sim.vehicles[1].vehicle_id)
+    provider = account.parts.provider
+    [info] = await provider.list_vehicles()
+    assert info.powertrain is Powertrain.ICE and info.model == sim.vehicles[1].spec.model_name
+    state = await provider.read(info.vehicle_id)
+    truth = sim.vehicles[1].car.truth(sim.now())
+    assert state.status.lock is LockState.LOCKED
+    assert state.status.odometer_km == pytest.approx(truth.odometer, abs=0.1)
+    assert state.status.fuel_level_pct is not None and state.status.battery_level_pct is None
+    assert provider.supported_operations(info) == frozenset()
+    with pytest.raises(Unsupported):
+        await provider.execute(info.vehicle_id, Operation.LOCK)
+    assert sim.vehicles[1].vin not in json.dumps([repr(info), repr(state)])
+    await provider.aclose()
+
+
+async def test_three_accounts_side_by_side(
+    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
+) -> None:
+    """Two Query accounts (one vehicle each) and a v1 account (all three) read concurrently."""
+    ev, ice = sim.vehicles[0], sim.vehicles[1]
+    settings = sim_settings(
+        tmp_path,
+        {
+            "q-ev": sim_account(BASE, "fordconnect-query"),
+            "q-ice": sim_account(BASE, "fordconnect-query"),
+            "fleet": sim_account(BASE, "fordconnect"),
+        },
+    )
+    accounts = {name: connect(settings, name, transport) for name in settings.accounts}
+    await log_in(accounts["q-ev"], transport, vehicle=ev.vehicle_id, login_hint="alice")
+    await log_in(accounts["q-ice"], transport, vehicle=ice.vehicle_id, login_hint="bob")
+    await log_in(accounts["fleet"], transport, vehicle="all", login_hint="fleet")
+    reads = await asyncio.gather(
+        accounts["q-ev"].parts.provider.read("ev"),
+        accounts["q-ice"].parts.provider.read("ice"),
+        accounts["fleet"].parts.provider.read(ev.vehicle_id),
+        accounts["fleet"].parts.provider.read(ice.vehicle_id),
+    )
+    q_ev, q_ice, v1_ev, v1_ice = reads
+    assert q_ev.status.battery_level_pct is not None and q_ice.status.battery_level_pct is None
+    assert q_ev.status.odometer_km == v1_ev.status.odometer_km
+    assert q_ice.status.odometer_km == v1_ice.status.odometer_km
+    files = sorted(p.name for p in TokenStore(tmp_path).directory.iterdir())
+    assert files == ["fleet.json", "q-ev.json", "q-ice.json"]
+    for account in accounts.values():
+        assert {acct for acct, _ in account.gate.charges} == {account.parts.tokens.account}
+        await account.parts.provider.aclose()

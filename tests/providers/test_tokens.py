@@ -1,0 +1,212 @@
+"""Token lifecycle: refresh ahead of expiry, once at a time, persisted before use, re-login flag."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bridge.errors import ReauthRequired, StateError
+from bridge.events import AlertKind
+from bridge.providers.base import CallKind
+from bridge.providers.oauth import LoginRequest
+from bridge.providers.tokens import StoredTokens, TokenStore
+from tests.providers.support import V1, VEHICLE, ok, rig, seed_tokens
+
+PATH = f"/api/fordconnect/vehicles/v1/{VEHICLE}"
+URL = f"{V1}/{VEHICLE}"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_a_token_close_to_expiry_is_refreshed_before_the_request(tmp_path: Path) -> None:
+    """With under 60 s left the token is refreshed first; the request uses the new one."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.clock.now += 1200 - 59
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert len(r.ford.token_requests()) == 1
+    assert r.ford.api_requests()[0].headers["Authorization"] == "Bearer access-0001-secretish"
+    await r.parts.api.aclose()
+
+
+async def test_a_token_with_time_left_is_used_as_is(tmp_path: Path) -> None:
+    """With more than 60 s left no refresh happens."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.clock.now += 1200 - 61
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.token_requests() == []
+    await r.parts.api.aclose()
+
+
+async def test_concurrent_requests_share_one_refresh(tmp_path: Path) -> None:
+    """Ten requests finding the token stale at once cause exactly one refresh."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.clock.now += 3600
+    await asyncio.gather(*(r.parts.api.call("GET", URL, kind=CallKind.READ) for _ in range(10)))
+    assert len(r.ford.token_requests()) == 1
+    tokens = {req.headers["Authorization"] for req in r.ford.api_requests()}
+    assert tokens == {"Bearer access-0001-secretish"}
+    await r.parts.api.aclose()
+
+
+async def test_a_rotated_refresh_token_is_on_disk_before_it_is_used(tmp_path: Path) -> None:
+    """When the API sees the new access token, the file already holds the rotated refresh token."""
+    r = rig(tmp_path)
+    on_disk_at_request: list[str | None] = []
+
+    def read_file_then_answer(request: httpx.Request) -> httpx.Response:
+        on_disk_at_request.append(
+            json.loads(TokenStore(tmp_path).path("acct").read_text())["refresh_token"]
+        )
+        return ok({"vehicle": {}})
+
+    r.ford.on("GET", PATH, read_file_then_answer)
+    r.clock.now += 3600
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert on_disk_at_request == ["refresh-0001-secretish"]
+    await r.parts.api.aclose()
+
+
+async def test_token_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
+    """The token file is readable by its owner only, and so is the tokens directory."""
+    r = rig(tmp_path)
+    r.clock.now += 3600
+    await r.parts.tokens.access_token()
+    store = TokenStore(tmp_path)
+    assert _mode(store.path("acct")) == 0o600
+    assert _mode(store.directory) == 0o700
+    await r.parts.api.aclose()
+
+
+def test_a_token_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    """A token file someone loosened to 0644 is refused (StateError), not silently used."""
+    seed_tokens(tmp_path, "acct", expires_at=0)
+    path = TokenStore(tmp_path).path("acct")
+    path.chmod(0o644)
+    with pytest.raises(StateError, match="chmod 600"):
+        TokenStore(tmp_path).load("acct")
+
+
+def test_a_crash_between_write_and_rename_leaves_the_old_file_valid(tmp_path: Path) -> None:
+    """A process killed after writing the new tokens but before the rename leaves the old file."""
+    seed_tokens(tmp_path, "acct", access="access-old-secretish", expires_at=123)
+    # The child dies (os._exit, no cleanup) at the moment it would rename the temp file.
+    child = textwrap.dedent(f"""
+        import os, pathlib
+        from bridge.providers.tokens import StoredTokens, TokenStore
+        pathlib.Path.replace = lambda self, target: os._exit(9)
+        TokenStore(pathlib.Path({str(tmp_path)!r})).save(
+            "acct", StoredTokens("access-new-secretish", "refresh-new", 456))
+    """)
+    done = subprocess.run([sys.executable, "-c", child], check=False, capture_output=True)
+    assert done.returncode == 9, done.stderr.decode()
+    leftovers = [p.name for p in TokenStore(tmp_path).directory.iterdir()]
+    assert ".acct.json.tmp" in leftovers  # the crash really happened mid-replacement
+    stored = TokenStore(tmp_path).load("acct")
+    assert stored is not None and stored.access_token == "access-old-secretish"
+    TokenStore(tmp_path).save("acct", StoredTokens("access-after", "r", 789))
+    assert TokenStore(tmp_path).load("acct") == StoredTokens("access-after", "r", 789)
+
+
+async def test_invalid_grant_marks_relogin_alerts_once_and_stops_calling(tmp_path: Path) -> None:
+    """A refused refresh token: flag persisted, one alert, ReauthRequired, then no more traffic."""
+    r = rig(tmp_path)
+    r.ford.token_error = ok({"error": "invalid_grant", "error_description": "revoked"}, 400)
+    r.clock.now += 3600
+    with pytest.raises(ReauthRequired, match="ownerlink login acct"):
+        await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    sent = len(r.ford.requests)
+    for _ in range(3):
+        with pytest.raises(ReauthRequired):
+            await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert len(r.ford.requests) == sent == 1
+    assert [a.kind for a in r.alerts.alerts] == [AlertKind.RELOGIN_NEEDED]
+    assert r.alerts.alerts[0].account == "acct"
+    stored = TokenStore(tmp_path).load("acct")
+    assert stored is not None and stored.relogin_needed and stored.access_token is None
+    await r.parts.api.aclose()
+
+
+async def test_the_relogin_flag_survives_a_restart(tmp_path: Path) -> None:
+    """A new process finds the flag in the file and fails fast without the network."""
+    TokenStore(tmp_path).save("acct", StoredTokens(None, None, 0, relogin_needed=True))
+    r = rig(tmp_path, logged_in=False)
+    with pytest.raises(ReauthRequired, match="needs a new login"):
+        await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.requests == []
+    await r.parts.api.aclose()
+
+
+async def test_a_new_login_clears_the_flag_for_a_running_process(tmp_path: Path) -> None:
+    """After `ownerlink login` writes fresh tokens, the daemon's next call uses them."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.ford.token_error = ok({"error": "invalid_grant"}, 400)
+    r.clock.now += 3600
+    with pytest.raises(ReauthRequired):
+        await r.parts.tokens.access_token()
+    seed_tokens(
+        tmp_path,
+        "acct",
+        access="access-relogged-secretish",
+        expires_at=r.clock.now + 1200,
+        obtained_at=r.clock.now,
+    )
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.api_requests()[-1].headers["Authorization"] == "Bearer access-relogged-secretish"
+    await r.parts.api.aclose()
+
+
+async def test_complete_login_stores_tokens_and_clears_a_flag(tmp_path: Path) -> None:
+    """Exchanging a code replaces a flagged file with fresh tokens."""
+    r = rig(tmp_path, logged_in=False)
+    TokenStore(tmp_path).save("acct", StoredTokens(None, None, 0, relogin_needed=True))
+    login = LoginRequest("u", "state", None, "http://127.0.0.1:8742/callback", r.clock.now)
+    await r.parts.tokens.complete_login(login, "code-1")
+    stored = TokenStore(tmp_path).load("acct")
+    assert stored is not None and not stored.relogin_needed
+    assert stored.refresh_token == "refresh-0001-secretish"
+    assert not r.parts.tokens.relogin_needed
+    await r.parts.api.aclose()
+
+
+async def test_without_a_login_calls_fail_fast(tmp_path: Path) -> None:
+    """No token file: ReauthRequired naming the login command, and nothing sent."""
+    r = rig(tmp_path, logged_in=False)
+    with pytest.raises(ReauthRequired, match="not logged in"):
+        await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.requests == []
+    await r.parts.api.aclose()
+
+
+async def test_tokens_rotated_by_another_process_are_adopted_not_refreshed(tmp_path: Path) -> None:
+    """If the CLI refreshed beside the daemon, the daemon adopts the file instead of reusing the
+    refresh token the CLI's refresh already retired."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)  # the daemon holds the seed tokens
+    r.clock.now += 1190
+    seed_tokens(
+        tmp_path,
+        "acct",
+        access="access-from-cli-secretish",
+        refresh="refresh-from-cli-secretish",
+        expires_at=r.clock.now + 1200,
+        obtained_at=r.clock.now,
+    )
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.token_requests() == []
+    assert r.ford.api_requests()[-1].headers["Authorization"] == "Bearer access-from-cli-secretish"
+    await r.parts.api.aclose()
