@@ -1,0 +1,412 @@
+"""The running daemon: builds every part from the settings, starts them in order, stops in reverse.
+
+Composition only. Each part owns its behaviour; this module decides who talks to whom:
+
+    providers ─► poller ─► publisher ─► MQTT            (the poll flow)
+    MQTT / REST ─► pipeline ─► audit ─► provider ─► result ─► poller (confirmation read)
+    registry changes ─► discovery, location policy, (broker enforcement inside the registry)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from bridge import sdnotify
+from bridge.access.alerts import AlertHub
+from bridge.access.apps import AppChange, AppRegistry
+from bridge.access.broker import build_enforcement
+from bridge.access.webhook import WebhookSender
+from bridge.audit.log import AuditLog
+from bridge.commands.dedup import DedupStore
+from bridge.commands.forward import VehicleRoute
+from bridge.commands.pipeline import CommandPipeline, InboundCommand
+from bridge.commands.stepup import StepUp
+from bridge.config import Settings
+from bridge.errors import AuditError
+from bridge.events import Alert, AlertKind
+from bridge.logs import get_logger
+from bridge.metrics import (
+    CountingAudit,
+    CountingGate,
+    CountingProvider,
+    DaemonGauges,
+    Metrics,
+    observability_app,
+)
+from bridge.model import Scope, VehicleState
+from bridge.mqtt.client import InboundMessage, MqttClient
+from bridge.mqtt.discovery import VehicleDescription
+from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
+from bridge.mqtt.topics import Publish, Topics
+from bridge.polling.budget import Budget
+from bridge.polling.scheduler import Poller
+from bridge.providers.base import Provider
+from bridge.providers.factory import build_providers
+from bridge.store import Store
+from bridge.vehicles import BridgedVehicle, resolve_vehicles
+from bridge.views import DaemonVehicles
+
+log = get_logger(__name__)
+
+# How often the daemon looks for app changes made by another process (`ownerlink apps revoke`):
+# revocation must take effect within a second.
+REGISTRY_POLL_S = 0.25
+# App ids the registry refuses: the owner's own identity and the daemon's.
+RESERVED_APP_IDS = ("owner", "ownerlink", "admin")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Daemon:
+    """Ownerlink's long-running process. `await start()`, then `await stop()` (or `run()`)."""
+
+    web: Any
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        transport: httpx.AsyncBaseTransport | None = None,
+        serve_web: bool | None = None,
+        metrics_only: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.transport = transport
+        self.serve_web = settings.web.enabled if serve_web is None else serve_web
+        self.metrics_only = metrics_only
+        self.metrics = Metrics()
+        self.topics = Topics(
+            base=settings.mqtt.base_topic, discovery_prefix=settings.mqtt.discovery_prefix
+        )
+        self.started_at: datetime | None = None
+        self.ready = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._vehicles: list[BridgedVehicle] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, wait for SIGTERM/SIGINT, stop. The exit status for the CLI."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_requested.set)
+        try:
+            await self.start()
+            sdnotify.notify("READY=1")
+            await self.wait_for_stop()
+            sdnotify.notify("STOPPING=1")
+        finally:
+            await self.stop()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stop_requested.wait()
+
+    async def start(self) -> None:
+        """Build and start every part; returns once the daemon is online."""
+        self.started_at = self.clock()
+        self._loop = asyncio.get_running_loop()
+        self._build_state()
+        self._build_mqtt()
+        await self._build_access()
+        self._build_commands_base()
+        await self._build_providers()
+        self._build_publishing()
+        self._build_pipeline()
+        self._build_poller()
+        await self._start_parts()
+        await self._build_web()
+        self.ready.set()
+        log.info("ownerlink online", vehicles=[v.slug for v in self._vehicles])
+
+    async def stop(self) -> None:
+        """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
+        for name in ("web", "poller", "pipeline", "publisher", "alerts"):
+            part = getattr(self, name, None)
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_io()
+
+    async def _close_io(self) -> None:
+        if getattr(self, "mqtt", None) is not None:
+            await self.mqtt.stop()
+        for provider in getattr(self, "providers", {}).values():
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+        if getattr(self, "registry", None) is not None:
+            with contextlib.suppress(Exception):
+                self.registry.enforcement.stop()
+        if getattr(self, "audit", None) is not None:
+            self.audit.close()
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _build_state(self) -> None:
+        settings = self.settings
+        self.store = Store.open(settings.state_dir)
+        self.audit = AuditLog(
+            settings.state_dir / "audit",
+            clock=self.clock,
+            rotate_bytes=settings.audit.rotate_bytes,
+            on_head=self._publish_audit_head,
+        )
+        # Parts write through the counting wrapper; the daemon keeps the log itself for its head.
+        self.audit_sink = CountingAudit(self.audit, self.metrics)
+        self.audit_problem: str | None = None
+        try:
+            self.audit.open()
+        except AuditError as exc:
+            # Damage other than a torn tail: keep running (state, polling) but take no commands.
+            self.audit_problem = str(exc)
+            log.error(  # noqa: TRY400 - the problem is the message; a traceback adds nothing
+                "audit log failed verification; commands are refused", problem=str(exc)
+            )
+
+    def _build_mqtt(self) -> None:
+        self.mqtt = MqttClient(
+            self.settings.mqtt,
+            loop=asyncio.get_running_loop(),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        webhook = None
+        if self.settings.alerts.webhook_url:
+            webhook = WebhookSender(
+                url=self.settings.alerts.webhook_url,
+                timeout_s=self.settings.alerts.webhook_timeout_s,
+                retries=self.settings.alerts.webhook_retries,
+            )
+        self.alerts = AlertHub(topics=self.topics, publisher=self.mqtt, webhook=webhook)
+        # Connect now so alerts raised while the rest starts reach the broker (paho queues them
+        # until the connection is up). Command topics are subscribed only once the pipeline
+        # exists, so no command — a retained one least of all — can arrive before it can be judged.
+        self.mqtt.start()
+
+    async def _build_access(self) -> None:
+        enforcement = build_enforcement(self.settings.mqtt)
+        self.registry = AppRegistry(
+            store=self.store,
+            audit=self.audit_sink,
+            alerts=self.alerts,
+            enforcement=enforcement,
+            clock=self.clock,
+            reserved_ids=RESERVED_APP_IDS,
+        )
+        self.registry.migrate()
+        # Broker I/O (dynsec round trips) stays off the event loop.
+        await asyncio.to_thread(self._start_registry)
+        if enforcement.hint:
+            log.info("broker enforcement", mode=enforcement.mode, hint=enforcement.hint)
+
+    def _start_registry(self) -> None:
+        self.registry.enforcement.start()
+        self.registry.import_declared(self.settings.apps)
+        self.registry.sync_broker()
+
+    def _build_commands_base(self) -> None:
+        settings = self.settings
+        self.budget = Budget(
+            store=self.store, config=settings.budget, alerts=self.alerts, clock=self.clock
+        )
+        self.budget.start()
+        self.stepup = StepUp(
+            store=self.store,
+            state_dir=settings.state_dir,
+            config=settings.stepup,
+            alerts=self.alerts,
+        )
+        self.stepup.start()
+        self.command_ids = DedupStore(store=self.store, window_s=settings.commands.dedup_window_s)
+        self.command_ids.start()
+
+    async def _build_providers(self) -> None:
+        gate = CountingGate(self.budget, self.metrics)
+        built = build_providers(
+            self.settings, gate=gate, alerts=self.alerts, transport=self.transport
+        )
+        self.providers: dict[str, Provider] = {
+            name: CountingProvider(provider, self.metrics) for name, provider in built.items()
+        }
+        self._vehicles = await resolve_vehicles(self.settings, self.providers)
+
+    def _build_publishing(self) -> None:
+        ha_app = self.registry.home_assistant_app()
+        self.discovery = DiscoveryManager(
+            self.mqtt,
+            self.topics,
+            mode=self.settings.mqtt.discovery_mode,
+            ha_app=ha_app.id if ha_app else None,
+            ha_scopes=ha_app.scopes if ha_app and ha_app.enabled else frozenset(),
+            stepup_scopes=self.settings.stepup.required_for,
+        )
+        self.publisher = StatePublisher(
+            self.mqtt,
+            self.topics,
+            location_allowed=self._location_allowed,
+            discovery=self.discovery,
+        )
+
+    def _build_pipeline(self) -> None:
+        routes = {
+            v.slug: VehicleRoute(
+                provider=self.providers[v.account], vehicle_id=v.vehicle_id, supported=v.operations
+            )
+            for v in self._vehicles
+        }
+        self.pipeline = CommandPipeline(
+            topics=self.topics,
+            commands=self.settings.commands,
+            stepup_required_for=self.settings.stepup.required_for,
+            apps=self.registry,
+            vehicles=routes,
+            audit=self.audit_sink,
+            stepup=self.stepup,
+            ids=self.command_ids,
+            publisher=self.mqtt,
+            alerts=self.alerts,
+            clock=self.clock,
+            budget_ok=self._command_budget_ok,
+            on_command_done=self._confirm,
+        )
+        if self.audit_problem is not None:
+            from bridge.commands.reasons import Reason
+
+            self.pipeline.halt(Reason.AUDIT_UNAVAILABLE)
+
+    def _build_poller(self) -> None:
+        self.vehicles_view = DaemonVehicles(self)
+        self.poller = Poller(
+            providers=self.providers,
+            vehicles={v.slug: (v.account, v.vehicle_id) for v in self._vehicles},
+            budget=self.budget,
+            config=self.settings.polling,
+            on_state=self._on_state,
+            on_availability=self.publisher.set_availability,
+            on_budget=self.publisher.publish_budget,
+            alerts=self.alerts,
+            clock=self.clock,
+        )
+
+    async def _start_parts(self) -> None:
+        await self.alerts.start()
+        self.discovery.start()
+        for vehicle in self._vehicles:
+            self.discovery.add_vehicle(
+                VehicleDescription.from_info(
+                    vehicle.slug, vehicle.info, operations=vehicle.operations, name=vehicle.name
+                )
+            )
+        self.registry.subscribe(self._on_registry_change)
+        self._spawn(self._watch_registry())
+        await self.pipeline.start()
+        self.mqtt.subscribe(self.topics.command_filter, qos=1)
+        self.mqtt.subscribe(self.topics.ha_status, qos=1)
+        await self.poller.start()
+        if self.audit_problem is not None:
+            self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
+
+    async def _build_web(self) -> None:
+        self.metrics.registry.register(DaemonGauges(self))
+        self.web = None
+        if self.serve_web and not self.metrics_only:
+            from bridge.views import build_web_server  # the web stack loads only when served
+
+            self.web = build_web_server(self)
+        elif self.metrics_only:
+            from bridge.web.server import WebServer
+
+            self.web = WebServer(observability_app(self), self.settings.web)
+        if self.web is not None:
+            await self.web.start()
+
+    # -- reactions -------------------------------------------------------------------------------
+
+    def _on_message(self, message: InboundMessage) -> None:
+        """Runs on the event loop (the MQTT adapter hands messages over); never blocks."""
+        if message.topic == self.topics.ha_status:
+            self.publisher.handle_ha_status(message.payload)
+            return
+        self.pipeline.submit(
+            InboundCommand(message.topic, message.payload, message.retain, self.clock())
+        )
+
+    def _on_connect(self) -> None:
+        """Every (re)connect: discovery and every state again, and the audit anchor."""
+        if getattr(self, "publisher", None) is None:
+            return  # the first connect during start-up: start() publishes everything itself
+        self.publisher.republish_all()
+        seq, head = self.audit.head
+        if seq:
+            self._publish_audit_head(seq, head)
+
+    def _publish_audit_head(self, seq: int, head: str) -> None:
+        payload = f'{{"seq": {seq}, "hash": "{head}"}}'
+        self.mqtt.publish(Publish(self.topics.audit_head, payload, retain=True))
+
+    def _on_registry_change(self, change: AppChange) -> None:
+        # Changes made through the web page arrive on a worker thread: hop onto the loop.
+        self._loop.call_soon_threadsafe(self._apply_registry_change, change)
+
+    def _apply_registry_change(self, change: AppChange) -> None:
+        ha_app = self.registry.home_assistant_app()
+        scopes = ha_app.scopes if ha_app and ha_app.enabled else frozenset[Scope]()
+        self.discovery.set_ha_app(ha_app.id if ha_app else None, scopes)
+        self.publisher.location_policy_changed()
+        log.info("app change applied", app=change.app_id, change=change.kind.value)
+
+    async def _watch_registry(self) -> None:
+        """Pick up changes made by `ownerlink apps …` in another process."""
+        while True:
+            await asyncio.sleep(REGISTRY_POLL_S)
+            try:
+                await asyncio.to_thread(self.registry.poll_changes)
+            except Exception:
+                log.exception("registry poll failed")
+
+    def _on_state(self, slug: str, state: VehicleState) -> None:
+        self.metrics.polls.labels(slug).inc()
+        self.vehicles_view.remember(slug, state)
+        self.publisher.update(slug, state)
+
+    def _location_allowed(self) -> bool:
+        return any(app.has(Scope.READ_LOCATION) for app in self.registry.list())
+
+    def _command_budget_ok(self, vehicle: str) -> bool:
+        account = next((v.account for v in self._vehicles if v.slug == vehicle), None)
+        if account is None:
+            return False
+        usage = self.budget.usage(account, self.clock())
+        return usage.left_day > 0 and usage.left_hour > 0
+
+    def _confirm(self, vehicle: str) -> None:
+        self.poller.request_confirmation(vehicle)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def vehicles(self) -> list[BridgedVehicle]:
+        return list(self._vehicles)

@@ -1,0 +1,1 @@
+"""`ownerlink demo`: the whole product on one machine, on the built-in simulator."""

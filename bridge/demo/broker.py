@@ -1,0 +1,131 @@
+"""A broker for the demo: one already reachable, else a Mosquitto we start, else an embedded one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoBroker:
+    host: str
+    port: int
+    kind: str  # "existing", "mosquitto" or "embedded"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts_anonymous(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True when an MQTT broker at host:port accepts an anonymous connection."""
+    accepted = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"ownerlink-probe-{port}")
+    client.on_connect = lambda *args: accepted.set() if not args[3].is_failure else None
+    try:
+        client.connect(host, port, keepalive=10)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        return accepted.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@contextlib.contextmanager
+def demo_broker(host: str, port: int) -> Iterator[DemoBroker]:
+    """Yield a broker: the one at host:port if it takes anonymous clients, else one we start."""
+    if accepts_anonymous(host, port):
+        yield DemoBroker(host, port, "existing")
+        return
+    binary = shutil.which("mosquitto") or next(
+        (p for p in MOSQUITTO_PATHS if Path(p).exists()), None
+    )
+    if binary is not None:
+        with _mosquitto(binary) as broker:
+            yield broker
+        return
+    with _embedded() as broker:
+        yield broker
+
+
+@contextlib.contextmanager
+def _mosquitto(binary: str) -> Iterator[DemoBroker]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ownerlink-demo-mqtt-") as folder:
+        config = Path(folder) / "mosquitto.conf"
+        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen(  # noqa: S603 - a fixed binary with our own config
+            [binary, "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_listening(port, proc)
+            yield DemoBroker("127.0.0.1", port, "mosquitto")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def _embedded() -> Iterator[DemoBroker]:
+    """amqtt (pure Python) on its own thread and event loop, for machines without Mosquitto."""
+    import logging
+
+    from amqtt.broker import Broker
+
+    # amqtt logs every probe and its own shutdown at INFO/ERROR; the demo's output is ours.
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+    logging.getLogger("transitions").setLevel(logging.CRITICAL)
+    port = free_port()
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    loop = asyncio.new_event_loop()
+    broker = Broker(config, loop=loop)
+    thread = threading.Thread(target=loop.run_forever, name="demo-broker", daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(broker.start(), loop).result(timeout=15)
+    try:
+        _wait_listening(port, None)
+        yield DemoBroker("127.0.0.1", port, "embedded")
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the demo broker exited with status {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the demo broker did not listen on port {port}")

@@ -1,0 +1,245 @@
+"""The demo's steps: simulator, broker, login, apps, step-up, owner password, daemon, next steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from bridge.config import Settings, load_config
+from bridge.daemon import Daemon
+from bridge.demo.broker import DemoBroker, demo_broker
+from bridge.events import CollectingAlerts
+from bridge.providers.base import FreeGate
+from bridge.providers.factory import build_account
+from bridge.providers.oauth import parse_redirect, start_login
+from bridge.simulator import SimClock, Simulator, serve_in_thread
+
+ACCOUNT = "sim"
+HA_SCOPES = [
+    "read:status",
+    "read:health",
+    "command:lock",
+    "command:unlock",
+    "command:refresh",
+    "command:horn_lights",
+    "command:charge",
+]
+NODERED_SCOPES = ["read:status", "command:refresh"]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    state_dir: Path | None
+    vehicles: int
+    speed: float
+    seed: int
+    broker_host: str
+    broker_port: int
+    web_port: int
+    out: TextIO = sys.stdout
+
+
+class Progress:
+    """Numbered progress lines, so a newcomer sees what is happening while it starts."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out, self.total, self.step = out, total, 0
+
+    def __call__(self, message: str) -> None:
+        self.step += 1
+        print(f"[{self.step}/{self.total}] {message}", file=self.out, flush=True)
+
+
+def run_demo(options: DemoOptions) -> int:
+    """Run everything until Ctrl-C; return the exit status."""
+    progress = Progress(options.out, 7)
+    with _state_dir(options.state_dir) as state_dir:
+        progress(f"state directory {state_dir}")
+        sim = Simulator(
+            vehicles=options.vehicles,
+            seed=options.seed,
+            auto_consent=True,
+            admin=True,
+            clock=SimClock(speed=options.speed),
+            token_lifetime=1200 * options.speed,
+        )
+        with serve_in_thread(sim) as sim_url:
+            progress(f"simulator: {options.vehicles} vehicles at {options.speed:g}x, {sim_url}")
+            with demo_broker(options.broker_host, options.broker_port) as broker:
+                progress(f"MQTT broker ({broker.kind}) at {broker.host}:{broker.port}")
+                vehicles = {_alias(v.spec.nickname): v.vehicle_id for v in sim.vehicles}
+                settings = write_config(state_dir, sim_url, broker, options.web_port, vehicles)
+                return asyncio.run(_run(settings, sim_url, broker, progress, options.out))
+
+
+@contextlib.contextmanager
+def _state_dir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True, mode=0o700)
+        yield given
+        return
+    folder = Path(tempfile.mkdtemp(prefix="ownerlink-demo-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alias(nickname: str) -> str:
+    """`Mustang 1` → `mustang-1`: a friendly topic slug (never the VIN)."""
+    return "-".join(nickname.lower().split())[:32]
+
+
+def demo_config(
+    state_dir: Path, sim_url: str, broker: DemoBroker, web_port: int, vehicles: dict[str, str]
+) -> dict[str, Any]:
+    """The configuration the demo runs with, as a YAML-ready document."""
+    return {
+        "state_dir": str(state_dir),
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "client_id": f"ownerlink-demo-{secrets.token_hex(3)}",
+            # The embedded broker speaks MQTT 3.1.1 only.
+            "protocol": "3.1.1" if broker.kind == "embedded" else "5",
+        },
+        "accounts": {
+            ACCOUNT: {
+                "provider": "fordconnect",
+                "client_id": "ownerlink-sim",
+                "client_secret": "sim-secret",
+                "application_id": "sim-app-id",
+                "authorize_url": f"{sim_url}/oauth/authorize",
+                "token_url": f"{sim_url}/oauth/token",
+                "api_base_url": f"{sim_url}/api/fordconnect/vehicles/v1",
+            }
+        },
+        "vehicles": {alias: {"account": ACCOUNT, "id": vid} for alias, vid in vehicles.items()},
+        "apps": {
+            "homeassistant": {
+                "name": "Home Assistant",
+                "scopes": HA_SCOPES,
+                "home_assistant": True,
+            },
+            "nodered": {"name": "Node-RED", "scopes": NODERED_SCOPES},
+        },
+        "web": {"port": web_port},
+        "logging": {"level": "warning", "format": "console"},
+    }
+
+
+def write_config(
+    state_dir: Path, sim_url: str, broker: DemoBroker, web_port: int, vehicles: dict[str, str]
+) -> Settings:
+    """Write config.yaml into the state directory (so every CLI command works on the demo)."""
+    path = state_dir / "config.yaml"
+    document = demo_config(state_dir, sim_url, broker, web_port, vehicles)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.chmod(0o600)
+    return load_config(path)
+
+
+async def _run(
+    settings: Settings, sim_url: str, broker: DemoBroker, progress: Progress, out: TextIO
+) -> int:
+    await login(settings)
+    progress("logged in to the simulated FordConnect account (OAuth 2.0 + PKCE)")
+    secret = enroll_stepup(settings.state_dir)
+    password = set_owner_password(settings)
+    progress("step-up (TOTP) enrolled and a one-time owner password set")
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    try:
+        await daemon.start()
+        progress("daemon online: discovery and states are on the broker")
+        print_next_steps(out, settings, daemon, broker, secret=secret, password=password)
+        await daemon.wait_for_stop()
+    finally:
+        await daemon.stop()
+        print(
+            "stopped; the demo's state directory is removed unless --state-dir was given", file=out
+        )
+    return 0
+
+
+async def login(settings: Settings) -> None:
+    """The same OAuth login `ownerlink login` does, with the simulator consenting at once."""
+    parts = build_account(settings, ACCOUNT, gate=FreeGate(), alerts=CollectingAlerts())
+    config = settings.accounts[ACCOUNT]
+    request = start_login(config, datetime.now(UTC).timestamp())
+    async with httpx.AsyncClient(follow_redirects=False, timeout=10) as client:
+        response = await client.get(request.url)
+    code = parse_redirect(response.headers["location"], expected_state=request.state)
+    try:
+        await parts.tokens.complete_login(request, code)
+    finally:
+        await parts.provider.aclose()
+
+
+def enroll_stepup(state_dir: Path) -> str:
+    from bridge.commands.stepup import enroll
+
+    return enroll(state_dir, force=True)
+
+
+def set_owner_password(settings: Settings) -> str:
+    from bridge.store import Store
+    from bridge.web.passwords import set_owner_password as store_password
+
+    password = f"demo-{secrets.token_urlsafe(12)}"
+    store = Store.open(settings.state_dir)
+    try:
+        store_password(store, password, now=datetime.now(UTC))
+    finally:
+        store.close()
+    return password
+
+
+def print_next_steps(
+    out: TextIO,
+    settings: Settings,
+    daemon: Daemon,
+    broker: DemoBroker,
+    *,
+    secret: str,
+    password: str,
+) -> None:
+    """What to try now: the page, a subscription, a lock that works and one that is refused."""
+    base = settings.mqtt.base_topic
+    vehicle = daemon.vehicles[0].slug if daemon.vehicles else "<vehicle>"
+    mq = f"-h {broker.host} -p {broker.port}"
+    config = settings.state_dir / "config.yaml"
+    web = f"http://{settings.web.host}:{daemon.web.port}/" if daemon.web else "(web disabled)"
+    lines = [
+        "",
+        "Ownerlink demo is running. Try:",
+        f"  owner page        {web}   password: {password}",
+        f"  watch everything  mosquitto_sub {mq} -v -t '{base}/#' -t 'homeassistant/#'",
+        f"  lock (allowed)    mosquitto_pub {mq} -t {base}/app/homeassistant/{vehicle}/cmd/lock"
+        " -m LOCK",
+        f"  lock (refused)    mosquitto_pub {mq} -t {base}/app/nodered/{vehicle}/cmd/lock -m LOCK",
+        "                    (nodered lacks command:lock: the result says rejected/scope_missing)",
+        f"  unlock (step-up)  mosquitto_pub {mq} -t {base}/app/homeassistant/{vehicle}/cmd/lock"
+        ' -m \'{"action": "UNLOCK", "code": "<code>"}\'',
+        f"  a step-up code    ownerlink stepup code --config {config}",
+        f"                    (or add this secret to an authenticator app: {secret})",
+        f"  verify the audit  ownerlink audit verify --config {config}",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    print("\n".join(lines), file=out, flush=True)

@@ -1,0 +1,84 @@
+"""The daemon's read-only views for the web page, and the web server built from the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from bridge.model import VehicleState
+
+if TYPE_CHECKING:
+    from bridge.daemon import Daemon
+    from bridge.web.ports import BudgetView, VehicleView
+    from bridge.web.server import WebServer
+
+
+class DaemonVehicles:
+    """`VehiclesView` over the poller and the latest states the daemon has seen."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self.latest: dict[str, VehicleState] = {}
+
+    def remember(self, slug: str, state: VehicleState) -> None:
+        self.latest[slug] = state
+
+    def vehicles(self) -> Sequence[VehicleView]:
+        from bridge.web.ports import VehicleView
+
+        views = []
+        for vehicle in self._daemon.vehicles:
+            status = self._daemon.poller.status(vehicle.slug)
+            next_poll = status.get("next_poll")
+            views.append(
+                VehicleView(
+                    slug=vehicle.slug,
+                    name=vehicle.name or vehicle.info.model,
+                    state=self.latest.get(vehicle.slug),
+                    available=bool(status.get("online")),
+                    next_poll=datetime.fromisoformat(next_poll) if next_poll else None,
+                )
+            )
+        return views
+
+    def budget(self) -> BudgetView:
+        from bridge.web.ports import BudgetView
+
+        daemon = self._daemon
+        now = daemon.clock()
+        accounts = {v.account for v in daemon.vehicles} or set(daemon.settings.accounts)
+        used = sum(daemon.budget.usage(a, now).used_day for a in accounts)
+        per_hour = [0] * 24
+        for account in accounts:
+            for at in daemon.budget.call_times(account, now - timedelta(days=1), now):
+                per_hour[at.hour] += 1
+        limit = daemon.settings.budget.calls_per_day * max(1, len(accounts))
+        return BudgetView(calls_per_day=limit, used_today=used, per_hour=per_hour)
+
+
+def build_web_server(daemon: Daemon) -> WebServer:
+    """The owner page and the local OAuth API, wired to the daemon's real parts."""
+    from bridge.web.adapters import AuditFiles, OwnerStepUp
+    from bridge.web.app import create_web_app
+    from bridge.web.server import WebServer
+
+    settings = daemon.settings
+    app = create_web_app(
+        settings=settings,
+        store=daemon.store,
+        registry=daemon.registry,
+        audit=daemon.audit_sink,
+        audit_reader=AuditFiles(settings.state_dir / "audit"),
+        pipeline=daemon.pipeline,
+        vehicles_view=daemon.vehicles_view,
+        stepup=OwnerStepUp(
+            verifier=daemon.stepup, state_dir=settings.state_dir, clock=daemon.clock
+        ),
+        clock=daemon.clock,
+    )
+    from bridge.metrics import routes
+
+    for route in routes(daemon):
+        app.router.routes.append(route)
+    return WebServer(app, settings.web)
