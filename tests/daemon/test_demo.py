@@ -1,0 +1,150 @@
+"""`ownerlink demo`: the whole product on one machine, started exactly as a newcomer would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import BrokerAddress
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_S = 30
+
+
+class Recorder:
+    """Subscribes to everything and keeps the latest message per topic and every result."""
+
+    def __init__(self, broker: BrokerAddress) -> None:
+        self.latest: dict[str, bytes] = {}
+        self.results: list[dict[str, object]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [("ownerlink/#", 0), ("homeassistant/#", 0)]
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.latest[msg.topic] = msg.payload
+            if msg.topic.endswith("/result"):
+                self.results.append(json.loads(msg.payload))
+
+    def wait_for(self, predicate: object, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate(self):  # type: ignore[operator]
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def demo(
+    broker: BrokerAddress, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`ownerlink demo` as a subprocess on the test broker; yields it and its output lines."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "demo",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            "--web-port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    )  # type: ignore[union-attr]
+    reader.start()
+    try:
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def printed(lines: list[str], label: str) -> str:
+    for line in lines:
+        if line.strip().startswith(label):
+            return line.strip()[len(label) :].strip()
+    raise AssertionError(f"the demo did not print {label!r}:\n" + "".join(lines))
+
+
+def test_demo_runs_end_to_end_and_stops_cleanly(
+    demo: tuple[subprocess.Popen[str], list[str]], broker: BrokerAddress
+) -> None:
+    """Within 30 s the broker carries discovery and states; the printed lock works, the printed
+    refused command is refused, and Ctrl-C leaves no process behind."""
+    proc, lines = demo
+    deadline = time.monotonic() + STARTUP_S
+    while not any("Ctrl-C stops everything" in line for line in lines):
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "demo not ready in time:\n" + "".join(lines)
+        time.sleep(0.2)
+    recorder = Recorder(broker)
+    try:
+        has_states = recorder.wait_for(
+            lambda r: (
+                any(t.endswith("/status") for t in r.latest)
+                and any(t.startswith("homeassistant/") for t in r.latest)
+            ),
+            timeout=10,
+        )
+        assert has_states, sorted(recorder.latest)
+        subprocess.run(shlex.split(printed(lines, "lock (allowed)")), check=True, timeout=10)
+        subprocess.run(shlex.split(printed(lines, "lock (refused)")), check=True, timeout=10)
+        done = recorder.wait_for(
+            lambda r: {res["status"] for res in r.results} >= {"succeeded", "rejected"}, 20
+        )
+        assert done, recorder.results
+        refused = next(res for res in recorder.results if res["status"] == "rejected")
+        assert refused["reason"] == "scope_missing"
+    finally:
+        recorder.close()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    page = printed(lines, "owner page")
+    port = re.search(r":(\d+)/", page)
+    assert port is not None
+    assert not _listening(int(port.group(1))), "the owner page still answers after Ctrl-C"
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

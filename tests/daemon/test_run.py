@@ -1,0 +1,132 @@
+"""The daemon in-process against the real simulator and a real broker: health, metrics, safety."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.config import Settings
+from bridge.daemon import Daemon
+from bridge.demo.broker import DemoBroker
+from bridge.demo.run import demo_config, login
+from bridge.simulator import SimClock, Simulator, serve_in_thread
+from tests.conftest import BrokerAddress
+
+
+@pytest.fixture
+def sim() -> Iterator[tuple[Simulator, str]]:
+    simulator = Simulator(
+        vehicles=1, seed=3, auto_consent=True, admin=True, clock=SimClock(speed=1)
+    )
+    with serve_in_thread(simulator) as url:
+        yield simulator, url
+
+
+def settings_for(tmp_path: Path, url: str, broker: BrokerAddress, base: str) -> Settings:
+    document = demo_config(
+        tmp_path / "state", url, DemoBroker(broker.host, broker.port, "test"), 0, {}
+    )
+    document["mqtt"]["base_topic"] = base
+    document["vehicles"] = {}
+    document["logging"] = {"level": "warning", "format": "json"}
+    return Settings(**document)
+
+
+@pytest.fixture
+async def daemon(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> AsyncIterator[Daemon]:
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    running = Daemon(settings)
+    await running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+def publish_retained(broker: BrokerAddress, topic: str, payload: str) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+async def test_healthz_and_metrics_answer(daemon: Daemon) -> None:
+    """/healthz says ready once online; /metrics carries polls, budget, commands and MQTT."""
+    assert daemon.web is not None
+    base = f"http://127.0.0.1:{daemon.web.port}"
+    async with httpx.AsyncClient(base_url=base) as client:
+        for _ in range(50):
+            health = await client.get("/healthz")
+            if health.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert health.status_code == 200
+        assert health.json()["ready"] is True
+        metrics = (await client.get("/metrics")).text
+    for name in (
+        "ownerlink_up 1.0",
+        "ownerlink_mqtt_connected 1.0",
+        "ownerlink_budget_used",
+        "ownerlink_provider_calls_total",
+        "ownerlink_audit_head_seq",
+    ):
+        assert name in metrics
+
+
+async def test_retained_unlock_waiting_at_start_is_never_executed(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """A retained UNLOCK sitting on the broker when the daemon starts is refused, not run."""
+    simulator, url = sim
+    settings = settings_for(tmp_path, url, broker, base_topic)
+    await login(settings)
+    vehicle_slug = await _first_slug(settings)
+    topic = f"{base_topic}/app/homeassistant/{vehicle_slug}/cmd/lock"
+    publish_retained(broker, topic, json.dumps({"action": "LOCK", "id": "retained-1"}))
+    running = Daemon(settings)
+    await running.start()
+    try:
+        for _ in range(100):
+            if _decisions(settings):
+                break
+            await asyncio.sleep(0.05)
+        decisions = _decisions(settings)
+    finally:
+        await running.stop()
+        publish_retained(broker, topic, "")
+    assert [d["reason"] for d in decisions] == ["retained"]
+    assert all(not v.executed for v in simulator.vehicles)
+
+
+async def _first_slug(settings: Settings) -> str:
+    from bridge.vehicles import derived_slug
+
+    return derived_slug("sim", _sim_vehicle_ids(settings)[0])
+
+
+def _sim_vehicle_ids(settings: Settings) -> list[str]:
+    base = settings.accounts["sim"].api_base_url or ""
+    root = base.split("/api/")[0]
+    vehicles: list[dict[str, Any]] = httpx.get(f"{root}/sim/vehicles").json()["vehicles"]
+    return [v["vehicle_id"] for v in vehicles]
+
+
+def _decisions(settings: Settings) -> list[dict[str, Any]]:
+    path = settings.state_dir / "audit" / "audit.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["kind"] == "command.decision"]
