@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
 from bridge.config import MqttConfig, TlsConfig
@@ -193,6 +194,17 @@ class MqttClient:
         # A connect callback running concurrently has either seen the new filter, or the state is
         # already CONNECTED here: a subscription is never missed (at worst it is sent twice).
         if client is not None and client.is_connected():
+            self._send_subscribe(client, topic_filter, qos)
+
+    def _send_subscribe(self, client: paho.Client, topic_filter: str, qos: int) -> None:
+        if self.config.protocol == "5":
+            # Retain As Published: without it the broker clears the retain flag on messages it
+            # forwards live, so a command published *with* retain while we are connected would
+            # look like a fresh one. With it, the flag reaches us and such a command is refused.
+            # (MQTT 3.1.1 has no such option; there only retained-on-subscribe is flagged.)
+            options = SubscribeOptions(qos=qos, retainAsPublished=True)
+            client.subscribe(topic_filter, options=options)
+        else:
             client.subscribe(topic_filter, qos=qos)
 
     def unsubscribe(self, topic_filter: str) -> None:
@@ -264,7 +276,7 @@ class MqttClient:
         # Subscriptions are not guaranteed to survive a reconnect (clean start drops them). They go
         # out before `online`, so anyone who sees `online` knows we are listening again.
         for topic_filter, qos in subscriptions:
-            client.subscribe(topic_filter, qos=qos)
+            self._send_subscribe(client, topic_filter, qos)
         client.publish(self.topics.bridge_state, ONLINE, qos=1, retain=True)
         self._hand_over(self._connected, bool(flags.session_present))
 

@@ -130,3 +130,21 @@ def _decisions(settings: Settings) -> list[dict[str, Any]]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if r["kind"] == "command.decision"]
+
+
+async def test_retained_command_published_while_running_is_refused(
+    daemon: Daemon, broker: BrokerAddress, base_topic: str
+) -> None:
+    """A command published with the retain flag while the daemon listens is refused as retained
+    (MQTT 5 Retain As Published), so it cannot be replayed to the daemon on a later restart."""
+    slug = daemon.vehicles[0].slug
+    topic = f"{base_topic}/app/homeassistant/{slug}/cmd/lock"
+    publish_retained(broker, topic, json.dumps({"action": "LOCK", "id": "live-retained"}))
+    try:
+        for _ in range(100):
+            if _decisions(daemon.settings):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        publish_retained(broker, topic, "")
+    assert [d["reason"] for d in _decisions(daemon.settings)] == ["retained"]
