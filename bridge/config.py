@@ -33,6 +33,8 @@ DEFAULT_PATHS = (Path("/etc/ownerlink/config.yaml"), Path("config.yaml"))
 # The YAML document being loaded; read by YamlDocumentSource below the environment in precedence.
 _yaml_document: ContextVar[dict[str, Any]] = ContextVar("_yaml_document", default={})  # noqa: B039
 
+# Vehicle aliases that would put a car's topics under the bridge's own or the command topics.
+RESERVED_SLUGS = frozenset({"bridge", "app"})
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 APP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -164,6 +166,13 @@ class WebConfig(Section):
     access_token_ttl_s: int = Field(default=600, ge=60, le=3600)
     refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
     public_url: str | None = None
+    # Owner login throttling: this many wrong passwords per client address per window → 429.
+    login_max_failures: int = Field(default=5, ge=1, le=100)
+    login_failure_window_s: float = Field(default=15 * 60, ge=60)
+    # Also ask for the step-up TOTP code at login, once step-up is enrolled.
+    login_totp: bool = False
+    # REST reads per app per minute (commands are limited by the pipeline, commands.*).
+    api_reads_per_minute: int = Field(default=60, ge=1, le=6000)
 
 
 class LoggingConfig(Section):
@@ -200,6 +209,8 @@ class Settings(BaseSettings):
     def _check_references(self) -> Settings:
         """Cross-section checks, reported with the path of the offending key."""
         problems: list[InitErrorDetails] = []
+        for alias in self.vehicles.keys() & RESERVED_SLUGS:
+            problems.append(_problem(("vehicles", alias), "this alias is reserved for the bridge"))
         for alias, vehicle in self.vehicles.items():
             if vehicle.account not in self.accounts:
                 problems.append(

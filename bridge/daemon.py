@@ -94,6 +94,7 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._vehicles: list[BridgedVehicle] = []
+        self._descriptions: dict[str, VehicleDescription] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -311,12 +312,14 @@ class Daemon:
     async def _start_parts(self) -> None:
         await self.alerts.start()
         self.discovery.start()
-        for vehicle in self._vehicles:
-            self.discovery.add_vehicle(
-                VehicleDescription.from_info(
-                    vehicle.slug, vehicle.info, operations=vehicle.operations, name=vehicle.name
-                )
+        self._descriptions = {
+            v.slug: VehicleDescription.from_info(
+                v.slug, v.info, operations=v.operations, name=v.name
             )
+            for v in self._vehicles
+        }
+        for description in self._descriptions.values():
+            self.discovery.add_vehicle(description)
         self.registry.subscribe(self._on_registry_change)
         self._spawn(self._watch_registry())
         await self.pipeline.start()
@@ -386,6 +389,9 @@ class Daemon:
 
     def _on_state(self, slug: str, state: VehicleState) -> None:
         self.metrics.polls.labels(slug).inc()
+        if slug not in self.vehicles_view.latest:
+            # The first read tells which doors, windows and tyres this car reports: offer those.
+            self.discovery.add_vehicle(self._descriptions[slug].with_positions_from(state))
         self.vehicles_view.remember(slug, state)
         self.publisher.update(slug, state)
 

@@ -61,6 +61,12 @@ KNOWN_DOORS = (
     "frunk",
     "unspecified_front",
     "unspecified_rear",
+    # FordConnect v1 names rows and seats, not corners (which corner the driver sits at depends
+    # on the market).
+    "front_driver",
+    "front_passenger",
+    "rear_driver",
+    "rear_passenger",
 )
 KNOWN_WINDOWS = (
     "front_left",
