@@ -22,6 +22,7 @@ from bridge import sdnotify
 from bridge.access.alerts import AlertHub
 from bridge.access.apps import AppChange, AppRegistry
 from bridge.access.broker import build_enforcement
+from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
 from bridge.audit.log import AuditLog
 from bridge.commands.dedup import DedupStore
@@ -92,7 +93,6 @@ class Daemon:
         self.started_at: datetime | None = None
         self.ready = asyncio.Event()
         self._stop_requested = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._vehicles: list[BridgedVehicle] = []
         self._descriptions: dict[str, VehicleDescription] = {}
 
@@ -137,14 +137,11 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
-        for name in ("web", "poller", "pipeline", "publisher", "alerts"):
+        for name in ("web", "poller", "registry_sync", "pipeline", "publisher", "alerts"):
             part = getattr(self, name, None)
             if part is not None:
                 with contextlib.suppress(Exception):
                     await part.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_io()
 
     async def _close_io(self) -> None:
@@ -205,7 +202,7 @@ class Daemon:
         self.mqtt.start()
 
     async def _build_access(self) -> None:
-        enforcement = build_enforcement(self.settings.mqtt)
+        enforcement = build_enforcement(self.settings.mqtt, state_dir=self.settings.state_dir)
         self.registry = AppRegistry(
             store=self.store,
             audit=self.audit_sink,
@@ -222,8 +219,9 @@ class Daemon:
 
     def _start_registry(self) -> None:
         self.registry.enforcement.start()
+        # Apps declared in the config file join the registry (once; a revoked one stays revoked).
+        # Pushing them to the broker is the sync loop's job, which retries while it is down.
         self.registry.import_declared(self.settings.apps)
-        self.registry.sync_broker()
 
     def _build_commands_base(self) -> None:
         settings = self.settings
@@ -321,7 +319,8 @@ class Daemon:
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
         self.registry.subscribe(self._on_registry_change)
-        self._spawn(self._watch_registry())
+        self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
+        await self.registry_sync.start()
         await self.pipeline.start()
         self.mqtt.subscribe(self.topics.command_filter, qos=1)
         self.mqtt.subscribe(self.topics.ha_status, qos=1)
@@ -378,15 +377,6 @@ class Daemon:
         self.publisher.location_policy_changed()
         log.info("app change applied", app=change.app_id, change=change.kind.value)
 
-    async def _watch_registry(self) -> None:
-        """Pick up changes made by `ownerlink apps …` in another process."""
-        while True:
-            await asyncio.sleep(REGISTRY_POLL_S)
-            try:
-                await asyncio.to_thread(self.registry.poll_changes)
-            except Exception:
-                log.exception("registry poll failed")
-
     def _on_state(self, slug: str, state: VehicleState) -> None:
         self.metrics.polls.labels(slug).inc()
         if slug not in self.vehicles_view.latest:
@@ -407,11 +397,6 @@ class Daemon:
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def vehicles(self) -> list[BridgedVehicle]:
