@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 from pydantic import SecretStr
@@ -124,10 +124,21 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     structlog.configure(
         processors=[*shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(stream or cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
     _quiet_foreign_loggers(level)
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is at each write: a stream captured at configure time may be closed
+    later (pytest swaps it per test); the daemon's stderr never changes, so this costs nothing."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _quiet_foreign_loggers(level: str) -> None:
@@ -143,7 +154,9 @@ def _quiet_foreign_loggers(level: str) -> None:
 
 def get_logger(name: str, **context: Any) -> Any:
     """A bound structlog logger for a module, with optional context."""
-    return structlog.get_logger(name).bind(**context)
+    # A lazy proxy: `.bind()` here would freeze structlog's *default* configuration into loggers
+    # made at import time (stdout, console renderer, no redaction) before `configure()` runs.
+    return structlog.get_logger(name, **context)
 
 
 def iter_secret_values() -> Iterable[str]:

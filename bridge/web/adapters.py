@@ -1,0 +1,69 @@
+"""Adapters from the daemon's real parts to the web ports where their shapes differ.
+
+The registry (bridge.access.apps.AppRegistry) and the command pipeline
+(bridge.commands.pipeline.CommandPipeline) satisfy their ports as they are; the audit log's
+reader and the step-up verifier are wrapped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge.audit.chain import chain_files, parse_line
+from bridge.audit.verify import verify
+from bridge.commands import stepup as totp
+from bridge.commands.decide import StepUpStatus
+from bridge.web.ports import ChainStatus, Clock
+
+# The step-up verifier counts failures and lockouts per app; owner logins count under this name,
+# so guessing codes at the login form locks out logins, not the owner's apps.
+LOGIN_APP_ID = "owner-web-login"
+
+
+class AuditFiles:
+    """`AuditReader` over the audit log's directory (current and rotated files), read-only."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def records(self) -> Iterator[Mapping[str, Any]]:
+        """Every parsable record, oldest first; a torn last line is skipped, not an error."""
+        for path in chain_files(self.directory):
+            for raw in path.read_bytes().splitlines():
+                record = parse_line(raw)
+                if record is not None:
+                    yield record
+
+    def verify(self) -> ChainStatus:
+        report = verify(self.directory)
+        seq, value = report.head
+        head = f"{seq}:{value}" if value else None
+        problem = report.problem.describe() if report.problem is not None else None
+        return ChainStatus(ok=report.ok, records=report.records, head=head, problem=problem)
+
+
+class OwnerStepUp:
+    """`StepUp` for the web: enrolment through the same functions as `ownerlink stepup enroll`,
+    and login codes checked by the same verifier as commands (replay memory, lockout)."""
+
+    def __init__(self, *, verifier: totp.StepUp, state_dir: Path, clock: Clock) -> None:
+        self.verifier = verifier
+        self.state_dir = state_dir
+        self.clock = clock
+
+    def enrolled(self) -> bool:
+        return totp.load_secret(self.state_dir) is not None
+
+    def enroll(self) -> str:
+        # Replacing an enrolled secret is deliberate here: the page asked for the password first.
+        secret = totp.enroll(self.state_dir, force=True)
+        return totp.provisioning_uri(secret)
+
+    def verify(self, code: str) -> bool:
+        now = self.clock()
+        check = self.verifier.assess(LOGIN_APP_ID, code or None, now)
+        allowed = check.status is StepUpStatus.OK
+        self.verifier.settle(LOGIN_APP_ID, check, allowed=allowed, now=now)
+        return allowed

@@ -1,0 +1,188 @@
+"""`create_web_app`: the owner page, the OAuth 2.0 server and the REST API as one ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from bridge import __version__
+from bridge.config import Settings
+from bridge.errors import AuditError
+from bridge.events import AuditSink
+from bridge.logs import get_logger
+from bridge.store import Store
+from bridge.web import schema
+from bridge.web.api import routes as api_routes
+from bridge.web.api.access_log import AccessLog
+from bridge.web.context import WebContext
+from bridge.web.handlers import add_error_handlers
+from bridge.web.loginlimit import LoginLimiter
+from bridge.web.middleware import ApiAccessAudit, SecurityHeaders
+from bridge.web.netguard import AllowlistMiddleware
+from bridge.web.oauth import consent, endpoints
+from bridge.web.oauth.server import OAuthServer
+from bridge.web.oauth.store import OAuthStore
+from bridge.web.pages import apps as apps_pages
+from bridge.web.pages import audit as audit_pages
+from bridge.web.pages import login as login_pages
+from bridge.web.pages import security as security_pages
+from bridge.web.pages import vehicles as vehicle_pages
+from bridge.web.ports import AuditReader, Clock, CommandSubmitter, Registry, StepUp, VehiclesView
+from bridge.web.render import STATIC, make_templates
+from bridge.web.sessions import Sessions
+
+log = get_logger(__name__)
+
+API_DESCRIPTION = (
+    "Local REST API of Ownerlink. Authenticate with an OAuth 2.0 access token from the "
+    "authorization-code flow with PKCE (S256) at /oauth/authorize and /oauth/token."
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_web_app(
+    *,
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    audit: AuditSink,
+    audit_reader: AuditReader,
+    pipeline: CommandSubmitter,
+    vehicles_view: VehiclesView,
+    stepup: StepUp,
+    clock: Clock = utc_now,
+) -> FastAPI:
+    """Build the ASGI app; creates or upgrades the web and OAuth tables in `store`."""
+    schema.migrate(store)
+    context = _context(
+        settings=settings,
+        store=store,
+        registry=registry,
+        audit=audit,
+        audit_reader=audit_reader,
+        pipeline=pipeline,
+        vehicles_view=vehicles_view,
+        stepup=stepup,
+        clock=clock,
+    )
+    app = FastAPI(
+        title="Ownerlink API",
+        version=__version__,
+        description=API_DESCRIPTION,
+        openapi_url="/api/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=_lifespan(context.access_log),
+    )
+    app.state.ctx = context
+    modules = (
+        login_pages,
+        apps_pages,
+        audit_pages,
+        vehicle_pages,
+        security_pages,
+        consent,
+        endpoints,
+        api_routes,
+    )
+    for module in modules:
+        app.include_router(module.router)
+    app.include_router(endpoints.metadata_router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/", _home, include_in_schema=False)
+    add_error_handlers(app)
+    # Added innermost first: the allowlist is the outermost layer and sees every request.
+    app.add_middleware(ApiAccessAudit, access_log=context.access_log, touch=registry.touch)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AllowlistMiddleware, allow_cidrs=settings.web.allow_cidrs)
+    return app
+
+
+def _context(
+    *,
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    audit: AuditSink,
+    audit_reader: AuditReader,
+    pipeline: CommandSubmitter,
+    vehicles_view: VehiclesView,
+    stepup: StepUp,
+    clock: Clock,
+) -> WebContext:
+    web = settings.web
+    oauth = OAuthServer(
+        store=OAuthStore(store),
+        registry=registry,
+        audit=audit,
+        clock=clock,
+        access_ttl_s=web.access_token_ttl_s,
+        refresh_ttl_s=web.refresh_token_ttl_s,
+    )
+    return WebContext(
+        settings=settings,
+        store=store,
+        registry=registry,
+        audit=audit,
+        audit_reader=audit_reader,
+        pipeline=pipeline,
+        vehicles=vehicles_view,
+        stepup=stepup,
+        clock=clock,
+        oauth=oauth,
+        sessions=Sessions(store=store, clock=clock, minutes=web.session_minutes),
+        limiter=LoginLimiter(
+            store=store,
+            clock=clock,
+            max_failures=web.login_max_failures,
+            window_s=web.login_failure_window_s,
+        ),
+        access_log=AccessLog(audit=audit, clock=clock),
+        templates=make_templates(),
+    )
+
+
+async def _home(request: Request) -> Response:
+    return RedirectResponse("/apps", status_code=303)
+
+
+def _lifespan(access_log: AccessLog) -> Callable[[FastAPI], Any]:
+    """Flush the access log's per-minute summaries once a minute, and everything at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Run the once-a-minute flush while the server is up."""
+        task = asyncio.create_task(_flush_every_minute(access_log))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            _flush(access_log, everything=True)
+
+    return lifespan
+
+
+async def _flush_every_minute(access_log: AccessLog) -> None:
+    while True:
+        await asyncio.sleep(60)
+        _flush(access_log, everything=False)
+
+
+def _flush(access_log: AccessLog, *, everything: bool) -> None:
+    try:
+        access_log.flush(everything=everything)
+    except AuditError as exc:
+        log.warning("api access summary not written", error=str(exc))

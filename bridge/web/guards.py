@@ -1,0 +1,87 @@
+"""Owner-page guards: who is logged in, and whether a form carries its session's CSRF token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from bridge.web.context import WebContext, ctx
+from bridge.web.sessions import Session, cookie_name
+
+
+class LoginRequired(Exception):
+    """The page needs an owner session; the handler redirects to the login page."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+class CsrfRejected(Exception):
+    """A form arrived without its session's CSRF token (or without a session at all)."""
+
+
+def current_session(request: Request) -> Session | None:
+    context = ctx(request)
+    return context.sessions.load(request.cookies.get(cookie_name(context.secure)))
+
+
+async def require_owner(request: Request) -> Session:
+    """FastAPI dependency: the owner's session, or LoginRequired."""
+    session = current_session(request)
+    if session is None or not session.owner:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise LoginRequired(target)
+    request.state.session = session
+    return session
+
+
+OwnerSession = Annotated[Session, Depends(require_owner)]
+
+
+async def checked_form(request: Request, session: Session | None) -> FormData:
+    """The submitted form, once its `csrf` field matches the session's token."""
+    form = await request.form()
+    token = form.get("csrf")
+    if session is None or not isinstance(token, str) or not session.csrf_ok(token):
+        raise CsrfRejected()
+    return form
+
+
+def set_session_cookie(response: Response, context: WebContext, raw_id: str) -> None:
+    """HttpOnly (no script can read it), SameSite=Strict (never sent on cross-site requests),
+    Secure under TLS, and expiring with the server-side session."""
+    response.set_cookie(
+        cookie_name(context.secure),
+        raw_id,
+        max_age=context.sessions.max_age(),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=context.secure,
+    )
+
+
+def clear_session_cookie(response: Response, context: WebContext) -> None:
+    response.delete_cookie(
+        cookie_name(context.secure),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=context.secure,
+    )
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-site paths: `next=https://evil.example` or `//evil.example` must not redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/apps"
+    return target
+
+
+def owner_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

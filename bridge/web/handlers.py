@@ -1,0 +1,89 @@
+"""How errors are answered: JSON (RFC 6750 style) for API clients, a page for the owner."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from bridge.errors import AccessError, AuditError
+from bridge.web.api.auth import ApiError
+from bridge.web.guards import CsrfRejected, LoginRequired
+from bridge.web.render import page
+
+HTTP_ERROR_NAMES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+API_PREFIXES = ("/api/", "/oauth/token", "/oauth/revoke", "/oauth/introspect")
+
+
+def error_response(request: Request, status: int, error: str, description: str) -> Response:
+    """JSON for API clients, a page for the owner's browser."""
+    if request.url.path.startswith(API_PREFIXES):
+        return JSONResponse({"error": error, "error_description": description}, status)
+    return page(
+        request,
+        "message.html",
+        status,
+        heading="Not possible",
+        message=description,
+        link="/apps",
+        link_label="Back to Connected apps",
+    )
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    body = {"error": exc.error, "error_description": exc.description}
+    return JSONResponse(body, exc.status, headers=exc.headers)
+
+
+async def login_required(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginRequired)
+    return RedirectResponse("/login?" + urlencode({"next": exc.next_path}), status_code=303)
+
+
+async def csrf_rejected(request: Request, exc: Exception) -> Response:
+    return page(
+        request,
+        "message.html",
+        403,
+        heading="Form refused",
+        message="The form's security token is missing or stale. Reload the page and try again.",
+    )
+
+
+async def access_error(request: Request, exc: Exception) -> Response:
+    """The registry (or our own checks) refused a request; its message says why."""
+    return error_response(request, 400, "invalid_request", str(exc))
+
+
+async def audit_down(request: Request, exc: Exception) -> Response:
+    # Fail closed: what cannot be audited is not done.
+    return error_response(request, 503, "audit_unavailable", "the audit log cannot be written")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    name = HTTP_ERROR_NAMES.get(exc.status_code, "http_error")
+    return error_response(request, exc.status_code, name, str(exc.detail))
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+    )
+    return error_response(request, 422, "invalid_request", problems[:500])
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(CsrfRejected, csrf_rejected)
+    app.add_exception_handler(AccessError, access_error)
+    app.add_exception_handler(AuditError, audit_down)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)

@@ -1,0 +1,43 @@
+"""Login throttling: too many wrong passwords from one address in a window answer 429.
+
+Failures are kept in SQLite so restarting the daemon does not hand an attacker a fresh allowance.
+"""
+
+from __future__ import annotations
+
+from bridge.store import Store
+from bridge.web.ports import Clock
+
+
+class LoginLimiter:
+    """Counts failed logins per client address within a sliding window."""
+
+    def __init__(self, *, store: Store, clock: Clock, max_failures: int, window_s: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.max_failures = max_failures
+        self.window_s = window_s
+
+    def retry_after(self, ip: str) -> float | None:
+        """Seconds until the address may try again, or None when it is not blocked."""
+        since = self.clock().timestamp() - self.window_s
+        rows = self.store.query(
+            "SELECT ts FROM web_login_failures WHERE ip = ? AND ts > ? ORDER BY ts",
+            (ip, since),
+        )
+        if len(rows) < self.max_failures:
+            return None
+        # The block lifts when the oldest failure that still counts leaves the window.
+        oldest = float(rows[len(rows) - self.max_failures]["ts"])
+        return max(1.0, oldest - since)
+
+    def fail(self, ip: str) -> None:
+        now = self.clock().timestamp()
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM web_login_failures WHERE ts <= ?", (now - self.window_s,))
+            conn.execute("INSERT INTO web_login_failures (ip, ts) VALUES (?, ?)", (ip, now))
+
+    def clear(self, ip: str) -> None:
+        """Forget an address's failures once it has logged in correctly."""
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM web_login_failures WHERE ip = ?", (ip,))

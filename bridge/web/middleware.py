@@ -1,0 +1,96 @@
+"""ASGI middleware of the web app: security headers on every response, and the API access log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bridge.web.api.access_log import AccessLog
+from bridge.web.netguard import client_ip
+
+# No scripts at all, styles and images from us only, never framed (clickjacking the consent page
+# or the revoke button), no referrer (URLs can carry OAuth state). Inline SVG needs nothing more.
+SECURITY_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+        b"base-uri 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# Pages show one-time secrets and personal data: never cache them. Static files may be cached.
+NO_STORE = (b"cache-control", b"no-store")
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response, and `no-store` to all but static files."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cacheable = str(scope.get("path", "")).startswith("/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [h for h in SECURITY_HEADERS if h[0] not in present]
+                if not cacheable and NO_STORE[0] not in present:
+                    extra.append(NO_STORE)
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class ApiAccessAudit:
+    """Records every /api/v1 request (apart from the OpenAPI document) in the access log, with
+    the app the bearer token belonged to, the matched route and the final status."""
+
+    def __init__(
+        self, app: ASGIApp, *, access_log: AccessLog, touch: Callable[[str], None]
+    ) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.touch = touch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] != "http" or not path.startswith("/api/v1/") or path.endswith(".json"):
+            await self.app(scope, receive, send)
+            return
+        status = 500  # if the app dies before answering, that is what the client sees
+
+        async def remember(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember)
+        finally:
+            self._record(scope, status)
+
+    def _record(self, scope: Scope, status: int) -> None:
+        route = scope.get("route")
+        state = scope.get("state") or {}
+        params = scope.get("path_params") or {}
+        app_id = state.get("api_app")
+        opened = self.access_log.record(
+            app=app_id,
+            ip=client_ip(scope) or "",
+            method=str(scope.get("method", "")),
+            route=str(getattr(route, "path", "unmatched")),
+            vehicle=params.get("vehicle"),
+            status=status,
+        )
+        # "Last seen" needs minute precision at most: one registry write per app per minute.
+        if opened and app_id and status < 400:
+            self.touch(app_id)

@@ -1,0 +1,112 @@
+"""The authorisation endpoint: the owner's consent page, where requested scopes can be unticked.
+
+An invalid client or redirect URI is shown to the owner and never redirected to (RFC 6749
+§4.1.2.1); other errors go back to the app. The consent form carries the original request in a
+hidden field and is validated again on submit, so nothing the browser sends back is trusted
+beyond the owner's choice of scopes, which can only narrow the request.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from oauthlib.oauth2.rfc6749 import errors
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from bridge.model import Scope
+from bridge.web.context import WebContext, ctx
+from bridge.web.guards import checked_form, current_session
+from bridge.web.oauth.server import AuthRequest
+from bridge.web.render import page
+
+router = APIRouter(include_in_schema=False)
+
+
+def _not_logged_in(request: Request) -> Response:
+    """SameSite=Strict cookies are withheld on a navigation from another site, so an owner who is
+    logged in looks logged out on arrival. A click on our own page is same-site and carries the
+    cookie, so offer one before falling back to the login form."""
+    here = f"/oauth/authorize?{request.url.query}"
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return page(
+            request,
+            "message.html",
+            heading="Authorise an app",
+            message="An app is asking to access your car through Ownerlink.",
+            link=here,
+            link_label="Continue to Ownerlink",
+        )
+    return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
+
+
+def _validated(request: Request, query: str) -> AuthRequest | Response:
+    """The request, or the response for an invalid one (an error page or a redirect)."""
+    uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
+    try:
+        return ctx(request).oauth.check_authorization(uri, request.headers)
+    except errors.FatalClientError as exc:
+        return page(
+            request,
+            "message.html",
+            400,
+            heading="This authorisation request is invalid",
+            message=f"{exc.error}: {exc.description}",
+        )
+    except errors.OAuth2Error as exc:
+        return RedirectResponse(exc.in_uri(exc.redirect_uri), status_code=303)
+
+
+def _allowed(context: WebContext, client_id: str) -> set[str]:
+    """The scopes the app holds in the registry: the ceiling of what the owner can consent to."""
+    app = context.registry.get(client_id)
+    return {s.value for s in app.scopes} if app else set()
+
+
+@router.get("/oauth/authorize")
+async def authorize_form(request: Request) -> Response:
+    """Show the consent page for a valid request from a logged-in owner."""
+    session = current_session(request)
+    if session is None or not session.owner:
+        return _not_logged_in(request)
+    request.state.session = session
+    checked = _validated(request, request.url.query)
+    if isinstance(checked, Response):
+        return checked
+    context = ctx(request)
+    allowed = _allowed(context, checked.client_id)
+    preticked = [s for s in checked.scopes if s in allowed and s != Scope.READ_LOCATION.value]
+    return page(
+        request,
+        "consent.html",
+        app=context.registry.get(checked.client_id),
+        auth=checked,
+        offered=sorted(allowed & set(checked.scopes)),
+        preticked=preticked,
+        query=request.url.query,
+    )
+
+
+@router.post("/oauth/authorize")
+async def authorize(request: Request) -> Response:
+    """Apply the owner's decision: a code for the ticked scopes, or access_denied."""
+    session = current_session(request)
+    form = await checked_form(request, session)
+    if session is None or not session.owner:
+        return RedirectResponse("/login", status_code=303)
+    request.state.session = session
+    query = str(form.get("query", ""))
+    checked = _validated(request, query)
+    if isinstance(checked, Response):
+        return checked
+    context = ctx(request)
+    allowed = _allowed(context, checked.client_id)
+    chosen = sorted({str(s) for s in form.getlist("scope")} & allowed & set(checked.scopes))
+    if form.get("decision") != "allow" or not chosen:
+        context.audit.append("oauth.consent", app=checked.client_id, decision="denied", scopes=[])
+        return RedirectResponse(checked.denied(), status_code=303)
+    uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
+    headers, _body, _status = context.oauth.authorize(uri, request.headers, chosen)
+    context.audit.append("oauth.consent", app=checked.client_id, decision="granted", scopes=chosen)
+    return RedirectResponse(headers["Location"], status_code=303)

@@ -1,0 +1,139 @@
+"""HTTP routes of the authorisation server's back channel: token, revocation, introspection.
+
+Bodies are handed to oauthlib as they arrived; the only thing added is the peer address, under a
+header name the client cannot set (any incoming copy is dropped), so the validator can apply the
+app's IP allowlist to client authentication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from bridge.model import Scope
+from bridge.web.context import ctx
+from bridge.web.oauth.server import OAuthResponse
+from bridge.web.oauth.validator import PEER_HEADER
+
+router = APIRouter(prefix="/oauth", tags=["oauth"])
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _form_body(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An OpenAPI request body for a form-encoded OAuth endpoint (parsed by oauthlib, not us)."""
+    schema = {"type": "object", "properties": fields, "required": required}
+    return {"requestBody": {"required": True, "content": {_FORM: {"schema": schema}}}}
+
+
+_STR: dict[str, Any] = {"type": "string", "maxLength": 512}
+TOKEN_BODY = _form_body(
+    {
+        "grant_type": {"type": "string", "enum": ["authorization_code", "refresh_token"]},
+        "code": _STR,
+        "redirect_uri": _STR,
+        "code_verifier": _STR,
+        "refresh_token": _STR,
+        "client_id": _STR,
+        "client_secret": _STR,
+        "scope": _STR,
+    },
+    ["grant_type"],
+)
+TOKEN_ONLY_BODY = _form_body(
+    {
+        "token": _STR,
+        "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
+        "client_id": _STR,
+        "client_secret": _STR,
+    },
+    ["token"],
+)
+OAUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "OAuth error (invalid_request, invalid_grant, …)"},
+    401: {"description": "invalid_client"},
+}
+
+
+async def _call(request: Request, endpoint: str) -> Response:
+    context = ctx(request)
+    try:
+        body = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:
+        return JSONResponse({"error": "invalid_request"}, status_code=400)
+    headers = {k: v for k, v in request.headers.items() if k.lower() != PEER_HEADER.lower()}
+    headers[PEER_HEADER] = request.client.host if request.client else ""
+    uri = str(request.url)
+    handler = getattr(context.oauth, endpoint)
+    out: OAuthResponse = handler(uri, body, headers)
+    out_headers, out_body, status = out
+    # A revocation answers with an empty body; JSON clients still expect a JSON document.
+    return Response(
+        out_body or "{}", status_code=status, headers=out_headers, media_type="application/json"
+    )
+
+
+@router.post(
+    "/token",
+    openapi_extra=TOKEN_BODY,
+    responses=OAUTH_RESPONSES,
+    summary="Exchange a code (with PKCE) or rotate a refresh token",
+)
+async def token(request: Request) -> Response:
+    return await _call(request, "token")
+
+
+@router.post(
+    "/revoke",
+    openapi_extra=TOKEN_ONLY_BODY,
+    responses=OAUTH_RESPONSES,
+    summary="Revoke a token (RFC 7009); 200 for unknown tokens",
+)
+async def revoke(request: Request) -> Response:
+    return await _call(request, "revoke")
+
+
+@router.post(
+    "/introspect",
+    openapi_extra=TOKEN_ONLY_BODY,
+    responses=OAUTH_RESPONSES,
+    summary="Introspect one of your own tokens (RFC 7662)",
+)
+async def introspect(request: Request) -> Response:
+    return await _call(request, "introspect")
+
+
+def issuer(request: Request) -> str:
+    """The server's own base URL: web.public_url when set, else the address it was called on."""
+    public = ctx(request).settings.web.public_url
+    return (public or str(request.base_url)).rstrip("/")
+
+
+metadata_router = APIRouter(tags=["oauth"])
+
+
+@metadata_router.get(
+    "/.well-known/oauth-authorization-server", summary="Authorisation server metadata (RFC 8414)"
+)
+async def metadata(request: Request) -> dict[str, Any]:
+    """Where the endpoints are and what they support."""
+    base = issuer(request)
+    return {
+        "issuer": base,
+        "authorization_endpoint": f"{base}/oauth/authorize",
+        "token_endpoint": f"{base}/oauth/token",
+        "revocation_endpoint": f"{base}/oauth/revoke",
+        "introspection_endpoint": f"{base}/oauth/introspect",
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        "scopes_supported": sorted(s.value for s in Scope),
+    }

@@ -1,0 +1,1 @@
+"""The owner's pages: login, Connected Apps, Vehicles, Audit, Security."""

@@ -1,0 +1,130 @@
+"""The audit page: newest first, filtered by app, vehicle, kind and decision; chain; export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from bridge.web.context import ctx
+from bridge.web.guards import OwnerSession
+from bridge.web.render import page
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_ROWS = 200
+# Shown in their own columns; everything else is listed as details.
+COLUMNS = ("seq", "ts", "kind", "app", "vehicle")
+HIDDEN = frozenset({"hash", "prev"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Empty fields match everything. `kind` matches exactly or as a dotted prefix (`app`)."""
+
+    app: str = ""
+    vehicle: str = ""
+    kind: str = ""
+    decision: str = ""
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> AuditFilter:
+        def get(key: str) -> str:
+            return str(query.get(key, "")).strip()[:100]
+
+        return cls(get("app"), get("vehicle"), get("kind"), get("decision"))
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        kind = str(record.get("kind", ""))
+        return (
+            (not self.app or record.get("app") == self.app)
+            and (not self.vehicle or record.get("vehicle") == self.vehicle)
+            and (not self.kind or kind == self.kind or kind.startswith(self.kind + "."))
+            and (not self.decision or decision_of(record) == self.decision)
+        )
+
+    def query_string(self) -> str:
+        """The filter as a query string, for the export link."""
+        pairs = {
+            "app": self.app,
+            "vehicle": self.vehicle,
+            "kind": self.kind,
+            "decision": self.decision,
+        }
+        return urlencode({k: v for k, v in pairs.items() if v})
+
+
+def decision_of(record: Mapping[str, Any]) -> str:
+    """Command decisions say `decision`; logins and outcomes say `outcome` or `status`."""
+    for key in ("decision", "outcome", "status"):
+        if isinstance(record.get(key), str):
+            return str(record[key])
+    return ""
+
+
+def details(record: Mapping[str, Any]) -> str:
+    rest = {k: v for k, v in record.items() if k not in COLUMNS and k not in HIDDEN}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def _choices(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The values present in the log, for the filter drop-downs."""
+    found: dict[str, set[str]] = {"app": set(), "vehicle": set(), "kind": set(), "decision": set()}
+    for record in records:
+        for key in ("app", "vehicle", "kind"):
+            if isinstance(record.get(key), str):
+                found[key].add(str(record[key]))
+        if decision_of(record):
+            found["decision"].add(decision_of(record))
+    return {key: sorted(values) for key, values in found.items()}
+
+
+@router.get("/audit")
+async def audit_page(request: Request, session: OwnerSession) -> Response:
+    """Matching records newest first, the chain status and filter choices."""
+    context = ctx(request)
+    wanted = AuditFilter.from_query(request.query_params)
+    # Reading and re-hashing the whole log is file I/O and CPU: keep it off the event loop.
+    records = await run_in_threadpool(lambda: list(context.audit_reader.records()))
+    chain = await run_in_threadpool(context.audit_reader.verify)
+    matching = [r for r in reversed(records) if wanted.matches(r)]
+    rows = [
+        {"record": r, "decision": decision_of(r), "details": details(r)}
+        for r in matching[:PAGE_ROWS]
+    ]
+    return page(
+        request,
+        "audit.html",
+        rows=rows,
+        total=len(matching),
+        shown=len(rows),
+        wanted=wanted,
+        choices=_choices(records),
+        chain=chain,
+        export_query=wanted.query_string(),
+    )
+
+
+@router.get("/audit/export")
+async def export(request: Request, session: OwnerSession) -> Response:
+    """The matching records as JSON lines, oldest first and complete (hashes included), so the
+    export can be checked against the chain."""
+    context = ctx(request)
+    wanted = AuditFilter.from_query(request.query_params)
+    records = await run_in_threadpool(
+        lambda: [r for r in context.audit_reader.records() if wanted.matches(r)]
+    )
+
+    def lines() -> Iterator[str]:
+        for record in records:
+            yield json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+
+    headers = {"Content-Disposition": 'attachment; filename="ownerlink-audit.jsonl"'}
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)

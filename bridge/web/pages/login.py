@@ -1,0 +1,132 @@
+"""Owner login and logout: scrypt-checked password, optional TOTP, throttled and audited."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from bridge.web.context import WebContext, ctx
+from bridge.web.guards import (
+    checked_form,
+    clear_session_cookie,
+    current_session,
+    owner_ip,
+    safe_next,
+    set_session_cookie,
+)
+from bridge.web.passwords import owner_password_hash, verify_password
+from bridge.web.render import page
+from bridge.web.sessions import Session
+
+router = APIRouter(include_in_schema=False)
+
+
+def _needs_code(context: WebContext) -> bool:
+    return context.settings.web.login_totp and context.stepup.enrolled()
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    """The login form, with an anonymous session carrying its CSRF token."""
+    context = ctx(request)
+    target = request.query_params.get("next", "/apps")
+    session = current_session(request)
+    if session is not None and session.owner:
+        return RedirectResponse(safe_next(target), status_code=303)
+    raw = None
+    if session is None:
+        # An anonymous session exists only to carry the login form's CSRF token.
+        raw, session = context.sessions.create(owner=False)
+    request.state.session = session
+    response = _login_page(request, target=target)
+    if raw is not None:
+        set_session_cookie(response, context, raw)
+    return response
+
+
+def _login_page(
+    request: Request,
+    *,
+    target: str,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    context = ctx(request)
+    return page(
+        request,
+        "login.html",
+        status,
+        next=safe_next(target),
+        error=error,
+        need_code=_needs_code(context),
+        no_password=owner_password_hash(context.store) is None,
+    )
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Check CSRF, throttle, password (and code); start a fresh owner session."""
+    context = ctx(request)
+    session = current_session(request)
+    form = await checked_form(request, session)
+    assert session is not None  # checked_form refuses a missing session
+    request.state.session = session
+    ip, target = owner_ip(request), str(form.get("next", "/apps"))
+    wait = context.limiter.retry_after(ip)
+    if wait is not None:
+        context.audit.append("owner.login", outcome="rate_limited", ip=ip)
+        response = _login_page(
+            request, target=target, status=429, error="Too many failed attempts. Try again later."
+        )
+        response.headers["Retry-After"] = str(int(wait))
+        return response
+    problem = await _check_credentials(
+        context, str(form.get("password", "")), str(form.get("code", ""))
+    )
+    if problem is not None:
+        context.limiter.fail(ip)
+        context.audit.append("owner.login", outcome="failure", reason=problem, ip=ip)
+        return _login_page(request, target=target, status=401, error="Wrong password or code.")
+    return _start_owner_session(request, session, ip, target)
+
+
+async def _check_credentials(context: WebContext, password: str, code: str) -> str | None:
+    """None when the login is good, else the reason for the audit record."""
+    encoded = owner_password_hash(context.store)
+    if encoded is None:
+        return "no_password_set"
+    # scrypt takes ~0.1 s of CPU by design; keep it off the event loop.
+    if not await run_in_threadpool(verify_password, password, encoded):
+        return "wrong_password"
+    if _needs_code(context) and not context.stepup.verify(code.strip()):
+        return "wrong_code"
+    return None
+
+
+def _start_owner_session(request: Request, old: Session, ip: str, target: str) -> Response:
+    """A fresh session id on login, so an id planted before login is worthless after it."""
+    context = ctx(request)
+    context.limiter.clear(ip)
+    context.sessions.end(old)
+    raw, _session = context.sessions.create(owner=True)
+    context.audit.append("owner.login", outcome="success", ip=ip)
+    response = RedirectResponse(safe_next(target), status_code=303)
+    set_session_cookie(response, context, raw)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """End the session and clear the cookie."""
+    context = ctx(request)
+    session = current_session(request)
+    await checked_form(request, session)
+    assert session is not None
+    context.sessions.end(session)
+    if session.owner:
+        context.audit.append("owner.logout", ip=owner_ip(request))
+    response = RedirectResponse("/login", status_code=303)
+    clear_session_cookie(response, context)
+    return response

@@ -1,0 +1,107 @@
+"""The Security page: step-up (TOTP) enrolment, the alert webhook, the owner password.
+
+Replacing the second factor or the password needs the current password again: a stolen session
+cookie alone must not be enough to take over the admin plane.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from bridge.errors import AccessError
+from bridge.web.context import WebContext, ctx
+from bridge.web.guards import OwnerSession, checked_form, owner_ip, set_session_cookie
+from bridge.web.passwords import owner_password_hash, set_owner_password, verify_password
+from bridge.web.qr import qr_svg
+from bridge.web.render import page
+
+router = APIRouter(include_in_schema=False)
+
+
+def masked_webhook(url: str | None) -> str | None:
+    """Scheme and host only: the path of a webhook URL is often its secret (Home Assistant's
+    webhook id is)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…" if parts.netloc else "(set)"
+
+
+def _security_page(
+    request: Request, *, error: str | None = None, status: int = 200, flash: str | None = None
+) -> Response:
+    context = ctx(request)
+    return page(
+        request,
+        "security.html",
+        status,
+        error=error,
+        flash=flash,
+        enrolled=context.stepup.enrolled(),
+        login_totp=context.settings.web.login_totp,
+        webhook=masked_webhook(context.settings.alerts.webhook_url),
+    )
+
+
+@router.get("/security")
+async def security(request: Request, session: OwnerSession) -> Response:
+    return _security_page(request)
+
+
+async def _password_ok(context: WebContext, password: str) -> bool:
+    encoded = owner_password_hash(context.store)
+    return encoded is not None and await run_in_threadpool(verify_password, password, encoded)
+
+
+@router.post("/security/stepup")
+async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
+    """A new TOTP secret, after the password is given again."""
+    form = await checked_form(request, session)
+    context = ctx(request)
+    if not await _password_ok(context, str(form.get("password", ""))):
+        context.audit.append("owner.stepup_enrol_refused", ip=owner_ip(request))
+        return _security_page(request, error="Wrong password; step-up unchanged.", status=403)
+    uri = context.stepup.enroll()
+    context.audit.append("owner.stepup_enrolled", ip=owner_ip(request))
+    context.once.put(session.id_hash, "stepup", uri)
+    return RedirectResponse("/security/stepup/new", status_code=303)
+
+
+@router.get("/security/stepup/new")
+async def new_stepup(request: Request, session: OwnerSession) -> Response:
+    """The QR code of the new secret, shown once."""
+    uri = ctx(request).once.take(session.id_hash, "stepup")
+    if uri is None:
+        return page(request, "stepup_new.html", qr=None, secret=None)
+    qr = Markup(qr_svg(uri, title="Step-up authenticator QR code"))  # noqa: S704  # our own SVG
+    secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
+    return page(request, "stepup_new.html", qr=qr, secret=secret)
+
+
+@router.post("/security/password")
+async def change_password(request: Request, session: OwnerSession) -> Response:
+    """Check the current password, store the new one, log out other sessions."""
+    form = await checked_form(request, session)
+    context = ctx(request)
+    new, confirm = str(form.get("new_password", "")), str(form.get("confirm_password", ""))
+    if not await _password_ok(context, str(form.get("current_password", ""))):
+        return _security_page(request, error="The current password is wrong.", status=403)
+    if new != confirm:
+        return _security_page(request, error="The new passwords differ.", status=400)
+    try:
+        await run_in_threadpool(set_owner_password, context.store, new, now=context.clock())
+    except AccessError as exc:
+        return _security_page(request, error=str(exc), status=400)
+    context.audit.append("owner.password_changed", via="web", ip=owner_ip(request))
+    # Every session (this one too) ended with the old password; continue in a fresh one.
+    raw, fresh = context.sessions.create(owner=True)
+    request.state.session = fresh
+    response = _security_page(request, flash="Password changed; other sessions were logged out.")
+    set_session_cookie(response, context, raw)
+    return response

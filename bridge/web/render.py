@@ -1,0 +1,56 @@
+"""Page rendering: the Jinja2 environment (autoescaping on), its filters, and the page helper."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from bridge.web.context import ctx
+from bridge.web.scopes_ui import SCOPE_GROUPS, SCOPE_INFO
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+def make_templates() -> Jinja2Templates:
+    """Templates with autoescaping for .html (Starlette's default) and our filters."""
+    templates = Jinja2Templates(directory=TEMPLATES)
+    templates.env.filters["when"] = when
+    templates.env.globals["scope_groups"] = SCOPE_GROUPS
+    templates.env.globals["scope_info"] = SCOPE_INFO
+    return templates
+
+
+def when(value: Any) -> str:
+    """A timestamp (datetime, ISO text or epoch seconds) as `YYYY-MM-DD HH:MM UTC`; '—' if none."""
+    if value is None or value == "":
+        return "—"
+    moment: datetime | None = None
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value, tz=UTC)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if moment is None:
+        return str(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render a template with the session's CSRF token and the current section for the nav."""
+    session = getattr(request.state, "session", None)
+    context.setdefault("csrf", session.csrf if session else "")
+    context.setdefault("logged_in", bool(session and session.owner))
+    context.setdefault("section", request.url.path.strip("/").split("/")[0])
+    return ctx(request).templates.TemplateResponse(request, name, context, status_code=status)

@@ -1,0 +1,79 @@
+"""The web part's tables: the owner's login, sessions, and the OAuth server's clients and tokens.
+
+Secrets are never stored in the clear: the owner password as a scrypt hash, session ids, codes,
+tokens and client secrets as SHA-256 hashes (they are long random strings, so a fast hash is
+enough; a stolen database copy cannot be replayed).
+"""
+
+from __future__ import annotations
+
+from bridge.store import Store
+
+WEB_STEPS = (
+    """
+    CREATE TABLE web_owner (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        password_hash TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY,
+        csrf TEXT NOT NULL,
+        owner INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE web_login_failures (ip TEXT NOT NULL, ts REAL NOT NULL);
+    CREATE INDEX web_login_failures_ip ON web_login_failures (ip, ts)
+    """,
+)
+
+OAUTH_STEPS = (
+    """
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('public', 'confidential')),
+        secret_hash TEXT,
+        redirect_uris TEXT NOT NULL,
+        app_created REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE oauth_grants (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL,
+        revoked_reason TEXT
+    );
+    CREATE TABLE oauth_codes (
+        code_hash TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        challenge TEXT NOT NULL,
+        challenge_method TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        grant_id INTEGER
+    );
+    CREATE TABLE oauth_tokens (
+        token_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        grant_id INTEGER NOT NULL REFERENCES oauth_grants (id),
+        client_id TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        revoked_at REAL
+    );
+    CREATE INDEX oauth_tokens_grant ON oauth_tokens (grant_id)
+    """,
+)
+
+
+def migrate(store: Store) -> None:
+    """Create or upgrade the web and OAuth tables (a no-op when they are current)."""
+    store.migrate("web", WEB_STEPS)
+    store.migrate("oauth", OAUTH_STEPS)

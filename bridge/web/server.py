@@ -1,0 +1,108 @@
+"""`WebServer`: uvicorn on the daemon's own event loop, started and stopped with the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from bridge.config import WebConfig
+from bridge.errors import ConfigError
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT and stops us in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class WebServer:
+    """Serves an ASGI app on `config.host:config.port` (TLS when a cert and key are given)."""
+
+    def __init__(self, app: ASGIApp, config: WebConfig) -> None:
+        self.app = app
+        self.config = config
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with `port: 0`, which picks a free one)."""
+        if self._socket is None:
+            raise RuntimeError("the web server is not started")
+        return int(self._socket.getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind, then serve in a task; returns once requests are being accepted.
+
+        Binding and TLS loading happen here, not inside uvicorn, because uvicorn answers those
+        failures with sys.exit(), which must not escape into the daemon's event loop.
+        """
+        config = self._uvicorn_config()
+        self._socket = _bind(self.config.host, self.config.port)
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # re-raise what stopped it
+                raise ConfigError(["web: the web server stopped during start-up"])
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Finish in-flight requests, run the app's shutdown (flushes the access log), close."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+        self._server = self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        cfg = self.config
+        if (cfg.tls_cert is None) != (cfg.tls_key is None):
+            raise ConfigError(["web.tls_cert / web.tls_key: give both or neither"])
+        config = uvicorn.Config(
+            self.app,
+            ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
+            ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None,
+            # Our own logging is configured once by bridge.logs; uvicorn must not replace it,
+            # and its access log would write every URL (OAuth state, codes in redirects).
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            proxy_headers=False,  # never trust X-Forwarded-For: the allowlist uses the peer
+        )
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"web.tls_cert / web.tls_key: cannot load ({exc})"]) from exc
+        return config
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound socket for host:port (uvicorn listens on it), or ConfigError naming the keys."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError([f"web.host: cannot resolve {host!r} ({exc})"]) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError([f"web.host / web.port: cannot listen on {host}:{port} ({exc})"]) from exc
+    return sock

@@ -1,0 +1,165 @@
+"""The owner page in a real headless Chromium, against the app served by uvicorn on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import WebConfig
+from bridge.web import WebServer
+from tests.web.support import OWNER_PASSWORD, Harness
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("OWNERLINK_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _no_browser(reason: str) -> None:
+    # Under CI a missing browser is a failure, never a silent skip.
+    if IN_CI:
+        pytest.fail(f"browser tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+class ServerThread:
+    """WebServer on its own event loop in a thread, as the daemon would run it on its loop."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.server = WebServer(harness.app, WebConfig(port=0))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def base_url(harness: Harness) -> Iterator[str]:
+    """The owner page served over a real socket."""
+    with ServerThread(harness) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (Debian's), driven by Playwright."""
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        _no_browser(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _no_browser("the playwright package is not installed")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+def log_in(page: Any, base_url: str, password: str = OWNER_PASSWORD) -> None:
+    page.goto(f"{base_url}/apps")
+    page.get_by_label("Owner password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def test_owner_adds_rescopes_revokes_and_audits_an_app(
+    page: Any, base_url: str, harness: Harness
+) -> None:
+    """Log in, add an app (password once), change scopes, revoke, find it all in the audit view."""
+    from playwright.sync_api import expect
+
+    log_in(page, base_url)
+    expect(page.get_by_role("heading", name="Connected apps")).to_be_visible()
+    cookie = next(c for c in page.context.cookies() if c["name"] == "ownerlink_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    page.get_by_label("App id").fill("garage")
+    page.get_by_label("Display name").fill("Garage script")
+    location = page.locator("#scope-read\\:location")
+    expect(location).not_to_be_checked()
+    page.locator("#scope-command\\:lock").check()
+    page.get_by_role("button", name="Add app").click()
+    secret = page.get_by_test_id("secret")
+    expect(secret).to_be_visible()
+    password = secret.inner_text()
+    assert len(password) >= 16
+
+    page.reload()
+    expect(page.get_by_test_id("secret-gone")).to_be_visible()
+    assert password not in page.content()
+
+    page.goto(f"{base_url}/apps/garage")
+    page.locator("#scope-command\\:lock").uncheck()
+    page.locator("#scope-read\\:health").check()
+    page.get_by_role("button", name="Save scopes").click()
+    expect(page.get_by_role("status")).to_contain_text("granted read:health")
+
+    page.get_by_role("link", name="Revoke Garage script…").click()
+    page.get_by_role("button", name="Yes, revoke Garage script").click()
+    expect(page.get_by_role("status")).to_contain_text("Revoked Garage script")
+
+    page.goto(f"{base_url}/audit")
+    page.get_by_label("App").select_option("garage")
+    page.get_by_role("button", name="Filter").click()
+    kinds = page.locator("table.audit tbody td:nth-child(3)").all_inner_texts()
+    assert kinds == ["app.revoked", "app.scopes_granted", "app.scopes_withdrawn", "app.added"]
+    expect(page.get_by_test_id("chain")).to_contain_text("Chain verified")
+
+
+def test_wrong_password_is_refused_in_the_browser(page: Any, base_url: str) -> None:
+    """A wrong password keeps the owner on the login page with an error."""
+    from playwright.sync_api import expect
+
+    log_in(page, base_url, "definitely wrong")
+    expect(page.get_by_role("alert")).to_contain_text("Wrong password")
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+
+
+def test_form_without_csrf_token_is_refused_in_the_browser(
+    browser: Any, base_url: str, harness: Harness
+) -> None:
+    """Removing the hidden CSRF field makes the server refuse the form with 403."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    log_in(page, base_url)
+    page.get_by_label("App id").fill("sneaky")
+    page.evaluate("document.querySelector('form[action=\"/apps\"] input[name=csrf]').remove()")
+    with page.expect_response(lambda r: r.url.endswith("/apps")) as answer:
+        page.get_by_role("button", name="Add app").click()
+    assert answer.value.status == 403
+    expect(page.get_by_role("heading", name="Form refused")).to_be_visible()
+    assert harness.registry.get("sneaky") is None
+    context.close()

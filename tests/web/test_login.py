@@ -1,0 +1,192 @@
+"""Owner login: sessions, cookies, CSRF, throttling, TOTP, network allowlist, headers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.web.conftest import ClientFactory
+from tests.web.support import (
+    BASE_URL,
+    OWNER_PASSWORD,
+    Harness,
+    build_harness,
+    csrf_of,
+    login,
+    page_csrf,
+)
+
+
+async def test_login_sets_a_strict_httponly_expiring_cookie(client: httpx.AsyncClient) -> None:
+    """A good password gives a cookie that scripts cannot read and other sites never send."""
+    response = await login(client)
+    assert response.status_code == 303
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert "max-age=3600" in cookie
+    assert (await client.get("/apps")).status_code == 200
+
+
+async def test_wrong_password_is_refused_and_audited(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A wrong password answers 401, opens no page, and leaves an owner.login failure record."""
+    response = await login(client, "not the password")
+    assert response.status_code == 401
+    assert (await client.get("/apps")).status_code == 303
+    failures = [r for r in harness.audit.items if r["kind"] == "owner.login"]
+    assert failures[-1]["outcome"] == "failure"
+    assert failures[-1]["reason"] == "wrong_password"
+
+
+async def test_successful_login_is_audited(owner: httpx.AsyncClient, harness: Harness) -> None:
+    """A login writes an owner.login success record with the client address."""
+    record = next(r for r in harness.audit.items if r["kind"] == "owner.login")
+    assert record["outcome"] == "success"
+    assert record["ip"] == "127.0.0.1"
+
+
+async def test_five_failures_block_the_address_with_429(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """After five wrong passwords in 15 minutes even the right one gets 429 until it ends."""
+    attacker = client_for("127.0.0.9")
+    for _ in range(5):
+        assert (await login(attacker, "wrong password")).status_code == 401
+    blocked = await login(attacker)
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) > 0
+    assert harness.audit.items[-1]["outcome"] == "rate_limited"
+    assert (await login(client_for("127.0.0.10"))).status_code == 303  # others are unaffected
+    harness.clock.advance(15 * 60 + 1)
+    assert (await login(attacker)).status_code == 303
+
+
+async def test_form_without_csrf_token_is_refused(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A state-changing form with no CSRF token is refused with 403 and changes nothing."""
+    response = await owner.post("/apps", data={"app_id": "sneaky", "scope": ["read:status"]})
+    assert response.status_code == 403
+    assert harness.registry.get("sneaky") is None
+
+
+async def test_csrf_token_of_another_session_is_refused(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """A token is bound to its session: one copied from another browser does not work."""
+    first, second = client_for(), client_for()
+    await login(first)
+    await login(second)
+    stolen = await page_csrf(second)
+    response = await first.post("/apps", data={"csrf": stolen, "app_id": "x1", "scope": []})
+    assert response.status_code == 403
+    assert harness.registry.get("x1") is None
+
+
+async def test_login_form_itself_needs_its_csrf_token(client: httpx.AsyncClient) -> None:
+    """Posting a password without the login page's token is refused (login CSRF)."""
+    response = await client.post("/login", data={"password": OWNER_PASSWORD})
+    assert response.status_code == 403
+
+
+async def test_pages_redirect_to_login_and_back(client: httpx.AsyncClient) -> None:
+    """An anonymous visitor is sent to the login page, and returned to the page after login."""
+    response = await client.get("/audit?kind=app")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=%2Faudit%3Fkind%3Dapp"
+    page = await client.get(response.headers["location"])
+    form = {"csrf": csrf_of(page.text), "password": OWNER_PASSWORD, "next": "/audit"}
+    assert (await client.post("/login", data=form)).headers["location"] == "/audit"
+
+
+async def test_login_never_redirects_off_site(client: httpx.AsyncClient) -> None:
+    """`next` pointing at another site is replaced by the apps page (no open redirect)."""
+    page = await client.get("/login")
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        form = {"csrf": csrf_of(page.text), "password": "wrong", "next": target}
+        await client.post("/login", data=form)
+    page = await client.get("/login?next=//evil.example")
+    form = {"csrf": csrf_of(page.text), "password": OWNER_PASSWORD, "next": "//evil.ex"}
+    assert (await client.post("/login", data=form)).headers["location"] == "/apps"
+
+
+async def test_session_expires_after_session_minutes(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Sixty-one minutes after login (default 60) the session is gone."""
+    harness.clock.advance(61 * 60)
+    assert (await owner.get("/apps")).status_code == 303
+
+
+async def test_session_ids_are_stored_hashed_and_rotated_at_login(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The cookie value never appears in the database, and login issues a new id."""
+    await client.get("/login")
+    before = client.cookies["ownerlink_session"]
+    await login(client)
+    after = client.cookies["ownerlink_session"]
+    assert before != after
+    rows = harness.store.query("SELECT id_hash FROM web_sessions")
+    assert all(after not in row["id_hash"] and before not in row["id_hash"] for row in rows)
+
+
+async def test_logout_ends_the_session(owner: httpx.AsyncClient, harness: Harness) -> None:
+    """After logging out the old cookie opens nothing, and the logout is audited."""
+    cookie = owner.cookies["ownerlink_session"]
+    response = await owner.post("/logout", data={"csrf": await page_csrf(owner)})
+    assert response.status_code == 303
+    owner.cookies.set("ownerlink_session", cookie)
+    assert (await owner.get("/apps")).status_code == 303
+    assert "owner.logout" in harness.audit.kinds()
+
+
+async def test_login_asks_for_the_totp_code_when_configured(tmp_path: Path) -> None:
+    """With web.login_totp and step-up enrolled, the password alone is not enough."""
+    harness = build_harness(tmp_path / "s", login_totp=True)
+    harness.stepup.enroll()
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        assert (await login(client)).status_code == 401
+        assert harness.audit.items[-1]["reason"] == "wrong_code"
+        assert (await login(client, code=harness.stepup.code())).status_code == 303
+    harness.store.close()
+
+
+async def test_addresses_outside_the_web_allowlist_get_403(client_for: ClientFactory) -> None:
+    """web.allow_cidrs (loopback by default) guards every path, the API and OAuth included."""
+    outsider = client_for("192.168.1.50")
+    for path in ("/login", "/api/v1/vehicles", "/oauth/token", "/static/style.css"):
+        assert (await outsider.get(path)).status_code == 403
+
+
+async def test_ipv4_mapped_loopback_is_allowed(client_for: ClientFactory) -> None:
+    """A dual-stack listener reports ::ffff:127.0.0.1; it is still loopback."""
+    assert (await client_for("::ffff:127.0.0.1").get("/login")).status_code == 200
+
+
+async def test_pages_forbid_framing_caching_and_scripts(client: httpx.AsyncClient) -> None:
+    """Every page is uncacheable, unframeable, and allows no script."""
+    response = await client.get("/login")
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-frame-options"] == "DENY"
+    csp = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "script-src" not in csp
+    assert "default-src 'none'" in csp
+    assert "<script" not in response.text
+
+
+async def test_missing_owner_password_is_explained(tmp_path: Path) -> None:
+    """Before `ownerlink owner set-password` the login page says what to run, and logins fail."""
+    harness = build_harness(tmp_path / "s")
+    harness.store.conn.execute("DELETE FROM web_owner")
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        page = await client.get("/login")
+        assert "ownerlink owner set-password" in page.text
+        assert (await login(client)).status_code == 401
+    harness.store.close()

@@ -1,0 +1,410 @@
+"""The OAuth 2.0 authorisation server end to end: consent, PKCE, codes, rotation, revocation."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tests.web.conftest import ClientFactory
+from tests.web.oauth_helpers import (
+    REDIRECT,
+    RestClient,
+    add_rest_app,
+    authorize_query,
+    bearer,
+    code_from,
+    consent,
+    exchange,
+    get_code,
+    pkce,
+    refresh,
+    tokens_for,
+)
+from tests.web.support import Harness
+
+SCOPES = ["read:status", "read:health", "read:location", "command:lock", "command:unlock"]
+
+
+@pytest.fixture
+async def rest(owner: httpx.AsyncClient) -> RestClient:
+    """A confidential REST client linked to the registry app `dash`."""
+    return await add_rest_app(owner, "dash", SCOPES)
+
+
+async def test_code_flow_with_s256_pkce_issues_short_lived_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Consent, code, exchange with the verifier: a 10-minute bearer token and a refresh token."""
+    tokens = await tokens_for(owner, client, rest, "read:status command:lock")
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 600
+    assert tokens["refresh_token"]
+    assert tokens["scope"] == "command:lock read:status"
+    me = await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    assert me.json() == {"app": "dash", "name": "Dash", "scopes": ["command:lock", "read:status"]}
+
+
+async def test_tokens_codes_and_secrets_are_stored_only_as_hashes(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """No raw token or client secret appears anywhere in the state database."""
+    tokens = await tokens_for(owner, client, rest)
+    dump = "\n".join(harness.store.conn.iterdump())
+    for secret in (tokens["access_token"], tokens["refresh_token"], rest.secret):
+        assert secret and secret not in dump
+
+
+async def test_authorization_without_pkce_is_refused(
+    owner: httpx.AsyncClient, rest: RestClient
+) -> None:
+    """PKCE is required of every client: no code_challenge, no code."""
+    page = await owner.get(f"/oauth/authorize?{authorize_query('dash', None, 'read:status')}")
+    assert page.status_code == 303
+    error = parse_qs(urlsplit(page.headers["location"]).query)
+    assert error["error"] == ["invalid_request"]
+    assert error["state"] == ["st4te"]
+
+
+async def test_plain_pkce_method_is_refused(owner: httpx.AsyncClient, rest: RestClient) -> None:
+    """Only S256 is accepted; `plain` is bounced back to the app as invalid_request."""
+    query = authorize_query(
+        "dash", None, "read:status", code_challenge="x" * 43, code_challenge_method="plain"
+    )
+    page = await owner.get(f"/oauth/authorize?{query}")
+    assert parse_qs(urlsplit(page.headers["location"]).query)["error"] == ["invalid_request"]
+
+
+async def test_missing_or_wrong_verifier_is_refused(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """The code is useless without the verifier that matches its challenge."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    missing = await exchange(client, rest, code, None)
+    assert missing.status_code == 400
+    assert missing.json()["error"] == "invalid_request"
+    wrong = await exchange(client, rest, code, pkce()[0])
+    assert wrong.status_code == 400
+    assert wrong.json()["error"] == "invalid_grant"
+    short = await exchange(client, rest, code, "tooshort")
+    assert short.json()["error"] == "invalid_request"
+    assert (await exchange(client, rest, code, verifier)).status_code == 200
+
+
+async def test_unregistered_redirect_uri_is_shown_never_followed(
+    owner: httpx.AsyncClient, rest: RestClient
+) -> None:
+    """A redirect URI that does not match exactly gets an error page, not a redirect."""
+    _, challenge = pkce()
+    for uri in ("http://127.0.0.1:9999/callback/evil", "http://127.0.0.1:9999/callback?x=1"):
+        query = authorize_query("dash", challenge, "read:status", redirect_uri=uri)
+        page = await owner.get(f"/oauth/authorize?{query}")
+        assert page.status_code == 400
+        assert "location" not in page.headers
+
+
+async def test_token_request_with_another_redirect_uri_is_refused(
+    owner: httpx.AsyncClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The code is bound to the redirect URI it was issued for."""
+    uris = f"{REDIRECT}\nhttp://127.0.0.1:9999/other"
+    rest = await add_rest_app(owner, "two", ["read:status"], uris=uris)
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    response = await exchange(client, rest, code, verifier, "http://127.0.0.1:9999/other")
+    assert response.status_code == 400
+    assert response.json()["error"] in {"invalid_request", "invalid_grant"}
+
+
+async def test_reused_code_is_refused_and_revokes_what_it_produced(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A second exchange of one code fails and the first exchange's tokens die (RFC 6749 §4.1.2)."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    first = (await exchange(client, rest, code, verifier)).json()
+    again = await exchange(client, rest, code, verifier)
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_grant"
+    assert (
+        await client.get("/api/v1/me", headers=bearer(first["access_token"]))
+    ).status_code == 401
+    assert "oauth.code_reused" in harness.audit.kinds()
+
+
+async def test_codes_expire_after_a_minute(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """An authorisation code is only good for 60 seconds."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    harness.clock.advance(61)
+    assert (await exchange(client, rest, code, verifier)).json()["error"] == "invalid_grant"
+
+
+async def test_refresh_rotates_the_refresh_token(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Each refresh returns a new refresh token and a working access token with the same scopes."""
+    tokens = await tokens_for(owner, client, rest, "read:status read:health")
+    rotated = await refresh(client, rest, tokens["refresh_token"])
+    assert rotated.status_code == 200
+    body = rotated.json()
+    assert body["refresh_token"] != tokens["refresh_token"]
+    assert body["scope"] == "read:health read:status"
+    me = await client.get("/api/v1/me", headers=bearer(body["access_token"]))
+    assert me.status_code == 200
+
+
+async def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Presenting an already-rotated refresh token kills every token of that grant."""
+    tokens = await tokens_for(owner, client, rest)
+    newer = (await refresh(client, rest, tokens["refresh_token"])).json()
+    replay = await refresh(client, rest, tokens["refresh_token"])
+    assert replay.status_code == 400
+    assert replay.json()["error"] == "invalid_grant"
+    assert (
+        await client.get("/api/v1/me", headers=bearer(newer["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, rest, newer["refresh_token"])).status_code == 400
+    assert "oauth.refresh_reused" in harness.audit.kinds()
+
+
+async def test_revoking_a_refresh_token_ends_its_access_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """RFC 7009: 200, and the grant's access tokens stop working as well."""
+    tokens = await tokens_for(owner, client, rest)
+    data = {"token": tokens["refresh_token"], "token_type_hint": "refresh_token", **rest.auth()}
+    assert (await client.post("/oauth/revoke", data=data)).status_code == 200
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, rest, tokens["refresh_token"])).status_code == 400
+    assert "oauth.revoked" in harness.audit.kinds()
+
+
+async def test_revoking_an_access_token_keeps_the_refresh_token(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Revoking only the access token leaves the grant usable through its refresh token."""
+    tokens = await tokens_for(owner, client, rest)
+    data = {"token": tokens["access_token"], **rest.auth()}
+    assert (await client.post("/oauth/revoke", data=data)).status_code == 200
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, rest, tokens["refresh_token"])).status_code == 200
+
+
+async def test_revocation_answers_200_for_unknown_and_foreign_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Unknown tokens get 200; another client's token gets 200 and is left alone."""
+    other = await add_rest_app(owner, "other", ["read:status"])
+    tokens = await tokens_for(owner, client, other)
+    unknown = await client.post("/oauth/revoke", data={"token": "nonsense", **rest.auth()})
+    assert unknown.status_code == 200
+    foreign = {"token": tokens["access_token"], **rest.auth()}
+    assert (await client.post("/oauth/revoke", data=foreign)).status_code == 200
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 200
+
+
+async def test_access_token_expires_after_ten_minutes(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """At 601 seconds the access token is refused; the refresh token still works."""
+    tokens = await tokens_for(owner, client, rest)
+    harness.clock.advance(599)
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 200
+    harness.clock.advance(2)
+    expired = await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    assert expired.status_code == 401
+    assert 'error="invalid_token"' in expired.headers["www-authenticate"]
+    assert (await refresh(client, rest, tokens["refresh_token"])).status_code == 200
+
+
+async def test_introspection_reports_only_live_own_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """RFC 7662: active with scope and expiry for a live token, inactive once expired."""
+    tokens = await tokens_for(owner, client, rest)
+    data = {"token": tokens["access_token"], **rest.auth()}
+    live = (await client.post("/oauth/introspect", data=data)).json()
+    assert live["active"] is True
+    assert live["scope"] == "read:status"
+    assert live["client_id"] == "dash"
+    harness.clock.advance(601)
+    assert (await client.post("/oauth/introspect", data=data)).json() == {"active": False}
+
+
+async def test_consent_leaves_location_unticked_and_owner_can_untick_more(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Location is never pre-ticked even when requested; the owner's choice narrows the grant."""
+    verifier, challenge = pkce()
+    query = authorize_query("dash", challenge, "read:status read:health read:location")
+    page = await owner.get(f"/oauth/authorize?{query}")
+    location = re.search(r'<input type="checkbox" id="scope-read:location"[^>]*>', page.text)
+    assert location and "checked" not in location.group(0)
+    health = re.search(r'<input type="checkbox" id="scope-read:health"[^>]*>', page.text)
+    assert health and "checked" in health.group(0)
+    assert "Dash" in page.text
+    code = code_from(await consent(owner, query, ticked=["read:health"]))
+    tokens = (await exchange(client, rest, code, verifier)).json()
+    assert tokens["scope"] == "read:health"
+
+
+async def test_denied_consent_sends_access_denied_back(
+    owner: httpx.AsyncClient, rest: RestClient, harness: Harness
+) -> None:
+    """Deny redirects to the app with error=access_denied and its state; audited."""
+    _, challenge = pkce()
+    response = await consent(
+        owner, authorize_query("dash", challenge, "read:status"), decision="deny"
+    )
+    params = parse_qs(urlsplit(response.headers["location"]).query)
+    assert params == {"error": ["access_denied"], "state": ["st4te"]}
+    assert harness.audit.items[-1]["decision"] == "denied"
+
+
+async def test_consent_cannot_exceed_the_apps_registry_scopes(
+    owner: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    """A scope the app does not hold in the registry cannot be granted, even by a forged form."""
+    rest = await add_rest_app(owner, "small", ["read:status"])
+    verifier, challenge = pkce()
+    query = authorize_query("small", challenge, "read:status command:unlock")
+    page = await owner.get(f"/oauth/authorize?{query}")
+    assert "not granted to this app" in page.text
+    response = await consent(owner, query, ticked=["read:status", "command:unlock"])
+    tokens = (await exchange(client, rest, code_from(response), verifier)).json()
+    assert tokens["scope"] == "read:status"
+
+
+async def test_consent_needs_the_owner_logged_in(
+    client: httpx.AsyncClient, owner: httpx.AsyncClient, rest: RestClient, client_for: ClientFactory
+) -> None:
+    """Anonymous visitors go to login; a cross-site arrival gets a same-site continue link."""
+    _, challenge = pkce()
+    query = authorize_query("dash", challenge, "read:status")
+    anonymous = client_for()
+    response = await anonymous.get(f"/oauth/authorize?{query}")
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login?next=%2Foauth%2Fauthorize")
+    arrival = await anonymous.get(
+        f"/oauth/authorize?{query}", headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert arrival.status_code == 200
+    assert "Continue to Ownerlink" in arrival.text
+
+
+async def test_public_client_uses_pkce_without_a_secret(
+    owner: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    """A public client authenticates with its id alone; PKCE protects its code."""
+    rest = await add_rest_app(
+        owner, "phone", ["read:status"], kind="public", uris="com.example.phone:/cb"
+    )
+    assert rest.secret is None
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge, redirect_uri="com.example.phone:/cb")
+    response = await exchange(client, rest, code, verifier, "com.example.phone:/cb")
+    assert response.status_code == 200
+    assert response.json()["refresh_token"]
+
+
+async def test_confidential_client_with_wrong_secret_is_refused(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Wrong client_secret (body or Basic) is invalid_client, 401."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    wrong = RestClient("dash", "not-the-secret")
+    response = await exchange(client, wrong, code, verifier)
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_client"
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
+    basic = await client.post("/oauth/token", data=data, auth=("dash", rest.secret or ""))
+    assert basic.status_code == 200
+
+
+async def test_token_endpoint_applies_the_apps_ip_allowlist(
+    owner: httpx.AsyncClient, rest: RestClient, client_for: ClientFactory, harness: Harness
+) -> None:
+    """An app limited to one address cannot redeem its code from another."""
+    from dataclasses import replace
+
+    harness.registry.set(replace(harness.registry.require("dash"), allow_cidrs=("127.0.0.7/32",)))
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    elsewhere = await exchange(client_for("127.0.0.8"), rest, code, verifier)
+    assert elsewhere.status_code == 401
+    assert (await exchange(client_for("127.0.0.7"), rest, code, verifier)).status_code == 200
+
+
+async def test_revoking_the_app_ends_its_tokens_and_client(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Revoking on the Connected Apps page makes its tokens fail on the very next call."""
+    tokens = await tokens_for(owner, client, rest)
+    confirm = await owner.get("/apps/dash/revoke")
+    from tests.web.support import csrf_of
+
+    await owner.post("/apps/dash/revoke", data={"csrf": csrf_of(confirm.text)})
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, rest, tokens["refresh_token"])).status_code == 401
+
+
+async def test_bad_redirect_uris_cannot_be_registered(owner: httpx.AsyncClient) -> None:
+    """http to a non-loopback host, fragments and bare words are refused at registration."""
+    from tests.web.support import page_csrf
+
+    form = {"csrf": await page_csrf(owner), "app_id": "web", "scope": ["read:status"]}
+    await owner.post("/apps", data=form)
+    for uri in ("http://example.com/cb", "https://example.com/cb#x", "callback"):
+        form = {
+            "csrf": await page_csrf(owner, "/apps/web"),
+            "kind": "confidential",
+            "redirect_uris": uri,
+        }
+        assert (await owner.post("/apps/web/oauth", data=form)).status_code == 400
+
+
+async def test_metadata_document_advertises_only_code_and_s256(client: httpx.AsyncClient) -> None:
+    """RFC 8414 metadata: authorization code + refresh grants, S256 only."""
+    meta = (await client.get("/.well-known/oauth-authorization-server")).json()
+    assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["token_endpoint"].endswith("/oauth/token")
+
+
+async def test_a_reused_app_id_does_not_inherit_old_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Revoked outside the page and registered again, the id starts with no client or tokens."""
+    tokens = await tokens_for(owner, client, rest)
+    harness.registry.revoke("dash")  # as `ownerlink apps revoke` would
+    harness.clock.advance(1)
+    again = await add_rest_app(owner, "dash", SCOPES)
+    assert (
+        await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+    assert (await refresh(client, again, tokens["refresh_token"])).status_code == 400
+    assert (await tokens_for(owner, client, again))["access_token"]

@@ -1,0 +1,204 @@
+"""The owner pages: Connected Apps, Audit, Vehicles and Security, over HTTP on fakes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+
+from bridge.model import Scope
+from tests.web.conftest import ClientFactory
+from tests.web.support import OWNER_PASSWORD, Harness, csrf_of, login, page_csrf
+
+SECRET = re.compile(r'data-testid="secret">([^<]+)<')
+
+
+async def add_app(owner: httpx.AsyncClient, app_id: str, scopes: list[str]) -> httpx.Response:
+    form = {"csrf": await page_csrf(owner), "app_id": app_id, "name": app_id, "scope": scopes}
+    return await owner.post("/apps", data=form)
+
+
+async def test_added_app_password_is_shown_once(owner: httpx.AsyncClient, harness: Harness) -> None:
+    """The broker password appears on the page after adding, and not when the page is reloaded."""
+    response = await add_app(owner, "node-red", ["read:status", "command:lock"])
+    assert response.headers["location"] == "/apps/node-red/created"
+    first = await owner.get("/apps/node-red/created")
+    assert SECRET.search(first.text)
+    again = await owner.get("/apps/node-red/created")
+    assert not SECRET.search(again.text)
+    assert "already been shown" in again.text
+    assert harness.registry.require("node-red").scopes == {Scope.READ_STATUS, Scope.COMMAND_LOCK}
+
+
+async def test_add_form_offers_location_unticked_and_marks_sensitive_scopes(
+    owner: httpx.AsyncClient,
+) -> None:
+    """Location is labelled opt-in and not ticked; unlock and remote start are marked sensitive."""
+    page = (await owner.get("/apps")).text
+    location = re.search(r'<input type="checkbox" id="scope-read:location"[^>]*>', page)
+    assert location and "checked" not in location.group(0)
+    assert "opt-in" in page
+    for scope in ("command:unlock", "command:remote_start", "read:location"):
+        block = page[page.index(f'id="scope-{scope}"') :][:600]
+        assert "sensitive" in block
+
+
+async def test_invalid_app_id_is_refused_with_the_registry_message(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The registry's validation (same as the CLI's) is shown, and nothing is added."""
+    response = await add_app(owner, "bad/id", ["read:status"])
+    assert response.status_code == 400
+    assert "invalid app id" in response.text
+    assert harness.registry.list() == []
+
+
+async def test_changing_scopes_grants_and_withdraws_through_the_registry(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Unticking and ticking boxes calls withdraw and grant; each is audited by the registry."""
+    await add_app(owner, "ha", ["read:status", "command:lock"])
+    form = {"csrf": await page_csrf(owner, "/apps/ha"), "scope": ["read:status", "read:health"]}
+    response = await owner.post("/apps/ha/scopes", data=form)
+    assert response.status_code == 303
+    assert harness.registry.require("ha").scopes == {Scope.READ_STATUS, Scope.READ_HEALTH}
+    changes = [r for r in harness.audit.items if r["kind"].startswith("app.scopes_")]
+    assert (changes[0]["kind"], changes[0]["scopes"]) == ("app.scopes_withdrawn", ["command:lock"])
+    assert (changes[1]["kind"], changes[1]["scopes"]) == ("app.scopes_granted", ["read:health"])
+    assert changes[0]["actor"] == "web"
+    assert "granted read:health" in (await owner.get("/apps/ha")).text
+
+
+async def test_revoking_asks_for_confirmation_first(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The revoke link opens a confirmation page; only its form revokes the app."""
+    await add_app(owner, "script", ["read:status"])
+    confirm = await owner.get("/apps/script/revoke")
+    assert "Yes, revoke" in confirm.text
+    assert harness.registry.get("script") is not None
+    response = await owner.post("/apps/script/revoke", data={"csrf": csrf_of(confirm.text)})
+    assert response.status_code == 303
+    assert harness.registry.get("script") is None
+    assert "app.revoked" in harness.audit.kinds()
+    assert "Revoked script" in (await owner.get("/apps")).text
+
+
+async def test_unknown_app_page_is_404(owner: httpx.AsyncClient) -> None:
+    """An app that does not exist has no page."""
+    assert (await owner.get("/apps/nope")).status_code == 404
+
+
+async def test_apps_page_lists_scopes_and_recent_activity(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Each app row shows its scopes and its latest audit records."""
+    await add_app(owner, "ha", ["read:status"])
+    harness.audit.append("command.decision", app="ha", vehicle="family-car", decision="refused")
+    page = (await owner.get("/apps")).text
+    assert "read:status" in page
+    assert "command.decision" in page
+
+
+async def test_audit_page_filters_newest_first_and_shows_chain(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Filters by app and kind prefix keep matching rows, newest first, with chain status."""
+    await add_app(owner, "a1", ["read:status"])
+    await add_app(owner, "a2", ["read:status"])
+    harness.audit.append("command.decision", app="a1", vehicle="family-car", decision="allowed")
+    page = (await owner.get("/audit?app=a1")).text
+    assert "Chain verified" in page
+    rows = re.findall(r"<td><code>([a-z_.]+)</code></td>", page)
+    assert rows == ["command.decision", "app.added"]
+    page = (await owner.get("/audit?kind=app&decision=")).text
+    assert re.findall(r"<td><code>([a-z_.]+)</code></td>", page) == ["app.added", "app.added"]
+    page = (await owner.get("/audit?decision=allowed")).text
+    assert re.findall(r"<td><code>([a-z_.]+)</code></td>", page) == ["command.decision"]
+
+
+async def test_audit_page_shows_a_failed_chain_loudly(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A chain that fails verification is reported on the page."""
+    harness.audit.broken = True
+    assert "Chain verification FAILED" in (await owner.get("/audit")).text
+
+
+async def test_audit_export_is_complete_json_lines_oldest_first(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The export holds the matching records, whole and in chain order."""
+    await add_app(owner, "a1", ["read:status"])
+    response = await owner.get("/audit/export?app=a1")
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert "attachment" in response.headers["content-disposition"]
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [r["kind"] for r in lines] == ["app.added"]
+    full = [json.loads(x) for x in (await owner.get("/audit/export")).text.splitlines()]
+    assert [r["seq"] for r in full] == sorted(r["seq"] for r in full)
+
+
+async def test_location_is_hidden_until_revealed_and_each_reveal_is_audited(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The vehicles page shows status but no coordinates until the owner asks."""
+    page = (await owner.get("/vehicles")).text
+    assert "Family car" in page
+    assert "51.501" not in page
+    assert "Show location" in page
+    revealed = (await owner.get("/vehicles?reveal=family-car")).text
+    assert "51.501" in revealed
+    assert harness.audit.items[-1]["kind"] == "owner.location_viewed"
+
+
+async def test_vehicles_page_charts_budget_as_inline_svg(owner: httpx.AsyncClient) -> None:
+    """Budget use today is drawn as an inline SVG bar chart, with the next poll shown."""
+    page = (await owner.get("/vehicles")).text
+    assert '<svg class="chart"' in page
+    assert "15 of 250 provider calls used today" in page
+    assert "Next poll" in page
+
+
+async def test_stepup_enrolment_needs_the_password_and_shows_the_qr_once(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Enrolling asks for the password again; the QR code (inline SVG) is shown a single time."""
+    csrf = await page_csrf(owner, "/security")
+    refused = await owner.post("/security/stepup", data={"csrf": csrf, "password": "nope"})
+    assert refused.status_code == 403
+    assert not harness.stepup.enrolled()
+    response = await owner.post("/security/stepup", data={"csrf": csrf, "password": OWNER_PASSWORD})
+    assert response.headers["location"] == "/security/stepup/new"
+    first = (await owner.get("/security/stepup/new")).text
+    assert '<svg role="img"' in first
+    assert harness.stepup.secret and harness.stepup.secret in first
+    assert "<svg" not in (await owner.get("/security/stepup/new")).text
+    assert "owner.stepup_enrolled" in harness.audit.kinds()
+
+
+async def test_password_change_needs_the_current_one_and_logs_out_others(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """Changing the password checks the old one, keeps this browser in, logs others out."""
+    this, other = client_for(), client_for()
+    await login(this)
+    await login(other)
+    csrf = await page_csrf(this, "/security")
+    new = "a brand new owner password"
+    wrong = {"csrf": csrf, "current_password": "bad", "new_password": new, "confirm_password": new}
+    assert (await this.post("/security/password", data=wrong)).status_code == 403
+    good = {**wrong, "current_password": OWNER_PASSWORD}
+    assert (await this.post("/security/password", data=good)).status_code == 200
+    assert (await this.get("/apps")).status_code == 200
+    assert (await other.get("/apps")).status_code == 303
+    assert harness.audit.items[-1]["kind"] == "owner.password_changed"
+    assert (await login(client_for(), new)).status_code == 303
+
+
+async def test_webhook_url_is_shown_masked(owner: httpx.AsyncClient) -> None:
+    """Without a webhook the page says so; config-file-based settings are shown read-only."""
+    page = (await owner.get("/security")).text
+    assert "No webhook is configured" in page
+    assert "alerts.webhook_url" in page

@@ -1,0 +1,213 @@
+"""The web app wired to the real registry, audit log, step-up verifier and command pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.access.apps import AppRegistry
+from bridge.access.broker import NoEnforcement
+from bridge.audit.log import AuditLog
+from bridge.audit.verify import verify
+from bridge.commands import stepup as totp
+from bridge.commands.dedup import DedupStore
+from bridge.commands.forward import VehicleRoute
+from bridge.commands.pipeline import CommandPipeline
+from bridge.commands.stepup import StepUp
+from bridge.config import CommandsConfig, Settings, StepUpConfig
+from bridge.events import CollectingAlerts
+from bridge.model import (
+    CommandOutcome,
+    CommandStatus,
+    Operation,
+    VehicleInfo,
+    VehicleState,
+)
+from bridge.mqtt.topics import Publish, Topics
+from bridge.providers.base import OnAccepted
+from bridge.store import Store
+from bridge.web import create_web_app
+from bridge.web.adapters import AuditFiles, OwnerStepUp
+from bridge.web.passwords import set_owner_password
+from tests.web.fakes import FakeVehicles, MutableClock
+from tests.web.oauth_helpers import add_rest_app, bearer, refresh, tokens_for
+from tests.web.support import BASE_URL, OWNER_PASSWORD, csrf_of, login, page_csrf
+
+
+class RecordingProvider:
+    """A provider that accepts every command at once and remembers it."""
+
+    account = "acct"
+
+    def __init__(self) -> None:
+        self.executed: list[Operation] = []
+
+    async def list_vehicles(self) -> list[VehicleInfo]:
+        return [VehicleInfo("car-1")]
+
+    async def read(self, vehicle_id: str) -> VehicleState:
+        return VehicleState(vehicle_id, None)
+
+    def supported_operations(self, info: VehicleInfo) -> frozenset[Operation]:
+        return frozenset(Operation)
+
+    async def execute(
+        self, vehicle_id: str, operation: Operation, *, on_accepted: OnAccepted | None = None
+    ) -> CommandOutcome:
+        self.executed.append(operation)
+        return CommandOutcome(CommandStatus.SUCCEEDED)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Published:
+    def __init__(self) -> None:
+        self.messages: list[Publish] = []
+
+    def publish(self, message: Publish) -> None:
+        self.messages.append(message)
+
+
+@dataclass
+class Daemon:
+    client: httpx.AsyncClient
+    registry: AppRegistry
+    provider: RecordingProvider
+    state_dir: Path
+    clock: MutableClock
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        text = (self.state_dir / "audit" / "audit.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    """The real parts on a temporary state directory, the web app in front of them."""
+    state_dir, clock = tmp_path / "state", MutableClock()
+    store, alerts = Store.open(state_dir), CollectingAlerts()
+    audit = AuditLog(state_dir / "audit", clock=clock, rotate_bytes=1 << 20)
+    audit.open()
+    registry = AppRegistry(
+        store=store, audit=audit, alerts=alerts, enforcement=NoEnforcement(), clock=clock
+    )
+    registry.migrate()
+    verifier = StepUp(store=store, state_dir=state_dir, config=StepUpConfig(), alerts=alerts)
+    verifier.start()
+    ids = DedupStore(store=store, window_s=3600)
+    ids.start()
+    provider = RecordingProvider()
+    pipeline = CommandPipeline(
+        topics=Topics(base="t"),
+        commands=CommandsConfig(),
+        apps=registry,
+        stepup_required_for=StepUpConfig().required_for,
+        vehicles={"family-car": VehicleRoute(provider, "car-1", frozenset(Operation))},
+        audit=audit,
+        stepup=verifier,
+        ids=ids,
+        publisher=Published(),
+        alerts=alerts,
+        clock=clock,
+    )
+    await pipeline.start()
+    app = create_web_app(
+        settings=Settings(state_dir=state_dir),
+        store=store,
+        registry=registry,
+        audit=audit,
+        audit_reader=AuditFiles(state_dir / "audit"),
+        pipeline=pipeline,
+        vehicles_view=FakeVehicles(clock),
+        stepup=OwnerStepUp(verifier=verifier, state_dir=state_dir, clock=clock),
+        clock=clock,
+    )
+    set_owner_password(store, OWNER_PASSWORD, now=clock())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        yield Daemon(client, registry, provider, state_dir, clock)
+    await pipeline.stop()
+    audit.close()
+    store.close()
+
+
+async def test_owner_page_drives_the_real_registry_and_audit_log(daemon: Daemon) -> None:
+    """Adding, re-scoping and revoking on the page changes the registry; the chain verifies."""
+    owner = daemon.client
+    await login(owner)
+    form = {
+        "csrf": await page_csrf(owner),
+        "app_id": "ha",
+        "name": "Home Assistant",
+        "scope": ["read:status", "read:location"],
+    }
+    assert (await owner.post("/apps", data=form)).status_code == 303
+    assert 'data-testid="secret"' in (await owner.get("/apps/ha/created")).text
+    app = daemon.registry.get("ha")
+    assert app is not None and {s.value for s in app.scopes} == {"read:status", "read:location"}
+    form = {"csrf": await page_csrf(owner, "/apps/ha"), "scope": ["read:status", "command:lock"]}
+    await owner.post("/apps/ha/scopes", data=form)
+    confirm = await owner.get("/apps/ha/revoke")
+    await owner.post("/apps/ha/revoke", data={"csrf": csrf_of(confirm.text)})
+    assert daemon.registry.get("ha") is None
+    kinds = [r["kind"] for r in daemon.audit_records()]
+    for kind in (
+        "owner.login",
+        "app.added",
+        "app.scopes_withdrawn",
+        "app.scopes_granted",
+        "app.revoked",
+    ):
+        assert kind in kinds
+    assert [r["actor"] for r in daemon.audit_records() if r["kind"].startswith("app.")] == [
+        "web"
+    ] * 4
+    page = (await owner.get("/audit?app=ha")).text
+    assert "Chain verified" in page
+    assert verify(daemon.state_dir / "audit").ok
+
+
+async def test_rest_commands_go_through_the_real_pipeline_with_step_up(daemon: Daemon) -> None:
+    """Lock runs; unlock needs the owner's TOTP code, refused without, accepted with."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["read:status", "command:lock", "command:unlock"])
+    tokens = await tokens_for(owner, owner, rest, "read:status command:lock command:unlock")
+    headers = bearer(tokens["access_token"])
+    url = "/api/v1/vehicles/family-car/commands/lock"
+    locked = await owner.post(url, json={"action": "LOCK", "id": "one"}, headers=headers)
+    assert locked.status_code == 200, locked.text
+    assert locked.json()["status"] == "succeeded"
+    form = {"csrf": await page_csrf(owner, "/security"), "password": OWNER_PASSWORD}
+    assert (await owner.post("/security/stepup", data=form)).status_code == 303
+    refused = await owner.post(url, json={"action": "UNLOCK"}, headers=headers)
+    assert refused.status_code == 403
+    assert refused.json()["reason"] == "stepup_required"
+    code = totp.code_at(totp.load_secret(daemon.state_dir) or "", daemon.clock())
+    unlocked = await owner.post(url, json={"action": "UNLOCK", "code": code}, headers=headers)
+    assert unlocked.json()["status"] == "succeeded", unlocked.text
+    assert daemon.provider.executed == [Operation.LOCK, Operation.UNLOCK]
+    decisions = [r for r in daemon.audit_records() if r["kind"] == "command.decision"]
+    assert [d["decision"] for d in decisions] == ["allowed", "refused", "allowed"]
+    assert all("code" not in d or d["code"] == "[redacted]" for d in decisions)
+    assert any(r["kind"] == "api.access" for r in daemon.audit_records())
+
+
+async def test_revoking_in_the_real_registry_ends_rest_access(daemon: Daemon) -> None:
+    """A revocation through the registry (as `ownerlink apps revoke` does) stops the tokens."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["read:status"])
+    tokens = await tokens_for(owner, owner, rest)
+    daemon.registry.revoke("dash")
+    assert (
+        await owner.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    ).status_code == 401
+    assert (await refresh(owner, rest, tokens["refresh_token"])).status_code == 401
