@@ -148,3 +148,25 @@ async def test_retained_command_published_while_running_is_refused(
     finally:
         publish_retained(broker, topic, "")
     assert [d["reason"] for d in _decisions(daemon.settings)] == ["retained"]
+
+
+async def test_owner_pages_render_with_the_real_parts(daemon: Daemon) -> None:
+    """After logging in, every owner page renders (200) from the daemon's real parts."""
+    import re
+
+    from bridge.demo.run import set_owner_password
+
+    password = set_owner_password(daemon.settings)
+    assert daemon.web is not None
+    base = f"http://127.0.0.1:{daemon.web.port}"
+    async with httpx.AsyncClient(base_url=base, follow_redirects=True) as client:
+        form = (await client.get("/login")).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert csrf is not None
+        login = await client.post(
+            "/login", data={"csrf": csrf.group(1), "next": "/apps", "password": password}
+        )
+        assert login.status_code == 200
+        for page in ("/apps", "/vehicles", "/audit", "/security", "/apps/homeassistant"):
+            response = await client.get(page)
+            assert response.status_code == 200, (page, response.text[:300])
