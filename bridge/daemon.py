@@ -24,7 +24,7 @@ from bridge.access.apps import AppChange, AppRegistry
 from bridge.access.broker import build_enforcement
 from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
-from bridge.audit.log import AuditLog
+from bridge.audit.log import AuditLog, audit_directory
 from bridge.commands.dedup import DedupStore
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
@@ -164,7 +164,7 @@ class Daemon:
         settings = self.settings
         self.store = Store.open(settings.state_dir)
         self.audit = AuditLog(
-            settings.state_dir / "audit",
+            audit_directory(settings.state_dir),
             clock=self.clock,
             rotate_bytes=settings.audit.rotate_bytes,
             on_head=self._publish_audit_head,

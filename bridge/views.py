@@ -59,6 +59,7 @@ class DaemonVehicles:
 
 def build_web_server(daemon: Daemon) -> WebServer:
     """The owner page and the local OAuth API, wired to the daemon's real parts."""
+    from bridge.audit.log import audit_directory
     from bridge.web.adapters import AuditFiles, OwnerStepUp
     from bridge.web.app import create_web_app
     from bridge.web.server import WebServer
@@ -69,7 +70,7 @@ def build_web_server(daemon: Daemon) -> WebServer:
         store=daemon.store,
         registry=daemon.registry,
         audit=daemon.audit_sink,
-        audit_reader=AuditFiles(settings.state_dir / "audit"),
+        audit_reader=AuditFiles(audit_directory(settings.state_dir)),
         pipeline=daemon.pipeline,
         vehicles_view=daemon.vehicles_view,
         stepup=OwnerStepUp(
