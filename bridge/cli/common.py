@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import logs
 from bridge.config import Settings, load_config
+
+if TYPE_CHECKING:
+    from bridge.polling.budget import Budget
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -39,3 +44,19 @@ def settings_from(args: argparse.Namespace) -> Settings:
     settings = load_config(getattr(args, "config", None), cli_overrides(args))
     logs.configure(settings.logging.level, settings.logging.format)
     return settings
+
+
+@contextmanager
+def charged_budget(settings: Settings) -> Iterator[Budget]:
+    """The daemon's persisted call budget, for CLI commands that call the provider."""
+    from bridge.events import CollectingAlerts
+    from bridge.polling.budget import Budget
+    from bridge.store import Store
+
+    store = Store.open(settings.state_dir)
+    try:
+        budget = Budget(store=store, config=settings.budget, alerts=CollectingAlerts())
+        budget.start()
+        yield budget
+    finally:
+        store.close()

@@ -1,6 +1,7 @@
 """`ownerlink vehicles` and `ownerlink status`: what is configured, what logins cover, a read now.
 
-Both run outside the daemon's budget (FreeGate) and print neither tokens nor VINs.
+Both charge their calls to the same persisted budget the daemon uses (a CLI read must never push
+the account over the limit) and print neither tokens nor VINs.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bridge.cli.common import add_common, settings_from
+from bridge.cli.common import add_common, charged_budget, settings_from
 from bridge.config import Settings
 from bridge.errors import ConfigError, ProviderError
 from bridge.events import CollectingAlerts
 from bridge.model import VehicleInfo, VehicleState, to_document
-from bridge.providers.base import FreeGate, Provider
+from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
 from bridge.providers.fordconnect_query import FordConnectQueryProvider
 from bridge.providers.tokens import TokenStore
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
     vehicles.add_argument("--json", action="store_true", help="print JSON")
     add_common(vehicles)
     vehicles.set_defaults(func=vehicles_command)
-    status = sub.add_parser("status", help="read a vehicle's state now (outside the budget)")
+    status = sub.add_parser("status", help="read a vehicle's state now (charged to the budget)")
     status.add_argument(
         "vehicle", nargs="?", help="vehicle alias or account (default: the only one)"
     )
@@ -51,8 +52,9 @@ class Discovery:
 
 def vehicles_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    providers = build_providers(settings, gate=FreeGate(), alerts=CollectingAlerts())
-    found = asyncio.run(_discover(settings, providers))
+    with charged_budget(settings) as budget:
+        providers = build_providers(settings, gate=budget, alerts=CollectingAlerts())
+        found = asyncio.run(_discover(settings, providers))
     doc = vehicles_document(settings, providers, found)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -177,10 +179,19 @@ class Target:
 def status_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     target = resolve_target(settings, args.vehicle)
-    providers = build_providers(settings, gate=FreeGate(), alerts=CollectingAlerts())
-    state = asyncio.run(_read(providers, target))
+    with charged_budget(settings) as budget:
+        providers = build_providers(settings, gate=budget, alerts=CollectingAlerts())
+        state = asyncio.run(_read(providers, target))
+        usage = budget.usage(target.account)
     doc = to_document(state)
     doc["vehicle_id"] = target.label  # the alias the owner knows, not the provider's id
+    doc["budget"] = {
+        "calls_used_today": usage.used_day,
+        "calls_left_today": usage.left_day,
+        "calls_used_hour": usage.used_hour,
+        "calls_left_hour": usage.left_hour,
+        "reserve_left": usage.reserve_left,
+    }
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -233,7 +244,7 @@ async def _only_vehicle(provider: Provider, account: str) -> str:
 
 def _print_state(doc: Mapping[str, Any], out: TextIO) -> None:
     print(f"{doc['vehicle_id']} — updated {doc['updated_at'] or 'unknown'}", file=out)
-    for section in ("status", "health", "location"):
+    for section in ("status", "health", "location", "budget"):
         values = doc.get(section)
         if not values:
             continue
