@@ -134,6 +134,8 @@ async def _finish(
 ) -> None:
     """Check the redirect, trade its code for tokens, store them, list the consented vehicles."""
     code = parse_redirect(redirect_url, expected_state=login.state)
+    # Not charged to the budget: a login is the owner's deliberate, rare act (one exchange and one
+    # listing), and an exhausted budget must never stop the owner from logging in again.
     parts = build_account(settings, account, gate=FreeGate(), alerts=CollectingAlerts())
     store = TokenStore(settings.state_dir)
     try:
