@@ -1,6 +1,6 @@
 """`ownerlink doctor`: one line per check, a fix under each failure; exit 1 if any check failed.
 
-The checks live in `bridge/doctor.py`. This module composes them in the order an owner would
+The checks live in `bridge/doctor/`. This module composes them in the order an owner would
 debug (config, state, broker, logins, provider, clock, budget, audit), asks the provider the
 questions that need httpx, and prints text or `--json`.
 

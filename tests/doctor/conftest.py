@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.audit.log import AuditLog
+from bridge.audit.log import AuditLog, audit_directory
 from bridge.config import load_config
 from bridge.events import CollectingAlerts
 from bridge.polling.budget import Budget
@@ -89,7 +89,8 @@ async def _log_in(install: Install) -> None:
 
 
 def _write_audit(state_dir: Path) -> None:
-    with AuditLog(state_dir, clock=lambda: datetime.now(UTC), rotate_bytes=1 << 20) as audit:
+    directory = audit_directory(state_dir)
+    with AuditLog(directory, clock=lambda: datetime.now(UTC), rotate_bytes=1 << 20) as audit:
         for n in range(5):
             audit.append("app.added", app=f"app{n}", scopes=["read:status"])
 

@@ -18,6 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.audit.log import audit_directory
 from bridge.cli import build_parser, main
 from bridge.cli.doctor import Probes, doctor_command
 from bridge.providers.tokens import TokenStore
@@ -420,7 +421,7 @@ def test_a_damaged_database_fails(install: Install) -> None:
 
 def test_a_tampered_audit_log_fails_naming_the_first_bad_record(install: Install) -> None:
     """One record edited by hand: exit 1 and the file, line and seq of that record."""
-    path = install.state_dir / "audit.jsonl"
+    path = audit_directory(install.state_dir) / "audit.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     lines[2] = lines[2].replace(b"app2", b"evil")
     path.write_bytes(b"".join(lines))
