@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: a hash-chained, append-only, fsync'd JSON-lines file."""

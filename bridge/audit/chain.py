@@ -1,0 +1,144 @@
+"""The hash chain itself, pure: canonical form, record hashes, file naming and the chain check.
+
+A record is a flat JSON object with `seq` (1, 2, …), `ts`, `kind`, `prev` (the previous record's
+hash; 64 zeros for the first) and `hash`, the SHA-256 of the record's canonical form without
+`hash`: keys sorted, no whitespace, ASCII only (so no Unicode normalisation can change the bytes).
+Changing, dropping or reordering any record breaks the chain from that point on.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+CURRENT_FILE = "audit.jsonl"
+ROTATED_PATTERN = re.compile(r"audit\.(\d{6})\.jsonl")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The bytes a record's hash covers (the record must not contain `hash`)."""
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def seal(record: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The line to write for `record` (hash appended last, newline-terminated) and its hash."""
+    body = canonical(record)
+    value = digest(body)
+    # Splicing the hash in after the canonical body avoids serialising the record twice.
+    return body[:-1] + b',"hash":"' + value.encode("ascii") + b'"}\n', value
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """A line as a record, or None when it is not a JSON object (torn, or garbage)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def rotated_name(number: int) -> str:
+    return f"audit.{number:06d}.jsonl"
+
+
+def rotated_files(directory: Path) -> list[tuple[int, Path]]:
+    """Rotated files, oldest first, with their numbers."""
+    found = []
+    for path in directory.glob("audit.*.jsonl"):
+        match = ROTATED_PATTERN.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def chain_files(directory: Path) -> list[Path]:
+    """Every file of the log in chain order: rotated files by number, then the current file."""
+    files = [path for _, path in rotated_files(directory)]
+    current = directory / CURRENT_FILE
+    if current.exists():
+        files.append(current)
+    return files
+
+
+class Fault(enum.StrEnum):
+    """How a record breaks the chain."""
+
+    EDITED = "edited"  # its own hash does not match its content
+    UNPARSABLE = "unparsable"  # not a JSON object: overwritten bytes, or a torn line mid-file
+    DELETED = "deleted"  # records are missing before it (seq gap)
+    REORDERED = "reordered"  # it arrives out of order (seq goes backwards or repeats)
+    RELINKED = "relinked"  # seq fits but prev is not the previous record's hash
+    TRUNCATED = "truncated"  # the log ends before a head published earlier
+    DIVERGED = "diverged"  # the record at a published head has a different hash
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """The first place the chain breaks."""
+
+    fault: Fault
+    message: str
+    file: str = ""
+    line: int = 0
+    seq: int | None = None
+
+    def describe(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file else "log"
+        record = f" (record {self.seq})" if self.seq is not None else ""
+        return f"{where}{record}: {self.fault}: {self.message}"
+
+
+@dataclass(slots=True)
+class ChainState:
+    """What the next record must link to."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+    def check(self, record: dict[str, Any]) -> tuple[Fault, str] | None:
+        """Is `record` the valid next link? Advances the state when it is."""
+        fault = self._fault(record)
+        if fault is None:
+            self.seq, self.hash = record["seq"], record["hash"]
+        return fault
+
+    def _fault(self, record: dict[str, Any]) -> tuple[Fault, str] | None:
+        if not hash_matches(record):
+            return Fault.EDITED, "content does not match its hash"
+        seq = record.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            return Fault.EDITED, "seq is not an integer"
+        if seq > self.seq + 1:
+            missing = f"{self.seq + 1}" if seq == self.seq + 2 else f"{self.seq + 1}..{seq - 1}"
+            return Fault.DELETED, f"record(s) {missing} missing before it"
+        if seq <= self.seq:
+            return Fault.REORDERED, f"seq {seq} after seq {self.seq}"
+        if record.get("prev") != self.hash:
+            return Fault.RELINKED, f"prev does not match record {self.seq}'s hash"
+        return None
+
+
+def hash_matches(record: dict[str, Any]) -> bool:
+    """Does the record's `hash` cover its content?"""
+    claimed = record.get("hash")
+    if not isinstance(claimed, str) or HEX64.fullmatch(claimed) is None:
+        return False
+    body = {k: v for k, v in record.items() if k != "hash"}
+    try:
+        return digest(canonical(body)) == claimed
+    except ValueError:  # NaN or Infinity smuggled in: not something we ever write
+        return False

@@ -1,0 +1,328 @@
+"""The audit log writer: append-only, hash-chained, fsync'd JSON lines, repaired only at its tail.
+
+Crash safety rests on three habits: each record is ONE `os.write` of one line on an `O_APPEND`
+descriptor (a kill cannot interleave or half-overwrite earlier lines), `fsync` runs before
+`append` returns (a caller told "written" can rely on it), and the directory is fsync'd whenever
+a file is created or rotated (so the file itself survives a power cut). An fsync error is fatal:
+Linux may drop the dirty pages and report the error only once, so a retry could "succeed" over
+lost data. After one, every append raises AuditWriteError until the log is reopened, and the
+command pipeline stops taking commands.
+
+Several processes may append (the daemon, and `ownerlink apps …` or `ownerlink command` run
+beside it): each append holds an exclusive `flock` on `audit.lock` and first catches up with
+whatever another process wrote or rotated, so the chain stays one chain.
+
+On open, an unterminated or unparsable *last* line is a torn write: it is cut off and the repair
+is itself recorded (`audit.repaired`). Anything wrong elsewhere is tampering: AuditTampered,
+never a silent fix.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bridge.audit.chain import (
+    CURRENT_FILE,
+    ChainState,
+    hash_matches,
+    parse_line,
+    rotated_files,
+    rotated_name,
+    seal,
+)
+from bridge.audit.tail import read_tail, split_torn_tail
+from bridge.errors import AuditError, AuditTampered, AuditWriteError
+from bridge.files import fsync_dir
+from bridge.logs import get_logger
+
+Clock = Callable[[], datetime]
+OnHead = Callable[[int, str], None]
+DIRECTORY = "audit"  # under the state directory
+LOCK_FILE = "audit.lock"
+RESERVED = frozenset({"seq", "ts", "prev", "hash", "kind"})
+# Field names that could only hold a secret. Callers never pass them; this is a second lock on
+# the door, so a mistake elsewhere puts "[redacted]" in the file rather than a step-up code.
+SECRET_KEYS = frozenset({"code", "otp", "totp", "secret", "password", "token", "authorization"})
+SECRET_SUFFIXES = ("_token", "_secret", "_password")
+REDACTED = "[redacted]"
+FILE_MODE = 0o600
+
+log = get_logger(__name__)
+
+
+def audit_directory(state_dir: Path) -> Path:
+    """Where the audit log lives: `<state_dir>/audit/` (every writer and reader must agree)."""
+    return state_dir / DIRECTORY
+
+
+class AuditLog:
+    """The `bridge.events.AuditSink` the daemon uses. Thread- and process-safe; `open()` first."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        clock: Clock,
+        rotate_bytes: int,
+        on_head: OnHead | None = None,
+    ) -> None:
+        self.directory = directory
+        self.clock = clock
+        self.rotate_bytes = rotate_bytes
+        self.on_head = on_head
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._size = 0
+        self._chain = ChainState()
+        self._failed: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check the whole current file, repair a torn tail, and get ready to append.
+
+        Raises AuditTampered when any record other than a torn last line is wrong.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = _open_lock(self.directory / LOCK_FILE)
+        with self._lock, self._exclusive():
+            path = self._path
+            self._chain = self._link_from_rotated()
+            keep, torn = split_torn_tail(path.read_bytes() if path.exists() else b"")
+            self._check_current(keep)
+            self._fd = self._open_fd(path)
+            self._size = len(keep)
+            if torn:
+                self._repair(len(keep), torn)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._lock_fd = None
+
+    def __enter__(self) -> AuditLog:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last record this process knows: what the daemon publishes."""
+        return self._chain.seq, self._chain.hash
+
+    @property
+    def failed(self) -> str | None:
+        """Why appends are refused (after a write or fsync error), or None when healthy."""
+        return self._failed
+
+    # -- the hot path ----------------------------------------------------------------------------
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Add one record and return it once it is on disk. Raises AuditWriteError."""
+        with self._lock:
+            if self._failed is not None or self._fd is None:
+                raise AuditWriteError(self._failed or "the audit log is not open")
+            with self._exclusive():
+                self._catch_up()
+                record = self._append_locked(kind, fields)
+        self._announce(record["seq"], record["hash"])
+        return record
+
+    def _append_locked(self, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        record = clean_fields(fields)
+        record.update(
+            kind=kind,
+            seq=self._chain.seq + 1,
+            ts=self.clock().isoformat(timespec="milliseconds"),
+            prev=self._chain.hash,
+        )
+        line, value = seal(record)
+        if self._size and self._size + len(line) > self.rotate_bytes:
+            self._rotate()
+        self._write(line)
+        record["hash"] = value
+        self._chain.seq, self._chain.hash = record["seq"], value
+        return record
+
+    def _write(self, line: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, line)
+            if written == len(line):
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise self._fail(f"audit write failed: {exc}") from exc
+        if written != len(line):
+            # A partial line (disk full) now ends the file: stop; the next open() cuts it off.
+            raise self._fail(f"audit write failed: short write ({written} of {len(line)} bytes)")
+        self._size += len(line)
+
+    def _fail(self, why: str) -> AuditWriteError:
+        self._failed = why
+        return AuditWriteError(why)
+
+    def _announce(self, seq: int, value: str) -> None:
+        if self.on_head is None:
+            return
+        try:
+            self.on_head(seq, value)
+        except Exception:  # publishing the head must never undo a durable record
+            log.exception("audit head callback failed", seq=seq)
+
+    # -- sharing the file with other processes ---------------------------------------------------
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        assert self._lock_fd is not None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise self._fail(f"cannot lock the audit log: {exc}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> None:
+        """Pick up records or a rotation another process made since our last append."""
+        assert self._fd is not None
+        try:
+            mine = os.fstat(self._fd)
+            on_disk = self._path.stat() if self._path.exists() else None
+        except OSError as exc:
+            raise self._fail(f"audit log unusable: {exc}") from exc
+        same_file = on_disk is not None and on_disk.st_ino == mine.st_ino
+        if same_file and on_disk is not None and on_disk.st_size == self._size:
+            return  # the usual case: nobody else wrote
+        if not same_file:
+            os.close(self._fd)
+            self._fd = self._open_fd(self._path)
+        try:
+            self._reload_tail()
+        except (AuditError, OSError) as exc:
+            raise self._fail(f"audit log changed under us: {exc}") from exc
+
+    def _reload_tail(self) -> None:
+        tail = read_tail(self._path)
+        self._chain = self._link_from_rotated()
+        if tail.last:
+            # Only the last record is read here (open() checked the whole file): it must at
+            # least be a record we could have written, or we would chain onto garbage.
+            record = parse_line(tail.last)
+            if record is None or not hash_matches(record) or not isinstance(record["seq"], int):
+                raise AuditTampered(f"{CURRENT_FILE}: the last record is not a valid record")
+            self._chain = ChainState(seq=record["seq"], hash=str(record["hash"]))
+        self._size = tail.keep
+        if tail.torn:
+            self._repair(tail.keep, tail.torn)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @property
+    def _path(self) -> Path:
+        return self.directory / CURRENT_FILE
+
+    def _open_fd(self, path: Path) -> int:
+        created = not path.exists()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            if created:
+                fsync_dir(self.directory)
+        except OSError as exc:
+            raise self._fail(f"cannot open {path}: {exc.strerror or exc}") from exc
+        return fd
+
+    def _rotate(self) -> None:
+        """Move the full file aside under the next number and start a new one (chain continues)."""
+        assert self._fd is not None
+        numbers = [number for number, _ in rotated_files(self.directory)]
+        target = self.directory / rotated_name(max(numbers, default=0) + 1)
+        try:
+            os.close(self._fd)
+            self._fd = None
+            self._path.rename(target)
+            fsync_dir(self.directory)
+        except OSError as exc:
+            raise self._fail(f"audit rotation failed: {exc}") from exc
+        self._fd = self._open_fd(self._path)
+        self._size = 0
+
+    def _link_from_rotated(self) -> ChainState:
+        """The chain state at the end of the newest rotated file (or the genesis state)."""
+        rotated = rotated_files(self.directory)
+        if not rotated:
+            return ChainState()
+        _, path = rotated[-1]
+        record = parse_line(read_tail(path).last)
+        if record is None or not isinstance(record.get("seq"), int):
+            raise AuditTampered(f"{path.name}: the last record is unreadable")
+        return ChainState(seq=record["seq"], hash=str(record.get("hash")))
+
+    def _check_current(self, data: bytes) -> None:
+        """Every whole line of the current file must chain on from the rotated files."""
+        for number, raw in enumerate(data.splitlines(), start=1):
+            record = parse_line(raw)
+            if record is None:
+                raise AuditTampered(f"{CURRENT_FILE}:{number}: unparsable record")
+            fault = self._chain.check(record)
+            if fault is not None:
+                raise AuditTampered(f"{CURRENT_FILE}:{number}: {fault[0]}: {fault[1]}")
+
+    def _repair(self, keep: int, torn: bytes) -> None:
+        """Cut a torn tail off and say so in the log itself."""
+        assert self._fd is not None
+        try:
+            os.truncate(self._path, keep)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise self._fail(f"cannot repair {self._path}: {exc.strerror or exc}") from exc
+        self._size = keep
+        log.warning("audit log had a torn last line; truncated", removed_bytes=len(torn))
+        self._append_locked(
+            "audit.repaired", {"file": CURRENT_FILE, "offset": keep, "removed_bytes": len(torn)}
+        )
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise AuditWriteError(f"cannot open {path}: {exc.strerror or exc}") from exc
+
+
+def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy the caller's fields, refusing reserved names and blanking secret-looking ones."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in RESERVED:
+            raise ValueError(f"audit field {key!r} is reserved")
+        out[key] = REDACTED if _secret_key(key) else _plain(value)
+    return out
+
+
+def _secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in SECRET_KEYS or lowered.endswith(SECRET_SUFFIXES)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready values: times as ISO text, sets as sorted lists; everything else as given."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(str(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

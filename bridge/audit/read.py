@@ -1,0 +1,126 @@
+"""The audit log for people: the last N matching records, new ones as they come, one line each."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bridge.audit.chain import CURRENT_FILE, chain_files, parse_line
+
+# Shown first, in this order, by `format_record`; the rest follow as key=value.
+LEAD_KEYS = ("app", "vehicle", "command", "action", "decision", "status", "reason")
+HIDDEN_KEYS = frozenset({"seq", "ts", "kind", "prev", "hash"})
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFilter:
+    """Which records to show. `kind` matches exactly or as a dotted prefix (`command`)."""
+
+    app: str | None = None
+    vehicle: str | None = None
+    kind: str | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if self.app is not None and record.get("app") != self.app:
+            return False
+        if self.vehicle is not None and record.get("vehicle") != self.vehicle:
+            return False
+        kind = str(record.get("kind", ""))
+        return self.kind is None or kind == self.kind or kind.startswith(self.kind + ".")
+
+
+def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict[str, Any]]:
+    """The last `count` matching records, oldest first, reading files newest first."""
+    found: list[dict[str, Any]] = []
+    for path in reversed(chain_files(directory)):
+        for raw in reversed(path.read_bytes().splitlines()):
+            record = parse_line(raw)
+            if record is not None and wanted.matches(record):
+                found.append(record)
+                if len(found) >= count:
+                    return found[::-1]
+    return found[::-1]
+
+
+def follow(
+    directory: Path,
+    wanted: RecordFilter,
+    *,
+    poll_s: float = 0.5,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> Iterator[dict[str, Any]]:
+    """Records appended from now on, across rotations, until `keep_going()` is false."""
+    path = directory / CURRENT_FILE
+    handle = _open_at_end(path)
+    pending = b""
+    try:
+        while keep_going():
+            chunk = handle.read() if handle is not None else b""
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            yield from _matching(complete, wanted)
+            if chunk:
+                continue
+            if _rotated(handle, path):
+                # The old file was drained above; the new one is read from its start.
+                handle, pending = _reopen(handle, path), b""
+                continue
+            time.sleep(poll_s)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _matching(lines: list[bytes], wanted: RecordFilter) -> Iterator[dict[str, Any]]:
+    for raw in lines:
+        record = parse_line(raw)
+        if record is not None and wanted.matches(record):
+            yield record
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """`ts #seq kind app=… vehicle=… …` on one line."""
+    parts = [str(record.get("ts", "?")), f"#{record.get('seq', '?')}", str(record.get("kind", "?"))]
+    keys = [k for k in LEAD_KEYS if k in record]
+    keys += sorted(k for k in record if k not in HIDDEN_KEYS and k not in LEAD_KEYS)
+    parts += [f"{key}={_show(record[key])}" for key in keys if record[key] not in (None, "")]
+    return " ".join(parts)
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return repr(text) if (" " in text or not text.isprintable()) else text
+
+
+def _open_at_end(path: Path) -> BinaryIO | None:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    handle.seek(0, os.SEEK_END)
+    return handle
+
+
+def _rotated(handle: BinaryIO | None, path: Path) -> bool:
+    """Has `path` been replaced by a new file since `handle` was opened (or did it appear)?"""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    if handle is None:
+        return True
+    mine = os.fstat(handle.fileno())
+    return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+def _reopen(handle: BinaryIO | None, path: Path) -> BinaryIO | None:
+    if handle is not None:
+        handle.close()
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None

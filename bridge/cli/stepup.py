@@ -1,0 +1,131 @@
+"""`ownerlink stepup …`: enrol the owner's authenticator, inspect and lift lockouts, show a code.
+
+`enroll` shows the otpauth:// URI once, as a terminal QR code and as text; the secret itself stays
+in `<state_dir>/stepup.secret` (0600). `code` prints the current code from that secret: it exists
+for tests and the demo, and adds no exposure (whoever can run it can read the secret file), but
+with it the shell on this box is the second factor, so use your phone's authenticator for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.audit.log import AuditLog, audit_directory
+from bridge.cli.common import add_common, settings_from
+from bridge.commands import stepup
+from bridge.config import Settings
+from bridge.events import CollectingAlerts
+from bridge.store import Store
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("stepup", help="second factor (TOTP) for unlock and remote start")
+    inner = parser.add_subparsers(dest="stepup_command", metavar="ACTION", required=True)
+    enroll = inner.add_parser("enroll", help="create the secret and show it as a QR code")
+    enroll.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing secret (your authenticator entry stops working)",
+    )
+    enroll.set_defaults(func=enroll_command)
+    code = inner.add_parser(
+        "code", help="print the current code (for testing and the demo; use your authenticator)"
+    )
+    code.set_defaults(func=code_command)
+    status = inner.add_parser("status", help="is step-up enrolled; is an app locked out")
+    status.add_argument("apps", nargs="*", metavar="APP", help="apps to check (default: owner)")
+    status.set_defaults(func=status_command)
+    clear = inner.add_parser("clear-lockout", help="lift an app's step-up lockout")
+    clear.add_argument("app", metavar="APP")
+    clear.set_defaults(func=clear_command)
+    for each in (enroll, code, status, clear):
+        add_common(each)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def enroll_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    secret = stepup.enroll(settings.state_dir, force=args.force)
+    with _audit(settings) as audit:
+        audit.append("stepup.enrolled", replaced=bool(args.force), actor="owner")
+    uri = stepup.provisioning_uri(secret)
+    print("Scan this with your authenticator app (or enter the URI below by hand):\n")
+    _print_qr(uri)
+    print(f"\n{uri}\n")
+    print("Sensitive commands (unlock, remote start) now need the 6-digit code it shows.")
+    return 0
+
+
+def _print_qr(uri: str) -> None:
+    import qrcode
+
+    qr = qrcode.QRCode(border=2)
+    qr.add_data(uri)
+    # Dark-on-light terminals read the inverted form; most terminals are light-on-dark.
+    qr.print_ascii(out=sys.stdout, invert=True)
+
+
+def code_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    secret = stepup.load_secret(settings.state_dir)
+    if secret is None:
+        print("step-up is not enrolled: run `ownerlink stepup enroll`", file=sys.stderr)
+        return 1
+    print(stepup.code_at(secret, _now()))
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    enrolled = stepup.load_secret(settings.state_dir) is not None
+    print(f"step-up: {'enrolled' if enrolled else 'not enrolled (run `ownerlink stepup enroll`)'}")
+    print(f"required for: {', '.join(sorted(settings.stepup.required_for)) or 'nothing'}")
+    with _verifier(settings) as verifier:
+        for app in args.apps or ["owner"]:
+            until = verifier.locked_until(app, _now())
+            state = f"locked out until {until.isoformat(timespec='seconds')}" if until else "ok"
+            print(f"{app}: {state}")
+    return 0
+
+
+def clear_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    with _verifier(settings) as verifier:
+        verifier.clear_lockout(args.app)
+    with _audit(settings) as audit:
+        audit.append("stepup.lockout_cleared", app=args.app, actor="owner")
+    print(f"{args.app}: step-up lockout lifted")
+    return 0
+
+
+@contextmanager
+def _verifier(settings: Settings) -> Iterator[stepup.StepUp]:
+    store = Store.open(settings.state_dir)
+    verifier = stepup.StepUp(
+        store=store, state_dir=settings.state_dir, config=settings.stepup, alerts=CollectingAlerts()
+    )
+    try:
+        verifier.start()
+        yield verifier
+    finally:
+        store.close()
+
+
+@contextmanager
+def _audit(settings: Settings) -> Iterator[AuditLog]:
+    audit = AuditLog(
+        audit_directory(settings.state_dir), clock=_now, rotate_bytes=settings.audit.rotate_bytes
+    )
+    audit.open()
+    try:
+        yield audit
+    finally:
+        audit.close()

@@ -1,0 +1,1 @@
+"""The command path: parse and decide (pure), step-up, replay and rate limits, and the pipeline."""

@@ -1,0 +1,132 @@
+"""Forwarding allowed commands to the car: one queue and one worker task per vehicle, in order.
+
+One at a time per vehicle because the car itself handles one remote command at a time, and
+because "LOCK then UNLOCK" must not arrive as "UNLOCK then LOCK". Provider errors become
+endings here (see `results.ending_for_error`); the forwarder never retries: a command that may
+have reached the car is reported `timed_out`, never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from bridge.commands.reasons import Reason
+from bridge.commands.results import Ending, ending_for_error, ending_for_outcome
+from bridge.logs import get_logger
+from bridge.model import CommandStatus, Operation
+from bridge.providers.base import Provider
+
+# Beyond the configured command timeout, how long before we give up on a provider call that never
+# returns. The provider should have timed out first; this only guards against a hung worker.
+TIMEOUT_GRACE_S = 10.0
+
+T = TypeVar("T")
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRoute:
+    """Where commands for one vehicle slug go."""
+
+    provider: Provider
+    vehicle_id: str  # the provider's id: never published, never audited
+    supported: frozenset[Operation]
+
+
+@dataclass(slots=True)
+class Job(Generic[T]):
+    """One allowed command waiting for, or at, the car. `ticket` is the caller's own context."""
+
+    vehicle: str
+    route: VehicleRoute
+    operation: Operation
+    ticket: T
+    sent: bool = False  # the provider was called: the car may have it
+    accepted: bool = False  # the provider said the car has it
+
+
+@dataclass(frozen=True, slots=True)
+class _Worker(Generic[T]):
+    queue: asyncio.Queue[Job[T]]
+    task: asyncio.Task[None]
+
+
+NOT_SENT = Ending(CommandStatus.FAILED, Reason.SHUTTING_DOWN, "the bridge stopped before sending")
+IN_FLIGHT = Ending(CommandStatus.TIMED_OUT, Reason.SHUTTING_DOWN, "the bridge stopped mid-command")
+
+
+class Forwarder(Generic[T]):
+    """Per-vehicle queues. `on_accepted(job)` when the car has it, `on_done(job, ending)` once."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        on_accepted: Callable[[Job[T]], None],
+        on_done: Callable[[Job[T], Ending], None],
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.on_accepted = on_accepted
+        self.on_done = on_done
+        self._workers: dict[str, _Worker[T]] = {}
+
+    def enqueue(self, job: Job[T]) -> None:
+        """Queue behind the vehicle's earlier commands; never blocks."""
+        self._worker(job.vehicle).queue.put_nowait(job)
+
+    async def stop(self) -> None:
+        """End queued jobs as not sent and cancel the ones in flight (they end `timed_out`)."""
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            while not worker.queue.empty():
+                self._done(worker.queue.get_nowait(), NOT_SENT)
+            worker.task.cancel()
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.task
+
+    def _worker(self, vehicle: str) -> _Worker[T]:
+        worker = self._workers.get(vehicle)
+        if worker is None:
+            queue: asyncio.Queue[Job[T]] = asyncio.Queue()
+            task = asyncio.get_running_loop().create_task(
+                self._run(queue), name=f"commands:{vehicle}"
+            )
+            worker = self._workers[vehicle] = _Worker(queue, task)
+        return worker
+
+    async def _run(self, queue: asyncio.Queue[Job[T]]) -> None:
+        while True:
+            job = await queue.get()
+            try:
+                ending = await self._call(job)
+            except asyncio.CancelledError:
+                self._done(job, IN_FLIGHT)
+                raise
+            self._done(job, ending)
+
+    def _done(self, job: Job[T], ending: Ending) -> None:
+        try:
+            self.on_done(job, ending)
+        except Exception:  # the worker must outlive a bad callback, or the vehicle goes deaf
+            log.exception("command completion failed", vehicle=job.vehicle)
+
+    async def _call(self, job: Job[T]) -> Ending:
+        async def accepted(_provider_command_id: str) -> None:
+            job.accepted = True
+            self.on_accepted(job)
+
+        job.sent = True
+        try:
+            async with asyncio.timeout(self.timeout_s + TIMEOUT_GRACE_S):
+                outcome = await job.route.provider.execute(
+                    job.route.vehicle_id, job.operation, on_accepted=accepted
+                )
+        except Exception as exc:  # noqa: BLE001 - every provider failure becomes an ending
+            return ending_for_error(exc, accepted=job.accepted)
+        return ending_for_outcome(outcome)

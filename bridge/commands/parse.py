@@ -1,0 +1,257 @@
+"""Turn a command topic and payload into a typed command, or a refusal saying exactly what is wrong.
+
+Pure: no clock, no I/O. Accepted payloads are a plain action word (`LOCK`) or a JSON object
+`{"action": ..., "code": ..., "id": ..., "issued_at": ...}`. Actions are matched case-insensitively
+and surrounding whitespace is ignored: `lock`, `LOCK` and `LOCK\\n` (what `echo` sends) all mean the
+same thing and nothing else could be meant, so strictness there would only break clients.
+Everything else is strict: unknown keys, wrong types, duplicate keys and non-UTF-8 bytes are
+refused rather than guessed at, because a command that opens a car must mean one thing only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.commands.reasons import Reason
+from bridge.model import OPERATIONS, Command, Operation, Scope, actions_for
+from bridge.mqtt.topics import CommandTopic
+
+ALLOWED_KEYS = frozenset({"action", "code", "id", "issued_at"})
+# Ids are echoed into results, logs and the audit file: a tight alphabet keeps them inert there.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+WORD_PATTERN = re.compile(r"[A-Za-z_]{1,16}")
+MAX_CODE_CHARS = 16
+# Epoch seconds beyond this are almost certainly JavaScript's Date.now() milliseconds (year 5138+).
+MAX_EPOCH_SECONDS = 1e11
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommand:
+    """A well-formed command for a known command word and action. Says nothing about permission."""
+
+    app: str
+    vehicle: str
+    command: Command
+    action: str
+    operation: Operation
+    scope: Scope
+    code: str | None = None
+    id: str | None = None
+    issued_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        # The step-up code must never reach a log line, even through a debugging repr.
+        code = "***" if self.code else None
+        return (
+            f"ParsedCommand(app={self.app!r}, vehicle={self.vehicle!r}, command={self.command}, "
+            f"action={self.action!r}, id={self.id!r}, issued_at={self.issued_at}, code={code})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a message is not a command, with what could be salvaged for the result (action, id)."""
+
+    reason: Reason
+    detail: str
+    action: str | None = None
+    id: str | None = None
+
+
+class _Malformed(Exception):
+    """Internal: a payload field is wrong; carries the human detail for the refusal."""
+
+
+def parse_command(
+    topic: CommandTopic, payload: bytes, *, retain: bool, max_bytes: int
+) -> ParsedCommand | Refusal:
+    """Parse one MQTT command message. Checks run cheapest first; the first failure wins."""
+    if retain:
+        # A retained command would be replayed to us on every reconnect: never act on one.
+        return Refusal(Reason.RETAINED, "retained messages are never executed")
+    if len(payload) > max_bytes:
+        return Refusal(Reason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes; the limit is {max_bytes}")
+    command = _command_word(topic.command)
+    if command is None:
+        return Refusal(Reason.UNKNOWN_COMMAND, f"no command {_shown(topic.command)}")
+    try:
+        fields = _decode(payload)
+    except _Malformed as exc:
+        return Refusal(Reason.MALFORMED, str(exc))
+    return build_command(topic.app, topic.vehicle, command, **fields)
+
+
+def build_command(
+    app: str,
+    vehicle: str,
+    command: Command | str,
+    *,
+    action: Any,
+    code: Any = None,
+    id: Any = None,  # noqa: A002 - the payload's own key name
+    issued_at: Any = None,
+) -> ParsedCommand | Refusal:
+    """Validate command fields from any surface (MQTT JSON, REST, the owner's CLI) the same way."""
+    word = command if isinstance(command, Command) else _command_word(command)
+    if word is None:
+        return Refusal(Reason.UNKNOWN_COMMAND, f"no command {_shown(str(command))}")
+    try:
+        checked_id = _check_id(id)
+        checked_action = _check_action(action)
+        checked_code = _check_code(code)
+        when = _check_issued_at(issued_at)
+    except _Malformed as exc:
+        return Refusal(Reason.MALFORMED, str(exc), id=_salvage_id(id))
+    entry = OPERATIONS.get((word, checked_action))
+    if entry is None:
+        allowed = "/".join(sorted(actions_for(word)))
+        detail = f"{word} accepts {allowed}, not {_shown(checked_action)}"
+        return Refusal(Reason.UNKNOWN_ACTION, detail, action=checked_action, id=checked_id)
+    operation, scope = entry
+    return ParsedCommand(
+        app,
+        vehicle,
+        word,
+        checked_action,
+        operation,
+        scope,
+        code=checked_code,
+        id=checked_id,
+        issued_at=when,
+    )
+
+
+def _command_word(text: str) -> Command | None:
+    try:
+        return Command(text)
+    except ValueError:
+        return None
+
+
+def _decode(payload: bytes) -> dict[str, Any]:
+    """Bytes → the fields of a command: a plain word becomes {"action": word}."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise _Malformed("payload is not UTF-8") from exc
+    if not text:
+        raise _Malformed("empty payload")
+    if text.startswith("{"):
+        return _decode_object(text)
+    if WORD_PATTERN.fullmatch(text) is None:
+        raise _Malformed("payload is neither an action word nor a JSON object")
+    return {"action": text}
+
+
+def _decode_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise _Malformed(f"bad JSON: {_json_problem(exc)}") from exc
+    if not isinstance(value, dict):
+        raise _Malformed("JSON payload must be an object")
+    unknown = sorted(set(value) - ALLOWED_KEYS)
+    if unknown:
+        raise _Malformed(
+            f"unknown key {_shown(unknown[0])}; allowed: {', '.join(sorted(ALLOWED_KEYS))}"
+        )
+    if "action" not in value:
+        raise _Malformed('JSON payload has no "action"')
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"action":"LOCK","action":"UNLOCK"} must not mean whichever one a parser keeps.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at character {exc.pos}"
+    return str(exc)
+
+
+def _check_action(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Malformed('"action" must be a string')
+    word = value.strip()
+    if WORD_PATTERN.fullmatch(word) is None:
+        raise _Malformed('"action" must be a single word such as LOCK')
+    return word.upper()
+
+
+def _check_code(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        # A number would lose leading zeros (012345 → 12345): insist on the string the user typed.
+        raise _Malformed('"code" must be a string')
+    if len(value) > MAX_CODE_CHARS:
+        raise _Malformed('"code" is too long')
+    return value.strip() or None  # Home Assistant sends an empty code when none was typed
+
+
+def _check_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
+        raise _Malformed('"id" must be 1-64 characters of A-Z a-z 0-9 . _ : -')
+    return value
+
+
+def _salvage_id(value: Any) -> str | None:
+    """The id to echo in a refusal, if it is itself well-formed."""
+    return value if isinstance(value, str) and ID_PATTERN.fullmatch(value) else None
+
+
+def _check_issued_at(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _Malformed('"issued_at" must be ISO 8601 text or epoch seconds')
+    if isinstance(value, int | float):
+        return _from_epoch(float(value))
+    if isinstance(value, str):
+        return _from_iso(value)
+    raise _Malformed('"issued_at" must be ISO 8601 text or epoch seconds')
+
+
+def _from_epoch(seconds: float) -> datetime:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _Malformed('"issued_at" is not a valid time')
+    if seconds > MAX_EPOCH_SECONDS:
+        raise _Malformed('"issued_at" looks like milliseconds; send epoch seconds')
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _from_iso(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise _Malformed('"issued_at" is not ISO 8601') from exc
+    if when.tzinfo is None:
+        # A zone-less time could be anyone's local time: hours of error either way.
+        raise _Malformed('"issued_at" needs a time zone (e.g. Z or +01:00)')
+    return when
+
+
+def _shown(text: str) -> str:
+    """Quote untrusted text for a detail message, cut short and stripped of control characters."""
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[:40])
+    return repr(clean)

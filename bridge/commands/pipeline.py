@@ -1,0 +1,430 @@
+"""The command pipeline: parse → decide → audit (durable) → forward → result → confirming read.
+
+Intake is synchronous on the event loop and does everything up to the durable `command.decision`
+record before returning, so nothing can interleave between checking a step-up code or a command
+id and recording that it was used. Forwarding then happens per vehicle, in arrival order (see
+`forward.py`). Every input ends in exactly one final result; nothing raises out of `submit`.
+
+If the audit log cannot be written, the pipeline halts: every later command is refused with
+`audit_unavailable` rather than run unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from bridge.commands.apps import OWNER_APP, AppLookup
+from bridge.commands.decide import (
+    NOT_ASSESSED,
+    Decision,
+    Policy,
+    StepUpCheck,
+    decide,
+    requires_stepup,
+)
+from bridge.commands.forward import Forwarder, Job, VehicleRoute
+from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
+from bridge.commands.ratelimit import CommandRateLimits
+from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
+from bridge.commands.records import (
+    Ticket,
+    decision_fields,
+    outcome_fields,
+    refusal_alert,
+)
+from bridge.commands.results import CommandResult, Ending, error_text
+from bridge.config import CommandsConfig
+from bridge.errors import AuditError, StateError
+from bridge.events import AlertSink, AuditSink
+from bridge.logs import get_logger
+from bridge.model import App, CommandStatus, Scope
+from bridge.mqtt.topics import CommandTopic, Publish, PublishSink, Topics
+
+__all__ = ["CommandPipeline", "InboundCommand", "VehicleRoute"]
+
+Clock = Callable[[], datetime]
+BudgetCheck = Callable[[str], bool]  # vehicle slug → may a command be spent on it now?
+OnCommandDone = Callable[[str], Awaitable[None] | None]  # vehicle slug → confirm with one read
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundCommand:
+    """A message from a command topic, as the MQTT adapter hands it over."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    received_at: datetime  # when the adapter received it: the age check's "now"
+
+
+class StepUpVerifier(Protocol):
+    """What the pipeline needs from `bridge.commands.stepup.StepUp`."""
+
+    def assess(self, app_id: str, code: str | None, now: datetime) -> StepUpCheck: ...
+
+    def settle(
+        self, app_id: str, check: StepUpCheck, *, allowed: bool, now: datetime, vehicle: str | None
+    ) -> None: ...
+
+
+class CommandIds(Protocol):
+    """What the pipeline needs from `bridge.commands.dedup.DedupStore`."""
+
+    def seen(self, app: str, command_id: str, now: float) -> bool: ...
+
+    def remember(self, app: str, command_id: str, now: float) -> None: ...
+
+
+class CommandPipeline:
+    """Checks, records and forwards commands. `await start()` on the event loop, then submit."""
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        commands: CommandsConfig,
+        stepup_required_for: frozenset[Scope],
+        apps: AppLookup,
+        vehicles: Mapping[str, VehicleRoute],
+        audit: AuditSink,
+        stepup: StepUpVerifier,
+        ids: CommandIds,
+        publisher: PublishSink,
+        alerts: AlertSink,
+        clock: Clock,
+        budget_ok: BudgetCheck | None = None,
+        on_command_done: OnCommandDone | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.topics = topics
+        self.commands = commands
+        self.policy = Policy(max_age_s=commands.max_age_s, stepup_scopes=stepup_required_for)
+        self.apps = apps
+        self.vehicles = vehicles
+        self.audit = audit
+        self.stepup = stepup
+        self.ids = ids
+        self.publisher = publisher
+        self.alerts = alerts
+        self.clock = clock
+        self.budget_ok = budget_ok or (lambda _vehicle: True)
+        self.on_command_done = on_command_done
+        self.new_id = new_id or (lambda: uuid.uuid4().hex)
+        self.rates = CommandRateLimits(commands.rate_limit_per_minute)
+        self.forwarder: Forwarder[Ticket] = Forwarder(
+            timeout_s=commands.timeout_s, on_accepted=self._accepted, on_done=self._complete
+        )
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._halted: Reason | None = None
+        self._stopping = True
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start taking commands (workers start with the first command for each vehicle)."""
+        self._stopping = False
+
+    async def stop(self) -> None:
+        """Refuse new commands, end queued ones as not sent, cancel the ones in flight."""
+        self._stopping = True
+        await self.forwarder.stop()
+        for task in list(self._side_tasks):
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    def halt(self, reason: Reason) -> None:
+        """Refuse every command from now on (audit log broken, or tampered with at start)."""
+        if self._halted is None:
+            log.error("command pipeline halted", reason=str(reason))
+        self._halted = reason
+
+    @property
+    def halted(self) -> Reason | None:
+        return self._halted
+
+    # -- intake ----------------------------------------------------------------------------------
+
+    def submit(self, inbound: InboundCommand) -> asyncio.Future[CommandResult]:
+        """Take a command from MQTT; call on the event loop. The future gets the final result."""
+        topic = self.topics.parse_command(inbound.topic)
+        ticket = self._ticket("mqtt", topic, inbound.received_at, retained=inbound.retain)
+        self._guarded(ticket, lambda: self._from_mqtt(ticket, topic, inbound))
+        return ticket.future
+
+    async def submit_owner(
+        self,
+        vehicle: str,
+        command: str,
+        action: str,
+        *,
+        code: str | None = None,
+        id: str | None = None,  # noqa: A002 - the contract's name
+    ) -> CommandResult:
+        """A command from the owner (the CLI): every scope, but step-up and audit still apply."""
+        where = CommandTopic(OWNER_APP.id, vehicle, command)
+        ticket = self._ticket("owner", where, self.clock(), app=OWNER_APP)
+        self._guarded(ticket, lambda: self._from_fields(ticket, action, code, id, None))
+        return await ticket.future
+
+    async def submit_api(
+        self,
+        app_id: str,
+        vehicle: str,
+        command: str,
+        action: str,
+        *,
+        code: str | None = None,
+        id: str | None = None,  # noqa: A002 - the contract's name
+        issued_at: Any = None,
+    ) -> CommandResult:
+        """A command from a REST app (already authenticated by its bearer token)."""
+        where = CommandTopic(app_id, vehicle, command)
+        ticket = self._ticket("api", where, self.clock())
+        self._guarded(ticket, lambda: self._from_fields(ticket, action, code, id, issued_at))
+        return await ticket.future
+
+    def _ticket(
+        self,
+        source: str,
+        where: CommandTopic | None,
+        received_at: datetime,
+        *,
+        retained: bool = False,
+        app: App | None = None,
+    ) -> Ticket:
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        if where is None:
+            return Ticket(source, None, None, "", received_at, future, retained, app)
+        return Ticket(
+            source, where.app, where.vehicle, where.command, received_at, future, retained, app
+        )
+
+    def _guarded(self, ticket: Ticket, step: Callable[[], None]) -> None:
+        """Run an intake step; whatever goes wrong, the command still gets one final result.
+
+        Each step resolves the future last, after anything that could raise, so a command that
+        was queued for the car can never also be reported refused from here.
+        """
+        try:
+            step()
+        except Exception as exc:
+            log.exception("command intake failed", app=ticket.app_id, vehicle=ticket.vehicle)
+            if not ticket.future.done():
+                ticket.id = ticket.id or self.new_id()
+                self._finish(ticket, CommandStatus.REJECTED, Reason.INTERNAL_ERROR, error_text(exc))
+
+    def _from_mqtt(
+        self, ticket: Ticket, topic: CommandTopic | None, inbound: InboundCommand
+    ) -> None:
+        if topic is None:
+            self._refuse(ticket, Reason.MALFORMED, "not a command topic")
+            return
+        parsed = parse_command(
+            topic, inbound.payload, retain=inbound.retain, max_bytes=self.commands.max_payload_bytes
+        )
+        self._process(ticket, parsed)
+
+    def _from_fields(
+        self, ticket: Ticket, action: str, code: str | None, cid: str | None, issued_at: Any
+    ) -> None:
+        assert ticket.app_id is not None and ticket.vehicle is not None
+        parsed = build_command(
+            ticket.app_id,
+            ticket.vehicle,
+            ticket.command,
+            action=action,
+            code=code,
+            id=cid,
+            issued_at=issued_at,
+        )
+        self._process(ticket, parsed)
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def _process(self, ticket: Ticket, parsed: ParsedCommand | Refusal) -> None:
+        ticket.id, ticket.action = parsed.id or self.new_id(), parsed.action
+        if isinstance(parsed, Refusal):
+            self._refuse(ticket, parsed.reason, parsed.detail)
+            return
+        stop = self._halted or (Reason.SHUTTING_DOWN if self._stopping else None)
+        if stop is not None:
+            self._refuse(ticket, stop, "the bridge is not taking commands")
+            return
+        try:
+            decision, check = self._decide(ticket, parsed)
+            self._spend(ticket, parsed, decision, check)
+        except StateError as exc:
+            self._refuse(ticket, Reason.STATE_UNAVAILABLE, error_text(exc))
+            return
+        if decision.allowed:
+            self._accept(ticket, parsed, decision, check)
+        else:
+            self._refuse(ticket, decision.reason, decision.detail, decision, check)
+
+    def _decide(self, ticket: Ticket, cmd: ParsedCommand) -> tuple[Decision, StepUpCheck]:
+        app = ticket.app = ticket.app or self.apps.get(cmd.app)
+        route = self.vehicles.get(cmd.vehicle)
+        now, epoch = ticket.received_at, ticket.received_at.timestamp()
+        check = NOT_ASSESSED
+        # Step-up state is only read for a command that could use it: an app holding the scope.
+        if app is not None and app.has(cmd.scope) and self._needs_stepup(cmd):
+            check = self.stepup.assess(app.id, cmd.code, now)
+        decision = decide(
+            cmd,
+            app=app,
+            vehicle_known=route is not None,
+            supported=route.supported if route else frozenset(),
+            now=now,
+            policy=self.policy,
+            seen_id=bool(cmd.id and app and self.ids.seen(app.id, cmd.id, epoch)),
+            rate_ok=app is None or self.rates.allows(app, cmd.vehicle, epoch),
+            budget_ok=route is None or self.budget_ok(cmd.vehicle),
+            stepup=check,
+        )
+        return decision, check
+
+    def _needs_stepup(self, cmd: ParsedCommand) -> bool:
+        return requires_stepup(cmd.operation, cmd.scope, self.policy.stepup_scopes)
+
+    def _spend(
+        self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck
+    ) -> None:
+        """Use up what the decision consumed: rate allowance, the step-up code, the command id."""
+        app, epoch = ticket.app, ticket.received_at.timestamp()
+        if app is None:
+            return
+        if decision.reason not in BEFORE_RATE_LIMIT:
+            self.rates.record(app, cmd.vehicle, epoch)
+        if check is not NOT_ASSESSED:
+            self.stepup.settle(
+                app.id, check, allowed=decision.allowed, now=ticket.received_at, vehicle=cmd.vehicle
+            )
+        if decision.allowed and cmd.id:
+            self.ids.remember(app.id, cmd.id, epoch)
+
+    def _refuse(
+        self,
+        ticket: Ticket,
+        reason: Reason,
+        detail: str,
+        decision: Decision | None = None,
+        check: StepUpCheck = NOT_ASSESSED,
+    ) -> None:
+        """End a command as rejected: audit it (unless the log is broken), alert, publish."""
+        ticket.id = ticket.id or self.new_id()
+        if self._halted is None:
+            try:
+                self.audit.append(
+                    "command.decision", **decision_fields(ticket, reason, detail, decision, check)
+                )
+            except AuditError as exc:
+                self.halt(Reason.AUDIT_UNAVAILABLE)
+                detail = f"{detail}; the audit log failed: {error_text(exc)}"
+        self._alert(ticket, reason)
+        self._finish(ticket, CommandStatus.REJECTED, reason, detail)
+
+    def _accept(
+        self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck
+    ) -> None:
+        try:
+            self.audit.append(
+                "command.decision", **decision_fields(ticket, Reason.OK, "", decision, check)
+            )
+        except AuditError as exc:
+            # Not durable means not forwarded: stop here, and for every command after this one.
+            self.halt(Reason.AUDIT_UNAVAILABLE)
+            self._alert(ticket, Reason.AUDIT_UNAVAILABLE)
+            self._finish(ticket, CommandStatus.REJECTED, Reason.AUDIT_UNAVAILABLE, error_text(exc))
+            return
+        route = self.vehicles[cmd.vehicle]
+        self.forwarder.enqueue(Job(cmd.vehicle, route, cmd.operation, ticket))
+
+    # -- after forwarding ------------------------------------------------------------------------
+
+    def _accepted(self, job: Job[Ticket]) -> None:
+        self._publish(job.ticket, CommandStatus.ACCEPTED, Reason.OK, "")
+
+    def _complete(self, job: Job[Ticket], ending: Ending) -> None:
+        """Audit the outcome, publish the final result, then ask for a confirming read."""
+        ticket, detail = job.ticket, ending.detail
+        elapsed = (self.clock() - ticket.received_at).total_seconds()
+        try:
+            self.audit.append("command.outcome", **outcome_fields(ticket, ending, elapsed))
+        except AuditError as exc:
+            self.halt(Reason.AUDIT_UNAVAILABLE)
+            detail = "; ".join(filter(None, (detail, f"audit log failed: {error_text(exc)}")))
+        self._finish(ticket, ending.status, ending.reason, detail)
+        if job.sent and ending.status is not CommandStatus.REJECTED:
+            self._confirm(job.vehicle)
+
+    def _confirm(self, vehicle: str) -> None:
+        """Ask the polling side for one read, so state is updated from the car, not assumed."""
+        if self.on_command_done is None:
+            return
+        try:
+            pending = self.on_command_done(vehicle)
+        except Exception:
+            log.exception("confirmation read could not be started", vehicle=vehicle)
+            return
+        if inspect.isawaitable(pending):
+            task = asyncio.ensure_future(pending)
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[Any]) -> None:
+        self._side_tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("confirmation read failed", error=error_text(error))
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _finish(self, ticket: Ticket, status: CommandStatus, reason: str, detail: str) -> None:
+        result = self._publish(ticket, status, reason, detail)
+        if not ticket.future.done():
+            ticket.future.set_result(result)
+        if ticket.app is not None and ticket.app is not OWNER_APP:
+            self._touch(ticket)
+
+    def _publish(
+        self, ticket: Ticket, status: CommandStatus, reason: str, detail: str
+    ) -> CommandResult:
+        result = CommandResult(
+            id=ticket.id,
+            command=ticket.command,
+            action=ticket.action,
+            status=status,
+            reason=str(reason),
+            ts=self.clock(),
+            app=ticket.app_id,
+            vehicle=ticket.vehicle,
+            detail=detail,
+        )
+        if ticket.source == "mqtt" and ticket.app_id and ticket.vehicle:
+            message = Publish(self.topics.result(ticket.app_id, ticket.vehicle), result.payload())
+            try:
+                self.publisher.publish(message)
+            except Exception:
+                log.exception("could not publish a command result", command_id=ticket.id)
+        return result
+
+    def _alert(self, ticket: Ticket, reason: Reason) -> None:
+        try:
+            self.alerts.emit(refusal_alert(ticket, reason, self.clock()))
+        except Exception:
+            log.exception("could not raise a command alert", command_id=ticket.id)
+
+    def _touch(self, ticket: Ticket) -> None:
+        assert ticket.app_id is not None
+        try:
+            self.apps.touch(ticket.app_id, ticket.command)
+        except Exception:
+            log.exception("could not record app activity", app=ticket.app_id)

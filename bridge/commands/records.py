@@ -1,0 +1,100 @@
+"""What the pipeline writes down about a command: its ticket, audit records and refusal alerts."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge.commands.decide import NOT_ASSESSED, Decision, StepUpCheck
+from bridge.commands.reasons import Reason
+from bridge.commands.results import CommandResult, Ending
+from bridge.events import Alert, AlertKind
+from bridge.model import App
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Everything known about one command on its way through the pipeline."""
+
+    source: str  # mqtt | owner | api
+    app_id: str | None
+    vehicle: str | None
+    command: str
+    received_at: datetime
+    future: asyncio.Future[CommandResult]
+    retained: bool = False
+    app: App | None = None
+    id: str = ""
+    action: str | None = None
+
+
+def decision_fields(
+    ticket: Ticket, reason: Reason, detail: str, decision: Decision | None, check: StepUpCheck
+) -> dict[str, Any]:
+    """The `command.decision` record: who asked for what, and the verdict. Never the code."""
+    return _present(
+        {
+            **_who(ticket),
+            "operation": decision.operation if decision else None,
+            "scope": decision.scope if decision else None,
+            "decision": "allowed" if reason is Reason.OK else "refused",
+            "reason": reason,
+            "detail": detail or None,
+            "stepup": None if check is NOT_ASSESSED else check.status.value,
+            "retained": ticket.retained or None,
+            "received_at": ticket.received_at,
+        }
+    )
+
+
+def outcome_fields(ticket: Ticket, ending: Ending, elapsed_s: float) -> dict[str, Any]:
+    """The `command.outcome` record: how it ended at the car."""
+    return _present(
+        {
+            **_who(ticket),
+            "status": ending.status.value,
+            "reason": ending.reason,
+            "detail": ending.detail or None,
+            "provider_command_id": ending.provider_command_id,
+            "elapsed_ms": round(elapsed_s * 1000),
+        }
+    )
+
+
+def refusal_alert(ticket: Ticket, reason: Reason, ts: datetime) -> Alert:
+    """The COMMAND_REFUSED alert the owner sees."""
+    what = " ".join(filter(None, (ticket.command, ticket.action)))
+    return Alert(
+        AlertKind.COMMAND_REFUSED,
+        f"{what or 'command'} from {ticket.app_id or 'an unknown sender'} refused: {reason}",
+        ts,
+        app=ticket.app_id,
+        vehicle=ticket.vehicle,
+        details=_present(
+            {
+                "id": ticket.id,
+                "command": ticket.command,
+                "action": ticket.action,
+                "reason": str(reason),
+                "source": ticket.source,
+            }
+        ),
+    )
+
+
+def _who(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "id": ticket.id,
+        "source": ticket.source,
+        "app": ticket.app_id,
+        "vehicle": ticket.vehicle,
+        "command": ticket.command,
+        "action": ticket.action,
+    }
+
+
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    """Drop empty fields: shorter lines, and `null` never has to be told apart from absent."""
+    return {key: value for key, value in fields.items() if value is not None}

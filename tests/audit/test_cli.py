@@ -1,0 +1,159 @@
+"""`ownerlink audit verify` and `ownerlink audit tail` as the owner runs them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.audit.log import audit_directory
+from bridge.audit.read import RecordFilter, follow
+from bridge.cli import main
+from tests.audit.helpers import fill, lines, open_log, write_lines
+from tests.conftest import BrokerAddress
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    state_dir = tmp_path / "state"
+    log = fill(audit_directory(state_dir), 5)
+    log.append("app.added", app="nodered", vehicle=None)
+    log.close()
+    return state_dir
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_intact_exits_zero_with_a_summary(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An intact log: exit 0 and one summary line with the record count and head."""
+    code, out, _ = run(capsys, "audit", "verify", "--state-dir", str(state))
+    assert code == 0
+    assert out.startswith("audit log intact: 6 records in 1 file(s), head 6:")
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_verify_names_the_first_bad_record(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An edited record: exit 1 naming file, line, record and why."""
+    directory = audit_directory(state)
+    content = lines(directory)
+    content[2] = content[2].replace(b'"LOCK"', b'"UNLK"')
+    write_lines(directory, content)
+    code, out, _ = run(capsys, "audit", "verify", "--state-dir", str(state))
+    assert code == 1
+    assert "BROKEN at audit.jsonl:3 (record 3): edited" in out
+
+
+def test_verify_with_head_catches_truncation(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--head SEQ:HASH from before the last records were cut off: exit 1, truncated."""
+    directory = audit_directory(state)
+    _, out, _ = run(capsys, "audit", "verify", "--dir", str(directory))
+    head = out.split("head ")[1].split(";")[0].strip()
+    write_lines(directory, lines(directory)[:4])
+    code, out, _ = run(capsys, "audit", "verify", "--dir", str(directory), "--head", head)
+    assert code == 1 and "truncated" in out
+
+
+def test_verify_rejects_a_malformed_head(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--head that is not SEQ:HASH is a usage error."""
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "verify", "--state-dir", str(state), "--head", "12"])
+    assert exc.value.code == 2
+    assert "SEQ:HASH" in capsys.readouterr().err
+
+
+def test_verify_reads_the_head_from_the_broker(
+    state: Path,
+    broker: BrokerAddress,
+    base_topic: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--mqtt takes the retained audit head the daemon published; truncation is then found."""
+    directory = audit_directory(state)
+    log = open_log(directory)
+    seq, value = log.head
+    log.close()
+    topic = f"{base_topic}/bridge/audit_head"
+    publisher = paho.Client(CallbackAPIVersion.VERSION2)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    publisher.publish(
+        topic, json.dumps({"seq": seq, "hash": value}), qos=1, retain=True
+    ).wait_for_publish(5)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n  base_topic: {base_topic}\n"
+    )
+    try:
+        code, out, _ = run(
+            capsys, "audit", "verify", "--config", str(config), "--state-dir", str(state), "--mqtt"
+        )
+        assert code == 0 and "contains the published head" in out
+        write_lines(directory, lines(directory)[:3])
+        code, out, _ = run(
+            capsys, "audit", "verify", "--config", str(config), "--state-dir", str(state), "--mqtt"
+        )
+        assert code == 1 and "truncated" in out
+    finally:
+        publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        publisher.loop_stop()
+        publisher.disconnect()
+
+
+def test_tail_shows_the_last_records_filtered(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tail -n 2 shows the last two; --app and --kind filter; --json prints records."""
+    code, out, _ = run(capsys, "audit", "tail", "--state-dir", str(state), "-n", "2")
+    shown = out.strip().splitlines()
+    assert code == 0 and len(shown) == 2
+    assert "#6 app.added app=nodered" in shown[1]
+    _, out, _ = run(
+        capsys, "audit", "tail", "--state-dir", str(state), "--kind", "command", "--json"
+    )
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5]
+    _, out, _ = run(capsys, "audit", "tail", "--state-dir", str(state), "--app", "nodered")
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:
+    """follow() yields records appended later, including after the file is rotated."""
+    directory = tmp_path / "audit"
+    log = open_log(directory, rotate_bytes=4096)
+    log.append("before")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        for record in follow(
+            directory, RecordFilter(kind="after"), poll_s=0.01, keep_going=lambda: not stop.is_set()
+        ):
+            seen.append(record["n"])
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.1)
+    for n in range(40):
+        log.append("after", n=n, pad="z" * 150)
+        time.sleep(0.002)
+    deadline = time.monotonic() + 5
+    while len(seen) < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    thread.join(5)
+    assert seen == list(range(40))
+    assert list(directory.glob("audit.0*.jsonl"))

@@ -1,0 +1,220 @@
+"""AuditLog: chained durable records, torn-tail repair, tamper refusal, rotation, write failures."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.audit.chain import GENESIS, canonical, digest
+from bridge.audit.log import AuditLog
+from bridge.audit.verify import verify
+from bridge.errors import AuditTampered, AuditWriteError
+from tests.audit.helpers import TickingClock, fill, lines, open_log, records, write_lines
+
+
+def test_records_are_chained_and_hashed(tmp_path: Path) -> None:
+    """Each record carries seq, prev (the previous hash) and a hash over its canonical form."""
+    fill(tmp_path, 3).close()
+    recs = records(tmp_path)
+    assert [r["seq"] for r in recs] == [1, 2, 3]
+    assert recs[0]["prev"] == GENESIS
+    for before, after in itertools.pairwise(recs):
+        assert after["prev"] == before["hash"]
+    for rec in recs:
+        body = {k: v for k, v in rec.items() if k != "hash"}
+        assert digest(canonical(body)) == rec["hash"]
+
+
+def test_append_returns_the_record_and_reports_the_head(tmp_path: Path) -> None:
+    """append() returns the full record and calls on_head(seq, hash) after it is durable."""
+    heads: list[tuple[int, str]] = []
+    log = open_log(tmp_path, on_head=lambda seq, h: heads.append((seq, h)))
+    record = log.append("app.added", app="ha")
+    assert heads == [(1, record["hash"])]
+    assert log.head == (1, record["hash"])
+    assert record["kind"] == "app.added" and record["app"] == "ha"
+
+
+def test_a_failing_head_callback_does_not_fail_the_append(tmp_path: Path) -> None:
+    """The head callback raising is logged, not propagated: the record is already durable."""
+
+    def boom(seq: int, value: str) -> None:
+        raise RuntimeError("broker down")
+
+    log = open_log(tmp_path, on_head=boom)
+    log.append("x")
+    assert log.head[0] == 1
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    """The audit file is 0600 and its directory 0700."""
+    directory = tmp_path / "audit"
+    fill(directory, 1).close()
+    assert stat.S_IMODE((directory / "audit.jsonl").stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_secret_looking_fields_are_redacted_and_reserved_ones_refused(tmp_path: Path) -> None:
+    """A field named like a secret is stored as [redacted]; seq/hash/prev cannot be supplied."""
+    log = open_log(tmp_path)
+    record = log.append("x", code="123456", refresh_token="abc", stepup="ok")
+    assert record["code"] == "[redacted]" and record["refresh_token"] == "[redacted]"
+    assert record["stepup"] == "ok"
+    assert b"123456" not in (tmp_path / "audit.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="reserved"):
+        log.append("x", seq=5)
+
+
+def test_reopening_continues_the_chain(tmp_path: Path) -> None:
+    """A log reopened on the same directory appends seq n+1 linked to record n."""
+    fill(tmp_path, 2).close()
+    log = open_log(tmp_path)
+    log.append("again")
+    assert [r["seq"] for r in records(tmp_path)] == [1, 2, 3]
+    assert verify(tmp_path).ok
+
+
+def test_unterminated_last_line_is_truncated_and_the_repair_recorded(tmp_path: Path) -> None:
+    """A torn last line (no newline) is cut off and an audit.repaired record added."""
+    fill(tmp_path, 3).close()
+    content = lines(tmp_path)
+    torn = content[2][: len(content[2]) // 2]
+    write_lines(tmp_path, [*content[:2], torn])
+    log = open_log(tmp_path)
+    recs = records(tmp_path)
+    assert [r["kind"] for r in recs] == ["command.decision", "command.decision", "audit.repaired"]
+    assert recs[2]["removed_bytes"] == len(torn) and recs[2]["seq"] == 3
+    log.append("after")
+    assert verify(tmp_path).ok
+
+
+def test_unparsable_last_line_with_newline_is_also_torn(tmp_path: Path) -> None:
+    """Garbage (NUL bytes from a lost page) on the last line is treated as a torn write."""
+    fill(tmp_path, 2).close()
+    write_lines(tmp_path, [*lines(tmp_path), b"\x00\x00\x00\x00\n"])
+    open_log(tmp_path).close()
+    assert records(tmp_path)[-1]["kind"] == "audit.repaired"
+    assert verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete", "swap", "garbage_mid"])
+def test_damage_before_the_last_line_is_tampering(tmp_path: Path, damage: str) -> None:
+    """Edited, deleted, swapped or garbage lines anywhere but the end refuse to open."""
+    fill(tmp_path, 5).close()
+    content = lines(tmp_path)
+    if damage == "edit":
+        content[1] = content[1].replace(b'"LOCK"', b'"UNLK"')
+    elif damage == "delete":
+        del content[1]
+    elif damage == "swap":
+        content[1], content[2] = content[2], content[1]
+    else:
+        content[1] = b"garbage\n"
+    write_lines(tmp_path, content)
+    with pytest.raises(AuditTampered):
+        open_log(tmp_path)
+
+
+def test_an_edited_last_line_is_tampering_not_a_torn_write(tmp_path: Path) -> None:
+    """A last line that parses but whose hash fails is tampering: never silently dropped."""
+    fill(tmp_path, 3).close()
+    content = lines(tmp_path)
+    content[-1] = content[-1].replace(b'"ha"', b'"hb"')
+    write_lines(tmp_path, content)
+    with pytest.raises(AuditTampered, match="edited"):
+        open_log(tmp_path)
+
+
+def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
+    """Past rotate_bytes the file moves to audit.000001.jsonl…; seq and prev run on across files."""
+    fill(tmp_path, 60, rotate_bytes=4096).close()
+    rotated = sorted(p.name for p in tmp_path.glob("audit.0*.jsonl"))
+    assert rotated[:2] == ["audit.000001.jsonl", "audit.000002.jsonl"]
+    assert all((tmp_path / name).stat().st_size <= 4096 for name in rotated)
+    first_new = records(tmp_path, "audit.jsonl")[0]
+    last_old = records(tmp_path, rotated[-1])[-1]
+    assert first_new["seq"] == last_old["seq"] + 1 and first_new["prev"] == last_old["hash"]
+    report = verify(tmp_path)
+    assert report.ok and report.records == 60
+    log = open_log(tmp_path, rotate_bytes=4096)
+    log.append("more")
+    assert verify(tmp_path).records == 61
+
+
+def test_a_crash_between_rotation_steps_is_harmless(tmp_path: Path) -> None:
+    """Killed after the rename but before the new file: open() links to the rotated file."""
+    fill(tmp_path, 3).close()
+    (tmp_path / "audit.jsonl").rename(tmp_path / "audit.000001.jsonl")
+    log = open_log(tmp_path)
+    assert log.append("next")["seq"] == 4
+    assert verify(tmp_path).ok
+
+
+def test_a_tampered_rotated_file_is_detected_by_verify(tmp_path: Path) -> None:
+    """Editing a record inside a rotated file is found by verify."""
+    fill(tmp_path, 60, rotate_bytes=4096).close()
+    content = lines(tmp_path, "audit.000001.jsonl")
+    content[3] = content[3].replace(b'"allowed"', b'"refused"')
+    write_lines(tmp_path, content, "audit.000001.jsonl")
+    report = verify(tmp_path)
+    assert not report.ok and report.problem is not None
+    assert report.problem.file == "audit.000001.jsonl" and report.problem.seq == 4
+
+
+def test_write_failure_raises_and_stops_further_appends(tmp_path: Path) -> None:
+    """An fsync/write error raises AuditWriteError, and so does every append after it."""
+    log = open_log(tmp_path)
+    log.append("fine")
+    assert log._fd is not None
+    os.close(log._fd)  # the descriptor goes bad under the log's feet: EBADF on the next write
+    with pytest.raises(AuditWriteError):
+        log.append("lost")
+    log._fd = os.open(tmp_path / "audit.jsonl", os.O_WRONLY | os.O_APPEND)
+    with pytest.raises(AuditWriteError):
+        log.append("still refused")
+    assert log.failed is not None
+
+
+def test_append_before_open_is_refused(tmp_path: Path) -> None:
+    """A log that was never opened refuses appends rather than writing blind."""
+    log = AuditLog(tmp_path, clock=TickingClock(), rotate_bytes=4096)
+    with pytest.raises(AuditWriteError, match="not open"):
+        log.append("x")
+
+
+def test_two_writers_share_one_chain(tmp_path: Path) -> None:
+    """Two open logs on one directory (daemon and CLI) interleave appends into one valid chain."""
+    first = open_log(tmp_path, rotate_bytes=4096)
+    second = open_log(tmp_path, rotate_bytes=4096)
+    for n in range(40):
+        (first if n % 3 else second).append("shared", n=n, pad="y" * 50)
+    report = verify(tmp_path)
+    assert report.ok, report.summary()
+    assert report.records == 40 and second.head[0] == 40  # n=39 went to the second
+    assert list(tmp_path.glob("audit.0*.jsonl"))  # rotation by one writer was followed by the other
+
+
+def test_concurrent_processes_append_to_one_chain(tmp_path: Path) -> None:
+    """Two processes appending 150 records each at once leave 300 chained records."""
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.audit.crash_writer", str(tmp_path), "150"],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    report = verify(tmp_path)
+    assert report.ok, report.summary()
+    assert report.records == 300

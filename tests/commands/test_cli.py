@@ -1,0 +1,178 @@
+"""`ownerlink stepup …` and `ownerlink command …` as the owner runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.audit.log import audit_directory
+from bridge.audit.verify import verify
+from bridge.cli import main
+from bridge.commands.stepup import code_at, load_secret, secret_path
+from bridge.simulator import Limits, Simulator, serve_in_thread
+from tests.commands.e2e import now
+from tests.conftest import BrokerAddress
+from tests.providers.simulated import SIM_CLIENT, connect, log_in, make_sim, sim_account
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enroll_shows_a_qr_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """enroll: a 0600 secret, a QR code and URI, an audit record; a second needs --force."""
+    state = tmp_path / "state"
+    code, out, _ = run(capsys, "stepup", "enroll", "--state-dir", str(state))
+    assert code == 0
+    assert "otpauth://totp/" in out and "█" in out
+    assert stat.S_IMODE(secret_path(state).stat().st_mode) == 0o600
+    secret = load_secret(state)
+    assert secret is not None
+    code, _, err = run(capsys, "stepup", "enroll", "--state-dir", str(state))
+    assert code == 1 and "--force" in err
+    assert load_secret(state) == secret
+    assert run(capsys, "stepup", "enroll", "--force", "--state-dir", str(state))[0] == 0
+    assert load_secret(state) != secret
+    kinds = [
+        json.loads(line)["kind"]
+        for line in (audit_directory(state) / "audit.jsonl").read_text().splitlines()
+    ]
+    assert kinds == ["stepup.enrolled", "stepup.enrolled"]
+    assert secret not in (audit_directory(state) / "audit.jsonl").read_text()
+
+
+def test_code_prints_the_current_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`stepup code` prints the authenticator's current 6 digits (or says it is not enrolled)."""
+    state = tmp_path / "state"
+    assert run(capsys, "stepup", "code", "--state-dir", str(state))[0] == 1
+    run(capsys, "stepup", "enroll", "--state-dir", str(state))
+    code, out, _ = run(capsys, "stepup", "code", "--state-dir", str(state))
+    secret = load_secret(state)
+    assert secret is not None
+    assert code == 0 and out.strip() == code_at(secret, now())
+
+
+# -- ownerlink command, against the simulator over HTTP ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Simulator, str]]:
+    # No account limits: the module shares one simulator, and 429s are not what is tested here.
+    sim = make_sim(limits=Limits(per_minute=10**6, per_day=10**8, suspend_after=10**6))
+    with serve_in_thread(sim) as base:
+        yield sim, base
+
+
+@pytest.fixture
+def configured(
+    tmp_path: Path, served: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> Path:
+    """A config file for the simulator's ICE car as `ice`, logged in."""
+    sim, base = served
+    state = tmp_path / "state"
+    account = sim_account(base).model_dump(mode="json")
+    account["client_secret"] = SIM_CLIENT["client_secret"]
+    doc = {
+        "state_dir": str(state),
+        "accounts": {"home": account},
+        "vehicles": {
+            "ice": {"account": "home", "id": sim.vehicles[1].vehicle_id},
+            "ev": {"account": "home", "id": sim.vehicles[0].vehicle_id},
+        },
+        "mqtt": {"host": broker.host, "port": broker.port, "base_topic": base_topic},
+        "commands": {"status_poll_interval_s": 0.02, "timeout_s": 5},
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    from bridge.config import load_config
+
+    settings = load_config(config)
+    parts = connect(settings, "home", None)
+    asyncio.run(_login(parts))
+    return config
+
+
+async def _login(parts: object) -> None:
+    await log_in(parts, None, vehicle="all")  # type: ignore[arg-type]
+    await parts.parts.provider.aclose()  # type: ignore[attr-defined]
+
+
+def executed(served: tuple[Simulator, str], index: int) -> list[str]:
+    return [e.command for e in served[0].vehicles[index].executed]
+
+
+def test_owner_lock_runs_and_is_audited(
+    configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ownerlink command ice lock`: exit 0, the car locks, two audit records as app owner."""
+    before = executed(served, 1)
+    code, out, _ = run(capsys, "command", "ice", "lock", "--config", str(configured))
+    assert code == 0, out
+    assert out.strip() == "lock LOCK on ice: succeeded"
+    assert executed(served, 1)[len(before) :] == ["lock"]
+    state = Path(yaml.safe_load(configured.read_text())["state_dir"])
+    records = [
+        json.loads(line)
+        for line in (audit_directory(state) / "audit.jsonl").read_text().splitlines()
+    ]
+    assert [(r["kind"], r["app"]) for r in records] == [
+        ("command.decision", "owner"),
+        ("command.outcome", "owner"),
+    ]
+    assert verify(audit_directory(state)).ok
+
+
+def test_owner_unlock_needs_the_code(
+    configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """unlock without a code (no terminal to ask on): exit 1, stepup_required; with it: runs."""
+    state = Path(yaml.safe_load(configured.read_text())["state_dir"])
+    run(capsys, "stepup", "enroll", "--state-dir", str(state))
+    before = executed(served, 1)
+    code, out, _ = run(capsys, "command", "ice", "unlock", "--config", str(configured), "--json")
+    assert code == 1 and json.loads(out)["reason"] == "stepup_required"
+    secret = load_secret(state)
+    assert secret is not None
+    code, out, _ = run(
+        capsys,
+        "command",
+        "ice",
+        "unlock",
+        "--config",
+        str(configured),
+        "--code",
+        code_at(secret, now()),
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["status"] == "succeeded"
+    assert executed(served, 1)[len(before) :] == ["unlock"]
+
+
+def test_owner_charge_on_a_combustion_car_is_unsupported(
+    configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """start-charge on the ICE car is refused as unsupported and never sent."""
+    before = executed(served, 1)
+    code, out, _ = run(capsys, "command", "ice", "start-charge", "--config", str(configured))
+    assert code == 1 and "unsupported" in out
+    assert executed(served, 1) == before
+
+
+def test_unknown_vehicle_is_a_config_error(
+    configured: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A vehicle slug not in the config: exit 2 naming it."""
+    code, _, err = run(capsys, "command", "boat", "lock", "--config", str(configured))
+    assert code == 2 and "vehicles.boat" in err

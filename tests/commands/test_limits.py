@@ -1,0 +1,61 @@
+"""Sliding-window rate limits and the persisted command-id window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridge.commands.dedup import DedupStore
+from bridge.commands.ratelimit import CommandRateLimits, SlidingWindow
+from bridge.model import App, Scope
+from bridge.store import Store
+from tests.commands.fakes import T0
+
+
+def test_sliding_window_allows_n_in_any_60_seconds() -> None:
+    """Three per minute: the fourth waits until the first is a full minute old."""
+    window = SlidingWindow()
+    for t in (0.0, 10.0, 20.0):
+        assert window.allows("k", 3, t)
+        window.record("k", t)
+    assert not window.allows("k", 3, 59.9)
+    assert window.allows("k", 3, 60.0)
+
+
+def test_allows_changes_nothing() -> None:
+    """Asking is free: only record() counts."""
+    window = SlidingWindow()
+    for _ in range(10):
+        assert window.allows("k", 1, 0.0)
+
+
+def test_app_and_vehicle_limits_are_separate_keys() -> None:
+    """An app's own limit and the vehicle's shared limit are both enforced."""
+    limits = CommandRateLimits(2)
+    a = App("a", "A", frozenset(Scope), T0)
+    b = App("b", "B", frozenset(Scope), T0, rate_limit_per_minute=10)
+    limits.record(a, "car", 0.0)
+    limits.record(a, "car", 1.0)
+    assert not limits.allows(a, "van", 2.0)  # a's own limit
+    assert not limits.allows(b, "car", 2.0)  # car's limit
+    assert limits.allows(b, "van", 2.0)
+
+
+def test_ids_expire_after_the_window(tmp_path: Path) -> None:
+    """An id is seen within dedup_window_s and forgotten after it; ids are per app."""
+    ids = DedupStore(store=Store.open(tmp_path), window_s=3600)
+    ids.start()
+    ids.remember("ha", "x", 1000.0)
+    assert ids.seen("ha", "x", 1000.0 + 3599)
+    assert not ids.seen("ha", "x", 1000.0 + 3600)
+    assert not ids.seen("other", "x", 1001.0)
+
+
+def test_ids_survive_reopening_the_store(tmp_path: Path) -> None:
+    """Remembered ids are in SQLite: a new store on the same directory still sees them."""
+    first = DedupStore(store=Store.open(tmp_path), window_s=3600)
+    first.start()
+    first.remember("ha", "x", 1000.0)
+    first.store.close()
+    second = DedupStore(store=Store.open(tmp_path), window_s=3600)
+    second.start()
+    assert second.seen("ha", "x", 1001.0)

@@ -1,0 +1,444 @@
+"""CommandPipeline with injected fakes: results, audit records, refusals, ordering, errors, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.commands.apps import OWNER_ID
+from bridge.commands.pipeline import InboundCommand
+from bridge.commands.reasons import Reason
+from bridge.commands.stepup import code_at, enroll
+from bridge.config import CommandsConfig, StepUpConfig
+from bridge.errors import (
+    BudgetExhausted,
+    Forbidden,
+    NotFound,
+    ProviderUnavailable,
+    RateLimited,
+    ReauthRequired,
+    Unsupported,
+)
+from bridge.events import AlertKind
+from bridge.model import App, CommandOutcome, CommandStatus, Operation, Scope
+from tests.commands.fakes import T0, DictApps, FakeProvider, Rig, make_rig
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> Rig:
+    return await make_rig(tmp_path / "state")
+
+
+def statuses(rig: Rig) -> list[tuple[str, str]]:
+    return [(r["status"], r["reason"]) for r in rig.sink.results()]
+
+
+async def test_an_allowed_command_runs_and_reports_each_step(rig: Rig) -> None:
+    """LOCK: decision audited, provider called, results accepted then succeeded, confirm read."""
+    result = await rig.send("ha", "lock", "LOCK")
+    await asyncio.sleep(0)
+    assert result.status is CommandStatus.SUCCEEDED
+    assert rig.provider.executed == [("car-1", Operation.LOCK)]
+    assert statuses(rig) == [("accepted", "ok"), ("succeeded", "ok")]
+    assert [m.topic for m in rig.sink.messages] == ["ol/app/ha/car/result"] * 2
+    assert not any(m.retain for m in rig.sink.messages)
+    decision, outcome = rig.records()
+    assert (decision["kind"], decision["decision"], decision["scope"]) == (
+        "command.decision",
+        "allowed",
+        "command:lock",
+    )
+    assert (outcome["kind"], outcome["status"], outcome["id"]) == (
+        "command.outcome",
+        "succeeded",
+        decision["id"],
+    )
+    assert rig.confirmed == ["car"]
+
+
+async def test_result_document_has_the_contract_keys(rig: Rig) -> None:
+    """The result carries id (echoed, or generated), command, action, status, reason, ts."""
+    await rig.send("ha", "lock", '{"action":"LOCK","id":"n-1"}')
+    await rig.send("ha", "lock", "LOCK")
+    first, _, third, _ = rig.sink.results()
+    assert set(first) == {"id", "command", "action", "status", "reason", "ts"}
+    assert (first["id"], first["command"], first["action"]) == ("n-1", "lock", "LOCK")
+    assert len(third["id"]) == 32 and third["id"] != "n-1"
+
+
+# (app, command topic, payload, retain, rig options, expected reason)
+REFUSALS: list[tuple[str, str, str | bytes, bool, dict[str, Any], Reason]] = [
+    ("ha", "lock", "UNLOCK", True, {}, Reason.RETAINED),
+    ("ha", "lock", "LOCK" + " " * 2000, False, {}, Reason.PAYLOAD_TOO_LARGE),
+    ("ha", "lock", b"\xff", False, {}, Reason.MALFORMED),
+    ("ha", "sunroof", "OPEN", False, {}, Reason.UNKNOWN_COMMAND),
+    ("ha", "lock", "OPEN", False, {}, Reason.UNKNOWN_ACTION),
+    (
+        "ha",
+        "lock",
+        '{"action":"LOCK","issued_at":"2025-03-01T11:59:00Z"}',
+        False,
+        {},
+        Reason.TOO_OLD,
+    ),
+    (
+        "ha",
+        "lock",
+        '{"action":"LOCK","issued_at":"2025-03-01T12:01:00Z"}',
+        False,
+        {},
+        Reason.FROM_FUTURE,
+    ),
+    ("stranger", "lock", "LOCK", False, {}, Reason.UNKNOWN_APP),
+    (
+        "off",
+        "lock",
+        "LOCK",
+        False,
+        {"lookup": DictApps(App("off", "Off", frozenset(Scope), T0, enabled=False))},
+        Reason.APP_DISABLED,
+    ),
+    ("reader", "lock", "LOCK", False, {}, Reason.SCOPE_MISSING),
+    ("ha", "lock", "LOCK", False, {"supported": {Operation.UNLOCK}}, Reason.UNSUPPORTED),
+    ("ha", "lock", "LOCK", False, {"budget_ok": lambda vehicle: False}, Reason.BUDGET_EXHAUSTED),
+    ("ha", "lock", "UNLOCK", False, {}, Reason.STEPUP_NOT_ENROLLED),
+]
+
+
+@pytest.mark.parametrize(
+    ("app", "command", "payload", "retain", "options", "reason"),
+    REFUSALS,
+    ids=[r[-1].value for r in REFUSALS],
+)
+async def test_each_refusal_reason_end_to_end_in_the_pipeline(
+    tmp_path: Path,
+    app: str,
+    command: str,
+    payload: str | bytes,
+    retain: bool,
+    options: dict[str, Any],
+    reason: Reason,
+) -> None:
+    """Each refusal: rejected result with that reason, an audit record and alert, nothing sent."""
+    rig = await make_rig(tmp_path / "state", **options)
+    result = await rig.send(app, command, payload, retain=retain)
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, reason)
+    assert rig.provider.executed == []
+    assert statuses(rig) == [("rejected", reason.value)]
+    (record,) = rig.records()
+    assert (record["decision"], record["reason"]) == ("refused", reason.value)
+    assert [a.kind for a in rig.alerts.alerts][-1] is AlertKind.COMMAND_REFUSED
+
+
+async def test_unknown_vehicle_is_refused(rig: Rig) -> None:
+    """A command for a vehicle slug that is not configured: unknown_vehicle."""
+    result = await rig.send("ha", "lock", "LOCK", vehicle="boat")
+    assert result.reason == Reason.UNKNOWN_VEHICLE
+    assert rig.sink.messages[0].topic == "ol/app/ha/boat/result"
+
+
+async def test_stepup_required_failed_and_locked_out(tmp_path: Path) -> None:
+    """UNLOCK without a code, with wrong codes, then locked out even with the right one."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state, stepup_config=StepUpConfig(max_failures=2))
+    assert (await rig.send("ha", "lock", "UNLOCK")).reason == Reason.STEPUP_REQUIRED
+    wrong = '{"action":"UNLOCK","code":"abcdef"}'
+    assert (await rig.send("ha", "lock", wrong)).reason == Reason.STEPUP_FAILED
+    assert (await rig.send("ha", "lock", wrong)).reason == Reason.STEPUP_FAILED
+    right = json.dumps({"action": "UNLOCK", "code": code_at(secret, rig.clock())})
+    assert (await rig.send("ha", "lock", right)).reason == Reason.STEPUP_LOCKED_OUT
+    assert rig.provider.executed == []
+    kinds = [a.kind for a in rig.alerts.alerts]
+    assert AlertKind.STEPUP_FAILED in kinds and AlertKind.STEPUP_LOCKOUT in kinds
+    stepups = [r.get("stepup") for r in rig.records()]
+    assert stepups == ["missing", "failed", "failed", "locked_out"]
+
+
+async def test_right_code_unlocks_once_and_is_never_stored(tmp_path: Path) -> None:
+    """UNLOCK with the right code runs; the same code again fails; the code is nowhere on disk."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state)
+    code = code_at(secret, rig.clock())
+    payload = json.dumps({"action": "UNLOCK", "code": code})
+    assert (await rig.send("ha", "lock", payload)).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("ha", "lock", payload)).reason == Reason.STEPUP_FAILED
+    assert rig.provider.executed == [("car-1", Operation.UNLOCK)]
+    assert rig.records()[0]["stepup"] == "ok"
+    audit_bytes = (state / "audit" / "audit.jsonl").read_bytes()
+    published = b"".join(m.payload.encode() for m in rig.sink.messages)  # type: ignore[union-attr]
+    alerts = json.dumps([a.as_document() for a in rig.alerts.alerts]).encode()
+    for blob in (audit_bytes, published, alerts):
+        assert code.encode() not in blob
+
+
+async def test_stop_engine_needs_no_code(tmp_path: Path) -> None:
+    """engine STOP runs without a code even when START would need one."""
+    rig = await make_rig(tmp_path / "state")
+    assert (await rig.send("ha", "engine", "STOP")).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("ha", "engine", "START")).reason == Reason.STEPUP_NOT_ENROLLED
+
+
+async def test_a_retained_unlock_is_never_executed_even_with_a_right_code(tmp_path: Path) -> None:
+    """A retained UNLOCK carrying a valid code is refused and the code is not spent."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state)
+    payload = json.dumps({"action": "UNLOCK", "code": code_at(secret, rig.clock())})
+    assert (await rig.send("ha", "lock", payload, retain=True)).reason == Reason.RETAINED
+    assert rig.provider.executed == []
+    assert (await rig.send("ha", "lock", payload)).status is CommandStatus.SUCCEEDED
+
+
+async def test_a_command_older_than_max_age_is_not_executed(rig: Rig) -> None:
+    """issued_at older than commands.max_age_s: refused too_old, never sent."""
+    issued = (rig.clock() - timedelta(seconds=31)).isoformat()
+    result = await rig.send("ha", "lock", json.dumps({"action": "LOCK", "issued_at": issued}))
+    assert result.reason == Reason.TOO_OLD
+    assert rig.provider.executed == []
+
+
+async def test_the_same_id_executes_once(rig: Rig) -> None:
+    """A repeated id is refused as duplicate_id; ids are per app."""
+    payload = '{"action":"LOCK","id":"once"}'
+    assert (await rig.send("ha", "lock", payload)).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("ha", "lock", payload)).reason == Reason.DUPLICATE_ID
+    assert (await rig.send("locker", "lock", payload)).status is CommandStatus.SUCCEEDED
+    assert len(rig.provider.executed) == 2
+
+
+async def test_the_same_id_executes_once_across_a_restart(tmp_path: Path) -> None:
+    """A new pipeline on the same state dir still refuses an id executed before the restart."""
+    state = tmp_path / "state"
+    first = await make_rig(state)
+    payload = '{"action":"LOCK","id":"persist-me"}'
+    assert (await first.send("ha", "lock", payload)).status is CommandStatus.SUCCEEDED
+    await first.pipeline.stop()
+    first.audit.close()
+    second = await make_rig(state)
+    assert (await second.send("ha", "lock", payload)).reason == Reason.DUPLICATE_ID
+    assert second.provider.executed == []
+
+
+async def test_a_refused_id_may_be_sent_again(tmp_path: Path) -> None:
+    """An id whose command was refused (no code) is not burnt: the retry with a code runs."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state)
+    assert (await rig.send("ha", "lock", '{"action":"UNLOCK","id":"u1"}')).reason == (
+        Reason.STEPUP_REQUIRED
+    )
+    retry = json.dumps({"action": "UNLOCK", "id": "u1", "code": code_at(secret, rig.clock())})
+    assert (await rig.send("ha", "lock", retry)).status is CommandStatus.SUCCEEDED
+
+
+async def test_rate_limits_per_app_and_per_vehicle(tmp_path: Path) -> None:
+    """Past the per-minute limit an app is refused; the vehicle's limit binds across apps."""
+    rig = await make_rig(tmp_path / "state", commands=CommandsConfig(rate_limit_per_minute=2))
+    assert (await rig.send("ha", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("ha", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("ha", "lock", "LOCK")).reason == Reason.RATE_LIMITED
+    assert (await rig.send("locker", "lock", "LOCK")).reason == Reason.RATE_LIMITED
+    rig.clock.advance(61)
+    assert (await rig.send("locker", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+
+
+async def test_junk_does_not_use_up_the_rate_limit(tmp_path: Path) -> None:
+    """Refusals before the rate check (no scope, malformed) do not spend an app's allowance."""
+    rig = await make_rig(tmp_path / "state", commands=CommandsConfig(rate_limit_per_minute=1))
+    for _ in range(5):
+        await rig.send("ha", "lock", b"\xff")
+    assert (await rig.send("ha", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+
+
+async def test_an_app_rate_limit_override_applies(tmp_path: Path) -> None:
+    """An app's own rate_limit_per_minute replaces the default for that app."""
+    app = App("slow", "Slow", frozenset(Scope), T0, rate_limit_per_minute=1)
+    rig = await make_rig(tmp_path / "state", lookup=DictApps(app))
+    assert (await rig.send("slow", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+    assert (await rig.send("slow", "lock", "LOCK")).reason == Reason.RATE_LIMITED
+
+
+async def test_commands_for_one_vehicle_run_one_at_a_time_in_order(tmp_path: Path) -> None:
+    """A second command waits until the first has finished; both run, in arrival order."""
+    gate = asyncio.Event()
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(gate=gate))
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    second = rig.pipeline.submit(rig.inbound("ha", "horn_lights", "PRESS"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert rig.provider.executed == [("car-1", Operation.LOCK)]
+    gate.set()
+    await asyncio.gather(first, second)
+    assert [op for _, op in rig.provider.executed] == [Operation.LOCK, Operation.HORN_LIGHTS]
+
+
+@pytest.mark.parametrize(
+    ("error", "accept", "status", "reason"),
+    [
+        (Unsupported("406"), False, CommandStatus.REJECTED, Reason.UNSUPPORTED),
+        (
+            BudgetExhausted("spent", retry_at=0),
+            False,
+            CommandStatus.REJECTED,
+            Reason.BUDGET_EXHAUSTED,
+        ),
+        (Forbidden("remote start allowance used"), False, CommandStatus.FAILED, Reason.FORBIDDEN),
+        (ReauthRequired("login"), False, CommandStatus.FAILED, Reason.REAUTH_REQUIRED),
+        (
+            RateLimited("429", retry_after=5),
+            False,
+            CommandStatus.FAILED,
+            Reason.PROVIDER_RATE_LIMITED,
+        ),
+        (NotFound("404"), False, CommandStatus.FAILED, Reason.NOT_FOUND),
+        (ProviderUnavailable("502"), False, CommandStatus.TIMED_OUT, Reason.PROVIDER_UNAVAILABLE),
+        (
+            ProviderUnavailable("poll failed"),
+            True,
+            CommandStatus.TIMED_OUT,
+            Reason.PROVIDER_UNAVAILABLE,
+        ),
+        (Forbidden("late"), True, CommandStatus.TIMED_OUT, Reason.FORBIDDEN),
+        (RuntimeError("bug"), False, CommandStatus.FAILED, Reason.INTERNAL_ERROR),
+    ],
+)
+async def test_provider_errors_map_to_outcomes(
+    tmp_path: Path, error: Exception, accept: bool, status: CommandStatus, reason: Reason
+) -> None:
+    """Provider errors become the right final status; once accepted, nothing is 'failed'."""
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(error=error, accept=accept))
+    result = await rig.send("ha", "lock", "LOCK")
+    assert (result.status, result.reason) == (status, reason)
+    assert rig.records()[-1]["status"] == status.value
+    assert len(rig.provider.executed) == 1  # never retried
+
+
+async def test_provider_outcomes_pass_through(tmp_path: Path) -> None:
+    """A provider's own failed/timed_out outcome is the result."""
+    outcome = CommandOutcome(CommandStatus.FAILED, "car said no", "p-1")
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(outcome=outcome))
+    result = await rig.send("ha", "lock", "LOCK")
+    assert (result.status, result.reason, result.detail) == (
+        CommandStatus.FAILED,
+        "vehicle_failed",
+        "car said no",
+    )
+    assert rig.records()[-1]["provider_command_id"] == "p-1"
+
+
+async def test_audit_failure_refuses_this_and_every_later_command(rig: Rig) -> None:
+    """If the decision record cannot be made durable the command is not sent, nor any after it."""
+    rig.audit.close()  # appends now fail: the log is not open
+    first = await rig.send("ha", "lock", "LOCK")
+    second = await rig.send("ha", "lock", "LOCK")
+    assert first.reason == Reason.AUDIT_UNAVAILABLE == second.reason
+    assert rig.provider.executed == []
+    assert rig.pipeline.halted is Reason.AUDIT_UNAVAILABLE
+
+
+async def test_halt_for_a_tampered_log_refuses_commands(rig: Rig) -> None:
+    """After halt(audit_tampered) every command is refused with that reason."""
+    rig.pipeline.halt(Reason.AUDIT_TAMPERED)
+    assert (await rig.send("ha", "lock", "LOCK")).reason == Reason.AUDIT_TAMPERED
+    assert rig.provider.executed == []
+
+
+async def test_stop_ends_queued_and_in_flight_commands(tmp_path: Path) -> None:
+    """On stop, the in-flight command ends timed_out and the queued one failed (never sent)."""
+    gate = asyncio.Event()
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(gate=gate))
+    in_flight = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    queued = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await rig.pipeline.stop()
+    assert (in_flight.result().status, queued.result().status) == (
+        CommandStatus.TIMED_OUT,
+        CommandStatus.FAILED,
+    )
+    assert len(rig.provider.executed) == 1
+    late = await rig.send("ha", "lock", "LOCK")
+    assert late.reason == Reason.SHUTTING_DOWN
+
+
+async def test_owner_commands_have_every_scope_but_still_need_stepup(tmp_path: Path) -> None:
+    """submit_owner runs with all scopes, audited as app 'owner'; UNLOCK still wants a code."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state)
+    assert (await rig.pipeline.submit_owner("car", "refresh", "PRESS")).status is (
+        CommandStatus.SUCCEEDED
+    )
+    no_code = await rig.pipeline.submit_owner("car", "lock", "UNLOCK")
+    assert no_code.reason == Reason.STEPUP_REQUIRED
+    ok = await rig.pipeline.submit_owner("car", "lock", "UNLOCK", code=code_at(secret, rig.clock()))
+    assert ok.status is CommandStatus.SUCCEEDED
+    assert {r["app"] for r in rig.records()} == {OWNER_ID}
+    assert rig.sink.messages == []  # owner results are returned, not published
+
+
+async def test_the_owner_is_unreachable_through_a_topic(rig: Rig) -> None:
+    """A message on <base>/app/owner/... is an unknown app, not the owner."""
+    assert (await rig.send(OWNER_ID, "lock", "LOCK")).reason == Reason.UNKNOWN_APP
+
+
+async def test_api_commands_use_the_app_registry(rig: Rig) -> None:
+    """submit_api looks the app up: scopes apply as for MQTT."""
+    ok = await rig.pipeline.submit_api("ha", "car", "lock", "LOCK", id="r-1")
+    assert (ok.status, ok.id) == (CommandStatus.SUCCEEDED, "r-1")
+    denied = await rig.pipeline.submit_api("reader", "car", "lock", "LOCK")
+    assert denied.reason == Reason.SCOPE_MISSING
+    assert rig.records()[0]["source"] == "api"
+
+
+async def test_a_broken_collaborator_still_yields_one_result(tmp_path: Path) -> None:
+    """An app registry that raises: the command is rejected (internal_error), nothing escapes."""
+
+    class Exploding(DictApps):
+        def get(self, app_id: str) -> App | None:
+            raise RuntimeError("registry on fire")
+
+    rig = await make_rig(tmp_path / "state", lookup=Exploding())
+    result = await rig.send("ha", "lock", "LOCK")
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.INTERNAL_ERROR)
+    assert statuses(rig) == [("rejected", "internal_error")]
+
+
+async def test_app_activity_is_touched(tmp_path: Path) -> None:
+    """A known app's last-seen is touched with the command it sent."""
+    apps = DictApps(App("ha", "HA", frozenset(Scope), T0))
+    rig = await make_rig(tmp_path / "state", lookup=apps)
+    await rig.send("ha", "lock", "LOCK")
+    assert apps.touched == [("ha", "lock")]
+
+
+async def test_a_bad_topic_gets_a_result_but_no_publish(rig: Rig) -> None:
+    """A topic that is not a command topic is refused malformed; there is nowhere to publish."""
+    result = await rig.pipeline.submit(InboundCommand("ol/app/ha/cmd", b"LOCK", False, rig.clock()))
+    assert result.reason == Reason.MALFORMED
+    assert rig.sink.messages == []
+    assert rig.records()[0]["reason"] == "malformed"
+
+
+async def test_a_broken_state_database_refuses_instead_of_forgetting(rig: Rig) -> None:
+    """If the id or step-up state cannot be read or written, the command is refused, not run."""
+    rig.store.close()
+    result = await rig.send("ha", "lock", '{"action":"LOCK","id":"x-1"}')
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE)
+    assert rig.provider.executed == []
+    assert rig.records()[-1]["reason"] == "state_unavailable"
+
+
+async def test_commands_before_start_are_refused(tmp_path: Path) -> None:
+    """A pipeline that was not started (or was stopped) refuses with shutting_down."""
+    rig = await make_rig(tmp_path / "state")
+    await rig.pipeline.stop()
+    assert (await rig.send("ha", "lock", "LOCK")).reason == Reason.SHUTTING_DOWN
+    assert rig.provider.executed == []
