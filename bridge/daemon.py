@@ -285,13 +285,12 @@ class Daemon:
             publisher=self.mqtt,
             alerts=self.alerts,
             clock=self.clock,
-            budget_ok=self._command_budget_ok,
             on_command_done=self._confirm,
         )
         if self.audit_problem is not None:
             from bridge.commands.reasons import Reason
 
-            self.pipeline.halt(Reason.AUDIT_UNAVAILABLE)
+            self.pipeline.halt(Reason.AUDIT_TAMPERED)
 
     def _build_poller(self) -> None:
         self.vehicles_view = DaemonVehicles(self)
@@ -387,13 +386,6 @@ class Daemon:
 
     def _location_allowed(self) -> bool:
         return any(app.has(Scope.READ_LOCATION) for app in self.registry.list())
-
-    def _command_budget_ok(self, vehicle: str) -> bool:
-        account = next((v.account for v in self._vehicles if v.slug == vehicle), None)
-        if account is None:
-            return False
-        usage = self.budget.usage(account, self.clock())
-        return usage.left_day > 0 and usage.left_hour > 0
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)
