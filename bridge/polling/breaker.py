@@ -1,0 +1,101 @@
+"""Per-account back-off: Retry-After, a circuit breaker with jittered exponential delays,
+the long pause after a suspension, and the full stop that waits for the owner to log in again.
+
+The clock is passed into every method, so the guard is deterministic under test; the jitter comes
+from an injected `random.Random`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bridge.polling.policy import Block, Mode
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """Failure handling constants; the defaults suit an API that is down for minutes to hours."""
+
+    threshold: int = 5  # consecutive failures that open the circuit
+    first_delay_s: float = 30.0
+    open_delay_s: float = 15 * 60.0  # the least an open circuit waits before probing again
+    max_delay_s: float = 2 * 3600.0
+    jitter: float = 0.2  # ± fraction, so several vehicles or daemons do not retry in lock-step
+    # While a new login is needed: look again after this long, doubling, up to the maximum. A
+    # login flagged by the token manager fails locally (no request, no budget); a login the API
+    # keeps refusing costs a few calls per look, so the looks thin out quickly.
+    reauth_first_s: float = 15 * 60.0
+    reauth_max_s: float = 6 * 3600.0
+
+
+class AccountGuard:
+    """Whether an account may be called now, fed with the outcome of every call."""
+
+    def __init__(self, *, config: BreakerConfig | None = None, rng: random.Random) -> None:
+        self._config = config or BreakerConfig()
+        self._rng = rng
+        self.failures = 0
+        self.reauth_required = False
+        self._reauth_looks = 0
+        self._block: Block | None = None
+
+    @property
+    def circuit_open(self) -> bool:
+        return self.failures >= self._config.threshold
+
+    def block(self, now: datetime) -> Block | None:
+        """The current block, if it still holds at `now`."""
+        if self._block is not None and self._block.until > now:
+            return self._block
+        return None
+
+    def on_success(self) -> None:
+        self.failures = 0
+        self.reauth_required = False
+        self._reauth_looks = 0
+        self._block = None
+
+    def on_failure(self, now: datetime, reason: str) -> Block:
+        """5xx, timeout or nonsense: wait longer after each consecutive failure."""
+        self.failures += 1
+        return self._hold(now + timedelta(seconds=self._delay()), Mode.BACKING_OFF, reason)
+
+    def on_rate_limited(self, now: datetime, retry_after: float) -> Block:
+        """429: never call before Retry-After; a storm of them also trips the breaker."""
+        self.failures += 1
+        wait = max(retry_after, self._delay() if self.circuit_open else 0.0)
+        return self._hold(now + timedelta(seconds=wait), Mode.BACKING_OFF, "rate_limited")
+
+    def on_suspended(self, now: datetime, pause_s: float) -> Block:
+        """403 on a read: the account is suspended; leave it alone for the whole pause."""
+        return self._hold(now + timedelta(seconds=pause_s), Mode.SUSPENDED, "suspended")
+
+    def on_reauth(self, now: datetime) -> Block:
+        """Tokens refused: wait for a new login (`reset`), looking again only now and then in case
+        it happened in another process (`ownerlink login` beside the daemon)."""
+        self.reauth_required = True
+        self._reauth_looks += 1
+        cfg = self._config
+        wait = min(cfg.reauth_max_s, cfg.reauth_first_s * 2.0 ** (self._reauth_looks - 1))
+        return self._hold(now + timedelta(seconds=wait), Mode.REAUTH_REQUIRED, "reauth_required")
+
+    def reset(self) -> None:
+        """The owner logged in again (or an operator says go): forget every block."""
+        self.on_success()
+
+    def _delay(self) -> float:
+        cfg = self._config
+        delay = cfg.first_delay_s * 2.0 ** max(0, self.failures - 1)
+        if self.circuit_open:
+            delay = max(delay, cfg.open_delay_s)
+        delay = min(delay, cfg.max_delay_s)
+        return delay * (1.0 + self._rng.uniform(-cfg.jitter, cfg.jitter))
+
+    def _hold(self, until: datetime, mode: Mode, reason: str) -> Block:
+        # A new block never shortens a longer one already in force (e.g. a 429 during a pause).
+        if self._block is not None and self._block.until > until:
+            return self._block
+        self._block = Block(until, mode, reason)
+        return self._block

@@ -1,0 +1,401 @@
+"""The Poller: one job per vehicle, planned by the policy and run by a Timer (APScheduler).
+
+Each run reads the vehicle once (unless the account is blocked), hands the state on, folds it into
+the vehicle's PollInput, asks the policy for the next instant and schedules itself there. Failures
+feed the account's guard (Retry-After, breaker, suspension, re-login); the last good state stays
+published, and availability turns offline only when the data is too old to trust or the owner
+must log in again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from bridge.config import PollingConfig
+from bridge.errors import (
+    BudgetExhausted,
+    Forbidden,
+    ProviderError,
+    RateLimited,
+    ReauthRequired,
+)
+from bridge.events import Alert, AlertKind, AlertSink
+from bridge.logs import get_logger
+from bridge.model import Operation, VehicleState
+from bridge.polling.breaker import AccountGuard, BreakerConfig
+from bridge.polling.budget import Budget, BudgetUsage
+from bridge.polling.clock import Clock, utc_now
+from bridge.polling.history import KEEP, ActivityHistory
+from bridge.polling.policy import (
+    ACTIVE,
+    Activity,
+    Mode,
+    PollInput,
+    PollPlan,
+    Tuning,
+    attempted,
+    next_poll,
+    observe,
+)
+from bridge.polling.prior import ActivityPrior
+from bridge.polling.timers import ApsTimer, Timer
+from bridge.providers.base import Provider
+
+OnState = Callable[[str, VehicleState], None]
+OnAvailability = Callable[[str, bool], None]
+OnBudget = Callable[[str, dict[str, Any]], None]
+
+# Vehicles are first polled this far apart at start, so a fleet does not hit the API at once.
+START_STAGGER_S = 0.5
+# The learned activity prior is rebuilt at least this often (the span it averages over grows).
+PRIOR_REFRESH = timedelta(hours=6)
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRef:
+    """Where a vehicle lives: its account and the provider's id for it."""
+
+    account: str
+    vehicle_id: str
+
+
+@dataclass(slots=True)
+class _Slot:
+    """The poller's mutable bookkeeping for one vehicle."""
+
+    slug: str
+    ref: VehicleRef
+    track: PollInput
+    plan: PollPlan | None = None
+    confirm: bool = False  # a command asked for a confirmation read
+    running: bool = False
+    online: bool | None = None
+    last_success_at: datetime | None = None
+    last_error: str | None = None
+    prior: ActivityPrior | None = None
+    prior_at: datetime | None = None
+    observed_since: datetime | None = None
+
+
+def budget_document(usage: BudgetUsage, plan: PollPlan) -> dict[str, Any]:
+    """The `<base>/<vehicle>/budget` document. "today" is the sliding last 24 hours."""
+    return {
+        "calls_used_today": usage.used_day,
+        "calls_left_today": usage.left_day,
+        "calls_used_hour": usage.used_hour,
+        "calls_left_hour": usage.left_hour,
+        "reserve_left": usage.reserve_left,
+        "next_poll": plan.at.isoformat(),
+        "mode": plan.mode.value,
+    }
+
+
+class Poller:
+    """Polls every configured vehicle within its account's budget."""
+
+    def __init__(
+        self,
+        *,
+        providers: Mapping[str, Provider],
+        vehicles: Mapping[str, tuple[str, str]],
+        budget: Budget,
+        config: PollingConfig,
+        on_state: OnState,
+        on_availability: OnAvailability,
+        on_budget: OnBudget,
+        alerts: AlertSink,
+        clock: Clock = utc_now,
+        timer: Timer | None = None,
+        rng: random.Random | None = None,
+        tuning: Tuning | None = None,
+        breaker: BreakerConfig | None = None,
+        history: ActivityHistory | None = None,
+        tz: tzinfo | None = None,
+    ) -> None:
+        self._providers = providers
+        self._budget = budget
+        self._config = config
+        self._on_state = on_state
+        self._on_availability = on_availability
+        self._on_budget = on_budget
+        self._alerts = alerts
+        self._clock = clock
+        self._timer: Timer = timer or ApsTimer(clock=clock)
+        self._tuning = tuning or Tuning()
+        self._history = history
+        # Local time decides which hours are "night"; the daemon's own zone unless told.
+        self._tz: tzinfo = tz or datetime.now().astimezone().tzinfo or UTC
+        rng = rng or random.Random()
+        self._slots = {
+            slug: _Slot(slug, VehicleRef(account, vid), PollInput())
+            for slug, (account, vid) in vehicles.items()
+        }
+        self._guards = {
+            account: AccountGuard(config=breaker, rng=rng) for account, _ in vehicles.values()
+        }
+        self._per_account = Counter(account for account, _ in vehicles.values())
+        self._started_at: datetime | None = None
+        self._stopping = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the timer and plan each vehicle's first poll (on the running event loop)."""
+        self._started_at = self._clock()
+        self._timer.start(self._missed)
+        for index, slot in enumerate(self._slots.values()):
+            if self._history is not None:
+                slot.observed_since = self._history.observing(slot.slug, self._started_at)
+            self._plan(
+                slot, not_before=self._started_at + timedelta(seconds=index * START_STAGGER_S)
+            )
+
+    async def stop(self) -> None:
+        """Stop the timer and wait for polls in flight (their requests have timeouts)."""
+        self._stopping = True
+        await self._timer.stop()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    # -- what other parts call -----------------------------------------------------------------
+
+    def request_confirmation(self, slug: str) -> None:
+        """A command was sent to `slug`: read it once soon, charged to the command share."""
+        slot = self._slots[slug]
+        slot.confirm = True
+        if not slot.running:  # a running poll re-plans when it finishes
+            self._plan(slot)
+
+    def resume(self, account: str) -> None:
+        """The owner logged in again (or an operator says go): poll the account's vehicles now."""
+        self._guards[account].reset()
+        for slot in self._slots.values():
+            if slot.ref.account == account and not slot.running:
+                slot.plan = None
+                slot.track = replace(slot.track, last_poll_at=None)  # "look now" to the policy
+                self._plan(slot)
+
+    def status(self, slug: str) -> dict[str, Any]:
+        """A plain snapshot of one vehicle's polling, for `ownerlink status`."""
+        slot = self._slots[slug]
+        now = self._clock()
+        guard = self._guards[slot.ref.account]
+        block = guard.block(now)
+        usage = self._budget.usage(slot.ref.account, now)
+        return {
+            "vehicle": slug,
+            "account": slot.ref.account,
+            "mode": _plain(slot.plan.mode if slot.plan else None),
+            "next_poll": _plain(slot.plan.at if slot.plan else None),
+            "activity": slot.track.activity.value,
+            "online": slot.online,
+            "last_success": _plain(slot.last_success_at),
+            "last_upload": _plain(slot.track.upload_at),
+            "last_error": slot.last_error,
+            "failures": guard.failures,
+            "blocked_until": _plain(block.until if block else None),
+            "block_reason": block.reason if block else None,
+            "reauth_required": guard.reauth_required,
+            "budget": {
+                "calls_used_today": usage.used_day,
+                "calls_left_today": usage.left_day,
+                "calls_used_hour": usage.used_hour,
+                "calls_left_hour": usage.left_hour,
+                "reserve_left": usage.reserve_left,
+            },
+        }
+
+    # -- one run of a vehicle's job ------------------------------------------------------------
+
+    async def _run(self, slug: str) -> None:
+        slot = self._slots[slug]
+        slot.running = True
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            now = self._clock()
+            # Woken early only to re-check availability (see _plan): no call then.
+            if slot.plan is None or now >= slot.plan.at:
+                await self._poll(slot, now)
+            self._check_stale(slot, self._clock())
+        except Exception as exc:
+            # A bug must not turn into a tight loop: treat it as a failure, then let the
+            # scheduler's error listener log the traceback.
+            self._guards[slot.ref.account].on_failure(self._clock(), "internal_error")
+            slot.last_error = repr(exc)
+            raise
+        finally:
+            slot.running = False
+            self._inflight.discard(task)
+            self._plan(slot)
+
+    async def _poll(self, slot: _Slot, now: datetime) -> None:
+        if self._guards[slot.ref.account].block(now) is not None:
+            return
+        confirming, slot.confirm = slot.confirm, False
+        slot.track = attempted(slot.track, now=now)
+        try:
+            state = await self._read(slot, confirming=confirming)
+        except ProviderError as exc:
+            self._failed(slot, exc, self._clock())
+            return
+        self._succeeded(slot, state, self._clock())
+
+    async def _read(self, slot: _Slot, *, confirming: bool) -> VehicleState:
+        provider = self._providers[slot.ref.account]
+        plan = slot.plan
+        if plan is not None and plan.refresh:
+            await self._refresh(slot, provider)
+        if confirming:
+            with self._budget.reads_as_commands():
+                return await provider.read(slot.ref.vehicle_id)
+        return await provider.read(slot.ref.vehicle_id)
+
+    async def _refresh(self, slot: _Slot, provider: Provider) -> None:
+        """The owner-configured scheduled status refresh (wakes the modem) before the read."""
+        outcome = await provider.execute(slot.ref.vehicle_id, Operation.REFRESH)
+        slot.track = replace(slot.track, last_refresh_at=self._clock())
+        log.info("poll.refreshed", vehicle=slot.slug, status=outcome.status.value)
+
+    def _succeeded(self, slot: _Slot, state: VehicleState, now: datetime) -> None:
+        self._guards[slot.ref.account].on_success()
+        was = slot.track.activity
+        slot.track = observe(slot.track, state, now=now, tuning=self._tuning)
+        if was is Activity.PARKED and slot.track.activity in ACTIVE:
+            self._started(slot, state.updated_at or now)
+        slot.last_success_at = now
+        slot.last_error = None
+        self._on_state(slot.slug, state)
+        self._set_online(slot, online=True)
+
+    def _started(self, slot: _Slot, at: datetime) -> None:
+        """The car set off or began charging: learn the hour, for the activity prior."""
+        if self._history is not None:
+            self._history.record(slot.slug, at)
+            slot.prior = None  # rebuilt at the next plan
+
+    def _prior_of(self, slot: _Slot, now: datetime) -> ActivityPrior:
+        stale = slot.prior_at is None or now - slot.prior_at >= PRIOR_REFRESH
+        if slot.prior is None or stale:
+            slot.prior, slot.prior_at = self._learn_prior(slot, now), now
+        return slot.prior
+
+    def _learn_prior(self, slot: _Slot, now: datetime) -> ActivityPrior:
+        if self._history is None or slot.observed_since is None:
+            return ActivityPrior.default(self._tz)
+        since = max(slot.observed_since, now - KEEP)
+        days = (now - since).total_seconds() / 86_400.0
+        return ActivityPrior.learned(self._history.starts(slot.slug, since), days=days, tz=self._tz)
+
+    def _failed(self, slot: _Slot, exc: ProviderError, now: datetime) -> None:
+        guard = self._guards[slot.ref.account]
+        slot.last_error = f"{type(exc).__name__}: {exc}"
+        log.info("poll.failed", vehicle=slot.slug, error=slot.last_error)
+        if isinstance(exc, BudgetExhausted):
+            return  # our own refusal: the plan waits for the budget (no failure, no alert here)
+        if isinstance(exc, RateLimited):
+            guard.on_rate_limited(now, exc.retry_after)
+        elif isinstance(exc, Forbidden):
+            self._suspended(slot, now)
+        elif isinstance(exc, ReauthRequired):
+            self._reauth(slot.ref.account, now)
+        else:
+            guard.on_failure(now, type(exc).__name__)
+
+    def _suspended(self, slot: _Slot, now: datetime) -> None:
+        guard = self._guards[slot.ref.account]
+        already = guard.block(now)
+        block = guard.on_suspended(now, self._config.suspension_pause_s)
+        if already is not None and already.mode is Mode.SUSPENDED:
+            return  # one alert per suspension
+        self._alerts.emit(
+            Alert(
+                kind=AlertKind.ACCOUNT_SUSPENDED,
+                message=f"the provider refuses account {slot.ref.account} (403); polling "
+                f"pauses until {block.until.isoformat()}",
+                ts=now,
+                account=slot.ref.account,
+                details={"until": block.until.isoformat()},
+            )
+        )
+
+    def _reauth(self, account: str, now: datetime) -> None:
+        """Polling waits for a new login (`resume`, or a rare look in case it happened in another
+        process); the data cannot be trusted meanwhile. The token manager raised the alert."""
+        self._guards[account].on_reauth(now)
+        for slot in self._slots.values():
+            if slot.ref.account == account:
+                self._set_online(slot, online=False)
+
+    # -- planning and availability --------------------------------------------------------------
+
+    def _plan(self, slot: _Slot, not_before: datetime | None = None) -> None:
+        if self._stopping:
+            return
+        now = self._clock()
+        account = slot.ref.account
+        guard = self._guards[account]
+        usage = self._budget.usage(account, now)
+        plan = next_poll(
+            replace(slot.track, confirm_pending=slot.confirm),
+            now=now,
+            budget=usage,
+            config=self._config,
+            vehicles=self._vehicles_of(account),
+            prior=self._prior_of(slot, now),
+            block=guard.block(now),
+            tuning=self._tuning,
+        )
+        if not_before is not None and plan.at < not_before:
+            plan = replace(plan, at=not_before)
+        slot.plan = plan
+        # A partial of the coroutine function (not a lambda): APScheduler awaits only those.
+        job = functools.partial(self._run, slot.slug)
+        self._timer.schedule(slot.slug, self._wake_at(slot, plan.at), job)
+        self._on_budget(slot.slug, budget_document(usage, plan))
+
+    def _wake_at(self, slot: _Slot, at: datetime) -> datetime:
+        """The plan, or earlier if the data turns stale first (availability must flip on time)."""
+        deadline = self._stale_deadline(slot)
+        if slot.online is not False and deadline is not None and deadline < at:
+            return deadline
+        return at
+
+    def _stale_deadline(self, slot: _Slot) -> datetime | None:
+        since = slot.last_success_at or self._started_at
+        return None if since is None else since + timedelta(seconds=self._config.stale_after_s)
+
+    def _check_stale(self, slot: _Slot, now: datetime) -> None:
+        deadline = self._stale_deadline(slot)
+        if deadline is not None and now >= deadline:
+            self._set_online(slot, online=False)
+
+    def _set_online(self, slot: _Slot, *, online: bool) -> None:
+        if slot.online is not online:
+            slot.online = online
+            log.info("poll.availability", vehicle=slot.slug, online=online)
+            self._on_availability(slot.slug, online)
+
+    def _missed(self, slug: str) -> None:
+        slot = self._slots.get(slug)
+        if slot is not None and not slot.running:
+            slot.plan = None  # the old plan is moot: plan afresh from what is known now
+            self._plan(slot)
+
+    def _vehicles_of(self, account: str) -> int:
+        return self._per_account[account]
+
+
+def _plain(value: datetime | Mode | None) -> str | None:
+    if value is None:
+        return None
+    return value.value if isinstance(value, Mode) else value.isoformat()

@@ -1,0 +1,346 @@
+"""The persisted call budget: windows, reserve, clock jumps, restarts and kill -9."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.config import BudgetConfig
+from bridge.errors import BudgetExhausted
+from bridge.events import AlertKind, CollectingAlerts
+from bridge.polling.budget import DAY_S, HOUR_S, Budget, reserve_of
+from bridge.providers.base import CallKind
+from bridge.store import Store
+
+EPOCH = 1_750_000_000.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    """A settable clock returning aware datetimes."""
+
+    def __init__(self, ts: float = EPOCH) -> None:
+        self.ts = ts
+
+    def __call__(self) -> datetime:
+        return datetime.fromtimestamp(self.ts, UTC)
+
+
+def open_budget(state_dir: Path, config: BudgetConfig, clock: FakeClock) -> tuple[Store, Budget]:
+    store = Store.open(state_dir)
+    budget = Budget(store=store, config=config, alerts=CollectingAlerts(), clock=clock)
+    budget.start()
+    return store, budget
+
+
+@pytest.fixture
+def budget_env(tmp_path: Path) -> Iterator[tuple[Budget, FakeClock, CollectingAlerts]]:
+    clock = FakeClock()
+    alerts = CollectingAlerts()
+    store = Store.open(tmp_path)
+    config = BudgetConfig(calls_per_day=20, calls_per_hour=10, command_reserve_pct=20)
+    budget = Budget(store=store, config=config, alerts=alerts, clock=clock)
+    budget.start()
+    yield budget, clock, alerts
+    store.close()
+
+
+def charge_until_refused(budget: Budget, kind: CallKind, account: str = "a") -> int:
+    count = 0
+    while True:
+        try:
+            budget.charge(account, kind)
+        except BudgetExhausted:
+            return count
+        count += 1
+
+
+def test_reads_stop_at_the_read_share_of_the_hour(budget_env):
+    """Reads stop when the hourly limit minus the command reserve is reached."""
+    budget, _, _ = budget_env
+    assert charge_until_refused(budget, CallKind.READ) == 10 - reserve_of(10, 20)
+
+
+def test_commands_may_use_the_reserve_reads_left(budget_env):
+    """After reads exhaust their share, commands still get the reserved calls."""
+    budget, _, _ = budget_env
+    charge_until_refused(budget, CallKind.READ)
+    assert charge_until_refused(budget, CallKind.COMMAND) == reserve_of(10, 20)
+
+
+def test_token_refreshes_count_against_the_budget(budget_env):
+    """A token refresh is charged: it reduces what reads may still use."""
+    budget, _, _ = budget_env
+    budget.charge("a", CallKind.TOKEN)
+    assert budget.usage("a").used_hour == 1
+    assert charge_until_refused(budget, CallKind.READ) == 10 - reserve_of(10, 20) - 1
+
+
+def test_refusal_names_when_the_window_frees_a_call(budget_env):
+    """BudgetExhausted.retry_at is when the oldest call leaves the window, and it is honoured."""
+    budget, clock, _ = budget_env
+    budget.charge("a", CallKind.READ)
+    clock.ts += 60
+    charge_until_refused(budget, CallKind.READ)
+    with pytest.raises(BudgetExhausted) as refused:
+        budget.charge("a", CallKind.READ)
+    assert refused.value.retry_at == pytest.approx(EPOCH + HOUR_S)
+    clock.ts = refused.value.retry_at
+    budget.charge("a", CallKind.READ)
+
+
+def test_usage_reports_both_windows_and_next_free(budget_env):
+    """usage() reports used/left per window, the reserve left and when a READ is next allowed."""
+    budget, clock, _ = budget_env
+    charge_until_refused(budget, CallKind.READ)
+    usage = budget.usage("a")
+    assert (usage.used_hour, usage.left_hour, usage.used_day, usage.left_day) == (8, 2, 8, 12)
+    assert usage.reserve_left == 2
+    assert usage.reads_left == 0
+    assert usage.next_free_at == clock() + timedelta(hours=1)
+
+
+def test_accounts_have_separate_budgets(budget_env):
+    """One account's calls never use another account's budget."""
+    budget, _, _ = budget_env
+    charge_until_refused(budget, CallKind.READ, "a")
+    budget.charge("b", CallKind.READ)
+    assert budget.usage("b").used_hour == 1
+
+
+def test_one_alert_per_exhaustion_episode(budget_env):
+    """BUDGET_EXHAUSTED is emitted once per episode; a later episode alerts again."""
+    budget, clock, alerts = budget_env
+    charge_until_refused(budget, CallKind.READ)
+    for _ in range(3):
+        with pytest.raises(BudgetExhausted):
+            budget.charge("a", CallKind.READ)
+    assert [a.kind for a in alerts.alerts] == [AlertKind.BUDGET_EXHAUSTED]
+    assert alerts.alerts[0].account == "a"
+    clock.ts += HOUR_S
+    charge_until_refused(budget, CallKind.READ)
+    assert len(alerts.alerts) == 2
+
+
+def test_backwards_clock_jump_frees_nothing(budget_env):
+    """A clock set back by a day does not make old calls look out of the window."""
+    budget, clock, _ = budget_env
+    charge_until_refused(budget, CallKind.READ)
+    clock.ts -= DAY_S
+    with pytest.raises(BudgetExhausted):
+        budget.charge("a", CallKind.READ)
+    assert budget.usage("a").used_hour == 8
+
+
+def test_confirmation_reads_are_charged_to_the_command_share(budget_env):
+    """Inside reads_as_commands(), a READ is recorded as a COMMAND and may use the reserve."""
+    budget, _, _ = budget_env
+    charge_until_refused(budget, CallKind.READ)
+    with budget.reads_as_commands():
+        budget.charge("a", CallKind.READ)
+    assert budget.usage("a").hour.commands == 1
+    with pytest.raises(BudgetExhausted):
+        budget.charge("a", CallKind.READ)
+
+
+def test_restart_keeps_the_count(tmp_path: Path):
+    """Calls charged before closing the store are still counted after reopening it."""
+    clock = FakeClock()
+    config = BudgetConfig(calls_per_day=20, calls_per_hour=10)
+    store, budget = open_budget(tmp_path, config, clock)
+    for _ in range(5):
+        budget.charge("a", CallKind.READ)
+    store.close()
+    store, budget = open_budget(tmp_path, config, clock)
+    assert budget.usage("a").used_day == 5
+    store.close()
+
+
+# -- kill -9 mid-day ---------------------------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from bridge.config import BudgetConfig
+    from bridge.events import CollectingAlerts
+    from bridge.polling.budget import Budget
+    from bridge.providers.base import CallKind
+    from bridge.store import Store
+
+    store = Store.open(Path(sys.argv[1]))
+    budget = Budget(store=store, config=BudgetConfig(calls_per_day=250, calls_per_hour=100),
+                    alerts=CollectingAlerts(),
+                    clock=lambda: datetime.fromtimestamp(float(sys.argv[2]), UTC))
+    budget.start()
+    for n in range(1, 1000):
+        budget.charge("acct", CallKind.READ)
+        print(n, flush=True)
+        if n >= int(sys.argv[3]):
+            time.sleep(3600)  # wait to be killed
+    """
+)
+
+
+def test_count_survives_sigkill_mid_day(tmp_path: Path):
+    """A process SIGKILLed after charging N calls leaves exactly N calls counted."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path), str(EPOCH), "7"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert child.stdout is not None
+    seen = [child.stdout.readline().strip() for _ in range(7)]
+    child.kill()
+    child.wait()
+    assert seen[-1] == "7"
+    clock = FakeClock(EPOCH + 3 * HOUR_S)
+    store, budget = open_budget(
+        tmp_path, BudgetConfig(calls_per_day=250, calls_per_hour=100), clock
+    )
+    assert budget.usage("acct").used_day == 7
+    store.close()
+
+
+# -- the property: no sequence of calls, restarts and clock jumps beats the limits -----------------
+
+
+@dataclass
+class Run:
+    """What a generated scenario did: accepted calls with their effective and true times."""
+
+    true_now: float = 0.0
+    offset: float = 0.0
+    max_seen: float = float("-inf")
+    forward_jumped: bool = False
+    accepted: list[tuple[float, float, CallKind]] = field(default_factory=list)
+    refused: list[tuple[float, CallKind]] = field(default_factory=list)
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.floats(0, 3 * HOUR_S)),
+        st.tuples(st.just("jump"), st.floats(-2 * DAY_S, 2 * DAY_S)),
+        st.tuples(st.just("restart"), st.just(0.0)),
+        st.tuples(st.just("charge"), st.sampled_from(list(CallKind))),
+        st.tuples(st.just("burst"), st.sampled_from(list(CallKind))),
+    ),
+    max_size=60,
+)
+configs = st.builds(
+    BudgetConfig,
+    calls_per_day=st.integers(10, 30),
+    calls_per_hour=st.integers(1, 12),
+    command_reserve_pct=st.integers(0, 90),
+)
+
+
+def max_in_window(times: list[float], seconds: float) -> int:
+    """The most calls any half-open window of `seconds` holds."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - seconds:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def play(config: BudgetConfig, script: list[tuple[str, object]], state_dir: Path) -> Run:
+    run = Run()
+    clock = FakeClock()
+    store, budget = open_budget(state_dir, config, clock)
+    for action, arg in script:
+        clock.ts = EPOCH + run.true_now + run.offset
+        if action == "advance":
+            run.true_now += float(arg)  # type: ignore[arg-type]
+        elif action == "jump":
+            run.offset += float(arg)  # type: ignore[arg-type]
+            run.forward_jumped |= float(arg) > 0  # type: ignore[arg-type]
+        elif action == "restart":
+            store.close()
+            store, budget = open_budget(state_dir, config, clock)
+        else:
+            for _ in range(25 if action == "burst" else 1):
+                attempt(budget, run, clock.ts, arg)  # type: ignore[arg-type]
+    store.close()
+    return run
+
+
+def attempt(budget: Budget, run: Run, reading: float, kind: CallKind) -> None:
+    run.max_seen = max(run.max_seen, reading)
+    try:
+        budget.charge("acct", kind)
+    except BudgetExhausted:
+        run.refused.append((run.max_seen, kind))
+    else:
+        run.accepted.append((run.max_seen, run.true_now, kind))
+
+
+def check_limits(config: BudgetConfig, times: list[float], reads: list[float]) -> None:
+    share_day = config.calls_per_day - reserve_of(config.calls_per_day, config.command_reserve_pct)
+    share_hour = config.calls_per_hour - reserve_of(
+        config.calls_per_hour, config.command_reserve_pct
+    )
+    assert max_in_window(times, DAY_S) <= config.calls_per_day
+    assert max_in_window(times, HOUR_S) <= config.calls_per_hour
+    assert max_in_window(reads, DAY_S) <= share_day
+    assert max_in_window(reads, HOUR_S) <= share_hour
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs, script=steps)
+def test_no_window_ever_exceeds_its_limit(config: BudgetConfig, script):
+    """Over any calls, restarts and clock jumps, no 24 h or 1 h window exceeds its limit, and reads
+    never exceed the limit minus the command reserve (in effective time; and in true time too
+    when the clock never jumped forward, which is indistinguishable from elapsed time)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = play(config, script, Path(tmp))
+    effective = [e for e, _, _ in run.accepted]
+    check_limits(config, effective, [e for e, _, k in run.accepted if k is CallKind.READ])
+    if not run.forward_jumped:
+        true = [t for _, t, _ in run.accepted]
+        check_limits(config, true, [t for _, t, k in run.accepted if k is CallKind.READ])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs, script=steps)
+def test_reads_are_admitted_only_below_the_read_share(config: BudgetConfig, script):
+    """Each admitted READ found reads and token refreshes below the limit minus the reserve in
+    both windows: the reserve is only ever entered by commands (and tokens that precede them)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = play(config, script, Path(tmp))
+    pct = config.command_reserve_pct
+    for i, (at, _, kind) in enumerate(run.accepted):
+        if kind is not CallKind.READ:
+            continue
+        earlier = [e for e, _, k in run.accepted[:i] if k is not CallKind.COMMAND]
+        for seconds, limit in ((DAY_S, config.calls_per_day), (HOUR_S, config.calls_per_hour)):
+            assert sum(1 for e in earlier if e > at - seconds) < limit - reserve_of(limit, pct)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs, script=steps)
+def test_commands_are_refused_only_when_a_window_is_full(config: BudgetConfig, script):
+    """The reserve is really there: a COMMAND is refused only when a window holds its limit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = play(config, script, Path(tmp))
+    for at, kind in run.refused:
+        if kind is not CallKind.COMMAND:
+            continue
+        before = [e for e, _, _ in run.accepted if e <= at]
+        in_day = sum(1 for e in before if e > at - DAY_S)
+        in_hour = sum(1 for e in before if e > at - HOUR_S)
+        assert in_day >= config.calls_per_day or in_hour >= config.calls_per_hour

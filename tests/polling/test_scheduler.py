@@ -1,0 +1,301 @@
+"""The Poller with fakes: scheduling, pressure handling, availability, status, and APScheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import BudgetConfig, PollingConfig
+from bridge.errors import Forbidden, ProviderUnavailable, RateLimited, ReauthRequired
+from bridge.events import AlertKind, CollectingAlerts
+from bridge.polling.budget import Budget
+from bridge.polling.history import ActivityHistory
+from bridge.polling.policy import Mode
+from bridge.polling.prior import ActivityPrior
+from bridge.polling.scheduler import Poller
+from bridge.polling.timers import ApsTimer, ManualTimer
+from bridge.store import Store
+from tests.polling.fakes import START, FakeProvider, SimTime, driving, parked
+
+BUDGET_DOC_KEYS = {
+    "calls_used_today",
+    "calls_left_today",
+    "calls_used_hour",
+    "calls_left_hour",
+    "next_poll",
+    "mode",
+}
+
+
+@dataclass
+class Harness:
+    clock: SimTime
+    timer: ManualTimer
+    budget: Budget
+    provider: FakeProvider
+    poller: Poller
+    alerts: CollectingAlerts
+    states: list[Any] = field(default_factory=list)
+    availability: list[bool] = field(default_factory=list)
+    docs: list[dict[str, Any]] = field(default_factory=list)
+
+    async def run_for(self, seconds: float) -> None:
+        await self.timer.run_until(self.clock() + timedelta(seconds=seconds))
+        assert not self.timer.errors
+
+    def reads_between(self, start_s: float, end_s: float) -> int:
+        lo, hi = START + timedelta(seconds=start_s), START + timedelta(seconds=end_s)
+        return sum(1 for t in self.provider.reads if lo <= t < hi)
+
+
+def build(
+    tmp_path: Path, *, budget: BudgetConfig | None = None, config: PollingConfig | None = None
+) -> Harness:
+    clock = SimTime()
+    store = Store.open(tmp_path)
+    alerts = CollectingAlerts()
+    ledger = Budget(store=store, config=budget or BudgetConfig(), alerts=alerts, clock=clock)
+    ledger.start()
+    history = ActivityHistory(store=store)
+    history.start()
+    timer = ManualTimer(clock=clock, advance=clock.advance_to)
+    provider = FakeProvider("acct", gate=ledger, clock=clock)
+    h = Harness(clock, timer, ledger, provider, None, alerts)  # type: ignore[arg-type]
+    h.poller = Poller(
+        providers={"acct": provider},
+        vehicles={"car": ("acct", "v1")},
+        budget=ledger,
+        config=config or PollingConfig(),
+        on_state=lambda slug, state: h.states.append((clock(), state)),
+        on_availability=lambda slug, online: h.availability.append(online),
+        on_budget=lambda slug, doc: h.docs.append(doc),
+        alerts=alerts,
+        clock=clock,
+        timer=timer,
+        rng=random.Random(1),
+        history=history,
+    )
+    return h
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = build(tmp_path)
+    await h.poller.start()
+    yield h
+    await h.poller.stop()
+
+
+async def test_first_poll_hands_the_state_on_and_publishes_the_budget(harness: Harness):
+    """At start the vehicle is read once; state, availability and the budget document follow."""
+    await harness.run_for(1)
+    assert len(harness.states) == 1
+    assert harness.availability == [True]
+    assert harness.docs[-1].keys() >= BUDGET_DOC_KEYS
+    assert harness.docs[-1]["calls_used_today"] == 1
+
+
+async def test_a_driving_car_is_polled_every_couple_of_minutes(harness: Harness):
+    """While driving (fresh uploads each read), polls follow the hourly budget's pace."""
+    harness.provider.script = lambda now: driving(now - timedelta(seconds=5))
+    await harness.run_for(1800)
+    assert 12 <= len(harness.provider.reads) <= 20
+    assert harness.docs[-1]["mode"] == Mode.DRIVING.value
+
+
+async def test_a_parked_car_is_polled_rarely(harness: Harness):
+    """A parked car with nothing new is polled at most every parked_min (divided by the busiest
+    hour's prior weight)."""
+    await harness.run_for(3 * 3600)
+    shortest = PollingConfig().parked_min_interval_s / max(ActivityPrior.default().weights)
+    assert len(harness.provider.reads) <= 3 * 3600 / shortest + 1
+
+
+async def test_retry_after_is_honoured(harness: Harness):
+    """After a 429 with Retry-After, nothing is sent to the account before that time."""
+    harness.provider.queue.append(RateLimited("429", retry_after=1800))
+    await harness.run_for(3600)
+    assert harness.reads_between(1, 1800) == 0
+    assert harness.reads_between(1800, 3600) >= 1
+
+
+async def test_a_suspension_pauses_the_account_and_alerts_once(harness: Harness):
+    """A 403 stops all calls to the account for suspension_pause_s and raises one alert."""
+    pause = PollingConfig().suspension_pause_s
+    harness.provider.queue.append(Forbidden("403"))
+    await harness.run_for(pause + 3600)
+    assert harness.reads_between(1, pause) == 0
+    assert [a.kind for a in harness.alerts.alerts] == [AlertKind.ACCOUNT_SUSPENDED]
+    assert harness.reads_between(pause, pause + 3600) >= 1
+
+
+async def test_repeated_failures_back_off_and_then_recover(harness: Harness):
+    """5xx for an hour: retries thin out (breaker), the last state stays, and polling recovers."""
+    await harness.run_for(1)  # one good read first
+    harness.provider.script = lambda now: (
+        ProviderUnavailable("503") if now < START + timedelta(hours=1) else parked(START)
+    )
+    await harness.run_for(2 * 3600)
+    failed = harness.reads_between(1, 3600)
+    assert 3 <= failed <= 10
+    assert harness.availability == [True]  # an hour is not stale: the last state stays published
+    assert harness.reads_between(3600, 2 * 3600) >= 1
+    assert harness.poller.status("car")["failures"] == 0
+
+
+async def test_availability_goes_offline_only_when_the_data_is_stale(harness: Harness):
+    """Without a good read for stale_after_s the vehicle turns offline, exactly once."""
+    await harness.run_for(1)
+    harness.provider.script = lambda now: ProviderUnavailable("timeout")
+    stale = PollingConfig().stale_after_s
+    await harness.run_for(stale - 60)
+    assert harness.availability == [True]
+    await harness.run_for(3600)
+    assert harness.availability == [True, False]
+
+
+async def test_reauth_stops_polling_with_only_rare_looks(harness: Harness):
+    """While the owner must log in again the vehicle is offline and the account is left alone,
+    but for a handful of ever rarer looks (a login may happen in another process)."""
+    harness.provider.script = lambda now: ReauthRequired("login again")
+    await harness.run_for(86400)
+    gaps = [
+        (b - a).total_seconds()
+        for a, b in zip(harness.provider.reads, harness.provider.reads[1:], strict=False)
+    ]
+    assert len(harness.provider.reads) <= 8
+    assert gaps == sorted(gaps)
+    assert gaps[0] >= 900
+    assert harness.availability == [False]
+    assert harness.poller.status("car")["mode"] == Mode.REAUTH_REQUIRED.value
+
+
+async def test_resume_after_login_polls_at_once(harness: Harness):
+    """resume() (the login flow in this process) brings the vehicle back immediately."""
+    harness.provider.queue.append(ReauthRequired("login again"))
+    await harness.run_for(60)
+    harness.poller.resume("acct")
+    await harness.run_for(1)
+    assert len(harness.provider.reads) == 2
+    assert harness.availability == [False, True]
+
+
+async def test_confirmation_read_comes_soon_and_uses_the_command_share(harness: Harness):
+    """After a command, one read within half a minute, charged to the command share."""
+    await harness.run_for(60)
+    harness.poller.request_confirmation("car")
+    await harness.run_for(30)
+    assert harness.reads_between(60, 90) == 1
+    assert harness.budget.usage("acct", harness.clock()).hour.commands == 1
+
+
+async def test_the_budget_is_never_exceeded_by_polling(tmp_path: Path):
+    """With a tiny hourly budget, a driving car is polled only as often as the budget allows."""
+    h = build(tmp_path, budget=BudgetConfig(calls_per_day=20, calls_per_hour=4))
+    h.provider.script = lambda now: driving(now - timedelta(seconds=5))
+    await h.poller.start()
+    await h.run_for(3 * 3600)
+    for hour in range(3):
+        assert h.reads_between(hour * 3600, (hour + 1) * 3600) <= 4
+    assert len(h.provider.reads) <= 16  # the day's read share
+
+
+async def test_an_unexpected_error_is_logged_and_polling_goes_on(harness: Harness):
+    """A bug in a poll is reported like APScheduler's error listener and the job is re-planned."""
+    harness.provider.queue.append(ZeroDivisionError())  # type: ignore[arg-type]
+    await harness.timer.run_until(harness.clock() + timedelta(hours=2))
+    assert len(harness.timer.errors) == 1
+    assert len(harness.provider.reads) >= 2
+
+
+async def test_status_reports_mode_next_poll_and_budget(harness: Harness):
+    """status() is a plain snapshot: mode, next poll, last upload, availability and budget."""
+    await harness.run_for(1)
+    status = harness.poller.status("car")
+    assert status["mode"] == Mode.PARKED.value
+    assert status["online"] is True
+    assert status["next_poll"] > START.isoformat()
+    assert status["budget"]["calls_used_today"] == 1
+
+
+async def test_activity_starts_are_remembered_for_the_prior(harness: Harness, tmp_path: Path):
+    """When a parked car is seen driving, the start is stored for learning the car's habits."""
+    await harness.run_for(1)
+    harness.provider.script = lambda now: driving(now - timedelta(seconds=5))
+    await harness.run_for(3600)
+    history = ActivityHistory(store=Store.open(tmp_path))
+    assert len(history.starts("car", START - timedelta(days=1))) == 1
+
+
+# -- the same Poller on APScheduler ------------------------------------------------------------
+
+
+class FastClock:
+    """A clock running `speed` times faster than real time, from START."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._origin = time.monotonic()
+
+    def __call__(self):
+        return START + timedelta(seconds=(time.monotonic() - self._origin) * self.speed)
+
+
+async def test_apscheduler_runs_the_vehicle_job_with_explicit_defaults(tmp_path: Path):
+    """On APScheduler (sped-up clock), polls happen and the job carries the explicit defaults."""
+    clock = FastClock(speed=600.0)
+    store = Store.open(tmp_path)
+    budget = Budget(store=store, config=BudgetConfig(), alerts=CollectingAlerts(), clock=clock)
+    budget.start()
+    provider = FakeProvider("acct", gate=budget, clock=clock)  # type: ignore[arg-type]
+    provider.script = lambda now: driving(now - timedelta(seconds=5))
+    timer = ApsTimer(clock=clock, speed=clock.speed)
+    three_reads = asyncio.Event()
+
+    def on_state(slug: str, state: object) -> None:
+        if len(provider.reads) >= 3:
+            three_reads.set()
+
+    poller = Poller(
+        providers={"acct": provider},
+        vehicles={"car": ("acct", "v1")},
+        budget=budget,
+        config=PollingConfig(),
+        on_state=on_state,
+        on_availability=lambda s, o: None,
+        on_budget=lambda s, d: None,
+        alerts=CollectingAlerts(),
+        clock=clock,
+        timer=timer,
+    )
+    await poller.start()
+    try:
+        job = timer.scheduler.get_job("car")
+        assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 300)
+        await asyncio.wait_for(three_reads.wait(), timeout=10)
+    finally:
+        await poller.stop()
+        store.close()
+
+
+async def test_apscheduler_reports_a_missed_run_so_it_can_be_replanned():
+    """A run missed beyond the grace time (a blocked loop) is reported, not silently dropped."""
+    missed = asyncio.Event()
+    timer = ApsTimer(misfire_grace_s=1)
+    timer.start(lambda key: missed.set())
+
+    async def job() -> None:
+        raise AssertionError("a missed run must not execute")
+
+    timer.schedule("car", START, job)  # any past instant: due at once
+    time.sleep(1.5)  # block the loop past the grace time, as a stalled host would
+    await asyncio.wait_for(missed.wait(), timeout=5)
+    await timer.stop()

@@ -1,0 +1,152 @@
+"""The Poller against the real simulator under pressure: 429 storms, a suspension, an hour of 5xx.
+
+The simulator runs in-process on a manual clock that a discrete-event timer moves from one due
+job to the next, so hours of simulated time take a second; every request still goes through the
+real provider, token refresh, budget and HTTP stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks._support import CountingGate, SimWorld, over_budget
+from bridge.config import BudgetConfig, PollingConfig
+from bridge.events import AlertKind
+from bridge.polling.budget import Budget
+from bridge.polling.scheduler import Poller
+from bridge.simulator import Limits
+from bridge.store import Store
+
+START = datetime(2025, 6, 2, 6, 0, tzinfo=UTC)  # a Monday morning: the commuter drives at 8
+ACCOUNT = "own"
+
+
+@dataclass
+class Run:
+    world: SimWorld
+    poller: Poller
+    gate: CountingGate
+    states: list[datetime] = field(default_factory=list)
+    availability: list[bool] = field(default_factory=list)
+
+    async def until(self, hours: float) -> None:
+        await self.world.timer.run_until(START + timedelta(hours=hours))
+        assert not self.world.timer.errors  # the poller kept running: no job blew up
+        assert self.world.timer.next_at() is not None  # …and the vehicle is still scheduled
+
+    def reads_between(self, start_h: float, end_h: float) -> int:
+        lo, hi = (START + timedelta(hours=h) for h in (start_h, end_h))
+        return sum(1 for t in self.states if lo <= t < hi)
+
+    async def account(self) -> dict[str, Any]:
+        docs = (await self.world.admin("/sim/accounts"))["accounts"]
+        return next(a for a in docs if a["login_hint"] == ACCOUNT)
+
+    def within_budget(self) -> bool:
+        calls = self.gate.calls.get(ACCOUNT, [])
+        return over_budget(calls, per_day=250, per_hour=40) == 0
+
+
+async def start_run(tmp_path: Path, limits: Limits | None = None) -> Run:
+    world = SimWorld(seed=3, start=START, state_dir=tmp_path, vehicles=1, limits=limits)
+    vehicle_id = world.sim.vehicles[0].vehicle_id
+    world.add_account(ACCOUNT, vehicle_id)
+    store = Store.open(tmp_path / "db")
+    budget = Budget(store=store, config=BudgetConfig(), alerts=world.alerts, clock=world.now)
+    budget.start()
+    gate = CountingGate(budget, world.now)
+    run = Run(world, None, gate)  # type: ignore[arg-type]
+    run.poller = Poller(
+        providers={ACCOUNT: world.provider(ACCOUNT, gate)},
+        vehicles={"car": (ACCOUNT, vehicle_id)},
+        budget=budget,
+        config=PollingConfig(),
+        on_state=lambda slug, state: run.states.append(world.now()),
+        on_availability=lambda slug, online: run.availability.append(online),
+        on_budget=lambda slug, doc: None,
+        alerts=world.alerts,
+        clock=world.now,
+        timer=world.timer,
+        tz=UTC,
+    )
+    await run.poller.start()
+    return run
+
+
+@pytest.fixture
+async def run(tmp_path: Path) -> AsyncIterator[Run]:
+    r = await start_run(tmp_path)
+    yield r
+    await r.poller.stop()
+
+
+async def test_a_429_storm_is_ridden_out_within_budget(run: Run):
+    """Half of all requests answered 429 for two hours: no crash, within budget, no suspension,
+    and fresh reads again once the storm is over."""
+    await run.until(1)
+    run.world.sim.set_faults("429=0.5")
+    await run.until(3)
+    run.world.sim.set_faults("")
+    await run.until(5)
+    account = await run.account()
+    assert account["suspended"] is False
+    assert run.within_budget()
+    assert run.reads_between(3, 5) >= 2
+    assert run.availability == [True]
+
+
+async def test_the_providers_own_daily_limit_is_waited_out(tmp_path: Path):
+    """A service that allows only 20 calls a day answers 429 with Retry-After until midnight: the
+    poller stops asking until then (so the account is never suspended) and resumes after."""
+    r = await start_run(tmp_path, limits=Limits(per_day=20, suspend_after=5))
+    try:
+        await r.until(30)
+        account = await r.account()
+        assert account["suspended"] is False
+        assert account["throttled"] <= 2
+        assert r.reads_between(3, 18) == 0  # the 20 calls were gone by 9 am: wait for midnight
+        assert r.reads_between(18, 30) >= 3  # a new simulated day, new calls
+    finally:
+        await r.poller.stop()
+
+
+async def test_a_suspension_pauses_the_account_then_polling_recovers(run: Run):
+    """A 403 (suspended) stops every call for suspension_pause_s, raises one alert, and polling
+    resumes by itself once the pause and the suspension are over."""
+    await run.until(1)
+    account_id = (await run.account())["account_id"]
+    run.world.sim.limiter.meters[account_id].suspended_until = START + timedelta(hours=12)
+    await run.until(2)
+    calls_at_pause = (await run.account())["calls"]
+    pause_h = PollingConfig().suspension_pause_s / 3600
+    await run.until(1 + pause_h)
+    assert (await run.account())["calls"] == calls_at_pause  # nothing sent during the pause
+    kinds = [a.kind for a in run.world.alerts.alerts]
+    assert kinds.count(AlertKind.ACCOUNT_SUSPENDED) == 1
+    assert run.availability == [True, False]  # stale after 6 h without a good read
+    await run.until(4 + pause_h)
+    assert run.reads_between(2 + pause_h, 4 + pause_h) >= 1
+    assert run.availability == [True, False, True]
+
+
+async def test_an_hour_of_5xx_is_backed_off_and_recovered_from(run: Run):
+    """Every request fails with 5xx for an hour: few retries (breaker), the last state stays
+    published (still online), and reads succeed again without a restart."""
+    await run.until(1)
+    calls_before = len(run.gate.calls[ACCOUNT])
+    run.world.sim.set_faults("5xx=1.0")
+    await run.until(2)
+    during = len(run.gate.calls[ACCOUNT]) - calls_before
+    run.world.sim.set_faults("")
+    await run.until(4)
+    assert during <= 8
+    assert run.availability == [True]
+    assert run.reads_between(2, 4) >= 2
+    assert run.within_budget()
+    assert run.poller.status("car")["failures"] == 0
