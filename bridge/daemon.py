@@ -14,6 +14,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,9 +48,11 @@ from bridge.mqtt.discovery import VehicleDescription
 from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics
 from bridge.polling.budget import Budget
+from bridge.polling.history import ActivityHistory
 from bridge.polling.scheduler import Poller
 from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
+from bridge.providers.tokens import TokenStore
 from bridge.store import Store
 from bridge.vehicles import BridgedVehicle, resolve_vehicles
 from bridge.views import DaemonVehicles
@@ -59,6 +62,8 @@ log = get_logger(__name__)
 # How often the daemon looks for app changes made by another process (`ownerlink apps revoke`):
 # revocation must take effect within a second.
 REGISTRY_POLL_S = 0.25
+# How often the daemon looks for a new login made by `ownerlink login` in another process.
+LOGIN_WATCH_S = 2.0
 # App ids the registry refuses: the owner's own identity and the daemon's.
 RESERVED_APP_IDS = ("owner", "ownerlink", "admin")
 
@@ -137,6 +142,10 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
+        watch = getattr(self, "_login_watch", None)
+        if watch is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         for name in ("web", "poller", "registry_sync", "pipeline", "publisher", "alerts"):
             part = getattr(self, name, None)
             if part is not None:
@@ -294,6 +303,8 @@ class Daemon:
 
     def _build_poller(self) -> None:
         self.vehicles_view = DaemonVehicles(self)
+        history = ActivityHistory(store=self.store)
+        history.start()
         self.poller = Poller(
             providers=self.providers,
             vehicles={v.slug: (v.account, v.vehicle_id) for v in self._vehicles},
@@ -304,6 +315,7 @@ class Daemon:
             on_budget=self.publisher.publish_budget,
             alerts=self.alerts,
             clock=self.clock,
+            history=history,
         )
 
     async def _start_parts(self) -> None:
@@ -324,6 +336,7 @@ class Daemon:
         self.mqtt.subscribe(self.topics.command_filter, qos=1)
         self.mqtt.subscribe(self.topics.ha_status, qos=1)
         await self.poller.start()
+        self._login_watch = asyncio.get_running_loop().create_task(self._watch_logins())
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
 
@@ -376,6 +389,29 @@ class Daemon:
         self.publisher.location_policy_changed()
         log.info("app change applied", app=change.app_id, change=change.kind.value)
 
+    async def _watch_logins(self) -> None:
+        """A login in another process (`ownerlink login`) rewrites the token file: poll that
+        account again at once instead of waiting for the re-login back-off to expire."""
+        tokens = TokenStore(self.settings.state_dir)
+        seen = {account: _mtime(tokens.path(account)) for account in self.settings.accounts}
+        while True:
+            await asyncio.sleep(LOGIN_WATCH_S)
+            for account, before in seen.items():
+                now = _mtime(tokens.path(account))
+                if now != before:
+                    seen[account] = now
+                    # Our own token refreshes rewrite the file too: only a re-login matters.
+                    if self._waiting_for_login(account):
+                        log.info("new login seen; polling the account again", account=account)
+                        self.poller.resume(account)
+
+    def _waiting_for_login(self, account: str) -> bool:
+        return any(
+            self.poller.status(v.slug).get("reauth_required")
+            for v in self._vehicles
+            if v.account == account
+        )
+
     def _on_state(self, slug: str, state: VehicleState) -> None:
         self.metrics.polls.labels(slug).inc()
         if slug not in self.vehicles_view.latest:
@@ -393,3 +429,10 @@ class Daemon:
     @property
     def vehicles(self) -> list[BridgedVehicle]:
         return list(self._vehicles)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

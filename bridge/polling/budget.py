@@ -238,9 +238,8 @@ class Budget:
             conn.execute(
                 "DELETE FROM budget_calls WHERE account = ? AND ts <= ?", (account, now - DAY_S)
             )
-            calls = _load(conn, account)
-            usage = usage_of(calls, now=now, config=self._config)
-            retry_at = max(blocked_until(calls, kind, w, now) for w in (usage.day, usage.hour))
+            fits = self._fits(conn, account, kind, now)
+            retry_at = now if fits else self._retry_at(conn, account, kind, now)
             if retry_at <= now:
                 conn.execute(
                     "INSERT INTO budget_calls (account, ts, kind) VALUES (?, ?, ?)",
@@ -251,6 +250,34 @@ class Budget:
             self._refused(account, kind, now, retry_at)
         if kind is CallKind.READ:
             self._exhausted.discard(account)
+
+    def _fits(self, conn: sqlite3.Connection, account: str, kind: CallKind, now: float) -> bool:
+        """The common case in two indexed counts, without loading the window's rows: this runs
+        before every provider request, commands included, so it is on the command's hot path."""
+        pct = self._config.command_reserve_pct
+        for seconds, limit in (
+            (DAY_S, self._config.calls_per_day),
+            (HOUR_S, self._config.calls_per_hour),
+        ):
+            # `ts > ?` uses the index; `ts + ? > ?` is the exact test window_usage applies.
+            used, shared = conn.execute(
+                "SELECT count(*), coalesce(sum(kind != ?), 0) FROM budget_calls "
+                "WHERE account = ? AND ts > ? AND ts + ? > ?",
+                (CallKind.COMMAND.value, account, now - seconds - 1, seconds, now),
+            ).fetchone()
+            if used >= limit:
+                return False
+            if kind is CallKind.READ and shared >= limit - reserve_of(limit, pct):
+                return False
+        return True
+
+    def _retry_at(
+        self, conn: sqlite3.Connection, account: str, kind: CallKind, now: float
+    ) -> float:
+        """When the refused call would fit (the full computation, only when refusing)."""
+        calls = _load(conn, account)
+        usage = usage_of(calls, now=now, config=self._config)
+        return max(blocked_until(calls, kind, w, now) for w in (usage.day, usage.hour))
 
     def usage(self, account: str, now: datetime | None = None) -> BudgetUsage:
         """The account's windows at `now` (default: the clock), in effective time; read-only."""
