@@ -294,6 +294,7 @@ class Daemon:
             publisher=self.mqtt,
             alerts=self.alerts,
             clock=self.clock,
+            budget_ok=self._command_budget_ok,
             on_command_done=self._confirm,
         )
         if self.audit_problem is not None:
@@ -422,6 +423,10 @@ class Daemon:
 
     def _location_allowed(self) -> bool:
         return any(app.has(Scope.READ_LOCATION) for app in self.registry.list())
+
+    def _command_budget_ok(self, vehicle: str) -> bool:
+        account = next((v.account for v in self._vehicles if v.slug == vehicle), None)
+        return account is not None and self.budget.admits(account)
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)

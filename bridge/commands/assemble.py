@@ -48,8 +48,7 @@ def budget_check(budget: Budget, settings: Settings) -> BudgetCheck:
         vehicle = settings.vehicles.get(slug)
         if vehicle is None:
             return True  # decided elsewhere: unknown_vehicle
-        usage = budget.usage(vehicle.account)
-        return usage.left_day > 0 and usage.left_hour > 0
+        return budget.admits(vehicle.account)
 
     return check
 

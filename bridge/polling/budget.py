@@ -251,6 +251,14 @@ class Budget:
         if kind is CallKind.READ:
             self._exhausted.discard(account)
 
+    def admits(self, account: str, kind: CallKind = CallKind.COMMAND) -> bool:
+        """Would a call of `kind` be admitted now? Read-only and cheap: the command pipeline asks
+        it when deciding, so a command the budget cannot pay for is refused before it is audited
+        as allowed."""
+        with self._store.transaction() as conn:
+            now = max(self._clock().timestamp(), _max_seen(conn, account))
+            return self._fits(conn, account, kind, now)
+
     def _fits(self, conn: sqlite3.Connection, account: str, kind: CallKind, now: float) -> bool:
         """The common case in two indexed counts, without loading the window's rows: this runs
         before every provider request, commands included, so it is on the command's hot path."""
