@@ -31,9 +31,11 @@ from bridge.mqtt.topics import Publish, Topics
 
 ONLINE = "online"
 OFFLINE = "offline"
-# QoS 1 messages paho may hold while the broker is away. Beyond this publish() drops and logs:
-# every retained document is re-sent in full after a reconnect, so a longer queue only costs memory.
-MAX_QUEUED_MESSAGES = 10_000
+# QoS 1 messages paho may hold while the broker is away or a burst is being written. Beyond this
+# publish() drops and logs. Start-up of a 500-vehicle fleet queues ~35,000 small discovery
+# messages in one go (most are clears), so the bound sits well above that; every retained
+# document is re-sent in full after a reconnect anyway, so a longer queue only costs memory.
+MAX_QUEUED_MESSAGES = 100_000
 # Reason names a broker gives when it refuses our credentials: MQTT 5 codes 134/135, and the
 # 3.1.1 CONNACK codes 4/5 as paho converts them into MQTT 5 reason codes.
 CREDENTIAL_REFUSALS = frozenset({"bad user name or password", "not authorized"})
