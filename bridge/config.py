@@ -7,6 +7,7 @@ defaults. Every problem is reported as `path.to.key: what is wrong` and raised a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextvars import ContextVar
 from ipaddress import ip_network
 from pathlib import Path
@@ -268,18 +269,56 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read file ({exc.strerror or exc})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
+    data = _parse_yaml(path, text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    problems = list(_unusable_values(data, ()))
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError([f"{path}: {problem}{where}"]) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    return data
+    except RecursionError as exc:  # PyYAML recurses once per nesting level
+        raise ConfigError([f"{path}: nested too deeply"]) from exc
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ConfigError([f"{path}: {exc}"]) from exc
+
+
+def _unusable_values(value: Any, where: tuple[str, ...]) -> Iterator[str]:
+    """Keys that are not text, and strings no file name or log line can carry (NUL bytes, lone
+    surrogates): refused here, naming the key, rather than failing later with a traceback."""
+    key = ".".join(where) or "(top level)"
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            if not isinstance(name, str):
+                yield f"{key}: key {name!r} must be text"
+                continue
+            yield from _unusable_values(inner, (*where, name))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from _unusable_values(inner, (*where, str(index)))
+    elif isinstance(value, str) and ("\0" in value or not _encodable(value)):
+        yield f"{key}: contains a NUL byte or an invalid character"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

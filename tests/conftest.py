@@ -47,7 +47,7 @@ def broker() -> Iterator[BrokerAddress]:
     try:
         yield BrokerAddress(proc.host, proc.port)
     finally:
-        proc.stop()
+        proc.close()
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def own_broker() -> Iterator[MosquittoProcess]:
     try:
         yield proc
     finally:
-        proc.stop()
+        proc.close()
 
 
 @pytest.fixture

@@ -46,15 +46,18 @@ log = get_logger(__name__)
 
 
 class _QuietPahoFilter(logging.Filter):
-    """Drops paho 2.2's ERROR line for a loop pass without a socket.
+    """Drops paho 2.2's ERROR lines for a connection that went away.
 
     paho logs "Client is not connected" at ERROR on every pass of its loop between a dropped
-    connection and the next attempt, and again on a clean stop: routine, and we log connection
-    changes ourselves. Everything else paho says (exceptions caught in callbacks) is kept.
+    connection and the next attempt (and on a clean stop), and "failed to receive on socket"
+    when the broker resets the connection: routine, and we log connection changes ourselves.
+    Everything else paho says (exceptions caught in callbacks) is kept.
     """
 
+    ROUTINE = ("Client is not connected", "failed to receive on socket")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
+        return not str(record.msg).startswith(self.ROUTINE)
 
 
 _paho_log = logging.getLogger("bridge.mqtt.paho")

@@ -7,6 +7,7 @@ Timer maps that onto whatever time it runs on. Both timers run the very same Pol
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections.abc import Awaitable, Callable
@@ -115,6 +116,10 @@ class ApsTimer:
         return self._scheduler
 
     def _on_event(self, event: JobEvent) -> None:
+        if isinstance(event, JobExecutionEvent) and isinstance(
+            event.exception, asyncio.CancelledError
+        ):
+            return  # a poll cut short by a clean stop: not an error
         if isinstance(event, JobExecutionEvent) and event.exception is not None:
             log.error(
                 "poll.job_error",

@@ -82,6 +82,11 @@ class MosquittoProcess:
                 self.proc.wait()
         self.proc = None
 
+    def close(self) -> None:
+        """Stop the broker and remove its temporary folder (config, log, plugin files)."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
     def restart(self, downtime: float = 0.0) -> None:
         self.stop()
         time.sleep(downtime)
