@@ -25,6 +25,7 @@ from bridge.access.apps import AppChange, AppRegistry
 from bridge.access.broker import build_enforcement
 from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
+from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.commands.dedup import DedupStore
 from bridge.commands.forward import VehicleRoute
@@ -206,8 +207,13 @@ class Daemon:
             )
         self.alerts = AlertHub(topics=self.topics, publisher=self.mqtt, webhook=webhook)
         # Connect now so alerts raised while the rest starts reach the broker (paho queues them
-        # until the connection is up). Command topics are subscribed only once the pipeline
-        # exists, so no command — a retained one least of all — can arrive before it can be judged.
+        # until the connection is up). Subscribe first: the client sends its subscriptions before
+        # it publishes `online`, so whoever sees `online` knows its commands are heard. Messages
+        # arriving before the pipeline exists wait in `_early` and are judged once it does (a
+        # retained command is refused then, as at any other time).
+        self._early: list[InboundMessage] | None = []
+        self.mqtt.subscribe(self.topics.command_filter, qos=1)
+        self.mqtt.subscribe(self.topics.ha_status, qos=1)
         self.mqtt.start()
 
     async def _build_access(self) -> None:
@@ -333,13 +339,26 @@ class Daemon:
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()
+        if self.audit_problem is None:
+            await self._finish_interrupted()
         await self.pipeline.start()
-        self.mqtt.subscribe(self.topics.command_filter, qos=1)
-        self.mqtt.subscribe(self.topics.ha_status, qos=1)
+        early, self._early = self._early or [], None
+        for message in early:
+            self._on_message(message)
         await self.poller.start()
         self._login_watch = asyncio.get_running_loop().create_task(self._watch_logins())
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
+
+    async def _finish_interrupted(self) -> None:
+        """Commands a crash left at the car without an outcome get their final result now."""
+        directory = audit_directory(self.settings.state_dir)
+        records = await asyncio.to_thread(lambda: list(read_records(directory)))
+        finished = self.pipeline.finish_interrupted(records)
+        if finished:
+            log.warning(
+                "commands interrupted by the last stop were answered timed_out", count=finished
+            )
 
     async def _build_web(self) -> None:
         self.metrics.registry.register(DaemonGauges(self))
@@ -359,6 +378,9 @@ class Daemon:
 
     def _on_message(self, message: InboundMessage) -> None:
         """Runs on the event loop (the MQTT adapter hands messages over); never blocks."""
+        if self._early is not None:
+            self._early.append(message)  # the pipeline does not exist yet (see _build_mqtt)
+            return
         if message.topic == self.topics.ha_status:
             self.publisher.handle_ha_status(message.payload)
             return

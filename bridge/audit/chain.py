@@ -12,7 +12,7 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,3 +142,14 @@ def hash_matches(record: dict[str, Any]) -> bool:
         return digest(canonical(body)) == claimed
     except ValueError:  # NaN or Infinity smuggled in: not something we ever write
         return False
+
+
+def read_records(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every parsable record of the chain, oldest first (a torn last line is skipped)."""
+    for path in chain_files(directory):
+        if not path.exists():
+            continue
+        for raw in path.read_bytes().splitlines():
+            record = parse_line(raw)
+            if record is not None:
+                yield record

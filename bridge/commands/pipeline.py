@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ from bridge.commands.records import (
     outcome_fields,
     refusal_alert,
 )
+from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, unfinished
 from bridge.commands.results import CommandResult, Ending, error_text
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
@@ -139,6 +140,37 @@ class CommandPipeline:
         for task in list(self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
+
+    def finish_interrupted(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Give every command a crash left without an outcome its final result (`timed_out`):
+        an outcome record, and the result an MQTT app is waiting for. Call before `start()`."""
+        count = 0
+        for decision in unfinished(records):
+            ticket = Ticket(
+                source=str(decision.get("source", "mqtt")),
+                app_id=decision.get("app"),
+                vehicle=decision.get("vehicle"),
+                command=str(decision.get("command", "")),
+                received_at=self.clock(),
+                future=asyncio.get_running_loop().create_future(),
+                id=str(decision.get("id", "")),
+                action=decision.get("action"),
+            )
+            try:
+                self.audit.append(
+                    "command.outcome",
+                    **outcome_fields(
+                        ticket,
+                        Ending(CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL),
+                        0.0,
+                    ),
+                )
+            except AuditError:
+                self.halt(Reason.AUDIT_UNAVAILABLE)
+                return count
+            self._publish(ticket, CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL)
+            count += 1
+        return count
 
     def halt(self, reason: Reason) -> None:
         """Refuse every command from now on (audit log broken, or tampered with at start)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.chain import chain_files, parse_line
+from bridge.audit.chain import read_records
 from bridge.audit.verify import verify
 from bridge.commands import stepup as totp
 from bridge.commands.decide import StepUpStatus
@@ -30,11 +30,7 @@ class AuditFiles:
 
     def records(self) -> Iterator[Mapping[str, Any]]:
         """Every parsable record, oldest first; a torn last line is skipped, not an error."""
-        for path in chain_files(self.directory):
-            for raw in path.read_bytes().splitlines():
-                record = parse_line(raw)
-                if record is not None:
-                    yield record
+        yield from read_records(self.directory)
 
     def verify(self) -> ChainStatus:
         report = verify(self.directory)
