@@ -104,8 +104,16 @@ class Store:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create the state directory with mode 0700 (tokens and secrets live there)."""
+    """Create a directory (and any missing parents) with mode 0700: tokens and secrets live there.
+
+    mkdir's mode is filtered by the umask and never applies to the parents it creates, so each
+    directory this call creates is chmod'ed explicitly. One that already exists is left as the
+    owner set it (`ownerlink doctor` reports a loose one).
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for created in missing:
+            created.chmod(0o700)
     except OSError as exc:
         raise StateError(f"cannot create state directory {path}: {exc.strerror}") from exc

@@ -41,6 +41,7 @@ from bridge.audit.tail import read_tail, split_torn_tail
 from bridge.errors import AuditError, AuditTampered, AuditWriteError
 from bridge.files import fsync_dir
 from bridge.logs import get_logger
+from bridge.store import ensure_private_dir
 
 Clock = Callable[[], datetime]
 OnHead = Callable[[int, str], None]
@@ -91,7 +92,7 @@ class AuditLog:
 
         Raises AuditTampered when any record other than a torn last line is wrong.
         """
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(self.directory)
         self._lock_fd = _open_lock(self.directory / LOCK_FILE)
         with self._lock, self._exclusive():
             path = self._path

@@ -25,7 +25,7 @@ from bridge.config import StepUpConfig
 from bridge.errors import StateError
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.files import read_private, write_private_atomic
-from bridge.store import Store
+from bridge.store import Store, ensure_private_dir
 
 SECRET_FILE = "stepup.secret"  # noqa: S105 - a file name, not a secret
 STEP_S = 30
@@ -77,7 +77,7 @@ def enroll(state_dir: Path, *, force: bool = False) -> str:
         raise StateError(
             f"{path} exists; re-enrolling invalidates your authenticator (use --force)"
         )
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(state_dir)
     secret = pyotp.random_base32()
     write_private_atomic(path, secret.encode("ascii"))
     return secret

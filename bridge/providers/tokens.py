@@ -23,6 +23,7 @@ from bridge.events import Alert, AlertKind, AlertSink
 from bridge.files import read_private, write_private_atomic
 from bridge.logs import get_logger, register_secret
 from bridge.providers.oauth import InvalidGrant, LoginRequest, OAuthClient, TokenSet
+from bridge.store import ensure_private_dir
 
 # Refresh this long before the access token expires, so a request never leaves with a token that
 # dies in flight (Ford's access tokens live 20 minutes).
@@ -130,8 +131,8 @@ class TokenStore:
 
     def _write(self, path: Path, doc: dict[str, Any]) -> None:
         # 0700: the directory listing already tells which accounts exist.
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.directory.chmod(0o700)  # mkdir's mode is filtered by the umask
+        ensure_private_dir(self.directory)
+        self.directory.chmod(0o700)
         write_private_atomic(path, json.dumps(doc, indent=2).encode())
 
 
