@@ -29,7 +29,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
 from bridge.commands.stepup import code_at, load_secret
 from tests.reliability.checks import find_secrets
