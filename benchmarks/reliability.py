@@ -338,7 +338,7 @@ This file is written by `benchmarks/reliability.py`; the figures below are from 
 ## How to run
 
 ```
-.venv/bin/pytest tests/reliability              # the always-run versions (~75 s)
+.venv/bin/pytest tests/reliability              # the always-run versions (~70 s on 2 cores)
 .venv/bin/pytest tests/reliability -m soak      # the long versions only
 .venv/bin/python benchmarks/reliability.py      # both, then rewrite this file with the figures
 ```
@@ -370,8 +370,7 @@ result besides `duplicate_id` answers to its copies, at most one `allowed` decis
 the car at most once; a command the bridge never saw never ran; discovery and every retained
 state are back within 5 s of the bridge reconnecting (measured from its `online` and from the
 broker being up); SIGTERM afterwards exits 0; no traceback and no error-level line in the
-daemon's output (two known kinds excepted, each pinned by an xfail test below); no secret in
-logs, MQTT or audit.
+daemon's output; no secret in logs, MQTT or audit.
 
 {broker}
 
@@ -390,14 +389,15 @@ stop. Commands arrive over MQTT throughout.
 Asserted: no error logged and still polling (no crash); no sliding 24 h or 1 h window with more
 calls than the budget; no 429 from the simulator's own limits; a bounded number of calls per
 simulated minute (no tight retry loop); availability offline during the suspension and online
-again after it, without a restart; a fresh state published after the faults stop; one final
-result per command, none run twice.
+again after it, without a restart; a fresh state published after the faults stop (or, if the
+chaos spent the whole budget, the poller waiting for it rather than stuck); one final result
+per command, none run twice.
 
 Two things the run spares the daemon, each with its own test: the token endpoint gets only the
 5xx share (the simulator rotates refresh tokens strictly, so a timeout or garbled answer *after*
-a rotation loses the new refresh token; `test_lost_refresh_answer_asks_the_owner_to_log_in_and_
-stops_calling` checks the daemon then raises one re-login alert, goes offline and stops calling,
-and `test_polling_resumes_after_the_owner_logs_in_again` that `ownerlink login` alone brings it
+a rotation loses the new refresh token; `test_lost_refresh_answer_*` checks that the daemon
+then raises one re-login alert, goes offline and stops calling, and
+`test_polling_resumes_after_the_owner_logs_in_again` that `ownerlink login` alone brings it
 back); and tokens are invalidated only between requests (the instant between a refresh and its
 retry is `test_token_invalidated_between_refresh_and_retry_is_recovered`).
 
@@ -471,12 +471,32 @@ Found by these suites while they were written, and fixed (each kept as a regress
   escape and a NUL byte in `state_dir` each ended in a traceback
   (`test_once_crashing_config_gets_a_clear_message`, `test_state_dir_with_a_nul_byte_*`).
 - `bridge/commands` (fixed by its owner): a command at the car when the daemon was killed never
-  got a final result; it is now answered `timed_out` on the next start.
+  got a final result; it is now answered `timed_out` on the next start
+  (`test_command_in_flight_at_a_kill_gets_a_final_result_after_restart`).
 - `bridge/polling` (fixed by its owner): after a re-login was needed, polling never resumed
-  without a restart, even once the owner had logged in or the refresh token still worked; and a
-  clean stop during a poll logged the cancelled poll as an error with a traceback.
+  without a restart, even once the owner had logged in or the refresh token still worked
+  (`test_polling_resumes_*`, `test_token_invalidated_between_*`); and a clean stop during a poll
+  logged the cancelled poll as an error with a traceback (`test_stopping_during_a_poll_*`).
 - `bridge/mqtt/client.py` (fixed by its owner): paho's "failed to receive on socket" was logged
-  at ERROR on every broker restart.
+  at ERROR on every broker restart (`test_broker_going_away_is_not_logged_as_an_error`).
+- `bridge/providers/tokens.py`, `bridge/store.py` (fixed by their owners): a state directory
+  created by the first `ownerlink login` was 0755
+  (`test_state_directory_is_private_after_the_first_login`).
+
+## Limits of these suites
+
+- Provider chaos spares the token endpoint the faults that strike after the work (see section
+  2); with the simulator's strict refresh-token rotation, each such fault costs the owner a new
+  login. Whether Ford revokes a refresh token the moment it is used is not known here; if it
+  does not, the simulator is harsher than Ford on this point.
+- A command to a topic with an empty level (`<base>/app//car-1/cmd/lock`) matches the daemon's
+  subscription but names no app to answer: it is refused and audited, with no result.
+- The `timed_out` answer to a command interrupted by a kill is written to the audit log before
+  MQTT takes it; a second kill in that instant loses the answer (counted in section 3).
+- The in-process provider run replaces the poller's timer with one told the clock's speed
+  (`SimTimeDaemon`): `Daemon(clock=...)` accepts any clock but builds a real-time timer.
+- One simulated vehicle per run; TLS is not exercised; the broker asks for a password only in
+  the secrets run.
 
 Seeds of this run: {seeds}.
 """
