@@ -101,6 +101,7 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._vehicles: list[BridgedVehicle] = []
         self._descriptions: dict[str, VehicleDescription] = {}
+        self._account_of: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -263,6 +264,8 @@ class Daemon:
             name: CountingProvider(provider, self.metrics) for name, provider in built.items()
         }
         self._vehicles = await resolve_vehicles(self.settings, self.providers)
+        # Looked up for every command (budget check): keyed once here, not searched each time.
+        self._account_of = {v.slug: v.account for v in self._vehicles}
 
     def _build_publishing(self) -> None:
         ha_app = self.registry.home_assistant_app()
@@ -447,7 +450,7 @@ class Daemon:
         return any(app.has(Scope.READ_LOCATION) for app in self.registry.list())
 
     def _command_budget_ok(self, vehicle: str) -> bool:
-        account = next((v.account for v in self._vehicles if v.slug == vehicle), None)
+        account = self._account_of.get(vehicle)
         return account is not None and self.budget.admits(account)
 
     def _confirm(self, vehicle: str) -> None:

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.demo.broker import free_port
+
 DYNSEC_PLUGIN_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
     "/usr/lib/aarch64-linux-gnu",
@@ -18,12 +20,6 @@ DYNSEC_PLUGIN_DIRS = (
     "/usr/lib/mosquitto",
     "/usr/local/lib",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dynsec_plugin() -> Path | None:
