@@ -96,6 +96,12 @@ class Store:
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, outside any transaction: for a few reads in a row."""
+        with self._lock:
+            yield self.conn
+
     def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
             cur = self.conn.execute(sql, params)

@@ -15,17 +15,27 @@ Rules, per account and per window (24 h and 1 h, both sliding):
 Time is "effective time": the largest clock reading ever seen for the account, persisted. A clock
 that jumps backwards therefore never frees budget; calls made meanwhile are stamped at the
 remembered time. A forward jump is indistinguishable from the daemon having been stopped that long
-and frees what that much elapsed time would free.
+and frees what that much elapsed time would free. Effective time is persisted as the newest charged
+call, or the `budget_clock` row where no call was charged (a refusal, a prune).
+
+SQLite is the record; each account's last day of calls is also mirrored in memory (a `_Ledger`),
+because `admits` and `charge` run on a command's path and counting rows in SQL there cost more
+than the rest of the command's checks together. The mirror is dropped whenever another connection
+(another process: `ownerlink status`, `ownerlink command`) has committed to the database, which
+SQLite's `PRAGMA data_version` tells cheaply; `charge` asks inside its write transaction, so no
+other writer can slip a call in between the count and the insert. One `Budget` per `Store`: a
+second one on the same connection would not see the first one's calls.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bridge.config import BudgetConfig
@@ -43,6 +53,9 @@ _reads_as_commands: ContextVar[bool] = ContextVar("_reads_as_commands", default=
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
+# Rows older than a day are deleted from SQLite once this many have left the in-memory window:
+# a DELETE on every charge would cost a page write per call for nothing.
+PRUNE_BATCH = 64
 
 MIGRATIONS = (
     # One row per charged call. `ts` is effective epoch seconds; rows older than a day are pruned.
@@ -198,6 +211,57 @@ def usage_of(calls: Sequence[Call], *, now: float, config: BudgetConfig) -> Budg
     return BudgetUsage(at=_dt(now), day=day, hour=hour, next_free_at=_dt(free))
 
 
+def inside_from(times: Sequence[float], seconds: float, now: float) -> int:
+    """Index of the first time t in ascending `times` with t + seconds > now (the window's start).
+
+    Bisecting on `now - seconds` finds it up to rounding; the two nudges make it exactly the test
+    `window_usage` applies, so the mirror and the pure summary never disagree about a boundary call.
+    """
+    i = bisect_right(times, now - seconds)
+    while i > 0 and times[i - 1] + seconds > now:
+        i -= 1
+    while i < len(times) and not times[i] + seconds > now:
+        i += 1
+    return i
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """One account's calls as SQLite holds them, oldest first (effective time never decreases,
+    so appending keeps every list sorted), and its effective clock."""
+
+    max_seen: float
+    calls: list[Call] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # every call's ts
+    shared: list[float] = field(default_factory=list)  # ts of READ and TOKEN calls
+    stale_rows: int = 0  # rows that left the day window but are still in SQLite
+
+    def add(self, call: Call) -> None:
+        self.calls.append(call)
+        self.times.append(call.ts)
+        if call.kind is not CallKind.COMMAND:
+            self.shared.append(call.ts)
+
+    def forget_before(self, now: float) -> None:
+        """Drop calls the day window no longer holds (SQLite keeps them until the next prune)."""
+        gone = inside_from(self.times, DAY_S, now)
+        if gone:
+            del self.calls[:gone], self.times[:gone]
+            del self.shared[: inside_from(self.shared, DAY_S, now)]
+            self.stale_rows += gone
+
+    def fits(self, kind: CallKind, now: float, config: BudgetConfig) -> bool:
+        """The admission rule of both windows, from the mirror: two bisections per window."""
+        for seconds, limit in ((DAY_S, config.calls_per_day), (HOUR_S, config.calls_per_hour)):
+            if len(self.times) - inside_from(self.times, seconds, now) >= limit:
+                return False
+            if kind is CallKind.READ:
+                shared = len(self.shared) - inside_from(self.shared, seconds, now)
+                if shared >= limit - reserve_of(limit, config.command_reserve_pct):
+                    return False
+        return True
+
+
 class Budget:
     """The persisted call budget of every account; implements the CallGate protocol."""
 
@@ -214,6 +278,8 @@ class Budget:
         self._alerts = alerts
         self._clock = clock
         self._exhausted: set[str] = set()
+        self._ledgers: dict[str, _Ledger] = {}
+        self._version: int | None = None  # PRAGMA data_version when the mirror was last valid
 
     def start(self) -> None:
         """Create or upgrade the budget tables (idempotent)."""
@@ -234,65 +300,69 @@ class Budget:
         if kind is CallKind.READ and _reads_as_commands.get():
             kind = CallKind.COMMAND
         with self._store.transaction() as conn:
-            now = self._advance(conn, account, self._clock().timestamp())
-            conn.execute(
-                "DELETE FROM budget_calls WHERE account = ? AND ts <= ?", (account, now - DAY_S)
-            )
-            fits = self._fits(conn, account, kind, now)
-            retry_at = now if fits else self._retry_at(conn, account, kind, now)
+            ledger = self._ledger(conn, account)
+            now = max(self._clock().timestamp(), ledger.max_seen)
+            ledger.forget_before(now)
+            fits = ledger.fits(kind, now, self._config)
+            retry_at = now if fits else self._retry_at(ledger, kind, now)
             if retry_at <= now:
                 conn.execute(
                     "INSERT INTO budget_calls (account, ts, kind) VALUES (?, ?, ?)",
                     (account, now, kind.value),
                 )
-        # Outside the transaction: the clock advance above is committed even when refusing.
+            if retry_at > now or ledger.stale_rows >= PRUNE_BATCH:
+                # No call row carries `now` forward (refusing), or old rows are about to go.
+                self._persist_clock(conn, account, now)
+            if ledger.stale_rows >= PRUNE_BATCH:
+                conn.execute(
+                    "DELETE FROM budget_calls WHERE account = ? AND ts + ? <= ?",
+                    (account, DAY_S, now),
+                )
+        # Committed: only now does the mirror take the call (a failed commit leaves it untouched).
+        ledger.max_seen = now
+        if ledger.stale_rows >= PRUNE_BATCH:
+            ledger.stale_rows = 0
         if retry_at > now:
             self._refused(account, kind, now, retry_at)
+        ledger.add(Call(now, kind))
         if kind is CallKind.READ:
             self._exhausted.discard(account)
 
     def admits(self, account: str, kind: CallKind = CallKind.COMMAND) -> bool:
-        """Would a call of `kind` be admitted now? Read-only and cheap: the command pipeline asks
-        it when deciding, so a command the budget cannot pay for is refused before it is audited
-        as allowed."""
-        with self._store.transaction() as conn:
-            now = max(self._clock().timestamp(), _max_seen(conn, account))
-            return self._fits(conn, account, kind, now)
+        """Would a call of `kind` be admitted now? Read-only and cheap (the mirror, plus one
+        pragma): the command pipeline asks it when deciding, so a command the budget cannot pay
+        for is refused before it is audited as allowed."""
+        with self._store.locked() as conn:
+            ledger = self._ledger(conn, account)
+            now = max(self._clock().timestamp(), ledger.max_seen)
+            return ledger.fits(kind, now, self._config)
 
-    def _fits(self, conn: sqlite3.Connection, account: str, kind: CallKind, now: float) -> bool:
-        """The common case in two indexed counts, without loading the window's rows: this runs
-        before every provider request, commands included, so it is on the command's hot path."""
-        pct = self._config.command_reserve_pct
-        for seconds, limit in (
-            (DAY_S, self._config.calls_per_day),
-            (HOUR_S, self._config.calls_per_hour),
-        ):
-            # `ts > ?` uses the index; `ts + ? > ?` is the exact test window_usage applies.
-            used, shared = conn.execute(
-                "SELECT count(*), coalesce(sum(kind != ?), 0) FROM budget_calls "
-                "WHERE account = ? AND ts > ? AND ts + ? > ?",
-                (CallKind.COMMAND.value, account, now - seconds - 1, seconds, now),
-            ).fetchone()
-            if used >= limit:
-                return False
-            if kind is CallKind.READ and shared >= limit - reserve_of(limit, pct):
-                return False
-        return True
+    def _ledger(self, conn: sqlite3.Connection, account: str) -> _Ledger:
+        """The account's mirror, reloaded when another connection has written since we looked."""
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._version:
+            self._ledgers.clear()
+            self._version = version
+        ledger = self._ledgers.get(account)
+        if ledger is None:
+            ledger = self._ledgers[account] = _Ledger(_max_seen(conn, account))
+            for call in _load(conn, account):
+                ledger.add(call)
+                ledger.max_seen = max(ledger.max_seen, call.ts)
+        return ledger
 
-    def _retry_at(
-        self, conn: sqlite3.Connection, account: str, kind: CallKind, now: float
-    ) -> float:
+    def _retry_at(self, ledger: _Ledger, kind: CallKind, now: float) -> float:
         """When the refused call would fit (the full computation, only when refusing)."""
-        calls = _load(conn, account)
-        usage = usage_of(calls, now=now, config=self._config)
-        return max(blocked_until(calls, kind, w, now) for w in (usage.day, usage.hour))
+        usage = usage_of(ledger.calls, now=now, config=self._config)
+        return max(blocked_until(ledger.calls, kind, w, now) for w in (usage.day, usage.hour))
 
     def usage(self, account: str, now: datetime | None = None) -> BudgetUsage:
         """The account's windows at `now` (default: the clock), in effective time; read-only."""
         reading = (now or self._clock()).timestamp()
-        with self._store.transaction() as conn:
-            at = max(reading, _max_seen(conn, account))
-            calls = _load(conn, account)
+        with self._store.locked() as conn:
+            ledger = self._ledger(conn, account)
+            at = max(reading, ledger.max_seen)
+            calls = list(ledger.calls)
         return usage_of(calls, now=at, config=self._config)
 
     def call_times(self, account: str, since: datetime, until: datetime) -> list[datetime]:
@@ -303,14 +373,13 @@ class Budget:
         )
         return [_dt(float(row[0])) for row in rows]
 
-    def _advance(self, conn: sqlite3.Connection, account: str, reading: float) -> float:
-        now = max(reading, _max_seen(conn, account))
+    @staticmethod
+    def _persist_clock(conn: sqlite3.Connection, account: str, now: float) -> None:
         conn.execute(
             "INSERT INTO budget_clock (account, max_ts) VALUES (?, ?) "
-            "ON CONFLICT(account) DO UPDATE SET max_ts = excluded.max_ts",
+            "ON CONFLICT(account) DO UPDATE SET max_ts = max(max_ts, excluded.max_ts)",
             (account, now),
         )
-        return now
 
     def _refused(self, account: str, kind: CallKind, now: float, retry_at: float) -> None:
         log.info("budget.refused", account=account, kind=kind.value, retry_at=_dt(retry_at))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bridge.config import BudgetConfig
 from bridge.errors import BudgetExhausted
 from bridge.events import AlertKind, CollectingAlerts
-from bridge.polling.budget import DAY_S, HOUR_S, Budget, reserve_of
+from bridge.polling.budget import DAY_S, HOUR_S, PRUNE_BATCH, Budget, reserve_of
 from bridge.providers.base import CallKind
 from bridge.store import Store
 
@@ -151,6 +151,44 @@ def test_confirmation_reads_are_charged_to_the_command_share(budget_env):
     assert budget.usage("a").hour.commands == 1
     with pytest.raises(BudgetExhausted):
         budget.charge("a", CallKind.READ)
+
+
+def test_two_connections_share_one_budget(tmp_path: Path):
+    """The daemon and a CLI command each hold a connection: calls either one charges count for
+    both, so together they never exceed a window (each one's in-memory mirror is refreshed)."""
+    clock = FakeClock()
+    config = BudgetConfig(calls_per_day=20, calls_per_hour=10, command_reserve_pct=20)
+    store_a, daemon = open_budget(tmp_path, config, clock)
+    store_b, cli = open_budget(tmp_path, config, clock)
+    admitted = 0
+    for turn in range(20):
+        try:
+            (daemon if turn % 2 else cli).charge("a", CallKind.READ)
+            admitted += 1
+        except BudgetExhausted:
+            pass
+    assert admitted == 8  # the hour's read share, not 8 each
+    assert not daemon.admits("a", CallKind.READ)
+    assert daemon.usage("a").used_hour == cli.usage("a").used_hour == 8
+    store_a.close()
+    store_b.close()
+
+
+def test_old_calls_are_pruned_from_the_database(tmp_path: Path):
+    """Rows that left the day window are deleted in batches; the counts never notice."""
+    clock = FakeClock()
+    config = BudgetConfig(calls_per_day=10_000, calls_per_hour=10_000)
+    store, budget = open_budget(tmp_path, config, clock)
+    for _ in range(PRUNE_BATCH + 10):
+        budget.charge("a", CallKind.READ)
+        clock.ts += 60
+    clock.ts += DAY_S
+    for _ in range(PRUNE_BATCH + 1):
+        budget.charge("a", CallKind.READ)
+    (rows,) = store.query("SELECT count(*) FROM budget_calls")
+    assert rows[0] == PRUNE_BATCH + 1
+    assert budget.usage("a").used_day == PRUNE_BATCH + 1
+    store.close()
 
 
 def test_restart_keeps_the_count(tmp_path: Path):
