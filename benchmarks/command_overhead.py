@@ -1,6 +1,7 @@
 """Command overhead: MQTT command in → provider request out, the pipeline beside a minimal relay.
 
-    .venv/bin/python benchmarks/command_overhead.py [--runs 5] [--commands 200] [--json OUT]
+    .venv/bin/python benchmarks/command_overhead.py [--runs 5] [--commands 100] [--pause-ms 20]
+                                                    [--json OUT]
 
 One process, one Mosquitto (started here on a free port), one simulator served over HTTP on a
 thread. Three paths take turns, run by run, so they see the same machine state:
@@ -10,9 +11,10 @@ thread. Three paths take turns, run by run, so they see the same machine state:
   checked, nothing is chained.
 - pipeline: the daemon's own MQTT adapter (`MqttClient`) hands the message to the event loop;
   the `CommandPipeline` parses and decides it (scopes, age, rate limits, the budget pre-check),
-  appends the hash-chained `command.decision` record with fsync, queues it for the vehicle, and
-  the FordConnect provider sends the POST, charging the persisted budget first (a SQLite commit
-  with fsync). This is what the daemon does.
+  writes the hash-chained `command.decision` record (the audit flusher thread fsyncs it), queues
+  it for the vehicle, and the FordConnect provider charges the persisted budget (a SQLite commit),
+  builds the POST and holds it until the record's fsync has returned. This is what the daemon
+  does.
 - pipeline, free gate: the same without the budget (no pre-check, no charge), to show its cost.
 
 Each pipeline run starts on a fresh state directory, so the budget holds what one run spent
@@ -20,13 +22,19 @@ Each pipeline run starts on a fresh state directory, so the budget holds what on
 never holds more than a day's budget (250 calls by default).
 
 Measured per command: from the moment paho delivered the message (paho's network thread) to the
-moment httpx hands the POST to its transport (a recording transport wraps the real one). Each
+moment httpx hands the POST to its transport (a recording transport wraps the real one; the
+pipeline's request reaches it only after the decision record is durable). Each
 command completes before the next is published, so queueing never enters the figure. The first
 `--warmup` commands of each path are not counted. The total is also split where the message is
 handed to the HTTP side: for the relay when its fsync returns, for the pipeline when
 `provider.execute` is called (everything before is the command path itself: hand-over to the
 event loop, checks, the audit record, the per-vehicle queue; everything after is the provider:
-token, budget charge, httpx).
+token, budget charge, httpx, and any wait left for the audit fsync).
+
+Before each command the publisher sleeps `--pause-ms` (20 ms), so every command meets an idle
+machine as it would in life. On virtual machines an idle CPU is slow to get going again: the
+first millisecond of work after a pause costs several times what it costs on a busy CPU, so the
+path that does more work (the pipeline) pays more of that. `--pause-ms 1` shows the difference.
 """
 
 from __future__ import annotations
@@ -142,6 +150,7 @@ class World:
     settings: Settings
     vehicle_id: str
     publisher: paho.Client
+    pause_s: float = PAUSE_S
     results: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -202,7 +211,7 @@ def connect_publisher(broker: MosquittoProcess) -> paho.Client:
 def publish_and_wait(world: World, topic: str, done: threading.Event) -> None:
     # A moment for the previous command's trailing work (its result message, closing the
     # response) to finish, on both paths alike: each command meets an idle process.
-    time.sleep(PAUSE_S)
+    time.sleep(world.pause_s)
     done.clear()
     world.publisher.publish(topic, b"LOCK", qos=0).wait_for_publish(WAIT_S)
     if not done.wait(WAIT_S):
@@ -480,14 +489,23 @@ def run_all(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
             settings = make_settings(state_dir, base, broker, vehicle_id)
             token = log_in(sim, state_dir)
             world = World(
-                broker, base, sim, state_dir, settings, vehicle_id, connect_publisher(broker)
+                broker,
+                base,
+                sim,
+                state_dir,
+                settings,
+                vehicle_id,
+                connect_publisher(broker),
+                pause_s=args.pause_ms / 1000,
             )
             results = measure(world, token, args)
             world.publisher.loop_stop()
             world.publisher.disconnect()
     finally:
         broker.stop()
-    return report(results, machine(state_dir))
+    doc = report(results, machine(state_dir))
+    doc["pause_ms"] = args.pause_ms
+    return doc
 
 
 def measure(world: World, token: str, args: argparse.Namespace) -> dict[str, Runs]:
@@ -511,6 +529,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="runs per path (default 5)")
     parser.add_argument("--commands", type=int, default=100, help="commands per run (max 500)")
     parser.add_argument("--warmup", type=int, default=20, help="uncounted commands per path")
+    parser.add_argument(
+        "--pause-ms",
+        type=float,
+        default=PAUSE_S * 1000,
+        help="idle time before each command (default 20: commands come seconds apart in life, "
+        "and an idle CPU is slower to get going; 1 shows the same paths on a busy CPU)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--state-dir",

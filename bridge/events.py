@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from bridge.audit.pending import Pending
+
 
 class AlertKind(enum.StrEnum):
     APP_ADDED = "app_added"
@@ -73,6 +75,13 @@ class AuditSink(Protocol):
     def append(self, kind: str, **fields: Any) -> dict[str, Any]: ...
 
 
+class CommandAudit(AuditSink, Protocol):
+    """The audit log as the command pipeline uses it: also `append_pending`, for a decision whose
+    request may be prepared while the record is flushed (`bridge.audit.log.AuditLog`)."""
+
+    def append_pending(self, kind: str, **fields: Any) -> Pending: ...
+
+
 class CollectingAudit:
     """An AuditSink that keeps records in a list (tests only; not durable, not chained)."""
 
@@ -83,3 +92,6 @@ class CollectingAudit:
         record = {"seq": len(self.records) + 1, "kind": kind, **fields}
         self.records.append(record)
         return record
+
+    def append_pending(self, kind: str, **fields: Any) -> Pending:
+        return Pending.durable_now(self.append(kind, **fields))

@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.audit.pending import Pending
 from bridge.errors import ProviderError
-from bridge.events import AuditSink
+from bridge.events import CommandAudit
 from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 from bridge.providers.base import CallGate, CallKind, OnAccepted, Provider
 
@@ -79,17 +80,25 @@ class CountingGate:
 class CountingAudit:
     """An AuditSink that counts records (and command decisions) on their way to the real log."""
 
-    def __init__(self, inner: AuditSink, metrics: Metrics) -> None:
+    def __init__(self, inner: CommandAudit, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         record = self._inner.append(kind, **fields)
+        self._count(kind, fields)
+        return record
+
+    def append_pending(self, kind: str, **fields: Any) -> Pending:
+        pending = self._inner.append_pending(kind, **fields)
+        self._count(kind, fields)
+        return pending
+
+    def _count(self, kind: str, fields: dict[str, Any]) -> None:
         self._metrics.audit_records.labels(kind).inc()
         if kind.startswith("command."):
             decision = fields.get("decision") or fields.get("status") or "unknown"
             self._metrics.commands.labels(str(decision), str(fields.get("reason", ""))).inc()
-        return record
 
 
 class CountingProvider:

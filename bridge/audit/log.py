@@ -8,6 +8,11 @@ Linux may drop the dirty pages and report the error only once, so a retry could 
 lost data. After one, every append raises AuditWriteError until the log is reopened, and the
 command pipeline stops taking commands.
 
+The command path uses `append_pending` instead: the record is written at once (so its place in the
+chain is fixed) and a flusher thread fsyncs it while the command's request is being prepared; the
+request is held until then (`bridge.audit.pending`). A later `append` fsyncs the file and so settles
+every earlier pending record too.
+
 Several processes may append (the daemon, and `ownerlink apps …` or `ownerlink command` run
 beside it): each append holds an exclusive `flock` on `audit.lock` and first catches up with
 whatever another process wrote or rotated, so the chain stays one chain.
@@ -37,6 +42,7 @@ from bridge.audit.chain import (
     rotated_name,
     seal,
 )
+from bridge.audit.pending import Pending
 from bridge.audit.tail import read_tail, split_torn_tail
 from bridge.errors import AuditError, AuditTampered, AuditWriteError
 from bridge.files import fsync_dir
@@ -73,8 +79,10 @@ class AuditLog:
         clock: Clock,
         rotate_bytes: int,
         on_head: OnHead | None = None,
+        fsync: Callable[[int], None] = os.fsync,  # tests slow it down or make it fail
     ) -> None:
         self.directory = directory
+        self._fsync = fsync
         self.clock = clock
         self.rotate_bytes = rotate_bytes
         self.on_head = on_head
@@ -84,6 +92,14 @@ class AuditLog:
         self._size = 0
         self._chain = ChainState()
         self._failed: str | None = None
+        self._path = directory / CURRENT_FILE
+        self._inode = -1  # of the file self._fd has open
+        self._unflushed: list[Pending] = []
+        self._flush_wanted = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
+        self._closing = False
+        self._announce_lock = threading.Lock()
+        self._announced = 0  # the highest seq given to on_head
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -105,7 +121,17 @@ class AuditLog:
                 self._repair(len(keep), torn)
 
     def close(self) -> None:
+        """Flush what is pending, stop the flusher and close the files."""
         with self._lock:
+            self._closing = True
+            self._flush_wanted.notify_all()
+            flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.join()
+        with self._lock:
+            if self._fd is not None:
+                self._flush_locked()
+            self._closing = False
             for fd in (self._fd, self._lock_fd):
                 if fd is not None:
                     os.close(fd)
@@ -141,7 +167,63 @@ class AuditLog:
         self._announce(record["seq"], record["hash"])
         return record
 
-    def _append_locked(self, kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def append_pending(self, kind: str, **fields: Any) -> Pending:
+        """Add one record and return while its fsync runs on the flusher thread.
+
+        The record's place in the chain is fixed and it is in the file when this returns; only
+        its durability is pending. Act on it only after `Pending.durable()` (or `wait()`).
+        Raises AuditWriteError as `append` does; a failed flush settles the Pending with it.
+        """
+        with self._lock:
+            if self._failed is not None or self._fd is None:
+                raise AuditWriteError(self._failed or "the audit log is not open")
+            with self._exclusive():
+                self._catch_up()
+                pending = Pending(self._append_locked(kind, fields, flush=False))
+            self._unflushed.append(pending)
+            self._start_flusher()
+            self._flush_wanted.notify()
+        return pending
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_forever, name="audit-flusher", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        """The flusher thread: fsync whatever has been written since the last flush, in batches."""
+        while True:
+            with self._lock:
+                while not self._unflushed and not self._closing:
+                    self._flush_wanted.wait()
+                if not self._unflushed:
+                    return
+                last = self._unflushed[-1]
+                self._flush_locked()
+            if self._failed is None:
+                self._announce(last.record["seq"], last.record["hash"])
+
+    def _flush_locked(self, *, always: bool = False) -> AuditWriteError | None:
+        """fsync the file and settle every record written without one (hold the lock). Without
+        `always`, there is nothing to do when no record is waiting."""
+        batch, self._unflushed = self._unflushed, []
+        if not batch and not always:
+            return None
+        error = None
+        try:
+            assert self._fd is not None
+            self._fsync(self._fd)
+        except OSError as exc:
+            error = self._fail(f"audit fsync failed: {exc}")
+        for pending in batch:
+            pending.settle(error)
+        return error
+
+    def _append_locked(
+        self, kind: str, fields: Mapping[str, Any], *, flush: bool = True
+    ) -> dict[str, Any]:
         record = clean_fields(fields)
         record.update(
             kind=kind,
@@ -152,23 +234,35 @@ class AuditLog:
         line, value = seal(record)
         if self._size and self._size + len(line) > self.rotate_bytes:
             self._rotate()
-        self._write(line)
+        self._write(line, flush=flush)
         record["hash"] = value
         self._chain.seq, self._chain.hash = record["seq"], value
         return record
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes, *, flush: bool) -> None:
         assert self._fd is not None
         try:
             written = os.write(self._fd, line)
-            if written == len(line):
-                os.fsync(self._fd)
         except OSError as exc:
-            raise self._fail(f"audit write failed: {exc}") from exc
+            raise self._fail_all(f"audit write failed: {exc}") from exc
         if written != len(line):
             # A partial line (disk full) now ends the file: stop; the next open() cuts it off.
-            raise self._fail(f"audit write failed: short write ({written} of {len(line)} bytes)")
+            why = f"audit write failed: short write ({written} of {len(line)} bytes)"
+            raise self._fail_all(why)
         self._size += len(line)
+        if flush:
+            # One fsync covers this line and any pending ones written before it.
+            error = self._flush_locked(always=True)
+            if error is not None:
+                raise error
+
+    def _fail_all(self, why: str) -> AuditWriteError:
+        """A failure after which no pending record can be trusted to reach the disk."""
+        error = self._fail(why)
+        batch, self._unflushed = self._unflushed, []
+        for pending in batch:
+            pending.settle(error)
+        return error
 
     def _fail(self, why: str) -> AuditWriteError:
         self._failed = why
@@ -177,10 +271,15 @@ class AuditLog:
     def _announce(self, seq: int, value: str) -> None:
         if self.on_head is None:
             return
-        try:
-            self.on_head(seq, value)
-        except Exception:  # publishing the head must never undo a durable record
-            log.exception("audit head callback failed", seq=seq)
+        # The flusher and callers of `append` announce from different threads: never step back.
+        with self._announce_lock:
+            if seq <= self._announced:
+                return
+            self._announced = seq
+            try:
+                self.on_head(seq, value)
+            except Exception:  # publishing the head must never undo a durable record
+                log.exception("audit head callback failed", seq=seq)
 
     # -- sharing the file with other processes ---------------------------------------------------
 
@@ -199,15 +298,20 @@ class AuditLog:
     def _catch_up(self) -> None:
         """Pick up records or a rotation another process made since our last append."""
         assert self._fd is not None
+        # One stat: the inode tells a rotation by another process, the size an append by one.
         try:
-            mine = os.fstat(self._fd)
-            on_disk = self._path.stat() if self._path.exists() else None
+            on_disk: os.stat_result | None = self._path.stat()
+        except FileNotFoundError:
+            on_disk = None
         except OSError as exc:
-            raise self._fail(f"audit log unusable: {exc}") from exc
-        same_file = on_disk is not None and on_disk.st_ino == mine.st_ino
+            raise self._fail_all(f"audit log unusable: {exc}") from exc
+        same_file = on_disk is not None and on_disk.st_ino == self._inode
         if same_file and on_disk is not None and on_disk.st_size == self._size:
             return  # the usual case: nobody else wrote
         if not same_file:
+            error = self._flush_locked()  # our pending lines are in the file we are leaving
+            if error is not None:
+                raise error
             os.close(self._fd)
             self._fd = self._open_fd(self._path)
         try:
@@ -231,16 +335,13 @@ class AuditLog:
 
     # -- files -----------------------------------------------------------------------------------
 
-    @property
-    def _path(self) -> Path:
-        return self.directory / CURRENT_FILE
-
     def _open_fd(self, path: Path) -> int:
         created = not path.exists()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             if created:
                 fsync_dir(self.directory)
+            self._inode = os.fstat(fd).st_ino
         except OSError as exc:
             raise self._fail(f"cannot open {path}: {exc.strerror or exc}") from exc
         return fd
@@ -250,6 +351,9 @@ class AuditLog:
         assert self._fd is not None
         numbers = [number for number, _ in rotated_files(self.directory)]
         target = self.directory / rotated_name(max(numbers, default=0) + 1)
+        error = self._flush_locked()  # pending lines go with the file being moved aside
+        if error is not None:
+            raise error
         try:
             os.close(self._fd)
             self._fd = None
@@ -286,7 +390,7 @@ class AuditLog:
         assert self._fd is not None
         try:
             os.truncate(self._path, keep)
-            os.fsync(self._fd)
+            self._fsync(self._fd)
         except OSError as exc:
             raise self._fail(f"cannot repair {self._path}: {exc.strerror or exc}") from exc
         self._size = keep

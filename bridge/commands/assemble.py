@@ -11,7 +11,7 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import BudgetCheck, CommandPipeline, OnCommandDone
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.events import AlertSink, AuditSink
+from bridge.events import AlertSink, CommandAudit
 from bridge.model import VehicleInfo
 from bridge.mqtt.topics import PublishSink, Topics
 from bridge.polling.budget import Budget
@@ -57,7 +57,7 @@ def build_pipeline(
     settings: Settings,
     *,
     store: Store,
-    audit: AuditSink,
+    audit: CommandAudit,
     routes: Mapping[str, VehicleRoute],
     apps: AppLookup,
     publisher: PublishSink,

@@ -4,6 +4,10 @@ One at a time per vehicle because the car itself handles one remote command at a
 because "LOCK then UNLOCK" must not arrive as "UNLOCK then LOCK". Provider errors become
 endings here (see `results.ending_for_error`); the forwarder never retries: a command that may
 have reached the car is reported `timed_out`, never sent twice.
+
+A job may carry `ready`, its decision record still being flushed to disk: the provider's request
+waits for it at the door (`bridge.providers.barrier`), so the flush overlaps the preparation, and
+a command whose record never becomes durable is not sent at all.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from bridge.commands.reasons import Reason
 from bridge.commands.results import Ending, ending_for_error, ending_for_outcome
 from bridge.logs import get_logger
 from bridge.model import CommandStatus, Operation
+from bridge.providers.barrier import Durable, held_until
 from bridge.providers.base import Provider
 
 # Beyond the configured command timeout, how long before we give up on a provider call that never
@@ -46,6 +51,7 @@ class Job(Generic[T]):
     route: VehicleRoute
     operation: Operation
     ticket: T
+    ready: Durable | None = None  # the decision record's flush, when it is still under way
     sent: bool = False  # the provider was called: the car may have it
     accepted: bool = False  # the provider said the car has it
 
@@ -124,9 +130,14 @@ class Forwarder(Generic[T]):
         job.sent = True
         try:
             async with asyncio.timeout(self.timeout_s + TIMEOUT_GRACE_S):
-                outcome = await job.route.provider.execute(
-                    job.route.vehicle_id, job.operation, on_accepted=accepted
-                )
+                with held_until(job.ready):
+                    outcome = await job.route.provider.execute(
+                        job.route.vehicle_id, job.operation, on_accepted=accepted
+                    )
+                if job.ready is not None:
+                    # Passed already if a request went out; if none did, still report nothing
+                    # before the decision that led to it is on disk.
+                    await job.ready.durable()
         except Exception as exc:  # noqa: BLE001 - every provider failure becomes an ending
             return ending_for_error(exc, accepted=job.accepted)
         return ending_for_outcome(outcome)

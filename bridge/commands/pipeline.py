@@ -42,7 +42,7 @@ from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, unfinished
 from bridge.commands.results import CommandResult, Ending, error_text
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
-from bridge.events import AlertSink, AuditSink
+from bridge.events import AlertSink, CommandAudit
 from bridge.logs import get_logger
 from bridge.model import App, CommandStatus, Scope
 from bridge.mqtt.topics import CommandTopic, Publish, PublishSink, Topics
@@ -95,7 +95,7 @@ class CommandPipeline:
         stepup_required_for: frozenset[Scope],
         apps: AppLookup,
         vehicles: Mapping[str, VehicleRoute],
-        audit: AuditSink,
+        audit: CommandAudit,
         stepup: StepUpVerifier,
         ids: CommandIds,
         publisher: PublishSink,
@@ -367,7 +367,8 @@ class CommandPipeline:
         self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck
     ) -> None:
         try:
-            self.audit.append(
+            # In the file (its place in the chain fixed) now; on disk before the request leaves.
+            pending = self.audit.append_pending(
                 "command.decision", **decision_fields(ticket, Reason.OK, "", decision, check)
             )
         except AuditError as exc:
@@ -377,7 +378,7 @@ class CommandPipeline:
             self._finish(ticket, CommandStatus.REJECTED, Reason.AUDIT_UNAVAILABLE, error_text(exc))
             return
         route = self.vehicles[cmd.vehicle]
-        self.forwarder.enqueue(Job(cmd.vehicle, route, cmd.operation, ticket))
+        self.forwarder.enqueue(Job(cmd.vehicle, route, cmd.operation, ticket, ready=pending))
 
     # -- after forwarding ------------------------------------------------------------------------
 
@@ -387,6 +388,8 @@ class CommandPipeline:
     def _complete(self, job: Job[Ticket], ending: Ending) -> None:
         """Audit the outcome, publish the final result, then ask for a confirming read."""
         ticket, detail = job.ticket, ending.detail
+        if ending.reason == Reason.AUDIT_UNAVAILABLE:
+            self.halt(Reason.AUDIT_UNAVAILABLE)  # its decision record never reached the disk
         elapsed = (self.clock() - ticket.received_at).total_seconds()
         try:
             self.audit.append("command.outcome", **outcome_fields(ticket, ending, elapsed))

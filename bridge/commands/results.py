@@ -9,6 +9,7 @@ from typing import Any
 
 from bridge.commands.reasons import Reason
 from bridge.errors import (
+    AuditError,
     BudgetExhausted,
     Forbidden,
     NotFound,
@@ -63,6 +64,8 @@ class CommandResult:
 
 # (exception type, status before the car accepted it, why). The first matching row wins.
 _ERRORS: tuple[tuple[type[Exception], CommandStatus, Reason], ...] = (
+    # The decision record never reached the disk, so the request was held back: not sent.
+    (AuditError, CommandStatus.REJECTED, Reason.AUDIT_UNAVAILABLE),
     (Unsupported, CommandStatus.REJECTED, Reason.UNSUPPORTED),
     (BudgetExhausted, CommandStatus.REJECTED, Reason.BUDGET_EXHAUSTED),
     (Forbidden, CommandStatus.FAILED, Reason.FORBIDDEN),

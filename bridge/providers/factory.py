@@ -13,6 +13,7 @@ import httpx
 
 from bridge.config import AccountConfig, Settings
 from bridge.events import AlertSink
+from bridge.providers.barrier import hold_request
 from bridge.providers.base import CallGate, Provider
 from bridge.providers.fordconnect import V1_BASE_URL, FordConnectProvider, v1_headers
 from bridge.providers.fordconnect_query import QUERY_BASE_URL, FordConnectQueryProvider
@@ -70,7 +71,12 @@ def build_account(
     """The provider, token manager and OAuth client of one account, sharing one HTTP client."""
     config = settings.accounts[name]
     client = httpx.AsyncClient(
-        transport=transport, follow_redirects=False, verify=shared_tls_context()
+        transport=transport,
+        follow_redirects=False,
+        verify=shared_tls_context(),
+        # The last step before a request reaches the transport: a command's first request waits
+        # there for its audit record to be durable.
+        event_hooks={"request": [hold_request]},
     )
     edge = Edge(account=name, client=client, gate=gate, timeout_s=config.request_timeout_s)
     oauth = OAuthClient(config=config, edge=edge, clock=clock)

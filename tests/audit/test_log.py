@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import itertools
 import os
 import stat
@@ -13,6 +15,7 @@ import pytest
 
 from bridge.audit.chain import GENESIS, canonical, digest
 from bridge.audit.log import AuditLog
+from bridge.audit.pending import Pending
 from bridge.audit.verify import verify
 from bridge.errors import AuditTampered, AuditWriteError
 from tests.audit.helpers import TickingClock, fill, lines, open_log, records, write_lines
@@ -218,3 +221,69 @@ def test_concurrent_processes_append_to_one_chain(tmp_path: Path) -> None:
     report = verify(tmp_path)
     assert report.ok, report.summary()
     assert report.records == 300
+
+
+# -- pending records: written at once, flushed by the flusher thread -------------------------------
+
+
+class CountingFsync:
+    """os.fsync, counted; optionally failing once armed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.fail:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+
+def test_a_pending_record_is_in_the_chain_at_once_and_durable_soon(tmp_path: Path) -> None:
+    """append_pending writes the line before returning; the flusher settles it."""
+    disk = CountingFsync()
+    log = open_log(tmp_path, fsync=disk)
+    pending = log.append_pending("command.decision", n=1)
+    assert records(tmp_path)[-1]["seq"] == pending.record["seq"] == 1
+    pending.wait(5)
+    assert pending.done and disk.calls >= 1
+    log.append("command.outcome", n=1)
+    log.close()
+    assert verify(tmp_path).ok
+
+
+def test_a_later_append_settles_earlier_pending_records(tmp_path: Path) -> None:
+    """One fsync covers every line before it: a synchronous append settles pending ones too."""
+    log = open_log(tmp_path)
+    with log._lock:  # hold the flusher off: only the append below can settle it
+        pending = [log._append_locked("a", {"n": n}, flush=False) for n in range(3)]
+        waiting = [Pending(record) for record in pending]
+        log._unflushed.extend(waiting)
+        log._append_locked("b", {}, flush=True)
+    assert all(p.done for p in waiting)
+    log.close()
+
+
+def test_close_and_rotation_flush_pending_records(tmp_path: Path) -> None:
+    """Nothing pending is left unflushed by close(), nor carried into a rotated file."""
+    log = open_log(tmp_path, rotate_bytes=600)
+    handles = [log.append_pending("command.decision", n=n, pad="x" * 100) for n in range(10)]
+    log.close()
+    assert all(h.done for h in handles)
+    assert list(tmp_path.glob("audit.0*.jsonl"))
+    assert verify(tmp_path).ok
+
+
+async def test_a_failed_flush_settles_pending_records_with_the_error(tmp_path: Path) -> None:
+    """An fsync error reaches whoever awaits the record, and every append after it is refused."""
+    disk = CountingFsync()
+    log = open_log(tmp_path, fsync=disk)
+    disk.fail = True
+    pending = log.append_pending("command.decision", n=1)
+    with pytest.raises(AuditWriteError, match="fsync"):
+        await asyncio.wait_for(pending.durable(), 5)
+    with pytest.raises(AuditWriteError):
+        log.append_pending("command.decision", n=2)
+    assert log.failed is not None
+    log.close()

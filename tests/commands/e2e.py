@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import time
 import uuid
@@ -193,6 +194,7 @@ async def running(
     *,
     listen: bool = True,
     budget_ok: Callable[[str], bool] | None = None,
+    fsync: Callable[[int], None] = os.fsync,
 ) -> AsyncIterator[E2E]:
     """Log in to the simulator, compose the command path, connect it to the broker."""
     account = connect(settings, "home", None)
@@ -203,7 +205,9 @@ async def running(
     budget = Budget(store=store, config=settings.budget, alerts=alerts)
     budget.start()
     providers = build_providers(settings, gate=budget, alerts=alerts)
-    audit = AuditLog(audit_directory(settings.state_dir), clock=now, rotate_bytes=1 << 20)
+    audit = AuditLog(
+        audit_directory(settings.state_dir), clock=now, rotate_bytes=1 << 20, fsync=fsync
+    )
     audit.open()
     real_budget = budget_check(budget, settings)
     loop = asyncio.get_running_loop()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -65,6 +69,66 @@ async def test_an_allowed_lock_reaches_the_car(
         assert e2e.executed()[1][len(before[1]) :] == ["lock"]
         kinds = [r["kind"] for r in _records(e2e)]
         assert kinds[-2:] == ["command.decision", "command.outcome"]
+
+
+class HeldFsync:
+    """An fsync the test holds back (a slow disk) or makes fail (a dying one), once armed."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.armed = False
+        self.fail = fail
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        if self.armed:
+            self.entered.set()
+            if self.fail:
+                raise OSError(errno.EIO, "Input/output error")
+            self.release.wait(10)
+        os.fsync(fd)
+
+
+async def test_the_car_gets_nothing_before_its_decision_is_on_disk(
+    settings_args: dict[str, Any], broker: BrokerAddress
+) -> None:
+    """The decision record is written at once and flushed while the request is prepared; with
+    the flush held back, the request waits at the door and the car has nothing."""
+    settings = e2e_settings(**settings_args)
+    sim, base = settings_args["sim"], settings_args["base"]
+    disk = HeldFsync()
+    async with running(settings, sim, base, broker, fsync=disk) as e2e:
+        before = e2e.executed()
+        disk.armed = True
+        e2e.app.send("ha", "ice", "lock", "LOCK")
+        assert await asyncio.to_thread(disk.entered.wait, 10)
+        await asyncio.sleep(0.5)  # ample time for a request that was not held to arrive
+        assert e2e.executed() == before
+        assert [r["kind"] for r in _records(e2e)][-1] == "command.decision"  # written, not flushed
+        disk.armed = False
+        disk.release.set()
+        final = await e2e.app.final()
+        assert final["status"] == "succeeded"
+        assert e2e.executed()[1][len(before[1]) :] == ["lock"]
+
+
+async def test_a_failed_flush_means_the_car_never_gets_it(
+    settings_args: dict[str, Any], broker: BrokerAddress
+) -> None:
+    """An fsync error on the decision record: the command is rejected unsent, and the pipeline
+    takes no more commands (it will not act on records it cannot make durable)."""
+    settings = e2e_settings(**settings_args)
+    sim, base = settings_args["sim"], settings_args["base"]
+    disk = HeldFsync(fail=True)
+    async with running(settings, sim, base, broker, fsync=disk) as e2e:
+        before = e2e.executed()
+        disk.armed = True
+        result = await e2e.command("ha", "ice", "lock", "LOCK")
+        assert (result["status"], result["reason"]) == ("rejected", "audit_unavailable")
+        later = await e2e.command("ha", "ice", "lock", "LOCK")
+        assert (later["status"], later["reason"]) == ("rejected", "audit_unavailable")
+        assert e2e.executed() == before
+        assert e2e.pipeline.halted == "audit_unavailable"
 
 
 # (app, vehicle, command, payload, expected reason). Each is refused and never reaches a car.

@@ -1,0 +1,77 @@
+"""A record that is in the audit file but not yet known to be on disk, and a way to wait for it.
+
+The command path writes its decision record at once and lets the flusher thread fsync it while the
+forwarder gets the request ready (budget charge, token, building the request): the request is held
+at the door until the record is durable (see `bridge.providers.barrier`). Waiting is cheap when the
+flush has already finished, which on a local disk it usually has by the time the request is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any
+
+from bridge.errors import AuditWriteError
+
+
+class Pending:
+    """One written record awaiting its fsync. Settled once, by the thread that flushed it."""
+
+    __slots__ = ("_done", "_error", "_waiter", "record")
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self._done = threading.Event()
+        self._error: AuditWriteError | None = None
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+
+    @classmethod
+    def durable_now(cls, record: dict[str, Any]) -> Pending:
+        """A record that is already on disk (or needs no flush: test sinks)."""
+        pending = cls(record)
+        pending.settle(None)
+        return pending
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def settle(self, error: AuditWriteError | None) -> None:
+        """Durable (error None) or never will be. Any thread; wakes an awaiting task."""
+        self._error = error
+        self._done.set()
+        waiter = self._waiter
+        if waiter is not None:
+            loop, future = waiter
+            # RuntimeError: the loop is closed; nobody is left waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def result(self) -> None:
+        """Raise AuditWriteError if the record could not be made durable (call once done)."""
+        if self._error is not None:
+            raise self._error
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until settled; raise AuditWriteError if the flush failed."""
+        if not self._done.wait(timeout):
+            raise AuditWriteError("the audit log did not confirm a record in time")
+        self.result()
+
+    async def durable(self) -> None:
+        """Return once the record is on disk; raise AuditWriteError if it never will be."""
+        if not self._done.is_set():
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiter = (loop, future)
+            # settle() may have run between the check above and registering: look again.
+            if not self._done.is_set():
+                await future
+        self.result()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
