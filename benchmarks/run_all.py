@@ -215,7 +215,7 @@ def footprint_section(doc: Doc, o: Outcome) -> None:
     if d.get("per_account_kb") is not None:
         doc.add(
             f"100 vehicles on 100 accounts instead of one: **{d['per_account_kb']:.0f} KB per "
-            "extra account** (each account has its own HTTP client with its own TLS context)."
+            "extra account** (each account has its own HTTP client; they share one TLS context)."
         )
     doc.add("")
     worst = max(web["rss_mb"], noweb["rss_mb"])
