@@ -514,7 +514,7 @@ def measure(rig: Rig, spec: RunSpec, *, settle_s: float, window_s: float) -> Run
         try:
             online = observer.wait(first(lambda t: t == f"{base}/bridge/state", b"online"), 30)
             status = observer.wait(first(lambda t: t.endswith("/status")), 30)
-            # The poller staggers first polls 0.5 s apart: N vehicles need about N/2 seconds.
+            # An account's vehicles are first polled 0.5 s apart: N on one account need ~N/2 s.
             everyone = observer.wait(nth_status(base, spec.vehicles), 30 + spec.vehicles * 0.6)
             polled = len(status_topics(base)(observer.snapshot()))
             all_at = everyone.at if everyone else None

@@ -259,8 +259,9 @@ def fleet_section(doc: Doc, o: Outcome) -> None:
         f"{d['duration_s']:.0f} s, polling parked {p['parked_min_interval_s']}-"
         f"{p['parked_max_interval_s']} s and driving {p['driving_interval_s']} s "
         f"(TZ {d['tz']}: mid-day for the daemon). `online` after {d['online_s']:.2f} s; every "
-        f"vehicle polled once after {fmt(d['all_polled_s'], '.0f', ' s')} (the poller staggers "
-        f"first polls 0.5 s apart). The sweep ends {d['sweep_end_s']:.0f} s after start; "
+        f"vehicle polled once after {fmt(d['all_polled_s'], '.0f', ' s')} (the poller starts "
+        f"an account's vehicles 0.5 s apart, any two 20 ms apart). "
+        f"The sweep ends {d['sweep_end_s']:.0f} s after start; "
         f"after it: {fmt(d['polls_per_s'], '.1f')} polls/s, "
         f"{fmt(d['publishes_per_s'], '.1f')} MQTT messages/s, daemon CPU "
         f"{fmt(d['cpu_pct_steady'], '.1f', ' %')} of one core.",

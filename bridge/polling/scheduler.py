@@ -13,7 +13,7 @@ import asyncio
 import functools
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -52,11 +52,25 @@ OnState = Callable[[str, VehicleState], None]
 OnAvailability = Callable[[str, bool], None]
 OnBudget = Callable[[str, dict[str, Any]], None]
 
-# Vehicles are first polled this far apart at start, so a fleet does not hit the API at once.
+# At start, an account's vehicles are first polled this far apart, so one account (one rate
+# limit at the car maker) is not hit with all its vehicles at once; other accounts go meanwhile.
 START_STAGGER_S = 0.5
+# ... and any two first polls at least this far apart, so a large fleet does not start as a burst.
+FLEET_STAGGER_S = 0.02
 # The learned activity prior is rebuilt at least this often (the span it averages over grows).
 PRIOR_REFRESH = timedelta(hours=6)
 log = get_logger(__name__)
+
+
+def first_poll_offsets(accounts: Sequence[str]) -> list[float]:
+    """Seconds after start of each vehicle's first poll, given its account, in order (pure):
+    `START_STAGGER_S` apart within an account, `FLEET_STAGGER_S` apart overall."""
+    seen: Counter[str] = Counter()
+    offsets = []
+    for index, account in enumerate(accounts):
+        offsets.append(max(seen[account] * START_STAGGER_S, index * FLEET_STAGGER_S))
+        seen[account] += 1
+    return offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +166,12 @@ class Poller:
         """Start the timer and plan each vehicle's first poll (on the running event loop)."""
         self._started_at = self._clock()
         self._timer.start(self._missed)
-        for index, slot in enumerate(self._slots.values()):
+        slots = list(self._slots.values())
+        offsets = first_poll_offsets([slot.ref.account for slot in slots])
+        for slot, offset in zip(slots, offsets, strict=True):
             if self._history is not None:
                 slot.observed_since = self._history.observing(slot.slug, self._started_at)
-            self._plan(
-                slot, not_before=self._started_at + timedelta(seconds=index * START_STAGGER_S)
-            )
+            self._plan(slot, not_before=self._started_at + timedelta(seconds=offset))
 
     async def stop(self) -> None:
         """Stop the timer and wait for polls in flight (their requests have timeouts)."""

@@ -20,7 +20,7 @@ from bridge.polling.budget import Budget
 from bridge.polling.history import ActivityHistory
 from bridge.polling.policy import Mode
 from bridge.polling.prior import ActivityPrior
-from bridge.polling.scheduler import Poller
+from bridge.polling.scheduler import Poller, first_poll_offsets
 from bridge.polling.timers import ApsTimer, ManualTimer
 from bridge.store import Store
 from tests.polling.fakes import START, FakeProvider, SimTime, driving, parked
@@ -299,3 +299,12 @@ async def test_apscheduler_reports_a_missed_run_so_it_can_be_replanned():
     time.sleep(1.5)  # block the loop past the grace time, as a stalled host would
     await asyncio.wait_for(missed.wait(), timeout=5)
     await timer.stop()
+
+
+def test_first_polls_are_staggered_within_an_account_not_across_accounts():
+    """Vehicles of one account start 0.5 s apart; other accounts start meanwhile, 20 ms apart."""
+    accounts = ["a", "a", "b", "a", "c", "b"]
+    assert first_poll_offsets(accounts) == pytest.approx([0.0, 0.5, 0.04, 1.0, 0.08, 0.5])
+    fleet = first_poll_offsets([f"acct{n % 50}" for n in range(500)])
+    assert max(fleet) == pytest.approx(9.98)  # 500 vehicles on 50 accounts: 10 s, not 250 s
+    assert max(first_poll_offsets(["solo"] * 10)) == pytest.approx(4.5)
