@@ -305,22 +305,23 @@ class Budget:
             ledger.forget_before(now)
             fits = ledger.fits(kind, now, self._config)
             retry_at = now if fits else self._retry_at(ledger, kind, now)
+            prune = ledger.stale_rows >= PRUNE_BATCH
             if retry_at <= now:
                 conn.execute(
                     "INSERT INTO budget_calls (account, ts, kind) VALUES (?, ?, ?)",
                     (account, now, kind.value),
                 )
-            if retry_at > now or ledger.stale_rows >= PRUNE_BATCH:
+            if retry_at > now or prune:
                 # No call row carries `now` forward (refusing), or old rows are about to go.
                 self._persist_clock(conn, account, now)
-            if ledger.stale_rows >= PRUNE_BATCH:
+            if prune:
                 conn.execute(
                     "DELETE FROM budget_calls WHERE account = ? AND ts + ? <= ?",
                     (account, DAY_S, now),
                 )
         # Committed: only now does the mirror take the call (a failed commit leaves it untouched).
         ledger.max_seen = now
-        if ledger.stale_rows >= PRUNE_BATCH:
+        if prune:
             ledger.stale_rows = 0
         if retry_at > now:
             self._refused(account, kind, now, retry_at)

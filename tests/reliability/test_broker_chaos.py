@@ -287,14 +287,7 @@ def run_broker_chaos(
         running_simulator(vehicles=1, speed=60) as sim,
         MqttObserver(broker.host, broker.port) as mqtt,
     ):
-        config = DaemonConfig(
-            root,
-            sim_url=sim.url,
-            host=broker.host,
-            port=broker.port,
-            base=base,
-            vehicles=sim.aliases(),
-        ).write()
+        config = DaemonConfig.for_simulator(root, sim, broker, base).write()
         login_output = login_cli(config)
         outages: list[Outage] = []
         with daemon_running(config, mqtt) as daemon:

@@ -85,14 +85,7 @@ def run_crash(
         running_simulator(vehicles=1, speed=1, command_delay_s=0.2) as sim,
         MqttObserver(broker.host, broker.port, (f"{base}/#",)) as mqtt,
     ):
-        config = DaemonConfig(
-            root,
-            sim_url=sim.url,
-            host=broker.host,
-            port=broker.port,
-            base=base,
-            vehicles=sim.aliases(),
-        ).write()
+        config = DaemonConfig.for_simulator(root, sim, broker, base).write()
         login_direct(config)
         daemon = DaemonProcess(config)
         topic = f"{base}/app/{CHAOS_APP}/car-1/cmd/lock"
@@ -225,14 +218,7 @@ def test_command_in_flight_at_a_kill_gets_a_final_result_after_restart(
         running_simulator(vehicles=1, speed=1, command_delay_s=3.0) as sim,
         MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
     ):
-        config = DaemonConfig(
-            tmp_path,
-            sim_url=sim.url,
-            host=broker.host,
-            port=broker.port,
-            base=base_topic,
-            vehicles=sim.aliases(),
-        ).write()
+        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
         login_direct(config)
         daemon = DaemonProcess(config)
         daemon.start()

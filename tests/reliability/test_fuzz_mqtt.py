@@ -102,14 +102,7 @@ def run_fuzz(broker: BrokerAddress, root: Path, base: str, examples: int) -> Non
         running_simulator(vehicles=1) as sim,
         MqttObserver(broker.host, broker.port, (f"{base}/#",)) as mqtt,
     ):
-        config = DaemonConfig(
-            root,
-            sim_url=sim.url,
-            host=broker.host,
-            port=broker.port,
-            base=base,
-            vehicles=sim.aliases(),
-        ).write()
+        config = DaemonConfig.for_simulator(root, sim, broker, base).write()
         login_direct(config)
         tally = Tally(mqtt, base)
         with daemon_running(config, mqtt) as daemon:

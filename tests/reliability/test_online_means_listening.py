@@ -37,14 +37,7 @@ def test_command_sent_the_moment_online_arrives_is_answered(
         running_simulator(vehicles=1) as sim,
         MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
     ):
-        config = DaemonConfig(
-            tmp_path,
-            sim_url=sim.url,
-            host=broker.host,
-            port=broker.port,
-            base=base_topic,
-            vehicles=sim.aliases(),
-        ).write()
+        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
         login_direct(config)
         daemon = DaemonProcess(config)
         topic = f"{base_topic}/app/{CHAOS_APP}/car-1/cmd/lock"

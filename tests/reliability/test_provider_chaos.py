@@ -126,13 +126,11 @@ DAY = Plan(
 def chaos_settings(
     root: Path, sim: SimHandle, broker: BrokerAddress, base: str, plan: Plan
 ) -> Settings:
-    config = DaemonConfig(
+    config = DaemonConfig.for_simulator(
         root,
-        sim_url=sim.url,
-        host=broker.host,
-        port=broker.port,
-        base=base,
-        vehicles=sim.aliases(),
+        sim,
+        broker,
+        base,
         extra={
             # The budget at its defaults (250/day, 40/h): the point is that faults never push
             # the daemon over it. A timeout costs 0.5 real s (12 simulated minutes at 1440x).
@@ -499,13 +497,11 @@ async def token_race(broker: BrokerAddress, root: Path, base: str) -> AsyncItera
         MqttObserver(broker.host, broker.port, (f"{base}/#",)) as mqtt,
     ):
         settings = Settings(
-            **DaemonConfig(
+            **DaemonConfig.for_simulator(
                 root,
-                sim_url=sim.url,
-                host=broker.host,
-                port=broker.port,
-                base=base,
-                vehicles=sim.aliases(),
+                sim,
+                broker,
+                base,
                 extra={"budget": {"calls_per_day": 250, "calls_per_hour": 40}},
             ).document()
         )

@@ -130,13 +130,11 @@ def test_no_secret_leaks_anywhere(tmp_path: Path, base_topic: str, figures: Figu
                 broker.host, broker.port, username=MQTT_USER, password=mqtt_password
             ) as mqtt,
         ):
-            config = DaemonConfig(
+            config = DaemonConfig.for_simulator(
                 tmp_path / "run",
-                sim_url=sim.url,
-                host=broker.host,
-                port=broker.port,
-                base=base_topic,
-                vehicles=sim.aliases(),
+                sim,
+                broker,
+                base_topic,
                 web_port=web_port,
                 extra={"mqtt": {"username": MQTT_USER, "password": mqtt_password}},
             ).write()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import paho.mqtt.client as paho
@@ -47,6 +47,9 @@ from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.polling.timers import ApsTimer
 from bridge.simulator import Limits, SimClock, Simulator, Timings, serve_in_thread
+
+if TYPE_CHECKING:
+    from tests.conftest import BrokerAddress
 
 ACCOUNT = "sim"
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,6 +203,21 @@ class DaemonConfig:
     discovery_prefix: str | None = None
     web_port: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_simulator(
+        cls, root: Path, sim: SimHandle, broker: BrokerAddress, base: str, **options: Any
+    ) -> DaemonConfig:
+        """The usual test daemon: the simulator's vehicles, on `broker`, under `base`."""
+        return cls(
+            root,
+            sim_url=sim.url,
+            host=broker.host,
+            port=broker.port,
+            base=base,
+            vehicles=sim.aliases(),
+            **options,
+        )
 
     @property
     def path(self) -> Path:
