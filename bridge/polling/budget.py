@@ -330,13 +330,20 @@ class Budget:
             self._exhausted.discard(account)
 
     def admits(self, account: str, kind: CallKind = CallKind.COMMAND) -> bool:
-        """Would a call of `kind` be admitted now? Read-only and cheap (the mirror, plus one
-        pragma): the command pipeline asks it when deciding, so a command the budget cannot pay
-        for is refused before it is audited as allowed."""
-        with self._store.locked() as conn:
-            ledger = self._ledger(conn, account)
-            now = max(self._clock().timestamp(), ledger.max_seen)
-            return ledger.fits(kind, now, self._config)
+        """Would a call of `kind` be admitted now? Read-only and cheap: the command pipeline asks
+        it when deciding, so a command the budget cannot pay for is refused before it is audited
+        as allowed.
+
+        Once an account's mirror is loaded this asks it alone, without SQLite. Other processes
+        only ever add calls, so a mirror that missed one can only say yes too readily, never no:
+        `charge`, which re-reads inside its write transaction, is the answer that counts.
+        """
+        ledger = self._ledgers.get(account)
+        if ledger is None:
+            with self._store.locked() as conn:
+                ledger = self._ledger(conn, account)
+        now = max(self._clock().timestamp(), ledger.max_seen)
+        return ledger.fits(kind, now, self._config)
 
     def _ledger(self, conn: sqlite3.Connection, account: str) -> _Ledger:
         """The account's mirror, reloaded when another connection has written since we looked."""

@@ -174,6 +174,25 @@ def test_two_connections_share_one_budget(tmp_path: Path):
     store_b.close()
 
 
+def test_admits_may_be_stale_but_charge_never_is(tmp_path: Path):
+    """`admits` reads the in-memory mirror without SQLite, so a call another process charged
+    since can make it say yes too readily; the charge itself re-reads and refuses."""
+    clock = FakeClock()
+    config = BudgetConfig(calls_per_day=20, calls_per_hour=4, command_reserve_pct=0)
+    store_a, daemon = open_budget(tmp_path, config, clock)
+    store_b, cli = open_budget(tmp_path, config, clock)
+    assert daemon.admits("a")  # loads the daemon's mirror: nothing charged yet
+    for _ in range(4):
+        cli.charge("a", CallKind.COMMAND)
+    assert daemon.admits("a")  # stale: the CLI's four calls are not in the daemon's mirror
+    with pytest.raises(BudgetExhausted):
+        daemon.charge("a", CallKind.COMMAND)
+    assert not daemon.admits("a")  # the refused charge brought the mirror up to date
+    assert daemon.usage("a").used_hour == 4
+    store_a.close()
+    store_b.close()
+
+
 def test_old_calls_are_pruned_from_the_database(tmp_path: Path):
     """Rows that left the day window are deleted in batches; the counts never notice."""
     clock = FakeClock()
