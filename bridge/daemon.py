@@ -28,6 +28,7 @@ from bridge.access.webhook import WebhookSender
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.commands.dedup import DedupStore
+from bridge.commands.delivery import ResultDelivery, undelivered
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.stepup import StepUp
@@ -285,6 +286,7 @@ class Daemon:
         )
 
     def _build_pipeline(self) -> None:
+        self.delivery = ResultDelivery(store=self.store, sink=self.mqtt, topics=self.topics)
         routes = {
             v.slug: VehicleRoute(
                 provider=self.providers[v.account], vehicle_id=v.vehicle_id, supported=v.operations
@@ -305,6 +307,7 @@ class Daemon:
             clock=self.clock,
             budget_ok=self._command_budget_ok,
             on_command_done=self._confirm,
+            delivery=self.delivery,
         )
         if self.audit_problem is not None:
             from bridge.commands.reasons import Reason
@@ -342,8 +345,9 @@ class Daemon:
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()
+        mark = self.delivery.start(self.audit.head[0])
         if self.audit_problem is None:
-            await self._finish_interrupted()
+            await self._finish_interrupted(mark)
         await self.pipeline.start()
         early, self._early = self._early or [], None
         for message in early:
@@ -353,10 +357,14 @@ class Daemon:
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
 
-    async def _finish_interrupted(self) -> None:
-        """Commands a crash left at the car without an outcome get their final result now."""
+    async def _finish_interrupted(self, mark: int) -> None:
+        """Final results a crash kept from MQTT apps go out again, and commands it left at the
+        car without an outcome get theirs (`timed_out`) now."""
         directory = audit_directory(self.settings.state_dir)
         records = await asyncio.to_thread(lambda: list(read_records(directory)))
+        resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
+        if resent:
+            log.warning("final results kept from the broker by the last stop sent again", n=resent)
         finished = self.pipeline.finish_interrupted(records)
         if finished:
             log.warning(

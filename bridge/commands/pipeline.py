@@ -76,6 +76,12 @@ class StepUpVerifier(Protocol):
     ) -> None: ...
 
 
+class ResultSender(Protocol):
+    """What the pipeline needs from `bridge.commands.delivery.ResultDelivery`."""
+
+    def send(self, result: CommandResult, seq: int) -> None: ...
+
+
 class CommandIds(Protocol):
     """What the pipeline needs from `bridge.commands.dedup.DedupStore`."""
 
@@ -104,6 +110,7 @@ class CommandPipeline:
         budget_ok: BudgetCheck | None = None,
         on_command_done: OnCommandDone | None = None,
         new_id: Callable[[], str] | None = None,
+        delivery: ResultSender | None = None,
     ) -> None:
         self.topics = topics
         self.commands = commands
@@ -119,6 +126,9 @@ class CommandPipeline:
         self.budget_ok = budget_ok or (lambda _vehicle: True)
         self.on_command_done = on_command_done
         self.new_id = new_id or (lambda: uuid.uuid4().hex)
+        # Final results for MQTT apps go through `delivery` when there is one, so a result a
+        # crash kept from the broker is sent again on the next start (see delivery.py).
+        self.delivery = delivery
         self.rates = CommandRateLimits(commands.rate_limit_per_minute)
         self.forwarder: Forwarder[Ticket] = Forwarder(
             timeout_s=commands.timeout_s, on_accepted=self._accepted, on_done=self._complete
@@ -157,7 +167,7 @@ class CommandPipeline:
                 action=decision.get("action"),
             )
             try:
-                self.audit.append(
+                record = self.audit.append(
                     "command.outcome",
                     **outcome_fields(
                         ticket,
@@ -168,7 +178,7 @@ class CommandPipeline:
             except AuditError:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 return count
-            self._publish(ticket, CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL)
+            self._publish(ticket, CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL, record)
             count += 1
         return count
 
@@ -352,16 +362,17 @@ class CommandPipeline:
     ) -> None:
         """End a command as rejected: audit it (unless the log is broken), alert, publish."""
         ticket.id = ticket.id or self.new_id()
+        record = None
         if self._halted is None:
             try:
-                self.audit.append(
+                record = self.audit.append(
                     "command.decision", **decision_fields(ticket, reason, detail, decision, check)
                 )
             except AuditError as exc:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 detail = f"{detail}; the audit log failed: {error_text(exc)}"
         self._alert(ticket, reason)
-        self._finish(ticket, CommandStatus.REJECTED, reason, detail)
+        self._finish(ticket, CommandStatus.REJECTED, reason, detail, record)
 
     def _accept(
         self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck
@@ -391,12 +402,13 @@ class CommandPipeline:
         if ending.reason == Reason.AUDIT_UNAVAILABLE:
             self.halt(Reason.AUDIT_UNAVAILABLE)  # its decision record never reached the disk
         elapsed = (self.clock() - ticket.received_at).total_seconds()
+        record = None
         try:
-            self.audit.append("command.outcome", **outcome_fields(ticket, ending, elapsed))
+            record = self.audit.append("command.outcome", **outcome_fields(ticket, ending, elapsed))
         except AuditError as exc:
             self.halt(Reason.AUDIT_UNAVAILABLE)
             detail = "; ".join(filter(None, (detail, f"audit log failed: {error_text(exc)}")))
-        self._finish(ticket, ending.status, ending.reason, detail)
+        self._finish(ticket, ending.status, ending.reason, detail, record)
         if job.sent and ending.status is not CommandStatus.REJECTED:
             self._confirm(job.vehicle)
 
@@ -422,31 +434,49 @@ class CommandPipeline:
 
     # -- results ---------------------------------------------------------------------------------
 
-    def _finish(self, ticket: Ticket, status: CommandStatus, reason: str, detail: str) -> None:
-        result = self._publish(ticket, status, reason, detail)
+    def _finish(
+        self,
+        ticket: Ticket,
+        status: CommandStatus,
+        reason: str,
+        detail: str,
+        record: Mapping[str, Any] | None = None,
+    ) -> None:
+        result = self._publish(ticket, status, reason, detail, record)
         if not ticket.future.done():
             ticket.future.set_result(result)
         if ticket.app is not None and ticket.app is not OWNER_APP:
             self._touch(ticket)
 
     def _publish(
-        self, ticket: Ticket, status: CommandStatus, reason: str, detail: str
+        self,
+        ticket: Ticket,
+        status: CommandStatus,
+        reason: str,
+        detail: str,
+        record: Mapping[str, Any] | None = None,
     ) -> CommandResult:
+        """Publish one step of a command's life. `record` is the audit record that decided a
+        final result: the result carries its time, so a copy sent after a crash is identical."""
         result = CommandResult(
             id=ticket.id,
             command=ticket.command,
             action=ticket.action,
             status=status,
             reason=str(reason),
-            ts=self.clock(),
+            ts=_record_time(record) or self.clock(),
             app=ticket.app_id,
             vehicle=ticket.vehicle,
             detail=detail,
         )
         if ticket.source == "mqtt" and ticket.app_id and ticket.vehicle:
-            message = Publish(self.topics.result(ticket.app_id, ticket.vehicle), result.payload())
             try:
-                self.publisher.publish(message)
+                seq = record.get("seq") if record is not None else None
+                if self.delivery is not None and result.final and isinstance(seq, int):
+                    self.delivery.send(result, seq)
+                else:
+                    topic = self.topics.result(ticket.app_id, ticket.vehicle)
+                    self.publisher.publish(Publish(topic, result.payload()))
             except Exception:
                 log.exception("could not publish a command result", command_id=ticket.id)
         return result
@@ -463,3 +493,14 @@ class CommandPipeline:
             self.apps.touch(ticket.app_id, ticket.command)
         except Exception:
             log.exception("could not record app activity", app=ticket.app_id)
+
+
+def _record_time(record: Mapping[str, Any] | None) -> datetime | None:
+    """The `ts` of an audit record (test sinks write none)."""
+    ts = record.get("ts") if record is not None else None
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts)
+    except ValueError:
+        return None

@@ -108,6 +108,9 @@ class MqttClient:
         # Touched by paho's thread (connect callback) and the loop (subscribe): guarded.
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
+        # Message id → what to call once the broker has the message (see publish_confirmed).
+        self._confirmations: dict[int, Callable[[], None]] = {}
+        self._confirm_lock = threading.Lock()
         self._online = asyncio.Event()
         self._ever_connected = False
         self._stopping = False
@@ -191,6 +194,25 @@ class MqttClient:
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             log.warning("mqtt queue full, message dropped", topic=message.topic)
 
+    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
+        """Queue one message like `publish`; `on_confirmed()` runs on the event loop once the
+        broker acknowledged it (QoS 1 PUBACK, QoS 0 written). Never called for a message that
+        was dropped or was still unacknowledged when we stopped."""
+        client = self._require_started()
+        # Held across publish(): paho may read the PUBACK on its thread before publish() returns,
+        # and _paho_published must find the callback registered by then.
+        with self._confirm_lock:
+            try:
+                info = client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
+            except ValueError as exc:
+                raise BrokerError(f"cannot publish to {message.topic!r}: {exc}") from exc
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                log.warning("mqtt queue full, message dropped", topic=message.topic)
+                return
+            self._confirmations[info.mid] = on_confirmed
+
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect."""
         with self._lock:
@@ -260,6 +282,7 @@ class MqttClient:
         client.on_disconnect = self._paho_disconnect
         client.on_connect_fail = self._paho_connect_fail
         client.on_message = self._paho_message
+        client.on_publish = self._paho_published
 
     def _require_started(self) -> paho.Client:
         client = self._paho
@@ -309,6 +332,14 @@ class MqttClient:
             received_monotonic=time.monotonic(),
         )
         self._hand_over(self._on_message, inbound)
+
+    def _paho_published(
+        self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _properties: Any
+    ) -> None:
+        with self._confirm_lock:
+            confirmed = self._confirmations.pop(mid, None)
+        if confirmed is not None:
+            self._hand_over(confirmed)
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
         # RuntimeError: the loop is closed, we are shutting down and nobody is left to tell.

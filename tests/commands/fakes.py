@@ -14,7 +14,7 @@ from bridge.audit.log import AuditLog
 from bridge.commands.apps import AppLookup, ConfigApps
 from bridge.commands.dedup import DedupStore
 from bridge.commands.forward import VehicleRoute
-from bridge.commands.pipeline import CommandPipeline, InboundCommand
+from bridge.commands.pipeline import CommandPipeline, InboundCommand, ResultSender
 from bridge.commands.stepup import StepUp
 from bridge.config import AppConfig, CommandsConfig, StepUpConfig
 from bridge.events import CollectingAlerts
@@ -168,6 +168,7 @@ async def make_rig(
     budget_ok: Callable[[str], bool] | None = None,
     clock: FakeClock | None = None,
     lookup: AppLookup | None = None,
+    delivery: ResultSender | None = None,
 ) -> Rig:
     """Build and start a pipeline on `state_dir` (reusing it models a restart)."""
     clock = clock or FakeClock()
@@ -199,6 +200,7 @@ async def make_rig(
         clock=clock,
         budget_ok=budget_ok,
         on_command_done=confirmed.append,
+        delivery=delivery,
     )
     await pipeline.start()
     return Rig(

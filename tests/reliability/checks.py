@@ -23,26 +23,33 @@ DUPLICATE = "duplicate_id"
 
 @dataclass(frozen=True, slots=True)
 class ResultTally:
-    """Final results per command id: the duplicate refusals counted apart from the rest."""
+    """Final results per command id: duplicate refusals and redeliveries counted apart."""
 
-    finals: dict[str, list[dict[str, Any]]]  # id → final results that are not duplicate refusals
+    finals: dict[str, list[dict[str, Any]]]  # id → distinct final results, not duplicate refusals
     duplicates: Counter[str]  # id → `duplicate_id` refusals (a redelivered copy, correctly refused)
+    redelivered: Counter[str]  # id → copies of a final result already seen (same document)
 
     def count(self, command_id: str) -> int:
         return len(self.finals.get(command_id, []))
 
 
 def tally_results(results: Iterable[dict[str, Any]]) -> ResultTally:
+    """A final result sent again after a restart (delivery.py) is the same document, `ts`
+    included: a copy, not a second answer."""
     finals: dict[str, list[dict[str, Any]]] = {}
     duplicates: Counter[str] = Counter()
+    redelivered: Counter[str] = Counter()
     for result in results:
         if result.get("status") not in FINAL:
             continue
+        cid = str(result.get("id"))
         if result.get("reason") == DUPLICATE:
-            duplicates[str(result.get("id"))] += 1
+            duplicates[cid] += 1
+        elif result in finals.get(cid, []):
+            redelivered[cid] += 1
         else:
-            finals.setdefault(str(result.get("id")), []).append(result)
-    return ResultTally(finals, duplicates)
+            finals.setdefault(cid, []).append(result)
+    return ResultTally(finals, duplicates, redelivered)
 
 
 # -- executions ----------------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def test_tally_counts_duplicate_refusals_apart() -> None:
     assert tally.count("b") == 2
 
 
+def test_tally_counts_a_resent_copy_apart_from_a_second_answer() -> None:
+    """The same final result sent again after a restart is a copy; one that differs is not."""
+    first = {"id": "a", "status": "succeeded", "reason": "ok", "ts": T.format(1)}
+    results = [first, dict(first), {**first, "ts": T.format(2)}]
+    tally = tally_results(results)
+    assert tally.redelivered["a"] == 1
+    assert tally.count("a") == 2
+
+
 def test_executions_link_to_command_ids_through_outcomes() -> None:
     """The provider's command id in an outcome ties an execution to our id; others stay loose."""
     records = [decision("a", T.format(1)), outcome("a", "p1", T.format(2))]
