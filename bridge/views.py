@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING
 from bridge.model import VehicleState
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from bridge.daemon import Daemon
     from bridge.web.ports import BudgetView, VehicleView
     from bridge.web.server import WebServer
@@ -58,11 +61,35 @@ class DaemonVehicles:
 
 
 def build_web_server(daemon: Daemon) -> WebServer:
-    """The owner page and the local OAuth API, wired to the daemon's real parts."""
+    """The owner page and the local OAuth API, wired to the daemon's real parts, built on the
+    first request that needs them (`bridge.web.lazy`); `/healthz` and `/metrics` are served
+    without them."""
+    import importlib
+
+    from bridge.metrics import observability_app
+    from bridge.web import schema
+    from bridge.web.lazy import LazyApp
+    from bridge.web.server import WebServer
+
+    # The page's tables exist from the start, whether or not the page is ever opened.
+    schema.migrate(daemon.store)
+
+    async def build() -> ASGIApp:
+        # The imports are most of the cost (FastAPI, the page's modules): off the event loop.
+        await asyncio.to_thread(importlib.import_module, "bridge.web.app")
+        return build_web_app(daemon)
+
+    light = observability_app(daemon)
+    lazy = LazyApp(light=light, light_paths=frozenset({"/healthz", "/metrics"}), build=build)
+    return WebServer(lazy, daemon.settings.web)
+
+
+def build_web_app(daemon: Daemon) -> ASGIApp:
+    """The full app: owner page, OAuth server, REST API, plus `/healthz` and `/metrics`."""
     from bridge.audit.log import audit_directory
+    from bridge.metrics import routes
     from bridge.web.adapters import AuditFiles, OwnerStepUp
     from bridge.web.app import create_web_app
-    from bridge.web.server import WebServer
 
     settings = daemon.settings
     app = create_web_app(
@@ -78,8 +105,6 @@ def build_web_server(daemon: Daemon) -> WebServer:
         ),
         clock=daemon.clock,
     )
-    from bridge.metrics import routes
-
     for route in routes(daemon):
         app.router.routes.append(route)
-    return WebServer(app, settings.web)
+    return app

@@ -1,6 +1,5 @@
-"""The owner's web page ("Connected Apps"), the local OAuth 2.0 server and the REST API."""
+"""The owner's web page ("Connected Apps"), the local OAuth 2.0 server and the REST API.
 
-from bridge.web.app import create_web_app
-from bridge.web.server import WebServer
-
-__all__ = ["WebServer", "create_web_app"]
+Import the parts from their modules (`bridge.web.app`, `bridge.web.server`): this package is
+imported by the daemon before the page is ever asked for, and must not load FastAPI for it.
+"""

@@ -86,6 +86,27 @@ async def test_healthz_and_metrics_answer(daemon: Daemon) -> None:
         assert name in metrics
 
 
+async def test_the_owner_page_is_built_on_its_first_request_not_for_health_checks(
+    daemon: Daemon,
+) -> None:
+    """/healthz and /metrics answer without the page; the first page request builds it, and
+    the page then works as usual (its login form is served)."""
+    from bridge.web.lazy import LazyApp
+
+    assert daemon.web is not None
+    lazy = daemon.web.app
+    assert isinstance(lazy, LazyApp)
+    base = f"http://127.0.0.1:{daemon.web.port}"
+    async with httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/metrics")).status_code == 200
+        await client.get("/healthz")
+        assert not lazy.built
+        page = await client.get("/login")
+        assert lazy.built
+    assert page.status_code == 200
+    assert "password" in page.text.lower()
+
+
 async def test_retained_unlock_waiting_at_start_is_never_executed(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:

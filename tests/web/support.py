@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from bridge.config import Settings
 from bridge.store import Store
-from bridge.web import create_web_app
+from bridge.web.app import create_web_app
 from bridge.web.passwords import set_owner_password
 from tests.web.fakes import (
     FakePipeline,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.config import WebConfig
-from bridge.web import WebServer
+from bridge.web.server import WebServer
 from tests.web.support import OWNER_PASSWORD, Harness
 
 pytestmark = pytest.mark.browser

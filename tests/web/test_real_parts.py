@@ -32,8 +32,8 @@ from bridge.model import (
 from bridge.mqtt.topics import Publish, Topics
 from bridge.providers.base import OnAccepted
 from bridge.store import Store
-from bridge.web import create_web_app
 from bridge.web.adapters import AuditFiles, OwnerStepUp
+from bridge.web.app import create_web_app
 from bridge.web.passwords import set_owner_password
 from tests.web.fakes import FakeVehicles, MutableClock
 from tests.web.oauth_helpers import add_rest_app, bearer, refresh, tokens_for

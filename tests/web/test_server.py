@@ -10,7 +10,7 @@ import pytest
 
 from bridge.config import WebConfig
 from bridge.errors import ConfigError
-from bridge.web import WebServer
+from bridge.web.server import WebServer
 from tests.web.support import build_harness
 
 
