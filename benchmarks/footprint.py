@@ -9,7 +9,9 @@ state directory and a fresh base topic, then measures from outside the daemon:
 - time to online: from `Popen` to the first `<base>/bridge/state` = `online` seen on the broker,
   and to the first `<base>/<vehicle>/status` document (the daemon fully up and publishing);
 - steady RSS (psutil) once the run has settled, and CPU % of one core over a quiet window;
-- the same with `web.enabled: false`, runs interleaved with the web page on (side by side);
+- the same with `web.enabled: false`, and with the web page on *and opened once* (one request
+  for the login page once every vehicle has been polled: the page is built on its first request),
+  runs of the three interleaved (side by side);
 - RSS and CPU with 1, 10, 100 and 500 vehicles on one account (each measured once every vehicle
   has been polled), the per-vehicle RSS slope, and 100 vehicles on 100 accounts for the cost of
   an account.
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -267,6 +270,7 @@ class RunSpec:
     vehicles: int = 1
     per_account: int = 1_000_000  # vehicles per account (default: all on one account)
     web: bool = True
+    open_page: bool = False  # ask for the owner page once before measuring (it is built then)
     budget: dict[str, Any] = field(default_factory=lambda: dict(BIG_BUDGET))
     polling: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -443,6 +447,14 @@ class DaemonProcess:
         assert self.ps is not None
         return int(self.ps.memory_full_info().uss)
 
+    def web_port(self) -> int:
+        """The port the daemon listens on for its web page (configured as 0: a free one)."""
+        assert self.ps is not None
+        for conn in self.ps.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                return int(conn.laddr.port)
+        raise RuntimeError("the daemon is not listening")
+
     def threads(self) -> int:
         assert self.ps is not None
         return int(self.ps.num_threads())
@@ -518,6 +530,8 @@ def measure(rig: Rig, spec: RunSpec, *, settle_s: float, window_s: float) -> Run
             everyone = observer.wait(nth_status(base, spec.vehicles), 30 + spec.vehicles * 0.6)
             polled = len(status_topics(base)(observer.snapshot()))
             all_at = everyone.at if everyone else None
+            if spec.open_page:
+                open_page(daemon.web_port())
             quiet_from = max(daemon.started_at + settle_s, (all_at or time.time()) + 5)
             time.sleep(max(0.0, quiet_from - time.time()))
             cpu, rss, uss = sample(daemon, window_s)
@@ -543,6 +557,13 @@ def measure(rig: Rig, spec: RunSpec, *, settle_s: float, window_s: float) -> Run
         exit_code=code,
         log_problems=problems(daemon.log_lines()),
     )
+
+
+def open_page(port: int) -> None:
+    """What an owner's first visit does: ask for the login page (the page is built for it)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=30) as answer:
+        if answer.status != 200:
+            raise RuntimeError(f"the owner page answered {answer.status}")
 
 
 def sample(daemon: DaemonProcess, window_s: float) -> tuple[float, float, float]:
@@ -583,8 +604,12 @@ def run_footprint(quick: bool, runs: int) -> dict[str, Any]:
     with Rig(vehicles=max(sizes)) as rig:
         for i in range(runs):
             # Alternate which variant goes first, so neither always runs on a warmer machine.
-            for web in (True, False) if i % 2 == 0 else (False, True):
-                spec = RunSpec(label="web" if web else "noweb", web=web)
+            variants = [
+                RunSpec(label="web"),
+                RunSpec(label="webopen", open_page=True),
+                RunSpec(label="noweb", web=False),
+            ]
+            for spec in variants if i % 2 == 0 else variants[::-1]:
                 results.append(report(measure(rig, spec, settle_s=settle, window_s=window)))
         for n in sizes:
             spec = RunSpec(label=f"{n}v-1a", vehicles=n)
@@ -618,7 +643,7 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
         for label in dict.fromkeys(r.label for r in results)
     }
     variants = {}
-    for label in ("web", "noweb"):
+    for label in ("web", "webopen", "noweb"):
         rs = by.get(label, [])
         variants[label] = {
             k: median_of(rs, k)
@@ -682,17 +707,19 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
 def print_summary(summary: dict[str, Any]) -> None:
     v = summary["variants"]
     print("\nmedians of", summary["runs_per_variant"], "runs (one vehicle):")
-    for label in ("web", "noweb"):
+    names = {"web": "web on", "webopen": "web on, page opened", "noweb": "web off"}
+    for label in ("web", "webopen", "noweb"):
         x = v[label]
         print(
-            f"  web {'on ' if label == 'web' else 'off'}: online {x['online_s']:.2f} s, "
+            f"  {names[label]}: online {x['online_s']:.2f} s, "
             f"first status {x['first_status_s']:.2f} s, RSS {x['rss_mb']:.1f} MB "
             f"(USS {x['uss_mb']:.1f}), "
             f"idle CPU {x['cpu_pct']:.2f} %"
         )
     print(
         f"  web page costs {v['web']['rss_mb'] - v['noweb']['rss_mb']:+.1f} MB RSS "
-        f"(ratio {v['web']['rss_mb'] / v['noweb']['rss_mb']:.2f})"
+        f"(ratio {v['web']['rss_mb'] / v['noweb']['rss_mb']:.2f}) until it is opened, "
+        f"{v['webopen']['rss_mb'] - v['noweb']['rss_mb']:+.1f} MB once it was"
     )
     print(
         "RSS by vehicles (one account): "

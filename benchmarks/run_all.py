@@ -165,6 +165,7 @@ def footprint_section(doc: Doc, o: Outcome) -> None:
         failed(doc, o)
         return
     web, noweb = d["variants"]["web"], d["variants"]["noweb"]
+    opened = d["variants"].get("webopen")
     doc.add(
         f"One vehicle, {d['runs_per_variant']} run(s) per variant, interleaved (medians). Online = "
         "the first retained `<base>/bridge/state` = `online` on the broker, counted from `Popen` "
@@ -186,14 +187,25 @@ def footprint_section(doc: Doc, o: Outcome) -> None:
                 fmt(x["cpu_pct"], ".2f", " %"),
                 fmt(x["stop_s"], ".2f", " s"),
             ]
-            for name, x in (("on (default)", web), ("off (`web.enabled: false`)", noweb))
+            for name, x in (
+                ("on (default), never opened", web),
+                ("on, opened once", opened),
+                ("off (`web.enabled: false`)", noweb),
+            )
+            if x is not None
         ],
     )
     later = (web["first_status_s"] or 0) - (noweb["first_status_s"] or 0)
+    opened_cost = (
+        f"; once an owner has opened it (one request for the login page, after which the page "
+        f"is built and stays), {opened['rss_mb'] - noweb['rss_mb']:+.1f} MB"
+        if opened
+        else ""
+    )
     doc.add(
         f"The owner page costs {web['rss_mb'] - noweb['rss_mb']:+.1f} MB of RSS "
-        f"({web['rss_mb'] / noweb['rss_mb']:.2f}x) and {later * 1000:+.0f} ms to the first "
-        "status document (it is built on the event loop after the poller has started).",
+        f"({web['rss_mb'] / noweb['rss_mb']:.2f}x) while nobody has opened it{opened_cost}; "
+        f"and {later * 1000:+.0f} ms to the first status document.",
         "",
     )
     rows = [
@@ -221,10 +233,16 @@ def footprint_section(doc: Doc, o: Outcome) -> None:
     worst = max(web["rss_mb"], noweb["rss_mb"])
     doc.target(
         "Footprint: steady RSS ≤ 60 MB with one vehicle",
-        f"{web['rss_mb']:.1f} MB with the web page, {noweb['rss_mb']:.1f} MB without"
-        + gap(worst, RSS_TARGET_MB, "MB"),
+        f"{web['rss_mb']:.1f} MB with the web page (never opened), {noweb['rss_mb']:.1f} MB "
+        "without" + gap(worst, RSS_TARGET_MB, "MB"),
         worst <= RSS_TARGET_MB,
     )
+    if opened is not None:
+        doc.target(
+            "Footprint: the same after the owner page was opened once",
+            f"{opened['rss_mb']:.1f} MB" + gap(opened["rss_mb"], RSS_TARGET_MB, "MB"),
+            opened["rss_mb"] <= RSS_TARGET_MB,
+        )
     cpu = max(web["cpu_pct"], noweb["cpu_pct"])
     doc.target(
         f"Footprint: idle CPU ≈ 0 (read: ≤ {IDLE_CPU_TARGET_PCT} % of one core)",

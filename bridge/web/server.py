@@ -99,6 +99,10 @@ class WebServer:
             log_config=None,
             access_log=False,
             lifespan="on",
+            # Plain HTTP/1.1 and no WebSocket: nothing here speaks WebSocket, and "auto" would
+            # import the websockets package (half a megabyte) because another dependency brings it.
+            http="h11",
+            ws="none",
             server_header=False,
             proxy_headers=False,  # never trust X-Forwarded-For: the allowlist uses the peer
         )
