@@ -46,6 +46,8 @@ from footprint import (
     Observer,
     Rig,
     RunSpec,
+    add_install_option,
+    choose_install,
     first,
     machine,
     measure,
@@ -492,8 +494,9 @@ def main() -> int:
     parser.add_argument("--per-account", type=int, default=10, help="vehicles per account")
     parser.add_argument("--duration", type=float, default=None, help="seconds before the burst")
     parser.add_argument("--json", type=Path, help="write the results here")
+    add_install_option(parser)
     args = parser.parse_args()
-    info = machine()
+    info = machine() | {"daemon_install": choose_install(args)}
     print_machine(info)
     vehicles = args.vehicles or (30 if args.quick else 500)
     # Long enough after the start-up sweep for every vehicle to be polled again (parked: 30-60 s).

@@ -105,6 +105,8 @@ def print_machine(info: dict[str, Any]) -> None:
         f"{info['python']}; {info['mosquitto']}; load {info['load_avg_at_start']}",
         flush=True,
     )
+    if "daemon_install" in info:
+        print(f"daemon under test: {info['daemon_install']}", flush=True)
 
 
 # -- the simulator, instrumented ---------------------------------------------------------------
@@ -403,7 +405,58 @@ class Rig:
 # -- the daemon as a process -------------------------------------------------------------------
 
 
+# Where the daemon under test is installed the way users install it (see runtime_install).
+RUNTIME_VENV = ROOT / ".venv-runtime"
+
+
+class _Install:
+    python: Path | None = None  # the daemon's interpreter; None: this one's (--dev-venv)
+
+
+def runtime_install() -> None:
+    """Measure the daemon as `pip install .` gives it to a user (the Docker image, pipx on a Pi):
+    the project and its runtime dependencies in an environment of their own, no test tools.
+
+    The development environment also holds the test tools, and some of them change what the
+    daemon loads: httpx imports rich and pygments for its command line when they are there,
+    structlog imports rich and greenlet. That is about 4 MB the daemon would never carry when
+    installed. The environment is made on first use; the project is reinstalled on every run, so
+    the figures are this checkout's.
+    """
+    python = RUNTIME_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"making {RUNTIME_VENV.name} (runtime dependencies only) ...", file=sys.stderr)
+        _quietly(sys.executable, "-m", "venv", str(RUNTIME_VENV))
+    pip = (str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check")
+    _quietly(*pip, str(ROOT))  # the dependencies, as pyproject.toml lists them today
+    _quietly(*pip, "--force-reinstall", "--no-deps", str(ROOT))  # this checkout's code
+    _Install.python = python
+
+
+def _quietly(*command: str) -> None:
+    subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+
+
+def add_install_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dev-venv",
+        action="store_true",
+        help="run the daemon from this environment (with the test tools) instead of a "
+        "runtime-only install in .venv-runtime",
+    )
+
+
+def choose_install(args: argparse.Namespace) -> str:
+    """Set up the daemon's environment as asked; returns its name for the report."""
+    if args.dev_venv:
+        return "development environment (test tools installed)"
+    runtime_install()
+    return "runtime-only install (`pip install .`)"
+
+
 def ownerlink_command() -> list[str]:
+    if _Install.python is not None:
+        return [str(_Install.python.with_name("ownerlink"))]
     script = Path(sys.executable).with_name("ownerlink")
     return [str(script)] if script.exists() else [sys.executable, "-m", "bridge"]
 
@@ -747,8 +800,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one run each, short windows")
     parser.add_argument("--runs", type=int, default=None, help="runs per variant (default 3)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    add_install_option(parser)
     args = parser.parse_args()
-    info = machine()
+    info = machine() | {"daemon_install": choose_install(args)}
     print_machine(info)
     runs = args.runs or (1 if args.quick else 3)
     began = time.monotonic()

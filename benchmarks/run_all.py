@@ -167,7 +167,9 @@ def footprint_section(doc: Doc, o: Outcome) -> None:
     web, noweb = d["variants"]["web"], d["variants"]["noweb"]
     opened = d["variants"].get("webopen")
     doc.add(
-        f"One vehicle, {d['runs_per_variant']} run(s) per variant, interleaved (medians). Online = "
+        f"The daemon runs from a {d['machine'].get('daemon_install', 'development environment')}"
+        ". One vehicle, "
+        f"{d['runs_per_variant']} run(s) per variant, interleaved (medians). Online = "
         "the first retained `<base>/bridge/state` = `online` on the broker, counted from `Popen` "
         "(interpreter start and imports included); first status = the first "
         "`<base>/<vehicle>/status` document. RSS is the median of one sample a second over the "
