@@ -110,7 +110,9 @@ class MqttClient:
         self._lock = threading.Lock()
         # Message id → what to call once the broker has the message (see publish_confirmed).
         self._confirmations: dict[int, Callable[[], None]] = {}
-        self._confirm_lock = threading.Lock()
+        self._confirming = 0  # publish_confirmed calls inside client.publish() right now
+        self._early: set[int] = set()  # message ids acknowledged while one was
+        self._confirm_lock = threading.Lock()  # a leaf: never held while calling into paho
         self._online = asyncio.Event()
         self._ever_connected = False
         self._stopping = False
@@ -199,19 +201,38 @@ class MqttClient:
         broker acknowledged it (QoS 1 PUBACK, QoS 0 written). Never called for a message that
         was dropped or was still unacknowledged when we stopped."""
         client = self._require_started()
-        # Held across publish(): paho may read the PUBACK on its thread before publish() returns,
-        # and _paho_published must find the callback registered by then.
+        # paho may read the PUBACK on its thread before publish() returns us the message id. Our
+        # lock must not be held across publish(): paho calls on_publish holding its own locks,
+        # which publish() takes too. So acknowledgements that arrive while a call is inside
+        # publish() are kept aside (`_early`) and matched once the id is known.
         with self._confirm_lock:
-            try:
-                info = client.publish(
-                    message.topic, message.payload, qos=message.qos, retain=message.retain
-                )
-            except ValueError as exc:
-                raise BrokerError(f"cannot publish to {message.topic!r}: {exc}") from exc
-            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-                log.warning("mqtt queue full, message dropped", topic=message.topic)
-                return
-            self._confirmations[info.mid] = on_confirmed
+            self._confirming += 1
+        info = None
+        try:
+            info = client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+        except ValueError as exc:
+            raise BrokerError(f"cannot publish to {message.topic!r}: {exc}") from exc
+        finally:
+            acked = self._after_publish(info, on_confirmed)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning("mqtt queue full, message dropped", topic=message.topic)
+        elif acked:
+            on_confirmed()  # acknowledged before publish() returned (we are on the loop)
+
+    def _after_publish(
+        self, info: paho.MQTTMessageInfo | None, on_confirmed: Callable[[], None]
+    ) -> bool:
+        """Register `on_confirmed` for the message id, or say it was acknowledged already."""
+        with self._confirm_lock:
+            self._confirming -= 1
+            acked = info is not None and info.mid in self._early
+            if info is not None and not acked and info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                self._confirmations[info.mid] = on_confirmed
+            if not self._confirming:
+                self._early.clear()
+        return acked
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect."""
@@ -338,6 +359,8 @@ class MqttClient:
     ) -> None:
         with self._confirm_lock:
             confirmed = self._confirmations.pop(mid, None)
+            if confirmed is None and self._confirming:
+                self._early.add(mid)  # perhaps the message a publish_confirmed is waiting on
         if confirmed is not None:
             self._hand_over(confirmed)
 

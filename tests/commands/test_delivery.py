@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from bridge.audit.chain import read_records
 from bridge.commands.delivery import REPUBLISH_WINDOW_S, ResultDelivery, undelivered
+from bridge.config import MqttConfig
 from bridge.mqtt.client import InboundMessage
 from bridge.mqtt.topics import Publish, Topics
 from bridge.store import Store
@@ -151,3 +153,34 @@ async def test_publish_confirmed_calls_back_on_the_loop_after_the_puback(
         client.publish_confirmed(Publish(f"{base_topic}/x", "1", qos=1), on_confirmed)
         await asyncio.wait_for(confirmed.wait(), 5)
     assert loop_thread == [True]
+
+
+async def test_confirmations_keep_up_with_a_burst_without_deadlock(
+    broker: BrokerAddress, base_topic: str
+) -> None:
+    """Thousands of confirmed publishes back to back: paho's thread acknowledges some while
+    the loop is inside publish() for the next, the lock order must never let them wait on each
+    other, and every message is confirmed exactly once."""
+    config = mqtt_config(broker.host, broker.port, base_topic)
+    confirmed: list[int] = []
+    # Switch threads as often as the interpreter can, so the two threads interleave inside
+    # publish() and the acknowledgement callback the way a rare moment in life does.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        await publish_burst(config, confirmed)
+    finally:
+        sys.setswitchinterval(interval)
+    assert sorted(confirmed) == list(range(3000))
+
+
+async def publish_burst(config: MqttConfig, confirmed: list[int]) -> None:
+    async with running(config) as client:
+        for n in range(3000):
+            message = Publish(f"{config.base_topic}/burst", str(n), qos=1)
+            client.publish_confirmed(message, lambda n=n: confirmed.append(n))
+            if n % 200 == 0:
+                await asyncio.sleep(0)  # let confirmations handed to the loop run
+        async with asyncio.timeout(20):
+            while len(confirmed) < 3000:
+                await asyncio.sleep(0.05)

@@ -184,6 +184,7 @@ def test_any_text_loads_or_names_the_problem(text: str) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # thousands of examples: minutes, not the suite's 120 s
 @SOAK
 @given(DOCUMENT)
 def test_config_shaped_documents_load_or_name_the_bad_key_soak(document: dict[str, Any]) -> None:
@@ -192,6 +193,7 @@ def test_config_shaped_documents_load_or_name_the_bad_key_soak(document: dict[st
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # thousands of examples: minutes, not the suite's 120 s
 @SOAK
 @given(RAW_TEXT)
 def test_any_text_loads_or_names_the_problem_soak(text: str) -> None:

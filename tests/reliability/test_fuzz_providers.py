@@ -288,6 +288,7 @@ def test_fordconnect_query_survives_any_answer(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # thousands of examples: minutes, not the suite's 120 s
 @SOAK
 @given(*V1_PLANS)
 def test_fordconnect_v1_survives_any_answer_soak(
@@ -298,6 +299,7 @@ def test_fordconnect_v1_survives_any_answer_soak(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # thousands of examples: minutes, not the suite's 120 s
 @SOAK
 @given(*QUERY_PLANS)
 def test_fordconnect_query_survives_any_answer_soak(
