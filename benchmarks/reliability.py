@@ -465,6 +465,12 @@ The broker-chaos and crash runs scan their own logs, MQTT traffic and audit file
 
 Found by these suites while they were written, and fixed (each kept as a regression test):
 
+- `bridge/mqtt/client.py` (fixed here): the first version of `publish_confirmed` (final results
+  that outlive a crash) held its own lock across paho's `publish()`, while paho calls
+  `on_publish` holding its message lock: a lock-order inversion. In the crash and MQTT fuzz soaks
+  the daemon once stopped answering commands and ignored SIGTERM. The adapter now never holds its
+  lock while calling into paho (`test_confirmations_keep_up_with_a_burst_without_deadlock`
+  reproduces the hang with the old code by switching threads every microsecond).
 - `bridge/daemon.py` (fixed here): `<base>/bridge/state` = `online` went out on the first
   connection, before the command subscription existed, so a command sent as soon as the bridge
   said `online` was lost without a trace. The daemon now subscribes before connecting and holds
