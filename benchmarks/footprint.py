@@ -420,16 +420,16 @@ def runtime_install() -> None:
     The development environment also holds the test tools, and some of them change what the
     daemon loads: httpx imports rich and pygments for its command line when they are there,
     structlog imports rich and greenlet. That is about 4 MB the daemon would never carry when
-    installed. The environment is made on first use; the project is reinstalled on every run, so
-    the figures are this checkout's.
+    installed. The environment is made on first use; `pip install` of a folder reinstalls the
+    project every time (and adds any dependency pyproject.toml gained), so the figures are this
+    checkout's.
     """
     python = RUNTIME_VENV / "bin" / "python"
     if not python.exists():
         print(f"making {RUNTIME_VENV.name} (runtime dependencies only) ...", file=sys.stderr)
         _quietly(sys.executable, "-m", "venv", str(RUNTIME_VENV))
     pip = (str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check")
-    _quietly(*pip, str(ROOT))  # the dependencies, as pyproject.toml lists them today
-    _quietly(*pip, "--force-reinstall", "--no-deps", str(ROOT))  # this checkout's code
+    _quietly(*pip, str(ROOT))
     _Install.python = python
 
 

@@ -85,14 +85,14 @@ def build_web_server(daemon: Daemon) -> WebServer:
 
 
 def build_web_app(daemon: Daemon) -> ASGIApp:
-    """The full app: owner page, OAuth server, REST API, plus `/healthz` and `/metrics`."""
+    """The full app: owner page, OAuth server, REST API (`/healthz` and `/metrics` stay with the
+    light app in front of it)."""
     from bridge.audit.log import audit_directory
-    from bridge.metrics import routes
     from bridge.web.adapters import AuditFiles, OwnerStepUp
     from bridge.web.app import create_web_app
 
     settings = daemon.settings
-    app = create_web_app(
+    return create_web_app(
         settings=settings,
         store=daemon.store,
         registry=daemon.registry,
@@ -105,6 +105,3 @@ def build_web_app(daemon: Daemon) -> ASGIApp:
         ),
         clock=daemon.clock,
     )
-    for route in routes(daemon):
-        app.router.routes.append(route)
-    return app

@@ -28,6 +28,7 @@ from bridge.commands.decide import (
     decide,
     requires_stepup,
 )
+from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
 from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
 from bridge.commands.ratelimit import CommandRateLimits
@@ -464,7 +465,7 @@ class CommandPipeline:
             action=ticket.action,
             status=status,
             reason=str(reason),
-            ts=_record_time(record) or self.clock(),
+            ts=record_time(record) or self.clock(),
             app=ticket.app_id,
             vehicle=ticket.vehicle,
             detail=detail,
@@ -493,14 +494,3 @@ class CommandPipeline:
             self.apps.touch(ticket.app_id, ticket.command)
         except Exception:
             log.exception("could not record app activity", app=ticket.app_id)
-
-
-def _record_time(record: Mapping[str, Any] | None) -> datetime | None:
-    """The `ts` of an audit record (test sinks write none)."""
-    ts = record.get("ts") if record is not None else None
-    if not isinstance(ts, str):
-        return None
-    try:
-        return datetime.fromisoformat(ts)
-    except ValueError:
-        return None
