@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))  # for tests.support.broker: the throwaway Mosquit
 
 from bridge import logs  # noqa: E402
 from bridge.audit.log import AuditLog, audit_directory  # noqa: E402
+from bridge.audit.ring import open_ring  # noqa: E402
 from bridge.commands.apps import ConfigApps  # noqa: E402
 from bridge.commands.assemble import budget_check, build_pipeline, vehicle_routes  # noqa: E402
 from bridge.commands.pipeline import CommandPipeline, InboundCommand  # noqa: E402
@@ -319,6 +320,8 @@ async def pipeline_run(world: World, count: int, gate: str) -> list[tuple[float,
         rotate_bytes=settings.audit.rotate_bytes,
     )
     audit.open()
+    ring = open_ring()  # as the daemon does: the kernel fsyncs command records where it can
+    audit.use_ring(ring)
     holder: list[CommandPipeline] = []
 
     def on_message(message: InboundMessage) -> None:
@@ -354,6 +357,8 @@ async def pipeline_run(world: World, count: int, gate: str) -> list[tuple[float,
         for provider in providers.values():
             await provider.aclose()
         audit.close()
+        if ring is not None:
+            ring.close()
         store.close()
     refused = [a for a in alerts.alerts if a.kind.value == "command_refused"]
     if refused:

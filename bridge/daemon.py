@@ -27,6 +27,7 @@ from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
+from bridge.audit.ring import open_ring
 from bridge.commands.dedup import DedupStore
 from bridge.commands.delivery import ResultDelivery, undelivered
 from bridge.commands.forward import VehicleRoute
@@ -167,6 +168,9 @@ class Daemon:
                 self.registry.enforcement.stop()
         if getattr(self, "audit", None) is not None:
             self.audit.close()
+        ring = getattr(self, "fsync_ring", None)
+        if ring is not None:
+            ring.close()
         if getattr(self, "store", None) is not None:
             self.store.close()
 
@@ -183,6 +187,9 @@ class Daemon:
         )
         # Parts write through the counting wrapper; the daemon keeps the log itself for its head.
         self.audit_sink = CountingAudit(self.audit, self.metrics)
+        # Command records are fsync'd by the kernel where io_uring is allowed (bridge.audit.ring).
+        self.fsync_ring = open_ring()
+        self.audit.use_ring(self.fsync_ring)
         self.audit_problem: str | None = None
         try:
             self.audit.open()

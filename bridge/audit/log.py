@@ -9,9 +9,11 @@ lost data. After one, every append raises AuditWriteError until the log is reope
 command pipeline stops taking commands.
 
 The command path uses `append_pending` instead: the record is written at once (so its place in the
-chain is fixed) and a flusher thread fsyncs it while the command's request is being prepared; the
-request is held until then (`bridge.audit.pending`). A later `append` fsyncs the file and so settles
-every earlier pending record too.
+chain is fixed) and its fsync runs while the command's request is being prepared; the request is
+held until then (`bridge.audit.pending`). The fsync goes to the kernel's io_uring when the daemon
+attached one (`use_ring`, see `bridge.audit.ring`): one in flight at a time, and whatever was
+written meanwhile goes in the next. Otherwise a flusher thread does it, in batches. A later `append`
+fsyncs the file and so settles every earlier pending record not already in flight too.
 
 Several processes may append (the daemon, and `ownerlink apps …` or `ownerlink command` run
 beside it): each append holds an exclusive `flock` on `audit.lock` and first catches up with
@@ -43,6 +45,7 @@ from bridge.audit.chain import (
     seal,
 )
 from bridge.audit.pending import Pending
+from bridge.audit.ring import FsyncRing
 from bridge.audit.tail import read_tail, split_torn_tail
 from bridge.errors import AuditError, AuditTampered, AuditWriteError
 from bridge.files import fsync_dir
@@ -95,6 +98,8 @@ class AuditLog:
         self._path = directory / CURRENT_FILE
         self._inode = -1  # of the file self._fd has open
         self._unflushed: list[Pending] = []
+        self._ring: FsyncRing | None = None
+        self._syncing: list[Pending] | None = None  # the batch whose ring fsync is in flight
         self._flush_wanted = threading.Condition(self._lock)
         self._flusher: threading.Thread | None = None
         self._closing = False
@@ -120,6 +125,11 @@ class AuditLog:
             if torn:
                 self._repair(len(keep), torn)
 
+    def use_ring(self, ring: FsyncRing | None) -> None:
+        """fsync pending records through `ring` from its thread (None: the flusher thread)."""
+        with self._lock:
+            self._ring = ring
+
     def close(self) -> None:
         """Flush what is pending, stop the flusher and close the files."""
         with self._lock:
@@ -130,6 +140,8 @@ class AuditLog:
             flusher.join()
         with self._lock:
             if self._fd is not None:
+                # The fsync here covers a batch still in flight on the ring, too.
+                self._unflushed[:0], self._syncing = self._syncing or [], None
                 self._flush_locked()
             self._closing = False
             for fd in (self._fd, self._lock_fd):
@@ -181,9 +193,58 @@ class AuditLog:
                 self._catch_up()
                 pending = Pending(self._append_locked(kind, fields, flush=False))
             self._unflushed.append(pending)
-            self._start_flusher()
-            self._flush_wanted.notify()
+            ring = self._ring
+            if ring is None or ring.thread_id != threading.get_ident():
+                self._start_flusher()
+                self._flush_wanted.notify()
+                return pending
+            batch = self._take_ring_batch()
+        if batch is not None:
+            self._ring_fsync(ring, *batch)
         return pending
+
+    # -- fsync on the ring -----------------------------------------------------------------------
+
+    def _take_ring_batch(self) -> tuple[int, list[Pending]] | None:
+        """Everything written so far becomes the batch in flight, unless one already is (its
+        completion starts the next). Hold the lock."""
+        if self._syncing is not None or not self._unflushed or self._fd is None:
+            return None
+        self._syncing, self._unflushed = self._unflushed, []
+        return self._fd, self._syncing
+
+    def _ring_fsync(self, ring: FsyncRing, fd: int, batch: list[Pending]) -> None:
+        """Start the batch's fsync (call without the lock: the ring may report at once)."""
+        try:
+            ring.fsync(fd, lambda errno: self._ring_done(ring, batch, errno))
+        except OSError as exc:
+            log.warning("io_uring fsync failed to start; using the flusher thread", error=str(exc))
+            with self._lock:
+                if self._syncing is batch:
+                    self._syncing = None
+                    self._unflushed[:0] = batch
+                self._ring = None
+                self._start_flusher()
+                self._flush_wanted.notify()
+
+    def _ring_done(self, ring: FsyncRing, batch: list[Pending], errno: int) -> None:
+        """A ring fsync completed (on the loop thread): settle its batch, start the next one."""
+        following = None
+        with self._lock:
+            if self._syncing is not batch:
+                return  # close() or a failure already settled it
+            self._syncing = None
+            error = None
+            if errno:
+                error = self._fail_all(f"audit fsync failed: {os.strerror(errno)}")
+            else:
+                following = self._take_ring_batch()
+        for pending in batch:
+            pending.settle(error)
+        if error is None:
+            self._announce(batch[-1].record["seq"], batch[-1].record["hash"])
+        if following is not None:
+            self._ring_fsync(ring, *following)
 
     def _start_flusher(self) -> None:
         if self._flusher is None:

@@ -1,9 +1,8 @@
 """A record that is in the audit file but not yet known to be on disk, and a way to wait for it.
 
-The command path writes its decision record at once and lets the flusher thread fsync it while the
-forwarder gets the request ready (budget charge, token, building the request): the request is held
-at the door until the record is durable (see `bridge.providers.barrier`). Waiting is cheap when the
-flush has already finished, which on a local disk it usually has by the time the request is built.
+The command path writes its decision record at once and lets the kernel (or a flusher thread) fsync
+it while the forwarder gets the request ready (budget charge, token, building the request): the
+request is held at the door until the record is durable (see `bridge.providers.barrier`).
 """
 
 from __future__ import annotations
@@ -25,7 +24,8 @@ class Pending:
         self.record = record
         self._done = threading.Event()
         self._error: AuditWriteError | None = None
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        # The loop, its future and its thread, once a task awaits durability.
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int] | None = None
 
     @classmethod
     def durable_now(cls, record: dict[str, Any]) -> Pending:
@@ -39,12 +39,18 @@ class Pending:
         return self._done.is_set()
 
     def settle(self, error: AuditWriteError | None) -> None:
-        """Durable (error None) or never will be. Any thread; wakes an awaiting task."""
+        """Durable (error None) or never will be. Any thread; wakes an awaiting task. The first
+        word is final: a later settle (close() after a failure, say) changes nothing."""
+        if self._done.is_set():
+            return
         self._error = error
         self._done.set()
         waiter = self._waiter
         if waiter is not None:
-            loop, future = waiter
+            loop, future, thread = waiter
+            if thread == threading.get_ident():
+                _resolve(future)  # on the loop already (a ring completion): no wake-up needed
+                return
             # RuntimeError: the loop is closed; nobody is left waiting.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future)
@@ -65,7 +71,7 @@ class Pending:
         if not self._done.is_set():
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
-            self._waiter = (loop, future)
+            self._waiter = (loop, future, threading.get_ident())
             # settle() may have run between the check above and registering: look again.
             if not self._done.is_set():
                 await future

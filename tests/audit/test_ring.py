@@ -1,0 +1,207 @@
+"""The audit log's fsync on io_uring: settles in order, one in flight, errors stop the log.
+
+The kernel ring is used for real where this machine allows io_uring (the tests say so when it does
+not); a scripted ring stands in where a test must choose when, and how, an fsync completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.audit.log import AuditLog
+from bridge.audit.pending import Pending
+from bridge.audit.ring import KernelRing, OnSynced, open_ring
+from bridge.audit.verify import verify
+from bridge.errors import AuditWriteError
+from tests.audit.helpers import open_log, records
+
+# -- a scripted ring -----------------------------------------------------------------------------
+
+
+class ScriptedRing:
+    """Holds each fsync until the test completes it (`finish`), as the kernel would, later."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.thread_id = threading.get_ident()
+        self.started: list[tuple[int, OnSynced]] = []
+        self.refuse = refuse
+        self.closed = False
+
+    def fsync(self, fd: int, done: OnSynced) -> None:
+        if self.refuse:
+            raise OSError(errno.EBUSY, "submission queue full")
+        self.started.append((fd, done))
+
+    def finish(self, errno_: int = 0) -> None:
+        fd, done = self.started.pop(0)
+        if not errno_:
+            os.fsync(fd)
+        done(errno_)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def kernel_ring() -> Iterator[KernelRing]:
+    async def make() -> KernelRing | None:
+        return open_ring()
+
+    loop = asyncio.new_event_loop()
+    ring = loop.run_until_complete(make())
+    if ring is None:
+        loop.close()
+        pytest.skip("io_uring is not available on this machine")
+    yield ring
+    ring.close()
+    loop.close()
+
+
+# -- the real kernel ring ------------------------------------------------------------------------
+
+
+async def test_records_become_durable_through_the_kernel_ring(tmp_path: Path) -> None:
+    """append_pending on the loop: the kernel fsyncs, the completion settles it, the head moves."""
+    ring = open_ring()
+    if ring is None:
+        pytest.skip("io_uring is not available on this machine")
+    heads: list[int] = []
+    log = open_log(tmp_path, on_head=lambda seq, _h: heads.append(seq))
+    log.use_ring(ring)
+    try:
+        handles = [log.append_pending("command.decision", n=n) for n in range(5)]
+        for handle in handles:
+            await asyncio.wait_for(handle.durable(), 5)
+        assert log._flusher is None  # no thread was needed
+        assert heads and heads[-1] == 5
+        log.append("command.outcome", n=1)
+    finally:
+        log.close()
+        ring.close()
+    assert [r["seq"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    assert verify(tmp_path).ok
+
+
+def test_open_ring_needs_no_sqpoll_thread(kernel_ring: KernelRing) -> None:
+    """A polling kernel thread would spin a core after every command: never ask for one."""
+    assert not kernel_ring._context.sqpoll
+
+
+async def test_a_record_written_from_another_thread_uses_the_flusher(tmp_path: Path) -> None:
+    """The ring belongs to the loop's thread; a writer elsewhere gets the flusher thread."""
+    ring = ScriptedRing()
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    pending = await asyncio.to_thread(log.append_pending, "command.decision", n=1)
+    await asyncio.wait_for(pending.durable(), 5)
+    assert ring.started == [] and log._flusher is not None
+    log.close()
+
+
+# -- batching and order --------------------------------------------------------------------------
+
+
+async def test_one_fsync_in_flight_and_the_next_takes_everything_written_meanwhile(
+    tmp_path: Path,
+) -> None:
+    ring = ScriptedRing()
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    first = log.append_pending("command.decision", n=1)
+    later = [log.append_pending("command.decision", n=n) for n in (2, 3)]
+    assert len(ring.started) == 1  # 2 and 3 wait for the one in flight
+    ring.finish()
+    assert first.done and not any(p.done for p in later)
+    assert len(ring.started) == 1  # one fsync for both
+    ring.finish()
+    assert all(p.done for p in later)
+    for p in [first, *later]:
+        await p.durable()
+    log.close()
+
+
+async def test_a_task_awaiting_the_record_wakes_when_the_ring_reports(tmp_path: Path) -> None:
+    ring = ScriptedRing()
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    pending = log.append_pending("command.decision", n=1)
+    waiter = asyncio.ensure_future(pending.durable())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    ring.finish()
+    await asyncio.wait_for(waiter, 1)
+    log.close()
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+async def test_an_fsync_error_from_the_ring_fails_the_records_and_the_log(tmp_path: Path) -> None:
+    """As with the thread: the error reaches every waiting record and later appends are refused."""
+    ring = ScriptedRing()
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    first = log.append_pending("command.decision", n=1)
+    queued = log.append_pending("command.decision", n=2)
+    ring.finish(errno.EIO)
+    for pending in (first, queued):
+        with pytest.raises(AuditWriteError, match="fsync"):
+            await pending.durable()
+    assert ring.started == []  # nothing more is tried after a failed fsync
+    with pytest.raises(AuditWriteError):
+        log.append_pending("command.decision", n=3)
+    with pytest.raises(AuditWriteError):
+        log.append("command.outcome", n=1)
+    log.close()
+
+
+async def test_a_ring_that_refuses_the_fsync_hands_over_to_the_flusher(tmp_path: Path) -> None:
+    ring = ScriptedRing(refuse=True)
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    pending = log.append_pending("command.decision", n=1)
+    await asyncio.wait_for(pending.durable(), 5)
+    assert log._flusher is not None
+    after = log.append_pending("command.decision", n=2)  # the ring is no longer used
+    await asyncio.wait_for(after.durable(), 5)
+    log.close()
+    assert verify(tmp_path).ok
+
+
+async def test_close_settles_a_batch_still_in_flight_and_ignores_its_late_report(
+    tmp_path: Path,
+) -> None:
+    """close() fsyncs synchronously, which covers the batch; the ring's late word changes
+    nothing, not even an error, because the records were already made durable."""
+    ring = ScriptedRing()
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    pending = log.append_pending("command.decision", n=1)
+    log.close()
+    assert pending.done
+    await pending.durable()
+    _fd, done = ring.started.pop()
+    done(errno.EIO)
+    await pending.durable()
+    assert verify(tmp_path).ok
+
+
+def test_a_settled_record_keeps_its_first_outcome(tmp_path: Path) -> None:
+    pending = Pending({"seq": 1})
+    pending.settle(None)
+    pending.settle(AuditWriteError("late"))
+    pending.wait(0)  # still durable
+
+
+def test_a_log_without_a_ring_still_uses_its_flusher(tmp_path: Path) -> None:
+    log: AuditLog = open_log(tmp_path)
+    log.use_ring(None)
+    log.append_pending("command.decision", n=1).wait(5)
+    log.close()
