@@ -180,7 +180,8 @@ class AuditLog:
         return record
 
     def append_pending(self, kind: str, **fields: Any) -> Pending:
-        """Add one record and return while its fsync runs on the flusher thread.
+        """Add one record and return while its fsync runs: on the ring when this is the ring's
+        thread (the event loop), else on the flusher thread.
 
         The record's place in the chain is fixed and it is in the file when this returns; only
         its durability is pending. Act on it only after `Pending.durable()` (or `wait()`).
