@@ -205,3 +205,24 @@ def test_a_log_without_a_ring_still_uses_its_flusher(tmp_path: Path) -> None:
     log.use_ring(None)
     log.append_pending("command.decision", n=1).wait(5)
     log.close()
+
+
+async def test_rotation_with_fsyncs_in_flight_keeps_the_chain_and_settles_everything(
+    tmp_path: Path,
+) -> None:
+    """A batch in flight belongs to the file being moved aside; the next one to the new file."""
+    ring = open_ring()
+    if ring is None:
+        pytest.skip("io_uring is not available on this machine")
+    log = open_log(tmp_path, rotate_bytes=700)
+    log.use_ring(ring)
+    try:
+        handles = [log.append_pending("command.decision", n=n, pad="x" * 120) for n in range(30)]
+        for handle in handles:
+            await asyncio.wait_for(handle.durable(), 5)
+    finally:
+        log.close()
+        ring.close()
+    assert len(list(tmp_path.glob("audit.0*.jsonl"))) >= 3
+    report = verify(tmp_path)
+    assert report.ok, report
