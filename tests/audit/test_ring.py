@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,15 @@ async def test_records_become_durable_through_the_kernel_ring(tmp_path: Path) ->
         ring.close()
     assert [r["seq"] for r in records(tmp_path)] == [1, 2, 3, 4, 5, 6]
     assert verify(tmp_path).ok
+
+
+async def test_without_caio_s_linux_extension_there_is_no_ring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Platforms with only caio's pure-Python wheel (32-bit ARM) import nothing: the log keeps
+    its flusher thread. (A None entry in sys.modules makes the import fail as it would there.)"""
+    monkeypatch.setitem(sys.modules, "caio.linux_uring", None)
+    assert open_ring() is None
 
 
 def test_open_ring_needs_no_sqpoll_thread(kernel_ring: KernelRing) -> None:
