@@ -48,6 +48,7 @@ from bridge.metrics import (
 from bridge.model import Scope, VehicleState
 from bridge.mqtt.client import InboundMessage, MqttClient
 from bridge.mqtt.discovery import VehicleDescription
+from bridge.mqtt.memory import RetainedDiscovery
 from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics
 from bridge.polling.budget import Budget
@@ -284,6 +285,7 @@ class Daemon:
             ha_app=ha_app.id if ha_app else None,
             ha_scopes=ha_app.scopes if ha_app and ha_app.enabled else frozenset(),
             stepup_scopes=self.settings.stepup.required_for,
+            memory=RetainedDiscovery(self.store),
         )
         self.publisher = StatePublisher(
             self.mqtt,
@@ -349,6 +351,7 @@ class Daemon:
         }
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
+        self.discovery.clear_forgotten()  # vehicles taken out of the config while we were stopped
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()

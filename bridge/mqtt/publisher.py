@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.events import Alert
 from bridge.logs import get_logger
@@ -41,6 +41,8 @@ DEFAULT_GPS_ACCURACY_M = 10
 BIRTH_DELAY_S = (0.5, 3.0)
 # The key under which the bridge's own discovery is kept (cannot clash with a vehicle slug).
 _BRIDGE = "\0bridge"
+# Written to the discovery memory once a start has synced every key (see clear_forgotten).
+_COMPLETE = "\0complete"
 
 log = get_logger(__name__)
 
@@ -205,8 +207,25 @@ class StatePublisher:
 # -- discovery ---------------------------------------------------------------------------------
 
 
+class DiscoveryMemory(Protocol):
+    """What discovery earlier runs left retained, per key (`bridge.mqtt.memory`)."""
+
+    def load(self) -> dict[str, list[Publish]] | None:
+        """Per key what is retained; None when nothing was ever written down."""
+        ...
+
+    def save(self, key: str, messages: Sequence[Publish]) -> None:
+        """`messages` is what is retained for `key` from now on (raises StateError)."""
+        ...
+
+
 class DiscoveryManager:
-    """Keeps the published discovery per vehicle in step with the Home Assistant app's grant."""
+    """Keeps the published discovery per vehicle in step with the Home Assistant app's grant.
+
+    With a `memory`, what is sent is written down first, and the next start clears exactly what
+    was left (and the discovery of vehicles no longer configured, `clear_forgotten`); without
+    one, or on the first start, it clears everything an earlier run could have left.
+    """
 
     def __init__(
         self,
@@ -218,8 +237,12 @@ class DiscoveryManager:
         ha_scopes: frozenset[Scope],
         stepup_scopes: frozenset[Scope],
         origin: Origin | None = None,
+        memory: DiscoveryMemory | None = None,
     ) -> None:
         self._sink = sink
+        self._memory = memory
+        # What earlier runs left, per key, until this run has synced that key (None: unknown).
+        self._earlier: dict[str, list[Publish]] | None = None
         self._topics = topics
         self._mode = mode
         self._ha_app = ha_app
@@ -232,7 +255,21 @@ class DiscoveryManager:
 
     def start(self) -> None:
         """Publish the bridge's own device (and clear what an earlier run may have left)."""
+        self._earlier = self._load()
         self._sync(_BRIDGE)
+
+    def clear_forgotten(self) -> None:
+        """Clear what an earlier run left for vehicles not added this time (call once every
+        configured vehicle has been added)."""
+        earlier, self._earlier = self._earlier or {}, {}
+        for key, previous in sorted(earlier.items()):
+            if key in self._published or key in self._vehicles or key == _COMPLETE:
+                continue
+            self._remember(key, [])
+            self._send(removals(previous, []))
+        # Only now does the record cover every key: a start that died half-way through its
+        # first sync must not leave a partial record that later starts would trust.
+        self._remember(_COMPLETE, [])
 
     def add_vehicle(self, vehicle: VehicleDescription) -> None:
         """Offer a vehicle (or update its description) to Home Assistant."""
@@ -243,6 +280,7 @@ class DiscoveryManager:
         """Remove every entity of a vehicle from Home Assistant."""
         previous = self._published.pop(slug, [])
         self._vehicles.pop(slug, None)
+        self._remember(slug, [])
         self._send(removals(previous, []))
 
     def set_ha_scopes(self, scopes: frozenset[Scope]) -> None:
@@ -269,12 +307,38 @@ class DiscoveryManager:
         current = self._build(key)
         previous = self._published.get(key)
         if previous is None:
-            # First time this run: anything a previous run left (other scopes, other layout).
-            previous = self._universe(key)
+            # First time this run: what a previous run left (other scopes, other layout).
+            previous = self._left_behind(key)
         elif previous == current:
             return
+        # Written down before it is sent: a crash in between costs a needless clear next time,
+        # never an entity left behind.
+        self._remember(key, current)
         self._send([*removals(previous, current), *current])
         self._published[key] = current
+
+    def _left_behind(self, key: str) -> list[Publish]:
+        if self._earlier is None:
+            return self._universe(key)  # nothing written down: anything that could exist
+        return self._earlier.pop(key, [])
+
+    def _load(self) -> dict[str, list[Publish]] | None:
+        if self._memory is None:
+            return None
+        try:
+            earlier = self._memory.load()
+        except Exception:
+            log.exception("discovery memory unreadable; clearing everything that could exist")
+            return None
+        return earlier if earlier is not None and _COMPLETE in earlier else None
+
+    def _remember(self, key: str, messages: list[Publish]) -> None:
+        if self._memory is None:
+            return
+        try:
+            self._memory.save(key, messages)
+        except Exception:  # discovery still goes out; only the next start's clearing is at risk
+            log.exception("could not write down the discovery sent", key=key.strip("\0"))
 
     def _build(self, key: str) -> list[Publish]:
         if self._ha_app is None:

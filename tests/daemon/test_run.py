@@ -31,13 +31,17 @@ def sim() -> Iterator[tuple[Simulator, str]]:
 
 
 def settings_for(tmp_path: Path, url: str, broker: BrokerAddress, base: str) -> Settings:
+    return Settings(**document_for(tmp_path, url, broker, base))
+
+
+def document_for(tmp_path: Path, url: str, broker: BrokerAddress, base: str) -> dict[str, Any]:
     document = demo_config(
         tmp_path / "state", url, DemoBroker(broker.host, broker.port, "test"), 0, {}
     )
     document["mqtt"]["base_topic"] = base
     document["vehicles"] = {}
     document["logging"] = {"level": "warning", "format": "json"}
-    return Settings(**document)
+    return document
 
 
 @pytest.fixture
@@ -191,3 +195,69 @@ async def test_owner_pages_render_with_the_real_parts(daemon: Daemon) -> None:
         for page in ("/apps", "/vehicles", "/audit", "/security", "/apps/homeassistant"):
             response = await client.get(page)
             assert response.status_code == 200, (page, response.text[:300])
+
+
+class Listener:
+    """Every message under a filter while it listens: retained ones at subscribe, then live."""
+
+    def __init__(self, broker: BrokerAddress, topic_filter: str) -> None:
+        self.retained: dict[str, bytes] = {}
+        self.live: list[tuple[str, bytes]] = []
+        self._client = paho.Client(CallbackAPIVersion.VERSION2)
+        self._client.on_message = self._message
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(topic_filter)
+        self._client.loop_start()
+
+    def _message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        if message.retain:
+            self.retained[message.topic] = message.payload
+        else:
+            self.live.append((message.topic, message.payload))
+
+    async def close(self, settle_s: float = 0.5) -> None:
+        await asyncio.sleep(settle_s)
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def _devices(topics: Any) -> set[str]:
+    return {topic.split("/")[2] for topic in topics}
+
+
+async def _run_once(settings: Settings, listener_filter: str, broker: BrokerAddress) -> Listener:
+    listener = Listener(broker, listener_filter)
+    running = Daemon(settings)
+    await running.start()
+    await running.stop()
+    await listener.close()
+    return listener
+
+
+async def test_a_restart_clears_vehicles_taken_out_of_the_config_and_nothing_more(
+    tmp_path: Path, broker: BrokerAddress, base_topic: str
+) -> None:
+    """The next start knows what the last one left retained: it clears a vehicle taken out of
+    the config, and no longer clears the whole range of topics that could ever have existed."""
+    simulator = Simulator(vehicles=2, seed=5, auto_consent=True, admin=True)
+    prefix = f"{base_topic}-ha"
+    with serve_in_thread(simulator) as url:
+        document = document_for(tmp_path, url, broker, base_topic)
+        document["mqtt"]["discovery_prefix"] = prefix
+        settings = Settings(**document)
+        await login(settings)
+        first = await _run_once(settings, f"{prefix}/#", broker)
+        again = await _run_once(settings, f"{prefix}/#", broker)
+        document["vehicles"] = {"kept": {"account": "sim", "id": _sim_vehicle_ids(settings)[0]}}
+        narrowed = await _run_once(Settings(**document), f"{prefix}/#", broker)
+        after = Listener(broker, f"{prefix}/#")
+        await after.close()
+    clears = [[topic for topic, payload in run.live if not payload] for run in (first, again)]
+    assert len(clears[0]) > 100  # the first start with this state clears the full range
+    assert clears[1] == []
+    assert len(_devices(again.retained)) == 3  # the bridge and both vehicles
+    assert _devices(after.retained) == {"ownerlink-bridge", "ownerlink_kept"}
+    gone = _devices(again.retained) - {"ownerlink-bridge"}
+    assert all(not payload for topic, payload in narrowed.live if topic.split("/")[2] in gone), (
+        "the vehicles no longer configured were only cleared"
+    )
