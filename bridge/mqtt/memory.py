@@ -7,7 +7,10 @@ config while the bridge was stopped kept its entities in Home Assistant for good
 cleared topics for a vehicle the bridge no longer knew.
 
 So the discovery manager writes down, before it sends, what each vehicle's (and the bridge's own)
-discovery now is, and on the next start clears exactly what is written down and no longer wanted.
+discovery may leave retained, and on the next start clears exactly what is written down and no
+longer wanted. While clears are on their way the record holds both the old and the new (either
+may be what the broker has); it shrinks to the new once the broker acknowledged them, so a crash
+or a lost connection in between means the clears are simply sent again next time.
 Only the part a later clear needs is kept: the config topics, and for a device-layout document the
 platform of each component (a vanished component is cleared with a `{"p": platform}` stub). With no
 record at all (the first start with this state directory) the manager clears the full range of
@@ -32,13 +35,16 @@ MIGRATIONS = (
 
 
 def shadow(messages: Sequence[Publish]) -> str:
-    """The part of published discovery that a later clear needs, as JSON (pure)."""
-    kept: list[tuple[str, dict[str, str] | None]] = []
+    """The part of published discovery that a later clear needs, as JSON (pure). A topic given
+    more than once (what was retained, and what replaces it) keeps the union of its components."""
+    kept: dict[str, dict[str, str] | None] = {}
     for message in messages:
         if not message.payload:
             continue  # a clear leaves nothing retained
-        kept.append((message.topic, _platforms(message.payload)))
-    return json.dumps(kept, separators=(",", ":"))
+        platforms = _platforms(message.payload)
+        earlier = kept.get(message.topic)
+        kept[message.topic] = {**earlier, **platforms} if earlier and platforms else platforms
+    return json.dumps(list(kept.items()), separators=(",", ":"))
 
 
 def from_shadow(text: str) -> list[Publish]:

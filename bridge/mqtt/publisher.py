@@ -222,9 +222,10 @@ class DiscoveryMemory(Protocol):
 class DiscoveryManager:
     """Keeps the published discovery per vehicle in step with the Home Assistant app's grant.
 
-    With a `memory`, what is sent is written down first, and the next start clears exactly what
-    was left (and the discovery of vehicles no longer configured, `clear_forgotten`); without
-    one, or on the first start, it clears everything an earlier run could have left.
+    With a `memory`, what may be left retained is written down before it is sent (and narrowed
+    once the broker acknowledged the clears), and the next start clears exactly that, including
+    the discovery of vehicles no longer configured (`clear_forgotten`); without one, or on the
+    first start, it clears everything an earlier run could have left.
     """
 
     def __init__(
@@ -265,8 +266,7 @@ class DiscoveryManager:
         for key, previous in sorted(earlier.items()):
             if key in self._published or key in self._vehicles or key == _COMPLETE:
                 continue
-            self._remember(key, [])
-            self._send(removals(previous, []))
+            self._clear(key, previous)
         # Only now does the record cover every key: a start that died half-way through its
         # first sync must not leave a partial record that later starts would trust.
         self._remember(_COMPLETE, [])
@@ -280,8 +280,7 @@ class DiscoveryManager:
         """Remove every entity of a vehicle from Home Assistant."""
         previous = self._published.pop(slug, [])
         self._vehicles.pop(slug, None)
-        self._remember(slug, [])
-        self._send(removals(previous, []))
+        self._clear(slug, previous)
 
     def set_ha_scopes(self, scopes: frozenset[Scope]) -> None:
         """The Home Assistant app's scopes changed: add what is now allowed, remove what is not."""
@@ -311,11 +310,25 @@ class DiscoveryManager:
             previous = self._left_behind(key)
         elif previous == current:
             return
-        # Written down before it is sent: a crash in between costs a needless clear next time,
-        # never an entity left behind.
-        self._remember(key, current)
-        self._send([*removals(previous, current), *current])
+        clears = removals(previous, current)
         self._published[key] = current
+        if not clears:
+            self._remember(key, current)  # nothing to take away: safe to write down at once
+            self._send(current)
+            return
+        # Until the broker has the clears, what is retained may be either: remember both.
+        self._remember(key, [*previous, *current])
+        self._send([*clears, *current], then=lambda: self._settled(key, current))
+
+    def _clear(self, key: str, previous: list[Publish]) -> None:
+        """Clear everything `previous` left; forget it once the broker has the clears."""
+        self._send(removals(previous, []), then=lambda: self._settled(key, []))
+
+    def _settled(self, key: str, current: list[Publish]) -> None:
+        """The broker has what was sent for `key`: unless a later change is on its way, the
+        record can shrink to what is retained now."""
+        if self._published.get(key, []) is current or (not current and key not in self._published):
+            self._remember(key, current)
 
     def _left_behind(self, key: str) -> list[Publish]:
         if self._earlier is None:
@@ -367,6 +380,17 @@ class DiscoveryManager:
             vehicle=self._vehicles[key], ha_app=self._ha_app or "-", topics=self._topics
         )
 
-    def _send(self, messages: list[Publish]) -> None:
-        for message in messages:
+    def _send(self, messages: list[Publish], then: Callable[[], None] | None = None) -> None:
+        """Publish `messages` in order; `then()` once the broker acknowledged the last of them,
+        when the sink can tell (`MqttClient.publish_confirmed`), else never."""
+        if not messages:
+            if then is not None:
+                then()
+            return
+        confirming = getattr(self._sink, "publish_confirmed", None) if then else None
+        for message in messages[:-1]:
             self._sink.publish(message)
+        if confirming is not None:
+            confirming(messages[-1], then)
+        else:
+            self._sink.publish(messages[-1])

@@ -7,7 +7,7 @@ find after the second start: exactly the current discovery, nothing left behind.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,19 @@ class DictMemory:
         self.rows[key] = shadow(messages)
 
 
+class AckingSink(ListSink):
+    """A sink whose broker acknowledges each message at once, unless told to go quiet."""
+
+    def __init__(self, *, acks: bool = True) -> None:
+        super().__init__()
+        self.acks = acks
+
+    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
+        self.publish(message)
+        if self.acks:
+            on_confirmed()
+
+
 class Broker:
     """Retained messages as a broker keeps them: the last non-empty payload per topic."""
 
@@ -66,9 +79,10 @@ def run(
     scopes: frozenset[Scope] = ALL,
     mode: DiscoveryMode = "device",
     finish: bool = True,
+    acks: bool = True,
 ) -> list[Publish]:
     """One start of the daemon's discovery: what it sent (and the broker now holds)."""
-    sink = ListSink()
+    sink = AckingSink(acks=acks)
     manager = DiscoveryManager(
         sink,
         TOPICS,
@@ -149,6 +163,21 @@ def test_a_first_start_that_did_not_finish_is_not_trusted() -> None:
     assert [m for m in third if not m.payload] == []  # the second start completed the record
 
 
+def test_clears_the_broker_never_acknowledged_are_sent_again_next_time() -> None:
+    """Until the broker confirms the clears, the record keeps what they clear: a crash (or a
+    lost connection) before that cannot leave an entity behind for good."""
+    broker, memory = Broker(), DictMemory()
+    run(broker, memory, [ev("car"), ev("van")])
+    quiet = run(broker, memory, [ev("car")], acks=False)
+    assert Publish("ha/device/ownerlink_van/config", "", retain=True) in quiet
+    broker.retained["ha/device/ownerlink_van/config"] = "{}"  # as if that clear never arrived
+    again = run(broker, memory, [ev("car")])
+    assert Publish("ha/device/ownerlink_van/config", "", retain=True) in again
+    assert "ha/device/ownerlink_van/config" not in broker.retained
+    last = run(broker, memory, [ev("car")])
+    assert [m for m in last if not m.payload] == []
+
+
 def test_without_memory_every_start_clears_the_full_range() -> None:
     broker = Broker()
     run(broker, None, [ev()])
@@ -204,3 +233,14 @@ def test_sqlite_memory_round_trip_and_a_damaged_row(tmp_path: Path) -> None:
         assert memory.load() is None  # untrusted: the next start clears the full range
     finally:
         store.close()
+
+
+def test_a_topic_given_twice_keeps_every_component_it_may_hold() -> None:
+    old = Publish("ha/device/d/config", '{"cmps":{"lock":{"p":"lock"},"range":{"p":"sensor"}}}')
+    new = Publish("ha/device/d/config", '{"cmps":{"range":{"p":"sensor"},"horn":{"p":"button"}}}')
+    (kept,) = from_shadow(shadow([old, new]))
+    assert json.loads(kept.payload)["cmps"] == {
+        "lock": {"p": "lock"},
+        "range": {"p": "sensor"},
+        "horn": {"p": "button"},
+    }
