@@ -199,6 +199,7 @@ class AuditLog:
                 self._start_flusher()
                 self._flush_wanted.notify()
                 return pending
+            pending.poll = ring.drain
             batch = self._take_ring_batch()
         if batch is not None:
             self._ring_fsync(ring, *batch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from bridge.errors import AuditWriteError
@@ -18,12 +19,15 @@ from bridge.errors import AuditWriteError
 class Pending:
     """One written record awaiting its fsync. Settled once, by the thread that flushed it."""
 
-    __slots__ = ("_done", "_error", "_waiter", "record")
+    __slots__ = ("_done", "_error", "_waiter", "poll", "record")
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
         self._done = threading.Event()
         self._error: AuditWriteError | None = None
+        # Collects completions that have already arrived (the io_uring's), so a record whose
+        # fsync finished while the request was being built needs no trip round the event loop.
+        self.poll: Callable[[], None] | None = None
         # The loop, its future and its thread, once a task awaits durability.
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int] | None = None
 
@@ -68,6 +72,8 @@ class Pending:
 
     async def durable(self) -> None:
         """Return once the record is on disk; raise AuditWriteError if it never will be."""
+        if not self._done.is_set() and self.poll is not None:
+            self.poll()
         if not self._done.is_set():
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()

@@ -47,6 +47,10 @@ class FsyncRing(Protocol):
         Raises OSError when the request could not even be submitted."""
         ...
 
+    def drain(self) -> None:
+        """Report every completion that has arrived, now (on the loop thread)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -59,7 +63,7 @@ class KernelRing:
         self._operation = operation  # caio's Operation class
         self._thread_id = threading.get_ident()
         self._closed = False
-        loop.add_reader(context.fileno, self._drain)
+        loop.add_reader(context.fileno, self.drain)
 
     @property
     def thread_id(self) -> int:
@@ -87,9 +91,10 @@ class KernelRing:
             with contextlib.suppress(Exception):
                 close()
 
-    def _drain(self) -> None:
-        # The eventfd may read as empty though epoll woke us (completions coalesce): draining the
-        # completion queue does not depend on it.
+    def drain(self) -> None:
+        """Report every completion that has arrived (the eventfd's reader; also called by a task
+        about to wait for one, which then need not wait). The eventfd may read as empty though
+        completions are there (they coalesce): draining the queue does not depend on it."""
         with contextlib.suppress(BlockingIOError):
             self._context.poll()
         while self._context.process_events():

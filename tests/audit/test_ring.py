@@ -11,6 +11,7 @@ import errno
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class ScriptedRing:
         if not errno_:
             os.fsync(fd)
         done(errno_)
+
+    def drain(self) -> None:
+        pass  # completions are delivered by finish()
 
     def close(self) -> None:
         self.closed = True
@@ -97,6 +101,27 @@ async def test_without_caio_s_linux_extension_there_is_no_ring(
     its flusher thread. (A None entry in sys.modules makes the import fail as it would there.)"""
     monkeypatch.setitem(sys.modules, "caio.linux_uring", None)
     assert open_ring() is None
+
+
+async def test_a_completion_already_in_the_ring_is_collected_by_the_waiter(
+    tmp_path: Path,
+) -> None:
+    """A record whose fsync finished while the request was being built is durable at once: the
+    waiter drains the ring itself instead of waiting for the loop to read the eventfd."""
+    ring = open_ring()
+    if ring is None:
+        pytest.skip("io_uring is not available on this machine")
+    log = open_log(tmp_path)
+    log.use_ring(ring)
+    asyncio.get_running_loop().remove_reader(ring._context.fileno)  # the loop will not look
+    try:
+        for n in range(3):
+            pending = log.append_pending("command.decision", n=n)
+            time.sleep(0.2)  # the kernel finishes meanwhile; nothing on the loop reads the eventfd
+            await asyncio.wait_for(pending.durable(), 1)
+    finally:
+        log.close()
+        ring.close()
 
 
 def test_open_ring_needs_no_sqpoll_thread(kernel_ring: KernelRing) -> None:
