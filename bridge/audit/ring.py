@@ -111,16 +111,35 @@ def _report(done: OnSynced, result: int) -> None:
 
 def open_ring(loop: asyncio.AbstractEventLoop | None = None) -> KernelRing | None:
     """A ring on `loop` (default: the running loop), or None where io_uring cannot be used."""
+    opened = _open_context()
+    if isinstance(opened, str):
+        log.info("io_uring unavailable; the audit log fsyncs on a thread", why=opened)
+        return None
+    context, operation = opened
+    return KernelRing(loop or asyncio.get_running_loop(), context, operation)
+
+
+def unavailable() -> str | None:
+    """Why the audit log would fsync on a thread here, or None when io_uring works (doctor)."""
+    opened = _open_context()
+    return opened if isinstance(opened, str) else None
+
+
+def _open_context() -> tuple[Any, Any] | str:
+    """caio's io_uring context and its Operation class, or the reason there is none."""
     try:
         # Imported here: a Linux-only extension, and most of the daemon never needs it.
         from caio.linux_uring import Context, Operation
     except ImportError as exc:
-        log.info("io_uring unavailable; the audit log fsyncs on a thread", why=str(exc))
-        return None
+        return _reason(exc)
     try:
         # sqpoll=False: a polling kernel thread would spin on a core after every command.
-        context = Context(max_requests=RING_SIZE, sqpoll=False)
+        return Context(max_requests=RING_SIZE, sqpoll=False), Operation
     except (OSError, RuntimeError, SystemError) as exc:
-        log.info("io_uring unavailable; the audit log fsyncs on a thread", why=str(exc))
-        return None
-    return KernelRing(loop or asyncio.get_running_loop(), context, Operation)
+        return _reason(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    # caio's message for a seccomp block goes on to advise turning seccomp off: keep the cause.
+    first = (str(exc) or type(exc).__name__).splitlines()[0]
+    return first.removesuffix("To fix:").strip()

@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import httpx
 
 from bridge import doctor
+from bridge.audit.ring import unavailable as ring_unavailable
 from bridge.cli.common import add_common, settings_from
 from bridge.config import AccountConfig, Settings, find_config_path
 from bridge.doctor import Check, HttpAnswer
@@ -79,6 +80,7 @@ class Probes:
     clock: Clock = utc_now
     uid: int = field(default_factory=os.geteuid)
     transport: httpx.BaseTransport | None = None
+    fsync_ring: Callable[[], str | None] = ring_unavailable  # why io_uring cannot be used, or None
 
 
 def doctor_command(
@@ -121,6 +123,7 @@ def run_checks(
         checks += online_checks(settings, logged_in, clock)  # before the budget: it shows the call
     checks += doctor.check_budgets(settings, clock())
     checks.append(doctor.check_audit(settings.state_dir))
+    checks.append(doctor.check_audit_fsync(probes.fsync_ring()))
     return checks
 
 

@@ -46,7 +46,7 @@ from bridge.doctor.provider import (
     check_provider,
     judge_online,
 )
-from bridge.doctor.records import check_audit, check_budgets, judge_budget
+from bridge.doctor.records import check_audit, check_audit_fsync, check_budgets, judge_budget
 from bridge.doctor.state import (
     PRIVATE_MODE_BITS,
     can_look_inside,
@@ -76,6 +76,7 @@ __all__ = [
     "can_look_inside",
     "check_acl_files",
     "check_audit",
+    "check_audit_fsync",
     "check_broker",
     "check_broker_reachable",
     "check_broker_tls",

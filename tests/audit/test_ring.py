@@ -19,7 +19,7 @@ import pytest
 
 from bridge.audit.log import AuditLog
 from bridge.audit.pending import Pending
-from bridge.audit.ring import KernelRing, OnSynced, open_ring
+from bridge.audit.ring import KernelRing, OnSynced, open_ring, unavailable
 from bridge.audit.verify import verify
 from bridge.errors import AuditWriteError
 from tests.audit.helpers import open_log, records
@@ -122,6 +122,17 @@ async def test_a_completion_already_in_the_ring_is_collected_by_the_waiter(
     finally:
         log.close()
         ring.close()
+
+
+def test_the_reason_io_uring_is_unavailable_keeps_the_cause_not_caio_s_advice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "caio.linux_uring", None)
+    assert unavailable()  # a reason, for doctor
+    from bridge.audit.ring import _reason
+
+    seccomp = ImportError("io_uring_setup failed: ENOSYS. A seccomp filter. To fix:\n  Docker: off")
+    assert _reason(seccomp) == "io_uring_setup failed: ENOSYS. A seccomp filter."
 
 
 def test_open_ring_needs_no_sqpoll_thread(kernel_ring: KernelRing) -> None:

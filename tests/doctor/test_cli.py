@@ -75,6 +75,7 @@ def test_a_healthy_installation_passes_with_exit_0(
         "clock",
         "budget: home",
         "audit log",
+        "audit fsync",
     ):
         assert any(line.startswith(f"✓ {name}") for line in out.splitlines()), name
     assert "! broker enforcement" in out and "mode none" in out
@@ -500,3 +501,17 @@ def test_nothing_listens_on_a_closed_port() -> None:
     """The helper behind the "down" tests really gives a port nobody listens on."""
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", closed_port()), 1):
         pass
+
+
+def test_doctor_says_how_the_audit_log_fsyncs_commands(install: Install) -> None:
+    """io_uring where the kernel allows it; where it does not (Docker's seccomp), the thread,
+    named as such and still a pass: nothing is lost, and seccomp should stay on."""
+    blocked = "io_uring_setup failed: syscall not available (ENOSYS)"
+    found = checks(install, probes=Probes(fsync_ring=lambda: blocked))
+    assert found["audit fsync"]["status"] == "ok"
+    assert (
+        "on a thread" in found["audit fsync"]["detail"]
+        and blocked in found["audit fsync"]["detail"]
+    )
+    found = checks(install, probes=Probes(fsync_ring=lambda: None))
+    assert found["audit fsync"]["detail"].startswith("io_uring")
