@@ -95,6 +95,8 @@ class KernelRing:
         """Report every completion that has arrived (the eventfd's reader; also called by a task
         about to wait for one, which then need not wait). The eventfd may read as empty though
         completions are there (they coalesce): draining the queue does not depend on it."""
+        if self._closed:
+            return
         with contextlib.suppress(BlockingIOError):
             self._context.poll()
         while self._context.process_events():
