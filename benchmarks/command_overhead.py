@@ -11,7 +11,7 @@ thread. Three paths take turns, run by run, so they see the same machine state:
   checked, nothing is chained.
 - pipeline: the daemon's own MQTT adapter (`MqttClient`) hands the message to the event loop;
   the `CommandPipeline` parses and decides it (scopes, age, rate limits, the budget pre-check),
-  writes the hash-chained `command.decision` record (the audit flusher thread fsyncs it), queues
+  writes the hash-chained `command.decision` record (io_uring fsyncs it, as in the daemon), queues
   it for the vehicle, and the FordConnect provider charges the persisted budget (a SQLite commit),
   builds the POST and holds it until the record's fsync has returned. This is what the daemon
   does.
