@@ -4,8 +4,9 @@ The forwarder runs each command inside `held_until(pending)`; the provider's HTT
 `pass_barrier` as its last step before handing a request to the transport (an httpx request hook,
 installed by the factory), so the command's first request cannot leave before the decision record
 is durable, while everything before it (the budget charge, the token, building the request) runs
-as the kernel (or the audit flusher thread) fsyncs the record. A ContextVar carries the barrier because it belongs to
-the one task that runs the command: the poller's reads and other commands pass freely.
+as the kernel (or the audit flusher thread) fsyncs the record. A ContextVar carries the barrier
+because it belongs to the one task that runs the command: the poller's reads and other commands
+pass freely.
 """
 
 from __future__ import annotations
