@@ -1,4 +1,4 @@
-"""SQLite access for the command path with sqlite3 errors mapped to StateError at this one edge."""
+"""SQLite access with sqlite3 errors mapped to StateError at this one edge (commands, discovery memory)."""
 
 from __future__ import annotations
 

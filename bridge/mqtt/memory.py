@@ -20,11 +20,10 @@ what could exist, as before.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from bridge.errors import StateError
+from bridge.commands.storage import reading, writing
 from bridge.mqtt.topics import Publish
 from bridge.store import Store
 
@@ -94,30 +93,33 @@ class RetainedDiscovery:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # What each row holds now: a start that changes nothing rewrites no row.
+        self._rows: dict[str, str] = {}
 
     def load(self) -> dict[str, list[Publish]] | None:
         """Everything remembered, or None when nothing ever was (a first start). A row that
         cannot be read makes the whole memory untrusted (None): clearing too much is safe."""
-        try:
-            self.store.migrate("discovery", MIGRATIONS)
-            rows = self.store.query("SELECT key, messages FROM discovery_retained")
-        except sqlite3.Error as exc:
-            raise StateError(f"discovery memory: {exc}") from exc
+        self.store.migrate("discovery", MIGRATIONS)
+        rows = reading(
+            self.store, "discovery memory", "SELECT key, messages FROM discovery_retained", ()
+        )
         if not rows:
             return None
         try:
-            return {str(key): from_shadow(str(text)) for key, text in rows}
+            earlier = {str(key): from_shadow(str(text)) for key, text in rows}
         except (ValueError, TypeError):
             return None
+        self._rows = {str(key): str(text) for key, text in rows}
+        return earlier
 
     def save(self, key: str, messages: Sequence[Publish]) -> None:
         text = shadow(messages)
-        try:
-            with self.store.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO discovery_retained (key, messages) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET messages = excluded.messages",
-                    (key, text),
-                )
-        except sqlite3.Error as exc:
-            raise StateError(f"discovery memory: {exc}") from exc
+        if self._rows.get(key) == text:
+            return
+        with writing(self.store, "discovery memory") as conn:
+            conn.execute(
+                "INSERT INTO discovery_retained (key, messages) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET messages = excluded.messages",
+                (key, text),
+            )
+        self._rows[key] = text

@@ -322,12 +322,17 @@ class DiscoveryManager:
 
     def _clear(self, key: str, previous: list[Publish]) -> None:
         """Clear everything `previous` left; forget it once the broker has the clears."""
-        self._send(removals(previous, []), then=lambda: self._settled(key, []))
+
+        def cleared() -> None:
+            if key not in self._published:  # not offered again meanwhile
+                self._remember(key, [])
+
+        self._send(removals(previous, []), then=cleared)
 
     def _settled(self, key: str, current: list[Publish]) -> None:
         """The broker has what was sent for `key`: unless a later change is on its way, the
         record can shrink to what is retained now."""
-        if self._published.get(key, []) is current or (not current and key not in self._published):
+        if self._published.get(key) is current:
             self._remember(key, current)
 
     def _left_behind(self, key: str) -> list[Publish]:
