@@ -1,4 +1,4 @@
-"""SQLite access with sqlite3 errors mapped to StateError at this one edge (commands, discovery memory)."""
+"""SQLite access with sqlite3 errors mapped to StateError (commands, discovery memory)."""
 
 from __future__ import annotations
 
