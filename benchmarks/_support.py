@@ -25,7 +25,7 @@ from bridge.errors import ProviderError
 from bridge.events import CollectingAlerts
 from bridge.model import VehicleState
 from bridge.polling.timers import ManualTimer
-from bridge.providers.base import CallGate, CallKind, Provider
+from bridge.providers.base import CallGate, CallKind, Commit, Provider
 from bridge.providers.factory import build_account
 from bridge.providers.tokens import StoredTokens, TokenStore
 from bridge.simulator import Limits, ManualClock, Simulator, create_app
@@ -50,9 +50,10 @@ class CountingGate:
         self._clock = clock
         self.calls: dict[str, list[Charged]] = {}
 
-    def charge(self, account: str, kind: CallKind) -> None:
-        self._inner.charge(account, kind)
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
+        commit = self._inner.charge(account, kind, record=record)
         self.calls.setdefault(account, []).append(Charged(self._clock().timestamp(), kind))
+        return commit
 
 
 @dataclass

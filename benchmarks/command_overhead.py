@@ -10,11 +10,12 @@ thread. Three paths take turns, run by run, so they see the same machine state:
   POSTs the same FordConnect lock request with a synchronous httpx client. The floor: nothing is
   checked, nothing is chained.
 - pipeline: the daemon's own MQTT adapter (`MqttClient`) hands the message to the event loop;
-  the `CommandPipeline` parses and decides it (scopes, age, rate limits, the budget pre-check),
+  the `CommandPipeline` parses and decides it (the app read from the registry's SQLite table, as
+  the daemon does for every command so that a revocation counts at once; scopes, age, rate
+  limits, the budget pre-check),
   writes the hash-chained `command.decision` record (io_uring fsyncs it, as in the daemon), queues
-  it for the vehicle, and the FordConnect provider charges the persisted budget (a SQLite commit),
-  builds the POST and holds it until the record's fsync has returned. This is what the daemon
-  does.
+  it for the vehicle, and the FordConnect provider charges the persisted budget, builds the POST
+  and holds it until the record's fsync has returned. This is what the daemon does.
 - pipeline, free gate: the same without the budget (no pre-check, no charge), to show its cost.
 
 Each pipeline run starts on a fresh state directory, so the budget holds what one run spent
@@ -64,9 +65,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.support.broker: the throwaway Mosquitto the tests use
 
 from bridge import logs  # noqa: E402
+from bridge.access.apps import AppRegistry  # noqa: E402
+from bridge.access.broker import NoEnforcement  # noqa: E402
 from bridge.audit.log import AuditLog, audit_directory  # noqa: E402
 from bridge.audit.ring import open_ring  # noqa: E402
-from bridge.commands.apps import ConfigApps  # noqa: E402
 from bridge.commands.assemble import budget_check, build_pipeline, vehicle_routes  # noqa: E402
 from bridge.commands.pipeline import CommandPipeline, InboundCommand  # noqa: E402
 from bridge.config import (  # noqa: E402
@@ -320,6 +322,15 @@ async def pipeline_run(world: World, count: int, gate: str) -> list[tuple[float,
         rotate_bytes=settings.audit.rotate_bytes,
     )
     audit.open()
+    registry = AppRegistry(
+        store=store,
+        audit=audit,
+        alerts=alerts,
+        enforcement=NoEnforcement(),
+        clock=lambda: datetime.now(UTC),
+    )
+    registry.migrate()
+    registry.import_declared(settings.apps)  # as the daemon does with the config file's apps
     ring = open_ring()  # as the daemon does: the kernel fsyncs command records where it can
     audit.use_ring(ring)
     holder: list[CommandPipeline] = []
@@ -337,7 +348,7 @@ async def pipeline_run(world: World, count: int, gate: str) -> list[tuple[float,
         alerts=alerts,
         publisher=mqtt,
         clock=lambda: datetime.now(UTC),
-        apps=ConfigApps(settings.apps),
+        apps=registry,
         routes=vehicle_routes(settings, stamped, {}),
         budget_ok=budget_check(budget, settings) if gate == "budget" else None,
     )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.ring import open_ring
 from bridge.commands.dedup import DedupStore
-from bridge.commands.delivery import ResultDelivery, undelivered
+from bridge.commands.delivery import ResultDelivery, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
+from bridge.commands.recover import unfinished
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
 from bridge.errors import AuditError
@@ -375,11 +377,26 @@ class Daemon:
         resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
         if resent:
             log.warning("final results kept from the broker by the last stop sent again", n=resent)
+        self._charge_interrupted(unfinished(records))
         finished = self.pipeline.finish_interrupted(records)
         if finished:
             log.warning(
                 "commands interrupted by the last stop were answered timed_out", count=finished
             )
+
+    def _charge_interrupted(self, decisions: list[Mapping[str, Any]]) -> None:
+        """A command the last stop interrupted may have reached the car before its budget row
+        was written (bridge.polling.budget): charge it now unless a row names its record."""
+        for decision in decisions:
+            account = self._account_of.get(str(decision.get("vehicle")))
+            at, seq = record_time(decision), decision.get("seq")
+            if account is None or at is None or not isinstance(seq, int):
+                continue
+            try:
+                if self.budget.charge_interrupted(account, at, seq):
+                    log.info("interrupted command charged to the budget", seq=seq, account=account)
+            except sqlite3.Error:
+                log.exception("could not charge an interrupted command", seq=seq)
 
     async def _build_web(self) -> None:
         self.metrics.registry.register(DaemonGauges(self))

@@ -22,7 +22,7 @@ from bridge.audit.pending import Pending
 from bridge.errors import ProviderError
 from bridge.events import CommandAudit
 from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
-from bridge.providers.base import CallGate, CallKind, OnAccepted, Provider
+from bridge.providers.base import CallGate, CallKind, Commit, OnAccepted, Provider
 
 if TYPE_CHECKING:
     from bridge.daemon import Daemon
@@ -72,9 +72,10 @@ class CountingGate:
         self._inner = inner
         self._metrics = metrics
 
-    def charge(self, account: str, kind: CallKind) -> None:
-        self._inner.charge(account, kind)
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
+        commit = self._inner.charge(account, kind, record=record)
         self._metrics.provider_calls.labels(account, kind.value).inc()
+        return commit
 
 
 class CountingAudit:

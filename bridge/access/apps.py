@@ -95,6 +95,11 @@ class AppRegistry:
         row = self._table.get(app_id)
         return row.app if row else None
 
+    def current(self, app_id: str) -> App | None:
+        """The app for deciding a command (the command path's AppLookup): read from the database
+        every time, as `get` is, but `last_seen` and `last_command` may lag."""
+        return self._table.deciding(app_id)
+
     def require(self, app_id: str) -> App:
         return self._require(app_id).app
 

@@ -82,19 +82,24 @@ def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+# The columns an App is made of, but for its activity (`last_seen`, `last_command`): what a
+# command's decision reads. Their values key the parsed App `deciding` reuses.
+_DECIDING = (
+    "id",
+    "name",
+    "scopes",
+    "created_at",
+    "enabled",
+    "home_assistant",
+    "rate_limit_per_minute",
+    "allow_cidrs",
+)
+_SELECT_DECIDING = f"SELECT {', '.join(_DECIDING)} FROM apps WHERE id = ?"  # noqa: S608
+
+
 def to_row(r: sqlite3.Row) -> AppRow:
-    app = App(
-        id=r["id"],
-        name=r["name"],
-        scopes=frozenset(Scope(s) for s in json.loads(r["scopes"])),
-        created_at=datetime.fromisoformat(r["created_at"]),
-        enabled=bool(r["enabled"]),
-        home_assistant=bool(r["home_assistant"]),
-        rate_limit_per_minute=r["rate_limit_per_minute"],
-        allow_cidrs=tuple(json.loads(r["allow_cidrs"])),
-        last_seen=_time(r["last_seen"]),
-        last_command=r["last_command"],
-    )
+    values = tuple(r[name] for name in _DECIDING)
+    app = _deciding_app(values, last_seen=_time(r["last_seen"]), last_command=r["last_command"])
     return AppRow(
         app=app,
         secret=r["broker_secret"],
@@ -105,12 +110,32 @@ def to_row(r: sqlite3.Row) -> AppRow:
     )
 
 
+def _deciding_app(
+    values: tuple[Any, ...], *, last_seen: datetime | None = None, last_command: str | None = None
+) -> App:
+    app_id, name, scopes, created_at, enabled, home_assistant, rate_limit, cidrs = values
+    return App(
+        id=app_id,
+        name=name,
+        scopes=frozenset(Scope(s) for s in json.loads(scopes)),
+        created_at=datetime.fromisoformat(created_at),
+        enabled=bool(enabled),
+        home_assistant=bool(home_assistant),
+        rate_limit_per_minute=rate_limit,
+        allow_cidrs=tuple(json.loads(cidrs)),
+        last_seen=last_seen,
+        last_command=last_command,
+    )
+
+
 class AppTable:
     """SQL for the registry; every method is one statement or one short transaction."""
 
     def __init__(self, store: Store, origin: str) -> None:
         self._store = store
         self._origin = origin  # tells our own change records from another process's
+        # Per app id, the last row `deciding` read and the App parsed from it.
+        self._parsed: dict[str, tuple[tuple[Any, ...], App]] = {}
 
     def migrate(self) -> None:
         self._store.migrate("apps", MIGRATIONS)
@@ -121,6 +146,22 @@ class AppTable:
     def get(self, app_id: str) -> AppRow | None:
         rows = self._store.query("SELECT * FROM apps WHERE id = ?", (app_id,))
         return to_row(rows[0]) if rows else None
+
+    def deciding(self, app_id: str) -> App | None:
+        """The app as a command's decision needs it: one query each time (another process may
+        have revoked it a moment ago), but the row is parsed only when it has changed, since
+        `touch` rewrites the activity columns on every command and nothing else as often."""
+        rows = self._store.query(_SELECT_DECIDING, (app_id,))
+        if not rows:
+            self._parsed.pop(app_id, None)
+            return None
+        values = tuple(rows[0])
+        parsed = self._parsed.get(app_id)
+        if parsed is not None and parsed[0] == values:
+            return parsed[1]
+        app = _deciding_app(values)
+        self._parsed[app_id] = (values, app)
+        return app
 
     def all(self) -> list[AppRow]:
         return [to_row(r) for r in self._store.query("SELECT * FROM apps ORDER BY id")]

@@ -39,6 +39,10 @@ class Pending:
         return pending
 
     @property
+    def seq(self) -> int:
+        return int(self.record["seq"])
+
+    @property
     def done(self) -> bool:
         return self._done.is_set()
 

@@ -28,8 +28,10 @@ def _utcnow() -> datetime:
 class AppLookup(Protocol):
     """The app registry as the command path sees it. Called on the event loop: keep it quick."""
 
-    def get(self, app_id: str) -> App | None:
-        """The app registered under this broker username, or None."""
+    def current(self, app_id: str) -> App | None:
+        """The app registered under this broker username as it is now, or None: exact in
+        everything a decision reads (a revocation or a scope change counts at once), while
+        `last_seen` and `last_command` may lag."""
         ...
 
     def touch(self, app_id: str, command: str) -> None:
@@ -45,7 +47,7 @@ class ConfigApps:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def get(self, app_id: str) -> App | None:
+    def current(self, app_id: str) -> App | None:
         return self._apps.get(app_id)
 
     def touch(self, app_id: str, command: str) -> None:

@@ -313,7 +313,7 @@ class CommandPipeline:
             self._refuse(ticket, decision.reason, decision.detail, decision, check)
 
     def _decide(self, ticket: Ticket, cmd: ParsedCommand) -> tuple[Decision, StepUpCheck]:
-        app = ticket.app = ticket.app or self.apps.get(cmd.app)
+        app = ticket.app = ticket.app or self.apps.current(cmd.app)
         route = self.vehicles.get(cmd.vehicle)
         now, epoch = ticket.received_at, ticket.received_at.timestamp()
         check = NOT_ASSESSED

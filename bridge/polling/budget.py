@@ -25,6 +25,16 @@ than the rest of the command's checks together. The mirror is dropped whenever a
 SQLite's `PRAGMA data_version` tells cheaply; `charge` asks inside its write transaction, so no
 other writer can slip a call in between the count and the insert. One `Budget` per `Store`: a
 second one on the same connection would not see the first one's calls.
+
+A command's own request is the exception to "transaction first". Its decision record is already
+durable in the audit log when the request leaves (`bridge.providers.barrier`), and that record is
+the proof of the call, so `charge(..., record=seq)` takes the call in the mirror and returns a
+commit that writes its row once the request is done: the command does not wait for SQLite. That
+shortcut is taken only while the mirror shows `HEADROOM` calls left in both windows, since the
+mirror can be behind by the calls other processes made since the daemon's last transaction (each
+transaction looks); nearer the limit the command pays for its exact transaction. A crash before
+the row is written loses nothing: the command's decision has no outcome record, and at start the
+daemon charges every such command whose record no row names (`charge_interrupted`).
 """
 
 from __future__ import annotations
@@ -37,13 +47,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from bridge.config import BudgetConfig
 from bridge.errors import BudgetExhausted
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.logs import get_logger
 from bridge.polling.clock import Clock, utc_now
-from bridge.providers.base import CallKind
+from bridge.providers.base import CallKind, Commit
 from bridge.store import Store
 
 log = get_logger(__name__)
@@ -56,6 +67,9 @@ HOUR_S = 3_600.0
 # Rows older than a day are deleted from SQLite once this many have left the in-memory window:
 # a DELETE on every charge would cost a page write per call for nothing.
 PRUNE_BATCH = 64
+# Calls that must be left in both windows for a command to be charged in memory first (see above):
+# far more than other processes (`ownerlink status`, `vehicles`) make between two of ours.
+HEADROOM = 10
 
 MIGRATIONS = (
     # One row per charged call. `ts` is effective epoch seconds; rows older than a day are pruned.
@@ -68,6 +82,9 @@ MIGRATIONS = (
     CREATE INDEX budget_calls_by_account ON budget_calls (account, ts)""",
     # The largest clock reading seen per account: a backwards clock jump must not free budget.
     "CREATE TABLE budget_clock (account TEXT PRIMARY KEY, max_ts REAL NOT NULL)",
+    # The seq of the audit decision record a command's call acted on (None for every other call):
+    # how the start after a crash tells a command that was charged from one that was not.
+    "ALTER TABLE budget_calls ADD COLUMN ref INTEGER",
 )
 
 
@@ -250,14 +267,15 @@ class _Ledger:
             del self.shared[: inside_from(self.shared, DAY_S, now)]
             self.stale_rows += gone
 
-    def fits(self, kind: CallKind, now: float, config: BudgetConfig) -> bool:
-        """The admission rule of both windows, from the mirror: two bisections per window."""
+    def fits(self, kind: CallKind, now: float, config: BudgetConfig, spare: int = 0) -> bool:
+        """The admission rule of both windows, from the mirror: two bisections per window. With
+        `spare`, the call must also leave that many calls of its kind in each window."""
         for seconds, limit in ((DAY_S, config.calls_per_day), (HOUR_S, config.calls_per_hour)):
-            if len(self.times) - inside_from(self.times, seconds, now) >= limit:
+            if len(self.times) - inside_from(self.times, seconds, now) >= limit - spare:
                 return False
             if kind is CallKind.READ:
                 shared = len(self.shared) - inside_from(self.shared, seconds, now)
-                if shared >= limit - reserve_of(limit, config.command_reserve_pct):
+                if shared >= limit - reserve_of(limit, config.command_reserve_pct) - spare:
                     return False
         return True
 
@@ -272,8 +290,10 @@ class Budget:
         config: BudgetConfig,
         alerts: AlertSink,
         clock: Clock = utc_now,
+        headroom: int = HEADROOM,
     ) -> None:
         self._store = store
+        self._headroom = headroom
         self._config = config
         self._alerts = alerts
         self._clock = clock
@@ -295,10 +315,17 @@ class Budget:
         finally:
             _reads_as_commands.reset(token)
 
-    def charge(self, account: str, kind: CallKind) -> None:
-        """Record one call before it is made, or raise BudgetExhausted and record nothing."""
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
+        """Record one call before it is made, or raise BudgetExhausted and record nothing.
+
+        With `record` (the audit seq of the command this call carries out), the call may be taken
+        in memory only, and the returned commit writes it (see the module docstring)."""
         if kind is CallKind.READ and _reads_as_commands.get():
             kind = CallKind.COMMAND
+        if record is not None:
+            commit = self._take_on_record(account, kind, record)
+            if commit is not None:
+                return commit
         with self._store.transaction() as conn:
             ledger = self._ledger(conn, account)
             now = max(self._clock().timestamp(), ledger.max_seen)
@@ -307,10 +334,7 @@ class Budget:
             retry_at = now if fits else self._retry_at(ledger, kind, now)
             prune = ledger.stale_rows >= PRUNE_BATCH
             if retry_at <= now:
-                conn.execute(
-                    "INSERT INTO budget_calls (account, ts, kind) VALUES (?, ?, ?)",
-                    (account, now, kind.value),
-                )
+                _insert(conn, account, Call(now, kind), record)
             if retry_at > now or prune:
                 # No call row carries `now` forward (refusing), or old rows are about to go.
                 self._persist_clock(conn, account, now)
@@ -328,6 +352,55 @@ class Budget:
         ledger.add(Call(now, kind))
         if kind is CallKind.READ:
             self._exhausted.discard(account)
+        return None
+
+    def _take_on_record(self, account: str, kind: CallKind, record: int) -> Commit | None:
+        """The call in the mirror now and its row later, when the mirror is loaded and the call
+        leaves the headroom to spare; else None, and the caller charges in a transaction."""
+        with self._store.locked():  # the mirror is shared with threads (the web page's usage)
+            ledger = self._ledgers.get(account)
+            if ledger is None:
+                return None
+            now = max(self._clock().timestamp(), ledger.max_seen)
+            ledger.forget_before(now)
+            if not ledger.fits(kind, now, self._config, spare=self._headroom):
+                return None
+            call = Call(now, kind)
+            ledger.add(call)
+            ledger.max_seen = now
+        return partial(self._write_taken, account, call, record)
+
+    def _write_taken(self, account: str, call: Call, record: int) -> None:
+        """The row of a call taken on its record's word (the request is done by now)."""
+        try:
+            with self._store.transaction() as conn:
+                if int(conn.execute("PRAGMA data_version").fetchone()[0]) != self._version:
+                    # Another process wrote since we looked: reload the mirror (with this row)
+                    # when it is next needed, rather than add to one that may lack their calls.
+                    self._ledgers.clear()
+                    self._version = None
+                _insert(conn, account, call, record)
+        except sqlite3.Error as exc:
+            # The call went out and the mirror has it; only other processes will not see it.
+            log.exception("budget.write_failed", account=account, error=str(exc))
+
+    def charge_interrupted(self, account: str, at: datetime, record: int) -> bool:
+        """At start, after a crash: charge a command whose decision record (`record`, made `at`)
+        has no outcome, unless a call row already names that record. True when it charged.
+
+        Its request may have left without its row being written (see the module docstring);
+        charging one that never left costs one call of budget, which is the safe way to be wrong.
+        """
+        with self._store.transaction() as conn:
+            named = conn.execute(
+                "SELECT 1 FROM budget_calls WHERE account = ? AND ref = ?", (account, record)
+            ).fetchone()
+            if named is not None:
+                return False
+            _insert(conn, account, Call(at.timestamp(), CallKind.COMMAND), record)
+        # Its time is in the past: reload the account's calls in order rather than append it.
+        self._ledgers.pop(account, None)
+        return True
 
     def admits(self, account: str, kind: CallKind = CallKind.COMMAND) -> bool:
         """Would a call of `kind` be admitted now? Read-only and cheap: the command pipeline asks
@@ -405,6 +478,13 @@ class Budget:
                 )
             )
         raise BudgetExhausted(f"call budget of {account} exhausted", retry_at=retry_at)
+
+
+def _insert(conn: sqlite3.Connection, account: str, call: Call, record: int | None) -> None:
+    conn.execute(
+        "INSERT INTO budget_calls (account, ts, kind, ref) VALUES (?, ?, ?, ?)",
+        (account, call.ts, call.kind.value, record),
+    )
 
 
 def _max_seen(conn: sqlite3.Connection, account: str) -> float:

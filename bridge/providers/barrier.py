@@ -7,6 +7,9 @@ is durable, while everything before it (the budget charge, the token, building t
 as the kernel (or the audit flusher thread) fsyncs the record. A ContextVar carries the barrier
 because it belongs to the one task that runs the command: the poller's reads and other commands
 pass freely.
+
+The held request is the one the decision record speaks for, so the budget may charge it on that
+record's word (`held_record`, see `bridge.polling.budget`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import httpx
 class Durable(Protocol):
     """Something to wait for: `bridge.audit.pending.Pending`."""
 
+    @property
+    def seq(self) -> int:
+        """The audit record's sequence number."""
+        ...
+
     async def durable(self) -> None: ...
 
 
@@ -36,6 +44,12 @@ def held_until(barrier: Durable | None) -> Iterator[None]:
         yield
     finally:
         _held.reset(token)
+
+
+def held_record() -> int | None:
+    """The seq of the audit record the current task's next request waits for, if it waits."""
+    barrier = _held.get()
+    return None if barrier is None else barrier.seq
 
 
 async def pass_barrier() -> None:

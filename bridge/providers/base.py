@@ -17,16 +17,25 @@ class CallKind(enum.StrEnum):
     TOKEN = "token"  # noqa: S105 - a call kind, not a password
 
 
+# Persists a call the gate took in memory; run once the request is done (sent or failed).
+Commit = Callable[[], None]
+
+
 class CallGate(Protocol):
     """Charged before every provider request; raises BudgetExhausted to refuse it."""
 
-    def charge(self, account: str, kind: CallKind) -> None: ...
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
+        """Charge one call before it is made. `record` is the seq of the durable audit record the
+        call acts on (a command's request, held until that record is on disk): the record already
+        proves the call, so a gate may take it in memory and return `commit`, which the caller
+        runs once the request is done, to write it down off the command's path."""
+        ...
 
 
 class FreeGate:
     """A gate that charges nothing: for one-off CLI reads outside the daemon's budget."""
 
-    def charge(self, account: str, kind: CallKind) -> None:
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
         return None
 
 

@@ -29,6 +29,7 @@ from bridge.errors import (
     Unsupported,
 )
 from bridge.logs import get_logger, scrub_text
+from bridge.providers.barrier import held_record
 from bridge.providers.base import CallGate, CallKind
 
 DEFAULT_RETRY_AFTER_S = 60.0
@@ -80,7 +81,9 @@ class Edge:
         form: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Charge the gate, send, and return the response whatever its status."""
-        self._gate.charge(self.account, kind)  # raises BudgetExhausted before any traffic
+        # A command's request names its decision record, which may pay for it (see CallGate).
+        record = held_record() if kind is CallKind.COMMAND else None
+        commit = self._gate.charge(self.account, kind, record=record)  # may raise BudgetExhausted
         try:
             return await self._client.request(
                 method, url, headers=headers, json=json_body, data=form, timeout=self._timeout
@@ -90,6 +93,9 @@ class Edge:
         except httpx.HTTPError as exc:
             name = type(exc).__name__
             raise ProviderUnavailable(f"{where(method, url)}: {name}: {_short(str(exc))}") from exc
+        finally:
+            if commit is not None:
+                commit()
 
     async def aclose(self) -> None:
         await self._client.aclose()

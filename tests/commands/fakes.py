@@ -91,7 +91,7 @@ class DictApps:
         self.apps = {app.id: app for app in apps}
         self.touched: list[tuple[str, str]] = []
 
-    def get(self, app_id: str) -> App | None:
+    def current(self, app_id: str) -> App | None:
         return self.apps.get(app_id)
 
     def touch(self, app_id: str, command: str) -> None:

@@ -402,7 +402,7 @@ async def test_a_broken_collaborator_still_yields_one_result(tmp_path: Path) -> 
     """An app registry that raises: the command is rejected (internal_error), nothing escapes."""
 
     class Exploding(DictApps):
-        def get(self, app_id: str) -> App | None:
+        def current(self, app_id: str) -> App | None:
             raise RuntimeError("registry on fire")
 
     rig = await make_rig(tmp_path / "state", lookup=Exploding())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,14 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.audit.chain import read_records
+from bridge.audit.log import AuditLog, audit_directory
 from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
 from bridge.simulator import SimClock, Simulator, serve_in_thread
+from bridge.store import DB_NAME
 from tests.conftest import BrokerAddress
 
 
@@ -261,3 +266,46 @@ async def test_a_restart_clears_vehicles_taken_out_of_the_config_and_nothing_mor
     assert all(not payload for topic, payload in narrowed.live if topic.split("/")[2] in gone), (
         "the vehicles no longer configured were only cleared"
     )
+
+
+async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """A kill after a command's request left but before its budget row was written leaves an
+    allowed decision without an outcome and no row: the next start charges it (naming the
+    record), answers it, and a start after that charges nothing more."""
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    slug = await _first_slug(settings)
+    with AuditLog(
+        audit_directory(settings.state_dir),
+        clock=lambda: datetime.now(UTC),
+        rotate_bytes=settings.audit.rotate_bytes,
+    ) as log:
+        decision = log.append(
+            "command.decision",
+            source="mqtt",
+            app="node-red",
+            vehicle=slug,
+            command="lock",
+            action="LOCK",
+            id="k1",
+            decision="allowed",
+            reason="ok",
+        )
+
+    def charged() -> list[tuple[str, str, int]]:
+        with sqlite3.connect(settings.state_dir / DB_NAME) as conn:
+            rows = conn.execute(
+                "SELECT account, kind, ref FROM budget_calls WHERE ref IS NOT NULL"
+            ).fetchall()
+        return [(str(a), str(k), int(r)) for a, k, r in rows]
+
+    for _ in range(2):
+        running = Daemon(settings)
+        await running.start()
+        await running.stop()
+        assert charged() == [("sim", "command", decision["seq"])]
+    records = read_records(audit_directory(settings.state_dir))
+    outcomes = [r for r in records if r["kind"] == "command.outcome"]
+    assert [(o["id"], o["status"]) for o in outcomes] == [("k1", "timed_out")]

@@ -43,12 +43,14 @@ class RecordingGate:
 
     def __init__(self) -> None:
         self.charges: list[tuple[str, CallKind]] = []
+        self.records: list[int | None] = []  # the audit record each charge named, if any
         self.refuse: Exception | None = None
 
-    def charge(self, account: str, kind: CallKind) -> None:
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> None:
         if self.refuse is not None:
             raise self.refuse
         self.charges.append((account, kind))
+        self.records.append(record)
 
     def kinds(self) -> list[CallKind]:
         return [kind for _, kind in self.charges]

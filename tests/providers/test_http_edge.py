@@ -16,7 +16,8 @@ from bridge.errors import (
     ReauthRequired,
     Unsupported,
 )
-from bridge.providers.base import CallKind
+from bridge.providers.barrier import held_until, pass_barrier
+from bridge.providers.base import CallKind, Commit
 from bridge.providers.http import Edge, retry_after_s
 from tests.providers.support import V1, VEHICLE, RecordingGate, ok, rig
 
@@ -206,3 +207,58 @@ async def test_error_messages_never_carry_the_token(tmp_path: Path) -> None:
         await r.parts.api.call("GET", URL, kind=CallKind.READ)
     assert "access-seed-secretish" not in str(caught.value)
     await r.parts.api.aclose()
+
+
+class Held:
+    """A barrier already passed: an audit record on disk, seq 41."""
+
+    seq = 41
+
+    async def durable(self) -> None:
+        return None
+
+
+class DeferringGate:
+    """Takes every command on its record's word and notes when each commit runs."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.records: list[int | None] = []
+
+    def charge(self, account: str, kind: CallKind, *, record: int | None = None) -> Commit | None:
+        self.records.append(record)
+        self.events.append(f"charge {kind.value}")
+        return None if record is None else (lambda: self.events.append("commit"))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_held_command_names_its_record_and_is_written_down_after_sending(
+    fails: bool,
+) -> None:
+    """The request held for a decision record names that record to the gate, and the gate's
+    commit runs once the request has gone (or failed), never before it is sent; requests not
+    held, and calls that are not commands, name none."""
+    events: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        events.append(f"sent {request.method}")
+        if fails and request.method == "POST":
+            raise httpx.ConnectError("refused")
+        return ok({})
+
+    gate = DeferringGate(events)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    edge = Edge(account="a", client=client, gate=gate, timeout_s=5)
+    with held_until(Held()):
+        try:
+            await edge.send("POST", URL, kind=CallKind.COMMAND)
+        except ProviderUnavailable:
+            assert fails
+        await pass_barrier()
+        await edge.send("GET", URL, kind=CallKind.COMMAND)  # a status poll: no longer held
+    with held_until(Held()):
+        await edge.send("GET", URL, kind=CallKind.READ)
+    await edge.aclose()
+    assert gate.records == [41, None, None]
+    assert events[:3] == ["charge command", "sent POST", "commit"]
+    assert "commit" not in events[3:]
