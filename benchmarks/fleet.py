@@ -191,7 +191,9 @@ def without_discovery(messages: list[Message], prefix: str, slugs: list[str]) ->
     return [s for s in slugs if not any(f"_{s}/" in t for t in configured)]
 
 
-def burst(observer: Observer, prefix: str, *, quiet_s: float = 2.5, limit_s: float = 60) -> dict:
+def burst(
+    observer: Observer, prefix: str, *, quiet_s: float = 2.5, limit_s: float = 60
+) -> dict[str, Any]:
     """Send the birth message; count the republished copies until the broker goes quiet."""
     before = len(observer.snapshot())
     birth = time.time()
@@ -378,14 +380,19 @@ def sweep_s(vehicles: int, per_account: int) -> float:
 
 def run_fleet(vehicles: int, per_account: int, duration_s: float, quick: bool) -> dict[str, Any]:
     tz = noon_tz()
-    common = {"polling": dict(EAGER_POLLING), "env": {"TZ": tz}}
+    polling, env = dict(EAGER_POLLING), {"TZ": tz}
     with Rig(vehicles=vehicles) as rig:
         settle, window = (3.0, 1.0) if quick else (15.0, 5.0)
         baseline = measure(
-            rig, RunSpec(label="fleet-1", **common), settle_s=settle, window_s=window
+            rig,
+            RunSpec(label="fleet-1", polling=polling, env=env),
+            settle_s=settle,
+            window_s=window,
         )
         print(f"baseline, 1 vehicle: RSS {baseline.rss_mb:.1f} MB", flush=True)
-        spec = RunSpec(label="fleet", vehicles=vehicles, per_account=per_account, **common)
+        spec = RunSpec(
+            label="fleet", vehicles=vehicles, per_account=per_account, polling=polling, env=env
+        )
         result = fleet_run(rig, spec, duration_s)
     per_vehicle = (result["rss_mb_end"] - baseline.rss_mb) * 1024 / max(1, vehicles - 1)
     costs = budget_cost([100, 1_000, 10_000] if quick else [100, 1_000, 10_000, 50_000])

@@ -328,7 +328,8 @@ class Rig:
         state.mkdir(mode=0o700)
         ids = [v.vehicle_id for v in self.sim.vehicles[: spec.vehicles]]
         groups = [ids[i : i + spec.per_account] for i in range(0, len(ids), spec.per_account)]
-        accounts, vehicles = {}, {}
+        accounts: dict[str, dict[str, Any]] = {}
+        vehicles: dict[str, dict[str, Any]] = {}
         for n, group in enumerate(groups):
             name = f"a{n:03d}"
             self._login(state, name, group, hint=f"{run}-{name}")
@@ -695,14 +696,14 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
         label: [r for r in results if r.label == label]
         for label in dict.fromkeys(r.label for r in results)
     }
-    variants = {}
+    variants: dict[str, dict[str, Any]] = {}
     for label in ("web", "webopen", "noweb"):
         rs = by.get(label, [])
         variants[label] = {
             k: median_of(rs, k)
             for k in ("online_s", "first_status_s", "rss_mb", "uss_mb", "cpu_pct", "stop_s")
         } | {"runs": len(rs)}
-    scale = [
+    scale: list[dict[str, Any]] = [
         {
             "vehicles": 1,
             "accounts": 1,
