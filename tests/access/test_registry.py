@@ -291,3 +291,28 @@ def test_a_revoked_declared_app_does_not_come_back(h: Harness) -> None:
     h.registry.revoke("nr")
     assert h.registry.import_declared(declared) == []
     assert h.registry.get("nr") is None
+
+
+def test_the_command_path_sees_another_process_change_at_once(tmp_path: Path) -> None:
+    """`current` (what a command is decided on) reads the row every time: a scope withdrawn, an
+    app disabled or revoked by another process (the CLI) counts for the very next command. The
+    activity `touch` writes on every command does not make it parse the app again."""
+    daemon = make_harness(tmp_path, FakeEnforcement())
+    cli = make_harness(tmp_path, FakeEnforcement())
+    cli.registry.add("nr", scopes=["command:lock", "command:unlock"])
+    first = daemon.registry.current("nr")
+    assert first is not None and first.has(Scope.COMMAND_UNLOCK)
+    daemon.registry.touch("nr", "lock")
+    assert daemon.registry.current("nr") is first
+    cli.registry.withdraw("nr", ["command:unlock"])
+    narrowed = daemon.registry.current("nr")
+    assert narrowed is not None and not narrowed.has(Scope.COMMAND_UNLOCK)
+    assert narrowed.has(Scope.COMMAND_LOCK)
+    cli.registry.set_enabled("nr", False)
+    disabled = daemon.registry.current("nr")
+    assert disabled is not None and not disabled.has(Scope.COMMAND_LOCK)
+    cli.registry.revoke("nr")
+    assert daemon.registry.current("nr") is None
+    cli.registry.add("nr", scopes=["read:status"])  # the same id again, from scratch
+    again = daemon.registry.current("nr")
+    assert again is not None and again.scopes == frozenset({Scope.READ_STATUS})
