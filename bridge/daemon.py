@@ -377,8 +377,9 @@ class Daemon:
         resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
         if resent:
             log.warning("final results kept from the broker by the last stop sent again", n=resent)
-        self._charge_interrupted(unfinished(records))
-        finished = self.pipeline.finish_interrupted(records)
+        interrupted = unfinished(records)
+        self._charge_interrupted(interrupted)
+        finished = self.pipeline.finish_interrupted(interrupted)
         if finished:
             log.warning(
                 "commands interrupted by the last stop were answered timed_out", count=finished

@@ -39,7 +39,7 @@ from bridge.commands.records import (
     outcome_fields,
     refusal_alert,
 )
-from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, unfinished
+from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL
 from bridge.commands.results import CommandResult, Ending, error_text
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
@@ -152,11 +152,12 @@ class CommandPipeline:
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
-    def finish_interrupted(self, records: Iterable[Mapping[str, Any]]) -> int:
-        """Give every command a crash left without an outcome its final result (`timed_out`):
-        an outcome record, and the result an MQTT app is waiting for. Call before `start()`."""
+    def finish_interrupted(self, decisions: Iterable[Mapping[str, Any]]) -> int:
+        """Give every command a crash left without an outcome (`decisions`, from
+        `recover.unfinished`) its final result, `timed_out`: an outcome record, and the result an
+        MQTT app is waiting for. Call before `start()`."""
         count = 0
-        for decision in unfinished(records):
+        for decision in decisions:
             ticket = Ticket(
                 source=str(decision.get("source", "mqtt")),
                 app_id=decision.get("app"),

@@ -374,12 +374,10 @@ class Budget:
         """The row of a call taken on its record's word (the request is done by now)."""
         try:
             with self._store.transaction() as conn:
-                if int(conn.execute("PRAGMA data_version").fetchone()[0]) != self._version:
-                    # Another process wrote since we looked: reload the mirror (with this row)
-                    # when it is next needed, rather than add to one that may lack their calls.
-                    self._ledgers.clear()
-                    self._version = None
                 _insert(conn, account, call, record)
+                # If another process wrote since we looked, this reloads the mirror, this row
+                # included; if not, the mirror has held the call since it was taken.
+                self._ledger(conn, account)
         except sqlite3.Error as exc:
             # The call went out and the mirror has it; only other processes will not see it.
             log.exception("budget.write_failed", account=account, error=str(exc))
