@@ -1,11 +1,9 @@
-"""The thin paho-mqtt adapter: connection, last will, remembered subscriptions, on the event loop.
+"""The thin paho-mqtt adapter: connection, last will, remembered subscriptions; callbacks hand over.
 
-paho runs without a network thread of its own: its socket is watched by the asyncio loop
-(`add_reader`/`add_writer`, the external-loop interface aiomqtt uses too), so every paho callback
-runs on the loop and a received message reaches the command pipeline with no thread hand-over. The
-only work done elsewhere is opening the connection (DNS, TCP connect, TLS handshake), which blocks
-and so runs in a worker thread; the reconnect loop with its backoff is ours (`_keep_connected`).
-paho is only touched from the loop: `publish` from another thread is passed to the loop first.
+paho runs its network loop on its own thread (`loop_start`). Every paho callback here only converts
+what it was given and hands it to the asyncio loop with `loop.call_soon_threadsafe`; the one
+exception is the connect callback, which also re-subscribes and publishes `online` because those are
+paho calls that must happen before anything else on a fresh connection.
 """
 
 from __future__ import annotations
@@ -14,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -79,9 +78,9 @@ class InboundMessage:
 class MqttClient:
     """Owns one paho client: connects, reconnects with backoff, restores subscriptions.
 
-    `publish` may be called from any thread and never blocks; everything else is called on the
-    event loop. The connection state (`connected`, `reconnects`, `connect_failures`,
-    `last_error`) lives on the loop. Implements `PublishSink`.
+    `publish` may be called from any thread and never blocks. The connection state (`connected`,
+    `reconnects`, `connect_failures`, `last_error`) is updated on the event loop, so code running
+    on the loop sees a consistent view. Implements `PublishSink`.
     """
 
     def __init__(
@@ -99,7 +98,6 @@ class MqttClient:
         self.config = config
         self.topics = Topics(base=config.base_topic, discovery_prefix=config.discovery_prefix)
         self._loop = loop
-        self._loop_thread: int | None = None  # set by start(), which runs on the loop
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -107,14 +105,16 @@ class MqttClient:
         self._username = username if username is not None else config.username
         self._password = password if password is not None else config.password
         self._paho: paho.Client | None = None
+        # Touched by paho's thread (connect callback) and the loop (subscribe): guarded.
         self._subscriptions: dict[str, int] = {}
+        self._lock = threading.Lock()
         # Message id → what to call once the broker has the message (see publish_confirmed).
         self._confirmations: dict[int, Callable[[], None]] = {}
+        self._confirming = 0  # publish_confirmed calls inside client.publish() right now
+        self._early: set[int] = set()  # message ids acknowledged while one was
+        self._confirm_lock = threading.Lock()  # a leaf: never held while calling into paho
         self._online = asyncio.Event()
-        self._closed = asyncio.Event()  # the current connection's socket is gone
-        self._tasks: list[asyncio.Task[None]] = []
         self._ever_connected = False
-        self._attempt_connected = False  # the current connection attempt got its CONNACK
         self._stopping = False
         self.reconnects = 0
         self.connect_failures = 0
@@ -123,25 +123,21 @@ class MqttClient:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin connecting in the background (call on the loop); a broker that is down is
-        retried with backoff."""
+        """Begin connecting in the background; a broker that is down is retried with backoff."""
         if self._paho is not None:
             raise BrokerError("the MQTT client is already started")
-        self._loop_thread = threading.get_ident()
         client = self._build()
-        # Only records the target: every connect, the first included, is made by _keep_connected.
+        # connect_async only records the target: the first TCP connect happens on paho's thread,
+        # whose loop_forever(retry_first_connection=True) retries it like any later reconnect.
         client.connect_async(
             self.config.host,
             self.config.port,
             keepalive=self.config.keepalive,
             clean_start=self._clean_start(),
         )
+        client.loop_start()
         self._stopping = False
         self._paho = client
-        self._tasks = [
-            self._loop.create_task(self._keep_connected(client), name="mqtt-connection"),
-            self._loop.create_task(self._keep_alive(client), name="mqtt-keepalive"),
-        ]
         log.info(
             "mqtt connecting",
             host=self.config.host,
@@ -151,29 +147,18 @@ class MqttClient:
         )
 
     async def stop(self) -> None:
-        """Publish `offline` (retained), disconnect cleanly and let go of the socket."""
+        """Publish `offline` (retained), disconnect cleanly and join paho's thread."""
         client = self._paho
         if client is None:
             return
         self._stopping = True
         if client.is_connected():
-            acknowledged = asyncio.Event()
-            self.publish_confirmed(
-                Publish(self.topics.bridge_state, OFFLINE, qos=1, retain=True), acknowledged.set
-            )
-            await _wait(acknowledged, STOP_FLUSH_TIMEOUT_S)
+            info = client.publish(self.topics.bridge_state, OFFLINE, qos=1, retain=True)
+            await asyncio.to_thread(_wait_published, info, STOP_FLUSH_TIMEOUT_S)
         # A clean DISCONNECT tells the broker to discard the last will: `offline` above replaces it.
-        # paho closes the socket once the DISCONNECT is written (which sets _closed).
-        open_socket = client.socket() is not None
         client.disconnect()
-        if open_socket:
-            await _wait(self._closed, STOP_FLUSH_TIMEOUT_S)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        self._confirmations.clear()
-        self._release(client)
+        # loop_stop joins the network thread, which may sit in a connect attempt for a few seconds.
+        await asyncio.to_thread(client.loop_stop)
         self._paho = None
         self._set_offline()
         log.info("mqtt stopped")
@@ -191,7 +176,7 @@ class MqttClient:
 
     @property
     def connected(self) -> bool:
-        """True between a successful CONNACK and the next disconnect."""
+        """True between a successful CONNACK and the next disconnect (as seen from the loop)."""
         return self._online.is_set()
 
     # -- publishing and subscribing ----------------------------------------------------------
@@ -199,26 +184,9 @@ class MqttClient:
     def publish(self, message: Publish) -> None:
         """Queue one message; never blocks and may be called from any thread."""
         client = self._require_started()
-        if threading.get_ident() != self._loop_thread:
-            # paho's queue and socket belong to the loop; the message joins them there.
-            self._call_on_loop(self._publish_later, client, message)
-            return
-        self._queue(client, message)
-
-    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
-        """Queue one message like `publish`; `on_confirmed()` runs on the event loop once the
-        broker acknowledged it (QoS 1 PUBACK, QoS 0 written). Never called for a message that
-        was dropped or was still unacknowledged when we stopped. Call on the loop."""
-        client = self._require_started()
-        info = self._queue(client, message)
-        if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            # paho reports the acknowledgement from loop_read/loop_write, which run on this
-            # thread: it cannot have arrived yet.
-            self._confirmations[info.mid] = on_confirmed
-
-    def _queue(self, client: paho.Client, message: Publish) -> paho.MQTTMessageInfo:
-        # While disconnected, QoS 1 messages wait in paho's queue and go out after the next
-        # CONNACK (after our connect callback); QoS 0 messages are dropped.
+        # paho 2.x publish() only queues under its own locks; the network thread does the writing.
+        # While disconnected, QoS 1 messages wait in paho's queue and go out after the next CONNACK
+        # (after our connect callback); QoS 0 messages are dropped.
         try:
             info = client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
@@ -227,20 +195,52 @@ class MqttClient:
             raise BrokerError(f"cannot publish to {message.topic!r}: {exc}") from exc
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             log.warning("mqtt queue full, message dropped", topic=message.topic)
-        return info
 
-    def _publish_later(self, client: paho.Client, message: Publish) -> None:
-        if client is not self._paho:
-            return  # stopped (or restarted) since: the message goes where the last one went
+    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
+        """Queue one message like `publish`; `on_confirmed()` runs on the event loop once the
+        broker acknowledged it (QoS 1 PUBACK, QoS 0 written). Never called for a message that
+        was dropped or was still unacknowledged when we stopped."""
+        client = self._require_started()
+        # paho may read the PUBACK on its thread before publish() returns us the message id. Our
+        # lock must not be held across publish(): paho calls on_publish holding its own locks,
+        # which publish() takes too. So acknowledgements that arrive while a call is inside
+        # publish() are kept aside (`_early`) and matched once the id is known.
+        with self._confirm_lock:
+            self._confirming += 1
+        info = None
         try:
-            self._queue(client, message)
-        except BrokerError:
-            log.exception("mqtt publish failed", topic=message.topic)
+            info = client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+        except ValueError as exc:
+            raise BrokerError(f"cannot publish to {message.topic!r}: {exc}") from exc
+        finally:
+            acked = self._after_publish(info, on_confirmed)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning("mqtt queue full, message dropped", topic=message.topic)
+        elif acked:
+            on_confirmed()  # acknowledged before publish() returned (we are on the loop)
+
+    def _after_publish(
+        self, info: paho.MQTTMessageInfo | None, on_confirmed: Callable[[], None]
+    ) -> bool:
+        """Register `on_confirmed` for the message id, or say it was acknowledged already."""
+        with self._confirm_lock:
+            self._confirming -= 1
+            acked = info is not None and info.mid in self._early
+            if info is not None and not acked and info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                self._confirmations[info.mid] = on_confirmed
+            if not self._confirming:
+                self._early.clear()
+        return acked
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Subscribe now if connected, and again after every reconnect."""
-        self._subscriptions[topic_filter] = qos
+        with self._lock:
+            self._subscriptions[topic_filter] = qos
         client = self._paho
+        # A connect callback running concurrently has either seen the new filter, or the state is
+        # already CONNECTED here: a subscription is never missed (at worst it is sent twice).
         if client is not None and client.is_connected():
             self._send_subscribe(client, topic_filter, qos)
 
@@ -257,71 +257,11 @@ class MqttClient:
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Forget a subscription and drop it at the broker."""
-        self._subscriptions.pop(topic_filter, None)
+        with self._lock:
+            self._subscriptions.pop(topic_filter, None)
         client = self._paho
         if client is not None and client.is_connected():
             client.unsubscribe(topic_filter)
-
-    # -- the connection ----------------------------------------------------------------------
-
-    async def _keep_connected(self, client: paho.Client) -> None:
-        """Connect, wait for the connection to end, wait the backoff, connect again; until stop.
-
-        The backoff doubles from `reconnect_min_s` to `reconnect_max_s` while attempts fail,
-        and starts again from the minimum after a connection that got its CONNACK.
-        """
-        delay = self.config.reconnect_min_s
-        while not self._stopping:
-            self._closed.clear()
-            self._attempt_connected = False
-            try:
-                # Blocking (DNS, TCP, TLS handshake): a worker thread. paho registers the new
-                # socket through _socket_opened before this returns.
-                await asyncio.to_thread(client.reconnect)
-            except Exception as exc:  # noqa: BLE001 - OSError, ssl.SSLError, a bad host name
-                if self._stopping:
-                    return
-                self._failed(_describe(exc))
-            else:
-                await self._closed.wait()
-            if self._stopping:
-                return
-            if self._attempt_connected:
-                delay = self.config.reconnect_min_s
-            await asyncio.sleep(delay)
-            if not self._attempt_connected:
-                delay = min(delay * 2, self.config.reconnect_max_s)
-
-    async def _keep_alive(self, client: paho.Client) -> None:
-        """paho's timekeeping: PINGREQ when due, and a connection that stopped answering (or
-        never sent its CONNACK) closed after the keepalive."""
-        while True:
-            await asyncio.sleep(1.0)
-            if client.socket() is not None:
-                client.loop_misc()
-
-    def _readable(self, client: paho.Client) -> None:
-        client.loop_read()
-        # TLS decrypts whole records: bytes already read from the socket wait inside the SSL
-        # object, where the selector cannot see them.
-        sock = client.socket()
-        while sock is not None and getattr(sock, "pending", _nothing)() > 0:
-            client.loop_read()
-            sock = client.socket()
-
-    def _release(self, client: paho.Client) -> None:
-        """Stop watching a socket paho did not close itself (stop() with the broker silent)."""
-        sock = client.socket()
-        if sock is None:
-            return
-        self._unwatch(sock)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def _unwatch(self, sock: Any) -> None:
-        with contextlib.suppress(ValueError, OSError):  # already closed: nothing to remove
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
 
     # -- building the paho client ----------------------------------------------------------
 
@@ -336,10 +276,14 @@ class MqttClient:
             clean_session=None if v5 else True,
         )
         client.enable_logger(_paho_log)
-        # paho re-raises exceptions from callbacks by default, which would unwind the loop's
-        # reader; ours do not raise, but a bug must not silently end MQTT.
+        # paho re-raises exceptions from callbacks by default, which would kill its network thread
+        # and with it every reconnect; ours do not raise, but a bug must not silently end MQTT.
         client.suppress_exceptions = True
         client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        # Annotated as int, but paho only doubles and sleeps with these, so fractions work.
+        client.reconnect_delay_set(
+            cast(int, self.config.reconnect_min_s), cast(int, self.config.reconnect_max_s)
+        )
         client.will_set(self.topics.bridge_state, OFFLINE, qos=1, retain=True)
         if self._username is not None:
             secret = self._password.get_secret_value() if self._password else None
@@ -357,12 +301,9 @@ class MqttClient:
     def _attach_callbacks(self, client: paho.Client) -> None:
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
+        client.on_connect_fail = self._paho_connect_fail
         client.on_message = self._paho_message
         client.on_publish = self._paho_published
-        client.on_socket_open = self._socket_opened
-        client.on_socket_close = self._socket_closed
-        client.on_socket_register_write = self._want_write
-        client.on_socket_unregister_write = self._wrote_all
 
     def _require_started(self) -> paho.Client:
         client = self._paho
@@ -370,71 +311,34 @@ class MqttClient:
             raise BrokerError("the MQTT client is not started")
         return client
 
-    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._loop_thread:
-            callback(*args)
-            return
-        # RuntimeError: the loop is closed, we are shutting down and nobody is left to tell.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    # -- paho's socket callbacks (the loop; the connect's worker thread for the first two) -----
-
-    def _socket_opened(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._call_on_loop(self._watch, client, sock)
-
-    def _watch(self, client: paho.Client, sock: Any) -> None:
-        if self._current(client, sock):
-            self._loop.add_reader(sock, self._readable, client)
-        elif client is not self._paho:  # stopped while this connect was under way
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _current(self, client: paho.Client, sock: Any) -> bool:
-        return client is self._paho and client.socket() is sock
-
-    def _socket_closed(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._call_on_loop(self._forget, sock)
-
-    def _forget(self, sock: Any) -> None:
-        self._unwatch(sock)
-        self._closed.set()
-
-    def _want_write(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._call_on_loop(self._watch_writable, client, sock)
-
-    def _watch_writable(self, client: paho.Client, sock: Any) -> None:
-        if self._current(client, sock):
-            self._loop.add_writer(sock, client.loop_write)
-
-    def _wrote_all(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._call_on_loop(self._stop_writing, sock)
-
-    def _stop_writing(self, sock: Any) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(sock)
-
-    # -- paho's protocol callbacks (the loop, inside loop_read/loop_write) -------------------
+    # -- paho callbacks (network thread): convert and hand over only -----------------------
 
     def _paho_connect(
         self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _properties: Any
     ) -> None:
         # paho calls on_connect for refusals too; only the reason code tells them apart.
         if reason.is_failure:
-            self._refused(str(reason))
+            self._hand_over(self._refused, str(reason))
             return
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
         # Subscriptions are not guaranteed to survive a reconnect (clean start drops them). They go
         # out before `online`, so anyone who sees `online` knows we are listening again.
-        for topic_filter, qos in list(self._subscriptions.items()):
+        for topic_filter, qos in subscriptions:
             self._send_subscribe(client, topic_filter, qos)
         client.publish(self.topics.bridge_state, ONLINE, qos=1, retain=True)
-        self._connected(bool(flags.session_present))
+        self._hand_over(self._connected, bool(flags.session_present))
 
     def _paho_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
     ) -> None:
         # Also called after a refused CONNACK, when we were never connected.
-        self._disconnected(str(reason))
+        self._hand_over(self._disconnected, str(reason))
+
+    def _paho_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        # paho passes no error, but calls this from inside its `except OSError:` block, so the
+        # exception being handled is the only place the cause (refused, TLS verify) can be read.
+        self._hand_over(self._failed, _describe(sys.exc_info()[1]))
 
     def _paho_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
         try:
@@ -448,20 +352,22 @@ class MqttClient:
             qos=int(message.qos),
             received_monotonic=time.monotonic(),
         )
-        try:
-            self._on_message(inbound)
-        except Exception:
-            log.exception("mqtt message handler failed", topic=topic)
+        self._hand_over(self._on_message, inbound)
 
     def _paho_published(
         self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _properties: Any
     ) -> None:
-        confirmed = self._confirmations.pop(mid, None)
+        with self._confirm_lock:
+            confirmed = self._confirmations.pop(mid, None)
+            if confirmed is None and self._confirming:
+                self._early.add(mid)  # perhaps the message a publish_confirmed is waiting on
         if confirmed is not None:
-            try:
-                confirmed()
-            except Exception:
-                log.exception("mqtt confirmation handler failed")
+            self._hand_over(confirmed)
+
+    def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
+        # RuntimeError: the loop is closed, we are shutting down and nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
 
     # -- connection state (event loop) -----------------------------------------------------
 
@@ -469,7 +375,6 @@ class MqttClient:
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        self._attempt_connected = True
         self.last_error = None
         self._online.set()
         log.info(
@@ -534,14 +439,11 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     return context
 
 
-async def _wait(event: asyncio.Event, within_s: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within_s):
-            await event.wait()
-
-
-def _nothing() -> int:
-    return 0
+def _wait_published(info: paho.MQTTMessageInfo, timeout: float) -> None:
+    try:
+        info.wait_for_publish(timeout)
+    except (RuntimeError, ValueError) as exc:  # not queued, or the connection went away meanwhile
+        log.debug("mqtt offline message not confirmed", error=str(exc))
 
 
 def _describe(exc: BaseException | None) -> str:

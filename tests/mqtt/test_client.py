@@ -127,8 +127,7 @@ async def test_publish_from_another_thread_is_delivered_in_order(
 
 
 async def test_a_burst_of_messages_is_read_whole(broker: BrokerAddress, base_topic: str) -> None:
-    """Hundreds of messages arriving back to back, read by the event loop, are all handed over,
-    in order."""
+    """Hundreds of messages arriving back to back are all handed over, in order."""
     inbox = Inbox()
     config = mqtt_config(broker.host, broker.port, base_topic)
     topic = f"{base_topic}/burst"
@@ -493,8 +492,8 @@ async def test_tls_refuses_an_unverified_broker(
 
 
 async def test_a_burst_over_tls_is_read_whole(tls_broker: TlsBroker, base_topic: str) -> None:
-    """A burst over TLS is handed over whole too (the SSL layer may hold bytes the selector
-    cannot see; the adapter reads them before waiting again)."""
+    """A burst over TLS is handed over whole too (the SSL layer may hold decrypted bytes the
+    socket no longer shows as readable)."""
     inbox = Inbox()
     config = mqtt_config(tls_broker.host, tls_broker.port, base_topic, tls=tls(tls_broker.ca))
     topic = f"{base_topic}/tls-burst"
