@@ -222,6 +222,14 @@ class Settings(BaseSettings):
             problems.append(
                 _problem(("apps", name, "home_assistant"), "only one app can be Home Assistant")
             )
+        if self.commands.dedup_window_s < self.commands.max_age_s:
+            # An id forgotten while its message is still young enough would run a second time.
+            problems.append(
+                _problem(
+                    ("commands", "dedup_window_s"),
+                    f"must be at least commands.max_age_s ({self.commands.max_age_s:g})",
+                )
+            )
         if problems:
             raise ValidationError.from_exception_data("Settings", problems)
         return self

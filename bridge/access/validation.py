@@ -12,8 +12,11 @@ from bridge.model import Scope
 # The id is the broker username and a topic segment: `+`, `#` and `/` would let it match or
 # address other apps' topics, so only this small alphabet is accepted.
 APP_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The step-up verifier counts failures and lockouts per app id; owner logins on the web page
+# count under this one, so guessing codes there locks out logins, not the owner's apps.
+LOGIN_STEPUP_ID = "owner-web-login"
 # Identities that belong to the owner or the daemon, never to an app.
-RESERVED_IDS = frozenset({"owner", "ownerlink", "admin"})
+RESERVED_IDS = frozenset({"owner", "ownerlink", "admin", LOGIN_STEPUP_ID})
 MAX_NAME_LENGTH = 100
 MAX_RATE_LIMIT = 600
 MAX_CIDRS = 32

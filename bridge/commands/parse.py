@@ -187,13 +187,20 @@ def _json_problem(exc: Exception) -> str:
     return str(exc)
 
 
+def action_word(value: str) -> str | None:
+    """The action as every surface matches it (`" lock"` → `LOCK`), or None when it is not one
+    word. Anything that checks an action against a scope must look it up in this form."""
+    word = value.strip()
+    return word.upper() if WORD_PATTERN.fullmatch(word) is not None else None
+
+
 def _check_action(value: Any) -> str:
     if not isinstance(value, str):
         raise _Malformed('"action" must be a string')
-    word = value.strip()
-    if WORD_PATTERN.fullmatch(word) is None:
+    word = action_word(value)
+    if word is None:
         raise _Malformed('"action" must be a single word such as LOCK')
-    return word.upper()
+    return word
 
 
 def _check_code(value: Any) -> str | None:

@@ -12,6 +12,7 @@ If the audit log cannot be written, the pipeline halts: every later command is r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -228,10 +229,13 @@ class CommandPipeline:
         code: str | None = None,
         id: str | None = None,  # noqa: A002 - the contract's name
         issued_at: Any = None,
+        granted: frozenset[Scope] | None = None,
     ) -> CommandResult:
-        """A command from a REST app (already authenticated by its bearer token)."""
+        """A command from a REST app (already authenticated by its bearer token, whose scopes
+        are `granted`: the command needs its scope in both the app and the token)."""
         where = CommandTopic(app_id, vehicle, command)
         ticket = self._ticket("api", where, self.clock())
+        ticket.granted = granted
         self._guarded(ticket, lambda: self._from_fields(ticket, action, code, id, issued_at))
         return await ticket.future
 
@@ -263,7 +267,18 @@ class CommandPipeline:
             log.exception("command intake failed", app=ticket.app_id, vehicle=ticket.vehicle)
             if not ticket.future.done():
                 ticket.id = ticket.id or self.new_id()
-                self._finish(ticket, CommandStatus.REJECTED, Reason.INTERNAL_ERROR, error_text(exc))
+                self._fail_internal(ticket, error_text(exc))
+
+    def _fail_internal(self, ticket: Ticket, detail: str) -> None:
+        """A fault of ours ended intake: refuse the command, and put that refusal on the record
+        unless its decision is there already (a refusal nobody can see afterwards is no proof)."""
+        if not ticket.decided:
+            try:
+                self._refuse(ticket, Reason.INTERNAL_ERROR, detail)
+            except Exception:
+                log.exception("could not record an internal error", command_id=ticket.id)
+        if not ticket.future.done():
+            self._finish(ticket, CommandStatus.REJECTED, Reason.INTERNAL_ERROR, detail)
 
     def _from_mqtt(
         self, ticket: Ticket, topic: CommandTopic | None, inbound: InboundCommand
@@ -314,7 +329,7 @@ class CommandPipeline:
             self._refuse(ticket, decision.reason, decision.detail, decision, check)
 
     def _decide(self, ticket: Ticket, cmd: ParsedCommand) -> tuple[Decision, StepUpCheck]:
-        app = ticket.app = ticket.app or self.apps.current(cmd.app)
+        app = ticket.app = ticket.app or self._current(cmd.app, ticket.granted)
         route = self.vehicles.get(cmd.vehicle)
         now, epoch = ticket.received_at, ticket.received_at.timestamp()
         check = NOT_ASSESSED
@@ -334,6 +349,12 @@ class CommandPipeline:
             stepup=check,
         )
         return decision, check
+
+    def _current(self, app_id: str, granted: frozenset[Scope] | None) -> App | None:
+        app = self.apps.current(app_id)
+        if app is None or granted is None:
+            return app
+        return dataclasses.replace(app, scopes=app.scopes & granted)
 
     def _needs_stepup(self, cmd: ParsedCommand) -> bool:
         return requires_stepup(cmd.operation, cmd.scope, self.policy.stepup_scopes)
@@ -370,6 +391,7 @@ class CommandPipeline:
                 record = self.audit.append(
                     "command.decision", **decision_fields(ticket, reason, detail, decision, check)
                 )
+                ticket.decided = True
             except AuditError as exc:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 detail = f"{detail}; the audit log failed: {error_text(exc)}"
@@ -384,6 +406,7 @@ class CommandPipeline:
             pending = self.audit.append_pending(
                 "command.decision", **decision_fields(ticket, Reason.OK, "", decision, check)
             )
+            ticket.decided = True
         except AuditError as exc:
             # Not durable means not forwarded: stop here, and for every command after this one.
             self.halt(Reason.AUDIT_UNAVAILABLE)

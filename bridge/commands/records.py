@@ -11,7 +11,7 @@ from bridge.commands.decide import NOT_ASSESSED, Decision, StepUpCheck
 from bridge.commands.reasons import Reason
 from bridge.commands.results import CommandResult, Ending
 from bridge.events import Alert, AlertKind
-from bridge.model import App
+from bridge.model import App, Scope
 
 
 @dataclass(slots=True)
@@ -28,6 +28,10 @@ class Ticket:
     app: App | None = None
     id: str = ""
     action: str | None = None
+    # A REST caller's token scopes: the command is decided on what the app and the token both
+    # hold (the owner may have consented to less than the app has). None: the app's own.
+    granted: frozenset[Scope] | None = None
+    decided: bool = False  # its command.decision record is in the audit log
 
 
 def decision_fields(

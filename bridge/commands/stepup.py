@@ -53,9 +53,11 @@ def match_step(secret: str, code: str, now: datetime, *, drift: int = DRIFT_STEP
     totp = pyotp.TOTP(secret)
     current = time_step(now)
     found = None
+    # As bytes: compare_digest refuses non-ASCII text, and "12345é" is just a wrong code.
+    typed = code.encode("utf-8", "replace")
     # Compare every candidate in constant time and never stop early: timing reveals nothing.
     for step in range(current - drift, current + drift + 1):
-        if hmac.compare_digest(totp.generate_otp(step), code) and found is None:
+        if hmac.compare_digest(totp.generate_otp(step).encode("ascii"), typed) and found is None:
             found = step
     return found
 

@@ -11,15 +11,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from bridge.access.validation import LOGIN_STEPUP_ID
 from bridge.audit.chain import read_records
 from bridge.audit.verify import verify
 from bridge.commands import stepup as totp
 from bridge.commands.decide import StepUpStatus
 from bridge.web.ports import ChainStatus, Clock
 
-# The step-up verifier counts failures and lockouts per app; owner logins count under this name,
-# so guessing codes at the login form locks out logins, not the owner's apps.
-LOGIN_APP_ID = "owner-web-login"
+# Owner logins count their step-up failures under an id no app can take.
+LOGIN_APP_ID = LOGIN_STEPUP_ID
 
 
 class AuditFiles:

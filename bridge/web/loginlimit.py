@@ -1,6 +1,8 @@
-"""Login throttling: too many wrong passwords from one address in a window answer 429.
+"""Password throttling: too many wrong passwords from one address in a window answer 429.
 
-Failures are kept in SQLite so restarting the daemon does not hand an attacker a fresh allowance.
+Every form that checks the owner's password (login, and the Security page's re-checks) draws on
+the same allowance. Failures are kept in SQLite so restarting the daemon does not hand an attacker
+a fresh allowance.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ class LoginLimiter:
         # The block lifts when the oldest failure that still counts leaves the window.
         oldest = float(rows[len(rows) - self.max_failures]["ts"])
         return max(1.0, oldest - since)
+
+    def attempt(self, ip: str) -> float | None:
+        """Begin a password check: seconds to wait when the address is blocked, else None; the
+        attempt then counts as a failure until `clear` says it was right.
+
+        Counted before the check, not after it: the check (scrypt) runs off the event loop, so
+        requests sent in parallel would all pass the gate before the first failure was written.
+        Gate and count run together on the loop, with nothing awaited between them.
+        """
+        wait = self.retry_after(ip)
+        if wait is None:
+            self.fail(ip)
+        return wait
 
     def fail(self, ip: str) -> None:
         now = self.clock().timestamp()

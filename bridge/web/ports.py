@@ -119,8 +119,11 @@ class CommandSubmitter(Protocol):
         code: str | None = None,
         id: str | None = None,  # noqa: A002 - the pipeline's name for the command id
         issued_at: Any = None,
+        granted: frozenset[Scope] | None = None,
     ) -> CommandResultLike:
-        """Submit a REST app's command and wait for its final result."""
+        """Submit a REST app's command and wait for its final result. `granted`: the scopes
+        the caller's token carries; the command is decided on what both the app and the token
+        hold."""
         ...
 
 

@@ -112,6 +112,10 @@ def test_grant_withdraw_revoke_and_their_errors(
         (("add", "a/b", "--scopes", "read:status"), "error: invalid app id 'a/b'"),
         (("add", "nr", "--scopes", "read:vin"), "error: unknown scope 'read:vin'"),
         (("add", "admin", "--scopes", "read:status"), "error: app id 'admin' is reserved"),
+        (
+            ("add", "owner-web-login", "--scopes", "read:status"),
+            "error: app id 'owner-web-login' is reserved",
+        ),
         (("grant", "ghost", "read:status"), "error: no app 'ghost'"),
         (("rate-limit", "ghost", "many"), "error: invalid rate limit 'many'"),
     ],

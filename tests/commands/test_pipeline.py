@@ -160,6 +160,21 @@ async def test_stepup_required_failed_and_locked_out(tmp_path: Path) -> None:
     assert stepups == ["missing", "failed", "failed", "locked_out"]
 
 
+FULLWIDTH_DIGITS = "\uff11\uff12\uff13\uff14\uff15\uff16"
+
+
+@pytest.mark.parametrize("code", ["12345é", FULLWIDTH_DIGITS, "123 45\u00a0", "\udcff"])
+async def test_a_code_that_is_not_ascii_is_a_wrong_code(tmp_path: Path, code: str) -> None:
+    """Not an internal error: it is refused, counted against the app and on the record."""
+    state = tmp_path / "state"
+    enroll(state)
+    rig = await make_rig(state)
+    payload = json.dumps({"action": "UNLOCK", "code": code})
+    assert (await rig.send("ha", "lock", payload)).reason == Reason.STEPUP_FAILED
+    assert rig.records("command.decision")[0]["stepup"] == "failed"
+    assert AlertKind.STEPUP_FAILED in [a.kind for a in rig.alerts.alerts]
+
+
 async def test_right_code_unlocks_once_and_is_never_stored(tmp_path: Path) -> None:
     """UNLOCK with the right code runs; the same code again fails; the code is nowhere on disk."""
     state = tmp_path / "state"
@@ -398,8 +413,22 @@ async def test_api_commands_use_the_app_registry(rig: Rig) -> None:
     assert rig.records()[0]["source"] == "api"
 
 
+async def test_api_commands_need_the_scope_in_the_token_too(rig: Rig) -> None:
+    """A REST token may carry less than its app holds: the command is decided on both, however
+    the action is spelt, and the refusal is on the record."""
+    lock_only = frozenset({Scope.COMMAND_LOCK})
+    for action in ("UNLOCK", "unlock", " Unlock "):
+        result = await rig.pipeline.submit_api("ha", "car", "lock", action, granted=lock_only)
+        assert result.reason == Reason.SCOPE_MISSING, action
+    ok = await rig.pipeline.submit_api("ha", "car", "lock", "lock", granted=lock_only)
+    assert ok.status is CommandStatus.SUCCEEDED
+    assert rig.provider.executed == [("car-1", Operation.LOCK)]
+    assert [r["reason"] for r in rig.records("command.decision")] == ["scope_missing"] * 3 + ["ok"]
+
+
 async def test_a_broken_collaborator_still_yields_one_result(tmp_path: Path) -> None:
-    """An app registry that raises: the command is rejected (internal_error), nothing escapes."""
+    """An app registry that raises: the command is rejected (internal_error), nothing escapes,
+    and the refusal is in the audit log like any other."""
 
     class Exploding(DictApps):
         def current(self, app_id: str) -> App | None:
@@ -409,6 +438,12 @@ async def test_a_broken_collaborator_still_yields_one_result(tmp_path: Path) -> 
     result = await rig.send("ha", "lock", "LOCK")
     assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.INTERNAL_ERROR)
     assert statuses(rig) == [("rejected", "internal_error")]
+    [record] = rig.records("command.decision")
+    assert (record["decision"], record["reason"], record["id"]) == (
+        "refused",
+        "internal_error",
+        result.id,
+    )
 
 
 async def test_app_activity_is_touched(tmp_path: Path) -> None:

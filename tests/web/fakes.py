@@ -239,8 +239,9 @@ class FakePipeline:
         code: str | None = None,
         id: str | None = None,  # noqa: A002
         issued_at: Any = None,
+        granted: frozenset[Scope] | None = None,
     ) -> FakeResult:
-        reason = self._decide(app_id, vehicle, Command(command), action, code)
+        reason = self._decide(app_id, vehicle, Command(command), action, code, granted)
         status = "rejected" if reason != "ok" else "succeeded"
         self.audit.append(
             "command.decision",
@@ -265,9 +266,15 @@ class FakePipeline:
         )
 
     def _decide(
-        self, app_id: str, vehicle: str, command: Command, action: str, code: str | None
+        self,
+        app_id: str,
+        vehicle: str,
+        command: Command,
+        action: str,
+        code: str | None,
+        granted: frozenset[Scope] | None,
     ) -> str:
-        entry = OPERATIONS.get((command, action))
+        entry = OPERATIONS.get((command, action.strip().upper()))
         app = self.registry.get(app_id)
         if entry is None:
             return "unknown_action"
@@ -275,7 +282,7 @@ class FakePipeline:
             return "unknown_app"
         if vehicle not in self.vehicles:
             return "unknown_vehicle"
-        if not app.has(entry[1]):
+        if not app.has(entry[1]) or (granted is not None and entry[1] not in granted):
             return "scope_missing"
         if entry[1] in STEPUP_SCOPES and action != "STOP":
             if not code:

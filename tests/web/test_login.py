@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -62,6 +63,23 @@ async def test_five_failures_block_the_address_with_429(
     assert (await login(client_for("127.0.0.10"))).status_code == 303  # others are unaffected
     harness.clock.advance(15 * 60 + 1)
     assert (await login(attacker)).status_code == 303
+
+
+async def test_guesses_sent_in_parallel_get_no_more_than_the_allowance(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """Forty wrong passwords at once: the password check runs off the event loop, yet only the
+    allowance is ever checked; the rest are 429 without a check."""
+    attacker = client_for("127.0.0.9")
+    csrf = csrf_of((await attacker.get("/login")).text)
+
+    async def guess(number: int) -> int:
+        form = {"csrf": csrf, "password": f"guess {number}", "next": "/apps"}
+        return (await attacker.post("/login", data=form)).status_code
+
+    codes = await asyncio.gather(*(guess(n) for n in range(40)))
+    assert codes.count(401) == harness.settings.web.login_max_failures
+    assert codes.count(429) == 40 - harness.settings.web.login_max_failures
 
 
 async def test_form_without_csrf_token_is_refused(

@@ -6,6 +6,7 @@ import json
 import re
 
 import httpx
+import pytest
 
 from bridge.model import Scope
 from tests.web.conftest import ClientFactory
@@ -195,6 +196,33 @@ async def test_password_change_needs_the_current_one_and_logs_out_others(
     assert (await other.get("/apps")).status_code == 303
     assert harness.audit.items[-1]["kind"] == "owner.password_changed"
     assert (await login(client_for(), new)).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "kind"),
+    [
+        ("/security/password", "current_password", "owner.password_change_refused"),
+        ("/security/stepup", "password", "owner.stepup_enrol_refused"),
+    ],
+)
+async def test_password_rechecks_share_the_login_allowance(
+    owner: httpx.AsyncClient, harness: Harness, path: str, field: str, kind: str
+) -> None:
+    """A stolen session cookie does not buy unlimited guesses at the current password: the
+    Security page's re-checks count against the address like failed logins, and are audited."""
+    csrf = await page_csrf(owner, "/security")
+    new = "a brand new owner password"
+    form = {"csrf": csrf, "new_password": new, "confirm_password": new}
+    for _ in range(harness.settings.web.login_max_failures):
+        assert (await owner.post(path, data={**form, field: "guess"})).status_code == 403
+    blocked = await owner.post(path, data={**form, field: OWNER_PASSWORD})
+    assert blocked.status_code == 429
+    assert int(blocked.headers["retry-after"]) > 0
+    refusals = [r for r in harness.audit.items if r["kind"] == kind]
+    assert [r["reason"] for r in refusals][-2:] == ["wrong_password", "rate_limited"]
+    assert not harness.stepup.enrolled()
+    harness.clock.advance(harness.settings.web.login_failure_window_s + 1)
+    assert (await owner.post(path, data={**form, field: OWNER_PASSWORD})).status_code in {200, 303}
 
 
 async def test_webhook_url_is_shown_masked(owner: httpx.AsyncClient) -> None:

@@ -200,6 +200,27 @@ async def test_rest_commands_go_through_the_real_pipeline_with_step_up(daemon: D
     assert any(r["kind"] == "api.access" for r in daemon.audit_records())
 
 
+@pytest.mark.parametrize("action", ["UNLOCK", "unlock", " Unlock"])
+async def test_a_token_without_the_scope_cannot_command_however_the_action_is_spelt(
+    daemon: Daemon, action: str
+) -> None:
+    """The owner consented to lock only: the app's own unlock scope does not help the token."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["command:lock", "command:unlock"])
+    headers = bearer((await tokens_for(owner, owner, rest, "command:lock"))["access_token"])
+    form = {"csrf": await page_csrf(owner, "/security"), "password": OWNER_PASSWORD}
+    assert (await owner.post("/security/stepup", data=form)).status_code == 303
+    code = totp.code_at(totp.load_secret(daemon.state_dir) or "", daemon.clock())
+    url = "/api/v1/vehicles/family-car/commands/lock"
+    refused = await owner.post(url, json={"action": action, "code": code}, headers=headers)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "insufficient_scope"
+    locked = await owner.post(url, json={"action": "lock"}, headers=headers)
+    assert locked.json()["status"] == "succeeded", locked.text
+    assert daemon.provider.executed == [Operation.LOCK]
+
+
 async def test_revoking_in_the_real_registry_ends_rest_access(daemon: Daemon) -> None:
     """A revocation through the registry (as `ownerlink apps revoke` does) stops the tokens."""
     owner = daemon.client

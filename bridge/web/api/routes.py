@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from bridge.commands.parse import action_word
 from bridge.commands.reasons import Reason
 from bridge.model import OPERATIONS, Command, CommandStatus, Scope, VehicleState
 from bridge.mqtt.publisher import health_document, location_document, status_document
@@ -129,7 +130,13 @@ async def command(
     """Run a command through the pipeline; the token must carry its scope."""
     _require_command_scope(caller, command, body.action)
     result = await ctx(request).pipeline.submit_api(
-        caller.app.id, vehicle, command.value, body.action, code=body.code, id=body.id
+        caller.app.id,
+        vehicle,
+        command.value,
+        body.action,
+        code=body.code,
+        id=body.id,
+        granted=caller.scopes,
     )
     doc = result.as_document()
     return JSONResponse(doc, status_code=result_status(doc))
@@ -137,8 +144,11 @@ async def command(
 
 def _require_command_scope(caller: Principal, command: Command, action: str) -> None:
     """The token, not just the app, must carry the command's scope: the owner may have consented
-    to less than the app holds. Unknown actions go on, for the pipeline to refuse and audit."""
-    entry = OPERATIONS.get((command, action))
+    to less than the app holds. Unknown actions go on, for the pipeline to refuse and audit.
+    The action is looked up as the pipeline will read it (`lock` is LOCK); the pipeline checks
+    the token's scopes again (`granted`), so a lookup that missed could not let it through."""
+    word = action_word(action)
+    entry = OPERATIONS.get((command, word)) if word is not None else None
     if entry is not None:
         caller.require(entry[1])
 

@@ -74,7 +74,7 @@ async def login(request: Request) -> Response:
     assert session is not None  # checked_form refuses a missing session
     request.state.session = session
     ip, target = owner_ip(request), str(form.get("next", "/apps"))
-    wait = context.limiter.retry_after(ip)
+    wait = context.limiter.attempt(ip)  # counts as a failure until the check says otherwise
     if wait is not None:
         context.audit.append("owner.login", outcome="rate_limited", ip=ip)
         response = _login_page(
@@ -86,7 +86,6 @@ async def login(request: Request) -> Response:
         context, str(form.get("password", "")), str(form.get("code", ""))
     )
     if problem is not None:
-        context.limiter.fail(ip)
         context.audit.append("owner.login", outcome="failure", reason=problem, ip=ip)
         return _login_page(request, target=target, status=401, error="Wrong password or code.")
     return _start_owner_session(request, session, ip, target)

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bridge.errors import AccessError
-from bridge.web.context import WebContext, ctx
+from bridge.web.context import ctx
 from bridge.web.guards import OwnerSession, checked_form, owner_ip, set_session_cookie
 from bridge.web.passwords import owner_password_hash, set_owner_password, verify_password
 from bridge.web.qr import qr_svg
@@ -54,9 +54,30 @@ async def security(request: Request, session: OwnerSession) -> Response:
     return _security_page(request)
 
 
-async def _password_ok(context: WebContext, password: str) -> bool:
+class _Refused(Exception):
+    """The current password was wrong, or the address may not try again yet."""
+
+    def __init__(self, reason: str, response: Response) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response = response
+
+
+async def _recheck_password(request: Request, password: str, wrong: str) -> None:
+    """The current password, checked against the same per-address allowance as the login form,
+    so a stolen session cookie does not buy unlimited guesses. Raises _Refused."""
+    context, ip = ctx(request), owner_ip(request)
+    wait = context.limiter.attempt(ip)
+    if wait is not None:
+        response = _security_page(
+            request, error="Too many wrong passwords. Try again later.", status=429
+        )
+        response.headers["Retry-After"] = str(int(wait))
+        raise _Refused("rate_limited", response)
     encoded = owner_password_hash(context.store)
-    return encoded is not None and await run_in_threadpool(verify_password, password, encoded)
+    if encoded is None or not await run_in_threadpool(verify_password, password, encoded):
+        raise _Refused("wrong_password", _security_page(request, error=wrong, status=403))
+    context.limiter.clear(ip)
 
 
 @router.post("/security/stepup")
@@ -64,9 +85,14 @@ async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
     """A new TOTP secret, after the password is given again."""
     form = await checked_form(request, session)
     context = ctx(request)
-    if not await _password_ok(context, str(form.get("password", ""))):
-        context.audit.append("owner.stepup_enrol_refused", ip=owner_ip(request))
-        return _security_page(request, error="Wrong password; step-up unchanged.", status=403)
+    try:
+        wrong = "Wrong password; step-up unchanged."
+        await _recheck_password(request, str(form.get("password", "")), wrong)
+    except _Refused as refused:
+        context.audit.append(
+            "owner.stepup_enrol_refused", reason=refused.reason, ip=owner_ip(request)
+        )
+        return refused.response
     uri = context.stepup.enroll()
     context.audit.append("owner.stepup_enrolled", ip=owner_ip(request))
     context.once.put(session.id_hash, "stepup", uri)
@@ -90,8 +116,14 @@ async def change_password(request: Request, session: OwnerSession) -> Response:
     form = await checked_form(request, session)
     context = ctx(request)
     new, confirm = str(form.get("new_password", "")), str(form.get("confirm_password", ""))
-    if not await _password_ok(context, str(form.get("current_password", ""))):
-        return _security_page(request, error="The current password is wrong.", status=403)
+    try:
+        wrong = "The current password is wrong."
+        await _recheck_password(request, str(form.get("current_password", "")), wrong)
+    except _Refused as refused:
+        context.audit.append(
+            "owner.password_change_refused", reason=refused.reason, ip=owner_ip(request)
+        )
+        return refused.response
     if new != confirm:
         return _security_page(request, error="The new passwords differ.", status=400)
     try:
