@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -60,7 +61,7 @@ from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
 from bridge.providers.tokens import TokenStore
 from bridge.store import Store
-from bridge.vehicles import BridgedVehicle, resolve_vehicles
+from bridge.vehicles import BridgedVehicle, VehicleMemory, resolve_vehicles
 from bridge.views import DaemonVehicles
 
 log = get_logger(__name__)
@@ -274,7 +275,9 @@ class Daemon:
         self.providers: dict[str, Provider] = {
             name: CountingProvider(provider, self.metrics) for name, provider in built.items()
         }
-        self._vehicles = await resolve_vehicles(self.settings, self.providers)
+        self.vehicle_memory = VehicleMemory(self.store)
+        self.vehicle_memory.start()
+        self._vehicles = await resolve_vehicles(self.settings, self.providers, self.vehicle_memory)
         # Looked up for every command (budget check): keyed once here, not searched each time.
         self._account_of = {v.slug: v.account for v in self._vehicles}
 
@@ -345,12 +348,7 @@ class Daemon:
     async def _start_parts(self) -> None:
         await self.alerts.start()
         self.discovery.start()
-        self._descriptions = {
-            v.slug: VehicleDescription.from_info(
-                v.slug, v.info, operations=v.operations, name=v.name
-            )
-            for v in self._vehicles
-        }
+        self._descriptions = {v.slug: self._describe(v) for v in self._vehicles}
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
         self.discovery.clear_forgotten()  # vehicles taken out of the config while we were stopped
@@ -474,11 +472,28 @@ class Daemon:
             if v.account == account
         )
 
+    def _describe(self, vehicle: BridgedVehicle) -> VehicleDescription:
+        """How discovery first offers a car: as listed, with the doors, windows and tyres it
+        reported last time (so a restart sends Home Assistant the same entities again)."""
+        description = VehicleDescription.from_info(
+            vehicle.slug, vehicle.info, operations=vehicle.operations, name=vehicle.name
+        )
+        positions = self.vehicle_memory.positions(vehicle.slug)
+        if positions is None:
+            return description
+        doors, windows, tyres = positions
+        return dataclasses.replace(description, doors=doors, windows=windows, tyres=tyres)
+
     def _on_state(self, slug: str, state: VehicleState) -> None:
         self.metrics.polls.labels(slug).inc()
         if slug not in self.vehicles_view.latest:
             # The first read tells which doors, windows and tyres this car reports: offer those.
-            self.discovery.add_vehicle(self._descriptions[slug].with_positions_from(state))
+            described = self._descriptions[slug].with_positions_from(state)
+            self._descriptions[slug] = described
+            self.vehicle_memory.remember_positions(
+                slug, (described.doors, described.windows, described.tyres)
+            )
+            self.discovery.add_vehicle(described)
         self.vehicles_view.remember(slug, state)
         self.publisher.update(slug, state)
 

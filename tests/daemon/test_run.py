@@ -21,7 +21,7 @@ from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
-from bridge.simulator import SimClock, Simulator, serve_in_thread
+from bridge.simulator import FaultKind, SimClock, Simulator, serve_in_thread
 from bridge.store import DB_NAME
 from tests.conftest import BrokerAddress
 
@@ -309,3 +309,35 @@ async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
     records = read_records(audit_directory(settings.state_dir))
     outcomes = [r for r in records if r["kind"] == "command.outcome"]
     assert [(o["id"], o["status"]) for o in outcomes] == [("k1", "timed_out")]
+
+
+async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_were(
+    tmp_path: Path, broker: BrokerAddress, base_topic: str
+) -> None:
+    """The vehicle list and the positions the car reports are remembered: a restart sends Home
+    Assistant the same device at once (not the default doors first, then the car's own), and so
+    does a restart during an outage (or with the day's budget spent), instead of a bare device
+    whose entities replace those the owner named."""
+    simulator = Simulator(vehicles=1, seed=5, auto_consent=True, admin=True)
+    prefix = f"{base_topic}-ha"
+    with serve_in_thread(simulator) as url:
+        document = document_for(tmp_path, url, broker, base_topic)
+        document["mqtt"]["discovery_prefix"] = prefix
+        settings = Settings(**document)
+        await login(settings)
+        document["vehicles"] = {"car": {"account": "sim", "id": _sim_vehicle_ids(settings)[0]}}
+        settings = Settings(**document)
+        await _run_once(settings, f"{prefix}/#", broker)
+        before = Listener(broker, f"{prefix}/#")
+        await before.close()
+        again = await _run_once(settings, f"{prefix}/#", broker)
+        simulator.faults.rates = {FaultKind.SERVER_ERROR: 1.0}
+        during = await _run_once(settings, f"{prefix}/#", broker)
+        after = Listener(broker, f"{prefix}/#")
+        await after.close()
+    config = f"{prefix}/device/ownerlink_car/config"
+    assert json.loads(before.retained[config])["dev"].get("model"), "the simulator lists a model"
+    assert after.retained == before.retained, "Home Assistant was sent a different car"
+    sent = [payload for topic, payload in again.live if topic == config]
+    assert set(sent) <= {before.retained[config]}, "a restart offered other entities first"
+    assert not [topic for topic, payload in during.live if not payload], "nothing was removed"
