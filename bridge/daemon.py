@@ -53,7 +53,7 @@ from bridge.mqtt.client import InboundMessage, MqttClient
 from bridge.mqtt.discovery import VehicleDescription
 from bridge.mqtt.memory import RetainedDiscovery
 from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
-from bridge.mqtt.topics import Publish, Topics
+from bridge.mqtt.topics import Publish, Topics, encode
 from bridge.polling.budget import Budget
 from bridge.polling.history import ActivityHistory
 from bridge.polling.scheduler import Poller
@@ -352,6 +352,7 @@ class Daemon:
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
         self.discovery.clear_forgotten()  # vehicles taken out of the config while we were stopped
+        self._publish_current_audit_head()
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()
@@ -430,12 +431,17 @@ class Daemon:
         if getattr(self, "publisher", None) is None:
             return  # the first connect during start-up: start() publishes everything itself
         self.publisher.republish_all()
+        self._publish_current_audit_head()
+
+    def _publish_current_audit_head(self) -> None:
+        """The anchor again (on start and every reconnect): the broker, or a broker restarted
+        without persistence, may hold an older head or none until the next record."""
         seq, head = self.audit.head
         if seq:
             self._publish_audit_head(seq, head)
 
     def _publish_audit_head(self, seq: int, head: str) -> None:
-        payload = f'{{"seq": {seq}, "hash": "{head}"}}'
+        payload = encode({"seq": seq, "hash": head})
         self.mqtt.publish(Publish(self.topics.audit_head, payload, retain=True))
 
     def _on_registry_change(self, change: AppChange) -> None:

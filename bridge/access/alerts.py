@@ -8,12 +8,10 @@ change (a revocation, a refused command) has already happened.
 
 from __future__ import annotations
 
-import json
-
 from bridge.access.webhook import WebhookSender
 from bridge.events import Alert
 from bridge.logs import get_logger
-from bridge.mqtt.topics import Publish, PublishSink, Topics
+from bridge.mqtt.topics import Publish, PublishSink, Topics, encode
 
 log = get_logger(__name__)
 
@@ -21,7 +19,7 @@ log = get_logger(__name__)
 def event_message(topics: Topics, alert: Alert) -> Publish:
     """The MQTT event for an alert: `Alert.as_document()` as JSON, QoS 1, not retained."""
     return Publish(
-        topic=topics.bridge_event, payload=json.dumps(alert.as_document()), retain=False, qos=1
+        topic=topics.bridge_event, payload=encode(alert.as_document()), retain=False, qos=1
     )
 
 

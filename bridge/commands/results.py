@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from bridge.errors import (
 )
 from bridge.logs import scrub_text
 from bridge.model import CommandOutcome, CommandStatus
+from bridge.mqtt.topics import encode
 
 FINAL_STATUSES = frozenset(
     {CommandStatus.REJECTED, CommandStatus.SUCCEEDED, CommandStatus.FAILED, CommandStatus.TIMED_OUT}
@@ -59,7 +59,7 @@ class CommandResult:
         return doc
 
     def payload(self) -> str:
-        return json.dumps(self.as_document(), separators=(",", ":"))
+        return encode(self.as_document())
 
 
 # (exception type, status before the car accepted it, why). The first matching row wins.

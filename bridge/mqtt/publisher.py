@@ -12,13 +12,11 @@ client, or a list in tests). Wiring in the daemon, roughly:
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from bridge.events import Alert
 from bridge.logs import get_logger
 from bridge.model import Location, Scope, VehicleState, to_document
 from bridge.mqtt.discovery import (
@@ -30,7 +28,7 @@ from bridge.mqtt.discovery import (
     removals,
     vehicle_discovery_universe,
 )
-from bridge.mqtt.topics import Publish, PublishSink, StateKind, Topics
+from bridge.mqtt.topics import Publish, PublishSink, StateKind, Topics, encode
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -48,11 +46,6 @@ log = get_logger(__name__)
 
 
 # -- documents (pure) --------------------------------------------------------------------------
-
-
-def encode(document: Mapping[str, Any]) -> str:
-    """Canonical JSON: the same document always gives the same bytes, so diffing is a comparison."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 def _when(updated_at: datetime | None) -> str | None:
@@ -76,11 +69,6 @@ def location_document(location: Location, updated_at: datetime | None) -> dict[s
         "gps_accuracy": DEFAULT_GPS_ACCURACY_M,
         "updated_at": _when(updated_at),
     }
-
-
-def event_message(topics: Topics, alert: Alert) -> Publish:
-    """An alert for `<base>/bridge/event` (never retained: an event happens once)."""
-    return Publish(topics.bridge_event, encode(alert.as_document()), retain=False)
 
 
 # -- states ------------------------------------------------------------------------------------

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 StateKind = Literal["status", "health", "location", "budget"]
+
+
+def encode(document: Mapping[str, Any]) -> str:
+    """Every JSON payload the bridge publishes: compact, keys sorted, so the same document always
+    gives the same bytes (and diffing is a comparison)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

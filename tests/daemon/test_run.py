@@ -341,3 +341,24 @@ async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_wer
     sent = [payload for topic, payload in again.live if topic == config]
     assert set(sent) <= {before.retained[config]}, "a restart offered other entities first"
     assert not [topic for topic, payload in during.live if not payload], "nothing was removed"
+
+
+async def test_the_audit_head_is_published_again_on_every_start(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """A broker that lost its retained messages gets the anchor back when the bridge starts,
+    not only at the next record."""
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    topic = f"{base_topic}/bridge/audit_head"
+    await _run_once(settings, topic, broker)
+    publish_retained(broker, topic, "")  # as a broker restarted without persistence would be
+    await _run_once(settings, topic, broker)
+    anchor = Listener(broker, topic)
+    await anchor.close()
+    records = list(read_records(audit_directory(settings.state_dir)))
+    assert records, "the first start writes records (the config's apps)"
+    last = records[-1]
+    assert anchor.retained[topic] == json.dumps(
+        {"hash": last["hash"], "seq": last["seq"]}, separators=(",", ":")
+    ).encode()

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
+from bridge.access.alerts import event_message
 from bridge.events import Alert, AlertKind
 from bridge.model import Scope, VehicleInfo
 from bridge.mqtt.client import InboundMessage, MqttClient
 from bridge.mqtt.discovery import DiscoveryMode, VehicleDescription
-from bridge.mqtt.publisher import DiscoveryManager, StatePublisher, event_message
+from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics
 from tests.conftest import BrokerAddress
 from tests.mqtt.helpers import UPLOADED, VIN, Watcher, ev, mqtt_config, retained, state

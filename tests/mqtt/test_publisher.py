@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from bridge.access.alerts import event_message
 from bridge.events import Alert, AlertKind
 from bridge.model import OpenState, Scope
 from bridge.mqtt.discovery import DiscoveryMode, removals
-from bridge.mqtt.publisher import DiscoveryManager, StatePublisher, event_message
+from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics
 from tests.mqtt.helpers import UPLOADED, ListSink, ev, state
 
