@@ -359,6 +359,7 @@ async def test_the_audit_head_is_published_again_on_every_start(
     records = list(read_records(audit_directory(settings.state_dir)))
     assert records, "the first start writes records (the config's apps)"
     last = records[-1]
-    assert anchor.retained[topic] == json.dumps(
-        {"hash": last["hash"], "seq": last["seq"]}, separators=(",", ":")
-    ).encode()
+    assert (
+        anchor.retained[topic]
+        == json.dumps({"hash": last["hash"], "seq": last["seq"]}, separators=(",", ":")).encode()
+    )
