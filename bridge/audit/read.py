@@ -36,6 +36,8 @@ class RecordFilter:
 def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict[str, Any]]:
     """The last `count` matching records, oldest first, reading files newest first."""
     found: list[dict[str, Any]] = []
+    if count <= 0:
+        return found
     for path in reversed(chain_files(directory)):
         for raw in reversed(path.read_bytes().splitlines()):
             record = parse_line(raw)

@@ -44,7 +44,9 @@ def register(sub: Any) -> None:
     _add_source(check)
     check.set_defaults(func=verify_command)
     tail = inner.add_parser("tail", help="show the latest records")
-    tail.add_argument("-n", type=int, default=20, metavar="N", help="how many (default 20)")
+    tail.add_argument(
+        "-n", type=_count, default=20, metavar="N", help="how many (default 20; 0 with -f: only new)"
+    )
     tail.add_argument("-f", "--follow", action="store_true", help="keep showing new records")
     tail.add_argument("--app", help="only this app's records")
     tail.add_argument("--vehicle", help="only this vehicle's records")
@@ -69,6 +71,16 @@ def _head_arg(text: str) -> Head:
         return Head.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def verify_command(args: argparse.Namespace) -> int:

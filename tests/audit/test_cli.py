@@ -130,6 +130,18 @@ def test_tail_shows_the_last_records_filtered(
     assert len(out.strip().splitlines()) == 1
 
 
+def test_tail_counts_are_whole_numbers_from_zero(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-n 0 shows nothing (with -f: only what comes next); a negative count is a usage error."""
+    code, out, _ = run(capsys, "audit", "tail", "--state-dir", str(state), "-n", "0")
+    assert (code, out) == (0, "")
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "audit", "tail", "--state-dir", str(state), "-n", "-3")
+    assert exit_info.value.code == 2
+    assert "argument -n: must be 0 or more, not -3" in capsys.readouterr().err
+
+
 def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:
     """follow() yields records appended later, including after the file is rotated."""
     directory = tmp_path / "audit"
