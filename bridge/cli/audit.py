@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     check.set_defaults(func=verify_command)
     tail = inner.add_parser("tail", help="show the latest records")
     tail.add_argument(
-        "-n", type=_count, default=20, metavar="N", help="how many (default 20; 0 with -f: only new)"
+        "-n", type=_count, default=20, metavar="N", help="how many (default 20; -f -n 0: only new)"
     )
     tail.add_argument("-f", "--follow", action="store_true", help="keep showing new records")
     tail.add_argument("--app", help="only this app's records")

@@ -494,7 +494,7 @@ class CommandPipeline:
             vehicle=ticket.vehicle,
             detail=detail,
         )
-        if ticket.source == "mqtt" and ticket.app_id and ticket.vehicle:
+        if ticket.source == "mqtt" and ticket.app_id and ticket.vehicle is not None:
             try:
                 seq = record.get("seq") if record is not None else None
                 if self.delivery is not None and result.final and isinstance(seq, int):

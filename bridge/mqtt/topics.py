@@ -79,11 +79,14 @@ class Topics:
         return f"{self.base}/app/{app}/{vehicle}/result"
 
     def parse_command(self, topic: str) -> CommandTopic | None:
-        """Split `<base>/app/<app>/<vehicle>/cmd/<command>`; None for anything else."""
+        """Split `<base>/app/<app>/<vehicle>/cmd/<command>`; None for anything else.
+
+        An empty vehicle or command level (`…/car/cmd/`) still names the app and where its
+        result goes: it is parsed, and refused there as an unknown vehicle or command."""
         prefix = f"{self.base}/app/"
         if not topic.startswith(prefix):
             return None
         parts = topic[len(prefix) :].split("/")
-        if len(parts) != 4 or parts[2] != "cmd" or not all(parts):
+        if len(parts) != 4 or parts[2] != "cmd" or not parts[0]:
             return None
         return CommandTopic(app=parts[0], vehicle=parts[1], command=parts[3])

@@ -462,6 +462,24 @@ async def test_a_bad_topic_gets_a_result_but_no_publish(rig: Rig) -> None:
     assert rig.records()[0]["reason"] == "malformed"
 
 
+@pytest.mark.parametrize(
+    ("topic", "reason", "result_topic"),
+    [
+        ("ol/app/ha/car/cmd/", Reason.UNKNOWN_COMMAND, "ol/app/ha/car/result"),
+        ("ol/app/ha//cmd/lock", Reason.UNKNOWN_VEHICLE, "ol/app/ha//result"),
+    ],
+)
+async def test_an_empty_level_is_refused_with_a_result_where_the_app_listens(
+    rig: Rig, topic: str, reason: Reason, result_topic: str
+) -> None:
+    """The subscription's `+` matches an empty level: the app is named, so it hears why."""
+    result = await rig.pipeline.submit(InboundCommand(topic, b"LOCK", False, rig.clock()))
+    assert result.reason == reason
+    assert [m.topic for m in rig.sink.messages] == [result_topic]
+    assert rig.records()[0]["reason"] == reason.value
+    assert rig.provider.executed == []
+
+
 async def test_a_broken_state_database_refuses_instead_of_forgetting(rig: Rig) -> None:
     """If the id or step-up state cannot be read or written, the command is refused, not run."""
     rig.store.close()
