@@ -25,9 +25,14 @@ from bridge.events import CollectingAlerts
 from bridge.providers.base import FreeGate
 from bridge.providers.factory import build_account
 from bridge.providers.oauth import parse_redirect, start_login
-from bridge.simulator import SimClock, Simulator, serve_in_thread
+from bridge.simulator import Limits, SimClock, Simulator, serve_in_thread
 
 ACCOUNT = "sim"
+# A real account's defaults (250 calls a day, 40 an hour) allow about ten commands an hour once
+# polling has had its share: too few for someone trying every command in the demo. The demo's
+# account and budget are roomier; the budget still keeps under the simulated account's limits.
+DEMO_BUDGET = {"calls_per_day": 2000, "calls_per_hour": 400}
+DEMO_LIMITS = Limits(per_minute=120, per_day=5000)
 HA_SCOPES = [
     "read:status",
     "read:health",
@@ -75,6 +80,7 @@ def run_demo(options: DemoOptions) -> int:
             admin=True,
             clock=SimClock(speed=options.speed),
             token_lifetime=1200 * options.speed,
+            limits=DEMO_LIMITS,
         )
         with serve_in_thread(sim) as sim_url:
             progress(f"simulator: {options.vehicles} vehicles at {options.speed:g}x, {sim_url}")
@@ -136,6 +142,7 @@ def demo_config(
             },
             "nodered": {"name": "Node-RED", "scopes": NODERED_SCOPES},
         },
+        "budget": dict(DEMO_BUDGET),
         "web": {"port": web_port},
         "logging": {"level": "warning", "format": "console"},
     }

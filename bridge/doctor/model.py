@@ -52,6 +52,12 @@ BUDGET_FIX = (
 )
 
 
+RESERVE_FIX = (
+    "wait: commands go through again as calls leave the window; raising budget.calls_per_day "
+    "or calls_per_hour risks Ford suspending the account"
+)
+
+
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 

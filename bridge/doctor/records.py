@@ -11,7 +11,16 @@ from bridge.audit.chain import chain_files
 from bridge.audit.log import audit_directory
 from bridge.audit.verify import Report, verify
 from bridge.config import Settings
-from bridge.doctor.model import AS_DAEMON_USER, BUDGET_FIX, Check, failed, passed, plural, warning
+from bridge.doctor.model import (
+    AS_DAEMON_USER,
+    BUDGET_FIX,
+    RESERVE_FIX,
+    Check,
+    failed,
+    passed,
+    plural,
+    warning,
+)
 from bridge.doctor.state import DB_FIX, PRIVATE_MODE_BITS, can_look_inside, read_db, stat_or_none
 from bridge.errors import StateError
 from bridge.events import CollectingAlerts
@@ -59,6 +68,10 @@ def judge_budget(account: str, usage: BudgetUsage | None) -> Check:
         f"{day.used} of {day.limit} calls used in the last 24 h ({day.left} left); "
         f"{hour.used} of {hour.limit} in the last hour"
     )
+    if usage.reserve_left == 0:
+        window = "last hour" if usage.hour.reserve_left == 0 else "last 24 h"
+        why = f"the command reserve is used up too ({window}): commands are refused"
+        return warning(name, f"{detail}; {why}", RESERVE_FIX)
     if usage.reads_left == 0:
         # The rest is the command reserve: polling stops, commands still go through.
         resume = usage.next_free_at.strftime("%H:%M UTC")

@@ -66,15 +66,16 @@ class Install:
         """Every API call the simulator has counted (authenticated ones only)."""
         return sum(meter.calls for meter in self.sim.limiter.meters.values())
 
-    def spend(self, calls: int) -> None:
-        """Charge `calls` reads to the account's budget, as the daemon's polling would."""
+    def spend(self, calls: int, kind: CallKind = CallKind.READ) -> None:
+        """Charge `calls` calls to the account's budget, as the daemon's polling (or its
+        commands) would."""
         settings = load_config(self.config)
         store = Store.open(self.state_dir)
         try:
             budget = Budget(store=store, config=settings.budget, alerts=CollectingAlerts())
             budget.start()
             for _ in range(calls):
-                budget.charge("home", CallKind.READ)
+                budget.charge("home", kind)
         finally:
             store.close()
 

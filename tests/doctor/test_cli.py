@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.audit.log import audit_directory
 from bridge.cli import build_parser, main
 from bridge.cli.doctor import Probes, doctor_command
+from bridge.providers.base import CallKind
 from bridge.providers.tokens import TokenStore
 from bridge.store import DB_NAME
 from tests.doctor.conftest import ADMIN_PASSWORD, ADMIN_USER, Certificates, Install
@@ -495,6 +496,20 @@ def test_an_exhausted_budget_only_warns(install: Install) -> None:
     assert found["budget: home"]["status"] == "warn"
     assert "8 of 10 calls used" in found["budget: home"]["detail"]
     assert "polling paused until" in found["budget: home"]["detail"]
+
+
+def test_a_spent_command_reserve_says_commands_are_refused(install: Install) -> None:
+    """Every call of the hour used, the reserve too: the warning says so, not that commands
+    keep their reserve."""
+    install.budget = {"calls_per_day": 100, "calls_per_hour": 10, "command_reserve_pct": 20}
+    install.write()
+    install.spend(6)  # 2 + 6 = 8: the read share of the hour
+    install.spend(2, CallKind.COMMAND)  # and the reserve
+    found = checks(install)
+    assert found["exit"] == 0
+    detail = found["budget: home"]["detail"]
+    assert "the command reserve is used up too (last hour): commands are refused" in detail
+    assert "keep their reserve" not in found["budget: home"]["fix"]
 
 
 def test_nothing_listens_on_a_closed_port() -> None:
