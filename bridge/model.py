@@ -199,6 +199,9 @@ class CommandOutcome:
     status: CommandStatus
     reason: str = ""
     provider_command_id: str | None = None
+    # Why the verdict is unknown, as a result's reason word (`budget_exhausted`), when it is not
+    # simply that the car did not answer in time.
+    cause: str | None = None
 
 
 def to_document(obj: Any) -> dict[str, Any]:

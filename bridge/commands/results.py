@@ -113,8 +113,14 @@ def ending_for_outcome(outcome: CommandOutcome) -> Ending:
     """The provider's own final word (its text goes in `detail`; `reason` stays a fixed word).
     A non-final status from it is treated as `timed_out`."""
     status = outcome.status if outcome.status in FINAL_STATUSES else CommandStatus.TIMED_OUT
-    reason = _OUTCOME_REASONS[status]
-    return Ending(status, reason.value, error_text(outcome.reason), outcome.provider_command_id)
+    reason = _OUTCOME_REASONS[status].value
+    if status is CommandStatus.TIMED_OUT and outcome.cause in _CAUSES:
+        reason = outcome.cause
+    return Ending(status, reason, error_text(outcome.reason), outcome.provider_command_id)
+
+
+# Causes a provider may give for a verdict it could not get (CommandOutcome.cause).
+_CAUSES = frozenset({Reason.BUDGET_EXHAUSTED.value, Reason.NOT_FOUND.value})
 
 
 def error_text(problem: BaseException | str) -> str:

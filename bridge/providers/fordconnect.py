@@ -185,7 +185,8 @@ class FordConnectProvider:
             return None, max(self._poll_interval, exc.retry_after)
         except (NotFound, BudgetExhausted) as exc:
             # An expired command id (401/3000) or no budget left to ask: the verdict is lost.
-            return CommandOutcome(CommandStatus.TIMED_OUT, _reason(exc), command_id), 0.0
+            cause = "budget_exhausted" if isinstance(exc, BudgetExhausted) else "not_found"
+            return CommandOutcome(CommandStatus.TIMED_OUT, _reason(exc), command_id, cause), 0.0
         return _outcome_of(answer, command_id), self._poll_interval
 
     async def aclose(self) -> None:

@@ -348,6 +348,20 @@ async def test_provider_outcomes_pass_through(tmp_path: Path) -> None:
     assert rig.records()[-1]["provider_command_id"] == "p-1"
 
 
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [(None, "timeout"), ("budget_exhausted", "budget_exhausted"), ("not_found", "not_found")],
+)
+async def test_an_unknown_verdict_says_why(tmp_path: Path, cause: str | None, reason: str) -> None:
+    """Accepted, then no verdict: `timed_out`, and the reason says whether the car was silent or
+    the bridge could not ask (its budget spent, the command id expired)."""
+    outcome = CommandOutcome(CommandStatus.TIMED_OUT, "status unknown", "p-1", cause)
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(outcome=outcome))
+    result = await rig.send("ha", "lock", "LOCK")
+    assert (result.status, result.reason) == (CommandStatus.TIMED_OUT, reason)
+    assert rig.records("command.outcome")[-1]["reason"] == reason
+
+
 async def test_audit_failure_refuses_this_and_every_later_command(rig: Rig) -> None:
     """If the decision record cannot be made durable the command is not sent, nor any after it."""
     rig.audit.close()  # appends now fail: the log is not open

@@ -293,7 +293,7 @@ async def test_an_expired_command_id_is_timed_out(tmp_path: Path) -> None:
     r.ford.on("POST", f"{P}/lock", accepted())
     r.ford.on("GET", f"{P}/lock/cmd-1", ok({"error": {"code": 3000, "details": "expired"}}, 401))
     outcome = await provider(r).execute(VEHICLE, Operation.LOCK)
-    assert outcome.status is CommandStatus.TIMED_OUT
+    assert (outcome.status, outcome.cause) == (CommandStatus.TIMED_OUT, "not_found")
     assert r.ford.token_requests() == []
     await r.parts.api.aclose()
 
