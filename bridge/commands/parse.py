@@ -73,7 +73,8 @@ def parse_command(
     """Parse one MQTT command message. Checks run cheapest first; the first failure wins."""
     if retain:
         # A retained command would be replayed to us on every reconnect: never act on one.
-        return Refusal(Reason.RETAINED, "retained messages are never executed")
+        action, cid = _salvage(payload, max_bytes)
+        return Refusal(Reason.RETAINED, "retained messages are never executed", action, cid)
     if len(payload) > max_bytes:
         return Refusal(Reason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes; the limit is {max_bytes}")
     command = _command_word(topic.command)
@@ -220,6 +221,20 @@ def _check_id(value: Any) -> str | None:
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
         raise _Malformed('"id" must be 1-64 characters of A-Z a-z 0-9 . _ : -')
     return value
+
+
+def _salvage(payload: bytes, max_bytes: int) -> tuple[str | None, str | None]:
+    """The action and id of a message refused before it was parsed, so its result carries the
+    id the client is waiting for. Only echoed, never acted on."""
+    if len(payload) > max_bytes:
+        return None, None
+    try:
+        fields = _decode(payload)
+    except _Malformed:
+        return None, None
+    action = fields.get("action")
+    word = action_word(action) if isinstance(action, str) else None
+    return word, _salvage_id(fields.get("id"))
 
 
 def _salvage_id(value: Any) -> str | None:

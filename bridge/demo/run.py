@@ -164,7 +164,7 @@ async def _run(
 ) -> int:
     await login(settings)
     progress("logged in to the simulated FordConnect account (OAuth 2.0 + PKCE)")
-    secret = enroll_stepup(settings.state_dir)
+    secret = enroll_stepup(settings)
     password = set_owner_password(settings)
     progress("step-up (TOTP) enrolled and a one-time owner password set")
     daemon = Daemon(settings)
@@ -198,10 +198,23 @@ async def login(settings: Settings) -> None:
         await parts.provider.aclose()
 
 
-def enroll_stepup(state_dir: Path) -> str:
+def enroll_stepup(settings: Settings) -> str:
+    """A fresh TOTP secret for the demo, on the record as any enrolment is."""
+    from bridge.audit.log import AuditLog, audit_directory
     from bridge.commands.stepup import enroll
 
-    return enroll(state_dir, force=True)
+    secret = enroll(settings.state_dir, force=True)
+    audit = AuditLog(
+        audit_directory(settings.state_dir),
+        clock=lambda: datetime.now(UTC),
+        rotate_bytes=settings.audit.rotate_bytes,
+    )
+    audit.open()
+    try:
+        audit.append("stepup.enrolled", replaced=False, actor="owner", via="demo")
+    finally:
+        audit.close()
+    return secret
 
 
 def set_owner_password(settings: Settings) -> str:

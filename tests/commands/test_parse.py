@@ -67,6 +67,15 @@ def test_retained_is_refused_before_anything_else() -> None:
     assert refused(b"\xff\xfe", retain=True).reason is Reason.RETAINED
 
 
+def test_a_retained_refusal_echoes_the_id_the_client_waits_for() -> None:
+    """The result of a refused retained command carries its id and action, as any refusal."""
+    refusal = refused('{"action":"unlock","id":"ret-1"}', retain=True)
+    assert (refusal.reason, refusal.action, refusal.id) == (Reason.RETAINED, "UNLOCK", "ret-1")
+    assert (refused("LOCK", retain=True).action, refused("LOCK", retain=True).id) == ("LOCK", None)
+    bad_id = refused('{"action":"LOCK","id":"a b"}', retain=True)
+    assert (bad_id.reason, bad_id.id) == (Reason.RETAINED, None)
+
+
 def test_payload_over_the_limit_is_too_large() -> None:
     """A payload longer than max_bytes is refused unread as `payload_too_large`."""
     assert refused("LOCK" + " " * 100, max_bytes=50).reason is Reason.PAYLOAD_TOO_LARGE

@@ -176,7 +176,7 @@ async def test_stepup_enrolment_needs_the_password_and_shows_the_qr_once(
     assert '<svg role="img"' in first
     assert harness.stepup.secret and harness.stepup.secret in first
     assert "<svg" not in (await owner.get("/security/stepup/new")).text
-    assert "owner.stepup_enrolled" in harness.audit.kinds()
+    assert "stepup.enrolled" in harness.audit.kinds()
 
 
 async def test_password_change_needs_the_current_one_and_logs_out_others(

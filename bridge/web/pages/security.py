@@ -93,8 +93,13 @@ async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
             "owner.stepup_enrol_refused", reason=refused.reason, ip=owner_ip(request)
         )
         return refused.response
+    replaced = context.stepup.enrolled()
     uri = context.stepup.enroll()
-    context.audit.append("owner.stepup_enrolled", ip=owner_ip(request))
+    # The same kind as `ownerlink stepup enroll` writes: one question ("when was the second
+    # factor changed?") has one answer, whichever way it was changed.
+    context.audit.append(
+        "stepup.enrolled", replaced=replaced, actor="owner", via="web", ip=owner_ip(request)
+    )
     context.once.put(session.id_hash, "stepup", uri)
     return RedirectResponse("/security/stepup/new", status_code=303)
 
