@@ -6,17 +6,19 @@ defaults. Every problem is reported as `path.to.key: what is wrong` and raised a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,7 +27,13 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from bridge.errors import ConfigError
 from bridge.model import Scope
@@ -39,6 +47,14 @@ RESERVED_SLUGS = frozenset({"bridge", "app"})
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 APP_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
+# Upper bounds for durations, in seconds: far beyond any sensible setting, and far below what
+# would overflow a datetime or a timer when added to now (`1e12` or `.inf` passed before).
+HOUR = 3600
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+MONTH = 30 * DAY
+YEAR = 365 * DAY
+
 
 def _cidr(value: str) -> str:
     ip_network(value, strict=False)  # raises ValueError with a clear message
@@ -48,10 +64,33 @@ def _cidr(value: str) -> str:
 Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
+def _not_bool(value: Any) -> Any:
+    # YAML reads true/false/yes/no as booleans, which pydantic would otherwise take as 1 and 0.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not true or false")
+    return value
+
+
+# Every number in the configuration: a boolean is a mistake, never 0 or 1.
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+
+
+def _protocol_text(value: Any) -> Any:
+    # `protocol: 5` unquoted is a YAML integer that means the same as "5".
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Protocol = Annotated[Literal["5", "3.1.1"], BeforeValidator(_protocol_text)]
+
+
 class Section(BaseModel):
     """Base of every config section: frozen, and unknown keys are errors (typos must not pass)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Infinity and NaN pass every bound check in some direction; no key means them.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class TlsConfig(Section):
@@ -65,12 +104,12 @@ class TlsConfig(Section):
 
 class MqttConfig(Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
+    port: Integer = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
     client_id: str = "ownerlink"
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive: int = Field(default=30, ge=5, le=3600)
+    protocol: Protocol = "5"
+    keepalive: Integer = Field(default=30, ge=5, le=3600)
     tls: TlsConfig = TlsConfig()
     base_topic: str = Field(default="ownerlink", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_-]+$")
@@ -80,8 +119,8 @@ class MqttConfig(Section):
     admin_username: str | None = None
     admin_password: SecretStr | None = None
     acl_dir: Path | None = None
-    reconnect_min_s: float = Field(default=1.0, gt=0, le=60)
-    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    reconnect_min_s: Number = Field(default=1.0, gt=0, le=60)
+    reconnect_max_s: Number = Field(default=60.0, gt=0, le=3600)
 
 
 class AccountConfig(Section):
@@ -94,7 +133,7 @@ class AccountConfig(Section):
     token_url: str | None = None
     api_base_url: str | None = None
     use_pkce: bool = True
-    request_timeout_s: float = Field(default=15.0, gt=0, le=120)
+    request_timeout_s: Number = Field(default=15.0, gt=0, le=120)
 
 
 class VehicleConfig(Section):
@@ -105,37 +144,39 @@ class VehicleConfig(Section):
 
 
 class BudgetConfig(Section):
-    calls_per_day: int = Field(default=250, ge=10, le=100_000)
-    calls_per_hour: int = Field(default=40, ge=1, le=100_000)
-    command_reserve_pct: int = Field(default=20, ge=0, le=90)
+    calls_per_day: Integer = Field(default=250, ge=10, le=100_000)
+    calls_per_hour: Integer = Field(default=40, ge=1, le=100_000)
+    command_reserve_pct: Integer = Field(default=20, ge=0, le=90)
 
 
 class PollingConfig(Section):
-    driving_interval_s: float = Field(default=60, ge=5)
-    charging_interval_s: float = Field(default=300, ge=5)
-    parked_min_interval_s: float = Field(default=900, ge=30)
-    parked_max_interval_s: float = Field(default=3600, ge=60)
-    sleeping_interval_s: float = Field(default=4 * 3600, ge=300)
+    driving_interval_s: Number = Field(default=60, ge=5, le=DAY)
+    charging_interval_s: Number = Field(default=300, ge=5, le=DAY)
+    parked_min_interval_s: Number = Field(default=900, ge=30, le=DAY)
+    parked_max_interval_s: Number = Field(default=3600, ge=60, le=WEEK)
+    sleeping_interval_s: Number = Field(default=4 * HOUR, ge=300, le=WEEK)
     # A status refresh wakes the car's modem and drains the 12 V battery: off unless asked for.
-    scheduled_refresh_interval_s: float | None = Field(default=None, ge=3600)
-    stale_after_s: float = Field(default=6 * 3600, ge=60)
-    suspension_pause_s: float = Field(default=24 * 3600, ge=60)
+    scheduled_refresh_interval_s: Annotated[float | None, BeforeValidator(_not_bool)] = Field(
+        default=None, ge=HOUR, le=MONTH
+    )
+    stale_after_s: Number = Field(default=6 * HOUR, ge=60, le=MONTH)
+    suspension_pause_s: Number = Field(default=DAY, ge=60, le=MONTH)
 
 
 class CommandsConfig(Section):
-    max_age_s: float = Field(default=30, gt=0, le=3600)
-    dedup_window_s: float = Field(default=24 * 3600, ge=60)
-    max_payload_bytes: int = Field(default=1024, ge=16, le=65536)
-    rate_limit_per_minute: int = Field(default=6, ge=1, le=600)
-    status_poll_interval_s: float = Field(default=2.0, gt=0, le=30)
-    timeout_s: float = Field(default=120, gt=0, le=600)
+    max_age_s: Number = Field(default=30, gt=0, le=3600)
+    dedup_window_s: Number = Field(default=DAY, ge=60, le=MONTH)
+    max_payload_bytes: Integer = Field(default=1024, ge=16, le=65536)
+    rate_limit_per_minute: Integer = Field(default=6, ge=1, le=600)
+    status_poll_interval_s: Number = Field(default=2.0, gt=0, le=30)
+    timeout_s: Number = Field(default=120, gt=0, le=600)
 
 
 class StepUpConfig(Section):
     required_for: frozenset[Scope] = frozenset({Scope.COMMAND_UNLOCK, Scope.COMMAND_REMOTE_START})
-    max_failures: int = Field(default=5, ge=1, le=100)
-    failure_window_s: float = Field(default=15 * 60, ge=60)
-    lockout_s: float = Field(default=15 * 60, ge=60)
+    max_failures: Integer = Field(default=5, ge=1, le=100)
+    failure_window_s: Number = Field(default=15 * 60, ge=60, le=DAY)
+    lockout_s: Number = Field(default=15 * 60, ge=60, le=WEEK)
 
 
 class AppConfig(Section):
@@ -147,33 +188,33 @@ class AppConfig(Section):
 
 
 class AuditConfig(Section):
-    rotate_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    rotate_bytes: Integer = Field(default=10 * 1024 * 1024, ge=4096, le=1 << 30)
 
 
 class AlertsConfig(Section):
     webhook_url: str | None = None
-    webhook_timeout_s: float = Field(default=5, gt=0, le=60)
-    webhook_retries: int = Field(default=5, ge=0, le=20)
+    webhook_timeout_s: Number = Field(default=5, gt=0, le=60)
+    webhook_retries: Integer = Field(default=5, ge=0, le=20)
 
 
 class WebConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(default=8088, ge=0, le=65535)
+    port: Integer = Field(default=8088, ge=0, le=65535)
     allow_cidrs: tuple[Cidr, ...] = ("127.0.0.0/8", "::1/128")
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    session_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
-    access_token_ttl_s: int = Field(default=600, ge=60, le=3600)
-    refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=3600)
+    session_minutes: Integer = Field(default=60, ge=1, le=7 * 24 * 60)
+    access_token_ttl_s: Integer = Field(default=600, ge=60, le=3600)
+    refresh_token_ttl_s: Integer = Field(default=30 * DAY, ge=HOUR, le=YEAR)
     public_url: str | None = None
     # Owner login throttling: this many wrong passwords per client address per window → 429.
-    login_max_failures: int = Field(default=5, ge=1, le=100)
-    login_failure_window_s: float = Field(default=15 * 60, ge=60)
+    login_max_failures: Integer = Field(default=5, ge=1, le=100)
+    login_failure_window_s: Number = Field(default=15 * 60, ge=60, le=DAY)
     # Also ask for the step-up TOTP code at login, once step-up is enrolled.
     login_totp: bool = False
     # REST reads per app per minute (commands are limited by the pipeline, commands.*).
-    api_reads_per_minute: int = Field(default=60, ge=1, le=6000)
+    api_reads_per_minute: Integer = Field(default=60, ge=1, le=6000)
 
 
 class LoggingConfig(Section):
@@ -190,6 +231,7 @@ class Settings(BaseSettings):
         env_prefix="OWNERLINK_",
         env_nested_delimiter="__",
         nested_model_default_partial_update=True,
+        allow_inf_nan=False,
     )
 
     state_dir: Path = Path("/var/lib/ownerlink")
@@ -222,14 +264,7 @@ class Settings(BaseSettings):
             problems.append(
                 _problem(("apps", name, "home_assistant"), "only one app can be Home Assistant")
             )
-        if self.commands.dedup_window_s < self.commands.max_age_s:
-            # An id forgotten while its message is still young enough would run a second time.
-            problems.append(
-                _problem(
-                    ("commands", "dedup_window_s"),
-                    f"must be at least commands.max_age_s ({self.commands.max_age_s:g})",
-                )
-            )
+        problems.extend(_order_problems(self))
         if problems:
             raise ValidationError.from_exception_data("Settings", problems)
         return self
@@ -243,7 +278,95 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, YamlDocumentSource(settings_cls))
+        return (init_settings, EnvironmentSource(settings_cls), YamlDocumentSource(settings_cls))
+
+
+# (key, relation, other key): pairs of keys that only make sense in this order.
+_ORDER_RULES: tuple[tuple[str, str, str], ...] = (
+    # An id forgotten while its message is still young enough would run a second time.
+    ("commands.dedup_window_s", "at least", "commands.max_age_s"),
+    # Back-offs grow from the minimum to the maximum; reversed, the "maximum" is never reached.
+    ("polling.parked_min_interval_s", "at most", "polling.parked_max_interval_s"),
+    ("mqtt.reconnect_min_s", "at most", "mqtt.reconnect_max_s"),
+    # An hourly allowance above the daily one can never be spent: a typo, not a policy.
+    ("budget.calls_per_hour", "at most", "budget.calls_per_day"),
+)
+
+
+def _order_problems(settings: Settings) -> Iterator[InitErrorDetails]:
+    for key, relation, other in _ORDER_RULES:
+        value, limit = _key_value(settings, key), _key_value(settings, other)
+        if value > limit if relation == "at most" else value < limit:
+            yield _problem(tuple(key.split(".")), f"must be {relation} {other} ({limit:g})")
+
+
+def _key_value(settings: Settings, key: str) -> Any:
+    value: Any = settings
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
+
+
+class _NotJson(ValueError):
+    """An environment value that must be JSON and is not; `problem` is the line to report."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class EnvironmentSource(EnvSettingsSource):
+    """The environment. A section or a list is given there as JSON (`OWNERLINK_WEB__ALLOW_CIDRS=
+    '["10.0.0.0/8"]'`); for a value that is not, pydantic-settings raises SettingsError, whose
+    traceback names neither the variable nor the key, so it becomes a ConfigError line here."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except (ValueError, RecursionError) as exc:
+            # A ValueError subclass, so where pydantic-settings tolerates non-JSON it still can.
+            raise _NotJson(self._not_json_problem(field_name, field, value, exc)) from exc
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            return super().__call__()
+        except SettingsError as exc:
+            if isinstance(exc.__cause__, _NotJson):
+                raise ConfigError([exc.__cause__.problem]) from exc
+            raise
+
+    def _not_json_problem(
+        self, name: str, field: FieldInfo | None, value: Any, exc: Exception
+    ) -> str:
+        variable = self._variable_for(name, value)
+        nesting = self.env_nested_delimiter or "__"
+        key = variable[len(self.env_prefix) :].replace(nesting.lower(), ".")
+        if isinstance(exc, json.JSONDecodeError):
+            reason = exc.msg  # says what is wrong without quoting the value
+        else:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else "cannot be read"
+        shape = "a JSON object" if _is_mapping(field) else 'a JSON list, e.g. ["a", "b"]'
+        # The value itself is never echoed: it may hold a secret.
+        return f"{key}: {variable.upper()} is not valid JSON ({reason}); use {shape}"
+
+    def _variable_for(self, name: str, value: Any) -> str:
+        """The variable holding `value` for the key `name` (the last part of the variable name)."""
+        prefix = self.env_prefix.lower()
+        whole = f"{prefix}{name}".lower()
+        tail = f"{self.env_nested_delimiter}{name}".lower()
+        for variable, text in sorted(self.env_vars.items()):
+            lowered = variable.lower()
+            named = lowered == whole or (lowered.startswith(prefix) and lowered.endswith(tail))
+            if named and text == value:
+                return lowered
+        return whole
+
+
+def _is_mapping(field: FieldInfo | None) -> bool:
+    annotation = None if field is None else field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return get_origin(annotation) is dict
 
 
 class YamlDocumentSource(PydanticBaseSettingsSource):
@@ -284,7 +407,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-    problems = list(_unusable_values(data, ()))
+    problems = list(_unusable_values(data, (), set()))
     if problems:
         raise ConfigError(problems)
     return data
@@ -292,7 +415,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _load_unique_keys(path, text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -304,19 +427,67 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ConfigError([f"{path}: {exc}"]) from exc
 
 
-def _unusable_values(value: Any, where: tuple[str, ...]) -> Iterator[str]:
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _load_unique_keys(path: Path, text: str) -> Any:
+    """`yaml.safe_load`, refusing a key given twice in one mapping: YAML would silently keep the
+    last one (`mqtt: {host: a}` then `mqtt: {port: 1884}` loses the host)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = list(_duplicate_keys(node, (), set()))
+        if duplicates:
+            raise ConfigError([f"{path}: {problem}" for problem in duplicates])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: yaml.Node, where: tuple[str, ...], seen: set[int]) -> Iterator[str]:
+    if id(node) in seen:  # an alias: its node was checked where the anchor is (it may hold itself)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*where, str(index)), seen)
+    elif isinstance(node, yaml.MappingNode):
+        first_lines: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            # `<<` merges an anchor; keys written next to it override it on purpose.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                ident, mark = (key_node.tag, name), key_node.start_mark
+                if ident in first_lines:
+                    yield (
+                        f"{'.'.join((*where, name))}: duplicate key at line {mark.line + 1}, "
+                        f"column {mark.column + 1} (first at line {first_lines[ident]})"
+                    )
+                first_lines.setdefault(ident, mark.line + 1)
+            yield from _duplicate_keys(value_node, (*where, name), seen)
+
+
+def _unusable_values(value: Any, where: tuple[str, ...], seen: set[int]) -> Iterator[str]:
     """Keys that are not text, and strings no file name or log line can carry (NUL bytes, lone
     surrogates): refused here, naming the key, rather than failing later with a traceback."""
     key = ".".join(where) or "(top level)"
+    if isinstance(value, dict | list):
+        # An alias repeats a part already checked, may contain itself, and nested aliases would
+        # make the walk exponential ("billion laughs"): each container is checked once.
+        if id(value) in seen:
+            return
+        seen.add(id(value))
     if isinstance(value, dict):
         for name, inner in value.items():
             if not isinstance(name, str):
                 yield f"{key}: key {name!r} must be text"
                 continue
-            yield from _unusable_values(inner, (*where, name))
+            yield from _unusable_values(inner, (*where, name), seen)
     elif isinstance(value, list):
         for index, inner in enumerate(value):
-            yield from _unusable_values(inner, (*where, str(index)))
+            yield from _unusable_values(inner, (*where, str(index)), seen)
     elif isinstance(value, str) and ("\0" in value or not _encodable(value)):
         yield f"{key}: contains a NUL byte or an invalid character"
 

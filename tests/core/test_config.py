@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+import yaml
 
 from bridge.config import Settings, field_docs, load_config
 from bridge.errors import ConfigError
@@ -63,11 +66,180 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
             "commands:\n  max_age_s: 600\n  dedup_window_s: 300\n",
             "commands.dedup_window_s: must be at least commands.max_age_s (600)",
         ),
+        # Durations past any sensible value overflowed a datetime in `ownerlink run`.
+        ("polling:\n  stale_after_s: 1e12\n", "polling.stale_after_s: Input should be less than"),
+        ("polling:\n  stale_after_s: .inf\n", "polling.stale_after_s: Input should be a finite"),
+        ("stepup:\n  lockout_s: .nan\n", "stepup.lockout_s: Input should be a finite number"),
+        ("mqtt:\n  port: true\n", "mqtt.port: Input should be a number, not true or false"),
+        ("mqtt:\n  protocol: 4\n", "mqtt.protocol: Input should be '5' or '3.1.1'"),
+        ("mqtt:\n  protocol: 5.0\n", "mqtt.protocol: Input should be '5' or '3.1.1'"),
+        (
+            "polling:\n  parked_min_interval_s: 7200\n  parked_max_interval_s: 3600\n",
+            "polling.parked_min_interval_s: must be at most polling.parked_max_interval_s (3600)",
+        ),
+        (
+            "mqtt:\n  reconnect_min_s: 30\n  reconnect_max_s: 10\n",
+            "mqtt.reconnect_min_s: must be at most mqtt.reconnect_max_s (10)",
+        ),
+        (
+            "budget:\n  calls_per_day: 100\n  calls_per_hour: 101\n",
+            "budget.calls_per_hour: must be at most budget.calls_per_day (100)",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
     """Each kind of bad value is reported as `path.to.key: what is wrong`."""
     assert any(line.startswith(expected) for line in problems_for(tmp_path, text))
+
+
+def _is_number(annotation: Any) -> bool:
+    return annotation in (int, float) or float in get_args(annotation)
+
+
+NUMBERS = {key: info for key, info in field_docs(Settings) if _is_number(info.annotation)}
+NUMBER_KEYS = [*NUMBERS, "accounts.ford.request_timeout_s"]
+ACCOUNT = {"client_id": "id", "client_secret": "secret"}
+
+
+def _document(key: str, value: Any) -> dict[str, Any]:
+    """A config document setting the dotted `key` to `value` (with a valid account around it)."""
+    doc: dict[str, Any] = {"accounts": {"ford": dict(ACCOUNT)}}
+    *sections, name = key.split(".")
+    target = doc
+    for section in sections:
+        target = target.setdefault(section, {})
+    target[name] = value
+    return doc
+
+
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e12, True, False])
+def test_every_number_is_finite_bounded_and_not_a_boolean(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    """No number key takes infinity, NaN, an absurd value or a boolean; the error names the key."""
+    if key in NUMBERS and isinstance(value, bool) and value == NUMBERS[key].default:
+        # `reconnect_min_s: true` equals the default section (True == 1.0), and pydantic-settings
+        # drops a section equal to its default before validating: harmless, the default is used.
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(_document(key, value)))
+        loaded: Any = load_config(path)
+        for name in key.split("."):
+            loaded = getattr(loaded, name)
+        assert loaded == NUMBERS[key].default and not isinstance(loaded, bool)
+        return
+    problems = problems_for(tmp_path, yaml.safe_dump(_document(key, value)))
+    assert any(line.startswith(f"{key}: ") for line in problems), problems
+
+
+def test_number_keys_are_all_checked() -> None:
+    """The generic test above sees the number keys (it would pass vacuously on none)."""
+    assert {"polling.stale_after_s", "web.refresh_token_ttl_s", "audit.rotate_bytes"} <= set(
+        NUMBERS
+    )
+    assert "polling.scheduled_refresh_interval_s" in NUMBER_KEYS
+
+
+@pytest.mark.parametrize("text", ["mqtt:\n  protocol: 5\n", "mqtt:\n  protocol: '5'\n"])
+def test_protocol_five_may_be_written_as_a_number(tmp_path: Path, text: str) -> None:
+    """`protocol: 5` unquoted is a YAML integer; it means "5"."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert load_config(path).mqtt.protocol == "5"
+
+
+def test_protocol_311_unquoted_is_accepted(tmp_path: Path) -> None:
+    """`3.1.1` is a string in YAML, so it needs no quotes."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  protocol: 3.1.1\n")
+    assert load_config(path).mqtt.protocol == "3.1.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "mqtt: {host: a}\nweb: {port: 1}\nmqtt: {port: 1884}\n",
+            "mqtt: duplicate key at line 3, column 1 (first at line 1)",
+        ),
+        (
+            "mqtt:\n  tls:\n    enabled: true\n    enabled: false\n",
+            "mqtt.tls.enabled: duplicate key at line 4, column 5 (first at line 3)",
+        ),
+        (
+            "mqtt: {host: a, host: b}\n",
+            "mqtt.host: duplicate key at line 1, column 17 (first at line 1)",
+        ),
+        (
+            "apps:\n  x:\n    scopes: [read:status]\n    name: a\n    name: b\n",
+            "apps.x.name: duplicate key at line 5, column 5 (first at line 4)",
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    """A key given twice is refused with its path and line, not silently merged or replaced."""
+    (problem,) = problems_for(tmp_path, text)
+    assert problem == f"{tmp_path / 'config.yaml'}: {expected}"
+
+
+def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    """`<<: *anchor` then overriding one of its keys is YAML's way to reuse, not a duplicate."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "accounts:\n  a: &base {client_id: x, client_secret: y}\n"
+        "  b:\n    <<: *base\n    client_id: z\n"
+    )
+    settings = load_config(path)
+    assert (settings.accounts["a"].client_id, settings.accounts["b"].client_id) == ("x", "z")
+
+
+@pytest.mark.parametrize(
+    "text", ["web: {allow_cidrs: &c [*c]}\n", "mqtt: &m {tls: *m}\n", "a: &a [*a]\n"]
+)
+def test_self_referencing_aliases_are_config_errors(tmp_path: Path, text: str) -> None:
+    """A YAML alias inside its own anchor is reported, not a RecursionError."""
+    assert problems_for(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("variable", "expected"),
+    [
+        ("OWNERLINK_MQTT", "mqtt: OWNERLINK_MQTT is not valid JSON"),
+        ("OWNERLINK_MQTT__TLS", "mqtt.tls: OWNERLINK_MQTT__TLS is not valid JSON"),
+        ("OWNERLINK_WEB__ALLOW_CIDRS", "web.allow_cidrs: OWNERLINK_WEB__ALLOW_CIDRS is not valid"),
+        (
+            "OWNERLINK_STEPUP__REQUIRED_FOR",
+            "stepup.required_for: OWNERLINK_STEPUP__REQUIRED_FOR is not valid JSON",
+        ),
+        ("OWNERLINK_ACCOUNTS", "accounts: OWNERLINK_ACCOUNTS is not valid JSON"),
+    ],
+)
+def test_environment_value_that_is_not_json_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, expected: str
+) -> None:
+    """A section or list set in the environment must be JSON; anything else names the variable
+    and the key instead of escaping as pydantic-settings' SettingsError."""
+    monkeypatch.setenv(variable, "command:lock")
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE)
+    (problem,) = caught.value.problems
+    assert problem.startswith(expected)
+    assert "command:lock" not in problem  # values are never echoed: they may be secrets
+
+
+def test_environment_json_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """json.loads raises RecursionError, not ValueError, for deep nesting: still one line."""
+    monkeypatch.setenv("OWNERLINK_MQTT", "[" * 100_000)
+    with pytest.raises(ConfigError, match=r"mqtt: OWNERLINK_MQTT is not valid JSON \(nested too"):
+        load_config(EXAMPLE)
+
+
+def test_environment_json_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Valid JSON for a list or a section is still read, and beats the file."""
+    monkeypatch.setenv("OWNERLINK_WEB__ALLOW_CIDRS", '["10.0.0.0/8"]')
+    monkeypatch.setenv("OWNERLINK_MQTT", '{"host": "env"}')
+    settings = load_config(EXAMPLE)
+    assert (settings.web.allow_cidrs, settings.mqtt.host) == (("10.0.0.0/8",), "env")
 
 
 def test_bad_yaml_reports_line(tmp_path: Path) -> None:
@@ -114,7 +286,7 @@ def test_settings_are_frozen() -> None:
         settings.mqtt.port = 1  # type: ignore[misc]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bridge", *args],
         capture_output=True,
@@ -122,6 +294,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         cwd=ROOT,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -140,6 +313,27 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "mqtt.port:" in result.stderr
     assert "mqtt.colour: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("mqtt: {host: a}\nmqtt: {port: 1884}\n", {}, "mqtt: duplicate key at line 2"),
+        ("polling: {stale_after_s: .inf}\n", {}, "polling.stale_after_s: Input should be"),
+        ("{}\n", {"OWNERLINK_MQTT": "notjson"}, "mqtt: OWNERLINK_MQTT is not valid JSON"),
+        ("{}\n", {"OWNERLINK_WEB__ALLOW_CIDRS": "x"}, "web.allow_cidrs: OWNERLINK_WEB__ALLOW"),
+    ],
+)
+def test_config_check_refuses_with_one_line(
+    tmp_path: Path, text: str, env: dict[str, str], expected: str
+) -> None:
+    """Each of these once passed `config check` or crashed it; now: one line, exit status 2."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run_cli("config", "check", "--config", str(path), env=env)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 
