@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.chain import ChainState, Fault, Problem, chain_files, parse_line
+from bridge.audit.chain import HEX64, ChainState, Fault, Problem, chain_files, parse_line
 
 Progress = Callable[[int, int], None]  # (bytes checked, total bytes)
 PROGRESS_EVERY = 2000  # lines between progress callbacks
@@ -29,9 +29,13 @@ class Head:
     def parse(cls, text: str) -> Head:
         """`SEQ:HASH`, as `ownerlink audit verify --head` takes it."""
         seq, sep, value = text.partition(":")
-        if not sep or not seq.isdigit() or len(value) != 64:
+        value = value.lower()
+        if not sep or not (seq.isascii() and seq.isdigit()) or HEX64.fullmatch(value) is None:
             raise ValueError("expected SEQ:HASH, e.g. 1234:9f86d0…(64 hex digits)")
-        return cls(int(seq), value.lower())
+        if int(seq) < 1:
+            # Records count from 1: a "head 0" would match any log, so it would prove nothing.
+            raise ValueError(f"SEQ must be 1 or more (records count from 1), not {seq}")
+        return cls(int(seq), value)
 
 
 @dataclass(slots=True)

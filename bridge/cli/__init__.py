@@ -76,5 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnerlinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a file the owner can fix: keep the traceback for the bug report
+        # Imported here: at the top it would load structlog (and rich) before `entry` blocks it.
+        from bridge.cli.common import file_problem
+
+        print(f"error: {file_problem(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

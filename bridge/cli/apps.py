@@ -34,6 +34,22 @@ from bridge.store import Store
 
 log = get_logger(__name__)
 Action = Callable[[AppRegistry, argparse.Namespace, Settings], int]
+NO_RESTRICTION = "none"  # `apps allowlist APP none`
+
+# What revoking or disabling does to the app's broker login, in each mqtt.enforcement mode. With
+# `none` the broker is the owner's, so the sentence says what is left for them to do.
+REVOKED_LOGIN = {
+    "dynsec": "its broker login is removed and its connections are closed",
+    "acl-file": "its broker login is removed from the broker files",
+    "none": "Ownerlink does not manage the broker (mqtt.enforcement: none), so remove its login "
+    "there yourself",
+}
+DISABLED_LOGIN = {
+    "dynsec": "it cannot log in to the broker",
+    "acl-file": "its broker login is taken out of the broker files",
+    "none": "Ownerlink does not manage the broker (mqtt.enforcement: none), so disable its login "
+    "there yourself",
+}
 
 
 def register(sub: Any) -> None:
@@ -118,7 +134,13 @@ def _register_settings(inner: Any) -> None:
         inner, "allowlist", "set the networks an app's REST calls may come from", _allowlist
     )
     allow.add_argument("app_id", metavar="ID")
-    allow.add_argument("cidrs", nargs="*", metavar="CIDR", help="none: no extra restriction")
+    allow.add_argument(
+        "cidrs",
+        nargs="*",
+        metavar="CIDR",
+        help=f"e.g. 192.168.1.0/24; {NO_RESTRICTION} (or no CIDR): no restriction beyond "
+        "web.allow_cidrs",
+    )
 
 
 # -- composition ---------------------------------------------------------------------------------
@@ -265,8 +287,9 @@ def _withdraw(registry: AppRegistry, args: argparse.Namespace, settings: Setting
 
 def _revoke(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
     registry.revoke(args.app_id)
-    print(f"revoked {args.app_id}: its commands are refused and its broker login is removed")
-    return _report_broker(registry, args.app_id)
+    effect = REVOKED_LOGIN[registry.enforcement.mode]
+    print(f"revoked {args.app_id}: its commands are refused; {effect}")
+    return _report_broker(registry, args.app_id, hint=registry.enforcement.mode != "none")
 
 
 def _enable(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
@@ -277,8 +300,9 @@ def _enable(registry: AppRegistry, args: argparse.Namespace, settings: Settings)
 
 def _disable(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
     app = registry.set_enabled(args.app_id, False)
-    print(f"{app.id}: disabled (its commands are refused and it cannot log in to the broker)")
-    return _report_broker(registry, app.id)
+    effect = DISABLED_LOGIN[registry.enforcement.mode]
+    print(f"{app.id}: disabled (its commands are refused; {effect})")
+    return _report_broker(registry, app.id, hint=registry.enforcement.mode != "none")
 
 
 def _rate_limit(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
@@ -291,9 +315,23 @@ def _rate_limit(registry: AppRegistry, args: argparse.Namespace, settings: Setti
 
 
 def _allowlist(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
-    app = registry.set_allowlist(args.app_id, args.cidrs)
-    print(f"{app.id}: REST calls allowed from {', '.join(app.allow_cidrs) or 'anywhere allowed'}")
+    app = registry.set_allowlist(args.app_id, _cidrs(args.cidrs))
+    if app.allow_cidrs:
+        print(f"{app.id}: REST calls allowed only from {', '.join(app.allow_cidrs)}")
+    else:
+        print(f"{app.id}: REST calls not restricted beyond web.allow_cidrs")
     return 0
+
+
+def _cidrs(values: Sequence[str]) -> list[str]:
+    """`none` alone (or nothing at all) clears the allowlist; mixed with networks it is a typo."""
+    if NO_RESTRICTION not in values:
+        return list(values)
+    if len(values) > 1:
+        from bridge.errors import AccessError
+
+        raise AccessError(f"{NO_RESTRICTION!r} clears the allowlist: give it alone, or networks")
+    return []
 
 
 def _sync(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
@@ -331,8 +369,9 @@ def _print_hint(registry: AppRegistry) -> None:
         print(f"note: {hint}", file=sys.stderr)
 
 
-def _report_broker(registry: AppRegistry, app_id: str) -> int:
-    """Say so when the broker is behind: the change is saved and retried, but not live yet."""
+def _report_broker(registry: AppRegistry, app_id: str, *, hint: bool = True) -> int:
+    """Say so when the broker is behind: the change is saved and retried, but not live yet.
+    `hint=False` when the message already said what the owner must do on the broker."""
     pending = registry.pending()
     if app_id in pending:
         print(
@@ -340,7 +379,7 @@ def _report_broker(registry: AppRegistry, app_id: str) -> int:
             "the daemon keeps retrying, or run `ownerlink apps sync`",
             file=sys.stderr,
         )
-    else:
+    elif hint:
         _print_hint(registry)
     return 0
 

@@ -1,8 +1,9 @@
 """`ownerlink audit verify` and `ownerlink audit tail`: check and read the audit log.
 
-Both only read; they work while the daemon runs. `verify` exits 0 when the chain is intact and 1
-naming the first bad record; with `--head SEQ:HASH` (or `--mqtt`, which reads the head the daemon
-publishes retained) it also catches records cut off the end.
+Both only read; they work while the daemon runs, and both refuse an audit directory that does not
+exist. `verify` exits 0 when the chain is intact and 1 naming the first bad record; with
+`--head SEQ:HASH` (or `--mqtt`, which reads the head the daemon publishes retained) it also
+catches records cut off the end.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bridge.audit.read import RecordFilter, follow, format_record, last_records
 from bridge.audit.verify import Head, Report, verify
 from bridge.cli.common import add_common, settings_from
 from bridge.config import Settings
-from bridge.errors import BrokerError
+from bridge.errors import AuditError, BrokerError
 from bridge.mqtt.topics import Topics
 
 HEAD_WAIT_S = 5.0
@@ -29,7 +30,16 @@ HEAD_WAIT_S = 5.0
 def register(sub: Any) -> None:
     parser = sub.add_parser("audit", help="verify and read the tamper-evident audit log")
     inner = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
-    check = inner.add_parser("verify", help="check the hash chain; exit 1 at the first bad record")
+    check = inner.add_parser(
+        "verify",
+        help="check the hash chain; exit 1 at the first bad record",
+        description=(
+            "Check the hash chain. Exit 0 when intact; 1 at the first bad record, or when the "
+            "audit directory does not exist (a wrong --state-dir or --dir must not pass for an "
+            "intact log); 2 for a usage or config error. An audit directory that exists but "
+            "holds no records yet is intact, with 0 records."
+        ),
+    )
     check.add_argument(
         "--head",
         metavar="SEQ:HASH",
@@ -85,13 +95,24 @@ def _count(text: str) -> int:
 
 def verify_command(args: argparse.Namespace) -> int:
     settings = None if args.dir and not args.mqtt else settings_from(args)
-    directory = args.dir or audit_directory(_require(settings).state_dir)
+    directory = _existing(args.dir or audit_directory(_require(settings).state_dir))
     head = args.head
     if args.mqtt and head is None:
         head = fetch_head(_require(settings))
     report = verify(directory, head=head, progress=_progress(sys.stderr))
     _print_report(report, head, args.mqtt)
     return 0 if report.ok else 1
+
+
+def _existing(directory: Path) -> Path:
+    """The audit directory, refused when it is missing: otherwise a typo in --dir or --state-dir
+    reads as an intact log of 0 records. (Unreadable paths raise OSError: main says whose.)"""
+    if not directory.is_dir():
+        raise AuditError(
+            f"no audit log at {directory}: check --state-dir or --dir "
+            "(the daemon creates it when it first starts)"
+        )
+    return directory
 
 
 def _print_report(report: Report, head: Head | None, asked_broker: bool) -> None:
@@ -122,7 +143,7 @@ def _progress(out: TextIO) -> Any:
 
 
 def tail_command(args: argparse.Namespace) -> int:
-    directory = args.dir or audit_directory(settings_from(args).state_dir)
+    directory = _existing(args.dir or audit_directory(settings_from(args).state_dir))
     wanted = RecordFilter(app=args.app, vehicle=args.vehicle, kind=args.kind)
     for record in last_records(directory, max(args.n, 0), wanted):
         _show(record, as_json=args.json)

@@ -3,8 +3,9 @@
 The owner holds every scope, but unlock and remote start still need the step-up code (asked for
 on a terminal when `--code` is not given), and the command is audited like any other. It runs
 beside the daemon if one is up: the audit log and the id, step-up and budget state are shared
-safely between processes. Exit status: 0 succeeded, 1 refused or failed, 3 timed out (the car may
-still have done it: check before retrying).
+safely between processes. Exit status: 0 succeeded, 1 refused or failed, 2 a usage or config
+error (an unknown vehicle, say: nothing was sent), 3 timed out (the car may still have done it:
+check before retrying).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "command",
         help="send a command to a vehicle as the owner (audited; step-up where required)",
-        description="Exit status: 0 succeeded, 1 refused or failed, 3 timed out.",
+        description=(
+            "Exit status: 0 succeeded, 1 refused or failed, 2 usage or config error (e.g. an "
+            "unknown vehicle; nothing was sent), 3 timed out (the car may still have done it)."
+        ),
     )
     parser.add_argument("vehicle", metavar="VEHICLE", help="the vehicle's slug from the config")
     parser.add_argument(

@@ -29,6 +29,20 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Most often the command runs as root or as the login user while the files belong to the daemon.
+AS_DAEMON_USER = (
+    "run ownerlink as the user the daemon runs as, who owns the state directory "
+    "(e.g. sudo -u ownerlink ownerlink …)"
+)
+
+
+def file_problem(exc: OSError) -> str:
+    """One line for a state file or directory a command could not use (`exc.filename` is set)."""
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename}: {AS_DAEMON_USER}"
+    return f"cannot use {exc.filename}: {exc.strerror or exc}"
+
+
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as a nested settings mapping (highest precedence)."""
     out: dict[str, Any] = {}

@@ -48,6 +48,7 @@ from bridge.store import Store
 # Long enough for a Raspberry Pi on Wi-Fi to reach Ford, short enough that a dead broker or a
 # black-holed route does not make doctor look hung.
 DEFAULT_TIMEOUT_S = 5.0
+MAX_TIMEOUT_S = 300.0
 MARKS = {"ok": "✓", "warn": "!", "fail": "✗"}
 ASCII_MARKS = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -64,13 +65,27 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait for each broker or provider answer (default {DEFAULT_TIMEOUT_S:g})",
     )
     add_common(parser)
     parser.set_defaults(func=doctor_command)
+
+
+def _seconds(text: str) -> float:
+    """More than 0 and at most MAX_TIMEOUT_S seconds: 0 would fail every probe at once, and the
+    socket library refuses a negative or huge timeout with a traceback."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value <= MAX_TIMEOUT_S):  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, not {text}"
+        )
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,10 +36,20 @@ def read_password(from_stdin: bool) -> str:
     """The new password: stdin's first line, or typed twice at a prompt that does not echo."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("New owner password: ")
-    if getpass.getpass("Repeat it: ") != first:
+    if not sys.stdin.isatty():
+        # Without a terminal getpass would read stdin, echoing, and fail at its end.
+        raise AccessError("no terminal to type the password at: use --password-stdin in scripts")
+    first = _prompt("New owner password: ")
+    if _prompt("Repeat it: ") != first:
         raise AccessError("the passwords differ; nothing was changed")
     return first
+
+
+def _prompt(text: str) -> str:
+    try:
+        return getpass.getpass(text)
+    except EOFError:  # Ctrl-D at the prompt
+        raise AccessError("no password typed; nothing was changed") from None
 
 
 def set_password_command(args: argparse.Namespace) -> int:

@@ -15,12 +15,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.access.table import AppTable
+from bridge.access.validation import LOGIN_STEPUP_ID
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.cli.common import add_common, settings_from
 from bridge.commands import stepup
+from bridge.commands.apps import OWNER_ID
 from bridge.config import Settings
+from bridge.errors import AccessError
 from bridge.events import CollectingAlerts
 from bridge.store import Store
+
+# Step-up failures also count under two ids no app can take: the owner's commands at the command
+# line (`ownerlink command`) and the owner's web login.
+OWNER_IDS = frozenset({OWNER_ID, LOGIN_STEPUP_ID})
 
 
 def register(sub: Any) -> None:
@@ -38,10 +46,17 @@ def register(sub: Any) -> None:
     )
     code.set_defaults(func=code_command)
     status = inner.add_parser("status", help="is step-up enrolled; is an app locked out")
-    status.add_argument("apps", nargs="*", metavar="APP", help="apps to check (default: owner)")
+    status.add_argument(
+        "apps",
+        nargs="*",
+        metavar="APP",
+        help=f"apps to check (default: owner; {LOGIN_STEPUP_ID} is the owner's web login)",
+    )
     status.set_defaults(func=status_command)
     clear = inner.add_parser("clear-lockout", help="lift an app's step-up lockout")
-    clear.add_argument("app", metavar="APP")
+    clear.add_argument(
+        "app", metavar="APP", help=f"an app id, owner, or {LOGIN_STEPUP_ID} (the web login)"
+    )
     clear.set_defaults(func=clear_command)
     for each in (enroll, code, status, clear):
         add_common(each)
@@ -86,10 +101,14 @@ def code_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     enrolled = stepup.load_secret(settings.state_dir) is not None
-    print(f"step-up: {'enrolled' if enrolled else 'not enrolled (run `ownerlink stepup enroll`)'}")
-    print(f"required for: {', '.join(sorted(settings.stepup.required_for)) or 'nothing'}")
+    apps = args.apps or [OWNER_ID]
     with _verifier(settings) as verifier:
-        for app in args.apps or ["owner"]:
+        _require_apps(verifier.store, settings, apps)
+        print(
+            f"step-up: {'enrolled' if enrolled else 'not enrolled (run `ownerlink stepup enroll`)'}"
+        )
+        print(f"required for: {', '.join(sorted(settings.stepup.required_for)) or 'nothing'}")
+        for app in apps:
             until = verifier.locked_until(app, _now())
             state = f"locked out until {until.isoformat(timespec='seconds')}" if until else "ok"
             print(f"{app}: {state}")
@@ -99,11 +118,23 @@ def status_command(args: argparse.Namespace) -> int:
 def clear_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with _verifier(settings) as verifier:
-        verifier.clear_lockout(args.app)
-    with _audit(settings) as audit:
-        audit.append("stepup.lockout_cleared", app=args.app, actor="owner")
+        _require_apps(verifier.store, settings, [args.app])
+        # The audit log is opened first: if it cannot be written, the lockout stays as it is.
+        with _audit(settings) as audit:
+            verifier.clear_lockout(args.app)
+            audit.append("stepup.lockout_cleared", app=args.app, actor="owner")
     print(f"{args.app}: step-up lockout lifted")
     return 0
+
+
+def _require_apps(store: Store, settings: Settings, app_ids: list[str]) -> None:
+    """Refuse an id that is no registered or declared app, nor one of the owner's own (a typo
+    would otherwise read as "ok", or lift nothing and still be audited)."""
+    table = AppTable(store, origin="stepup-cli")
+    table.migrate()
+    for app_id in app_ids:
+        if app_id not in OWNER_IDS and app_id not in settings.apps and table.get(app_id) is None:
+            raise AccessError(f"no app {app_id!r} (see `ownerlink apps list`)")
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from tests.access.conftest import (
     mqtt_config,
 )
 from tests.access.support import Hook, Probe, make_harness
+from tests.audit.helpers import assert_one_error_line, run_unprivileged
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +130,77 @@ def test_bad_input_is_one_clear_line_and_exit_1(
     assert [line for line in err.splitlines() if line.startswith("error:")] == [
         next(line for line in err.splitlines() if line.startswith(message))
     ]
+
+
+def test_allowlist_none_clears_it_as_the_help_says(
+    none_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`allowlist APP none` (or no CIDR) lifts the app's own restriction; `none` beside a network
+    is refused; each answer is one sentence that says what holds."""
+    cfg = ("--config", str(none_config))
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *cfg)[0] == 0
+    status, out, _ = run(capsys, "apps", "allowlist", "nr", "192.168.1.0/24", *cfg)
+    assert (status, out) == (0, "nr: REST calls allowed only from 192.168.1.0/24\n")
+    for argv in (("none",), ()):
+        status, out, _ = run(capsys, "apps", "allowlist", "nr", *argv, *cfg)
+        assert (status, out) == (0, "nr: REST calls not restricted beyond web.allow_cidrs\n")
+        shown = json.loads(run(capsys, "apps", "show", "nr", "--json", *cfg)[1])
+        assert shown["allow_cidrs"] == []
+        run(capsys, "apps", "allowlist", "nr", "10.0.0.0/8", *cfg)
+    status, _, err = run(capsys, "apps", "allowlist", "nr", "none", "10.1.0.0/16", *cfg)
+    assert status == 1 and err.startswith("error: 'none' clears the allowlist")
+    assert json.loads(run(capsys, "apps", "show", "nr", "--json", *cfg)[1])["allow_cidrs"] == [
+        "10.0.0.0/8"
+    ]
+
+
+def test_revoke_and_disable_say_what_happens_to_an_unmanaged_login(
+    none_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With enforcement none, Ownerlink cannot remove or block the broker login: the messages say
+    the owner must, and no note asks them to create it."""
+    cfg = ("--config", str(none_config))
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *cfg)[0] == 0
+    status, out, err = run(capsys, "apps", "disable", "nr", *cfg)
+    assert status == 0 and "cannot log in" not in out
+    assert "disable its login there yourself" in out and "note:" not in err
+    status, out, err = run(capsys, "apps", "revoke", "nr", *cfg)
+    assert status == 0 and "is removed" not in out
+    assert "remove its login there yourself" in out and "note:" not in err
+
+
+def test_revoke_and_disable_in_acl_file_mode_point_at_the_reload(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """acl-file: the login leaves the rendered files; the note says the broker must reload."""
+    config = write_config(tmp_path / "c.yaml", tmp_path / "state", enforcement="acl-file", port=1)
+    cfg = ("--config", str(config))
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *cfg)[0] == 0
+    status, out, err = run(capsys, "apps", "disable", "nr", *cfg)
+    assert status == 0 and "taken out of the broker files" in out and "kill -HUP" in err
+    status, out, err = run(capsys, "apps", "revoke", "nr", *cfg)
+    assert status == 0 and "removed from the broker files" in out and "kill -HUP" in err
+    assert "user nr" not in (tmp_path / "state" / "mosquitto" / "acl").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv", [("list",), ("add", "other", "--scopes", "read:status")], ids=["list", "add"]
+)
+def test_an_unreadable_audit_log_is_one_error_line_and_changes_nothing(
+    none_config: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    """audit.jsonl the user cannot read: its path, run as the daemon's user; no app is added."""
+    cfg = ("--config", str(none_config))
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *cfg)[0] == 0
+    log_file = audit_directory(none_config.parent / "state") / "audit.jsonl"
+    log_file.chmod(0)
+    try:
+        done = run_unprivileged(none_config.parent, "apps", *argv, *cfg)
+    finally:
+        log_file.chmod(0o600)
+    assert_one_error_line(done, f"permission denied: {log_file}", "the user the daemon runs as")
+    listed = json.loads(run(capsys, "apps", "list", "--json", *cfg)[1])
+    assert [app["id"] for app in listed] == ["nr"]
 
 
 def test_dynsec_without_admin_login_exits_2(

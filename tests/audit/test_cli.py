@@ -14,7 +14,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.audit.log import audit_directory
 from bridge.audit.read import RecordFilter, follow
 from bridge.cli import main
-from tests.audit.helpers import fill, lines, open_log, write_lines
+from tests.audit.helpers import (
+    assert_one_error_line,
+    fill,
+    lines,
+    open_log,
+    run_unprivileged,
+    write_lines,
+)
 from tests.conftest import BrokerAddress
 
 
@@ -72,6 +79,50 @@ def test_verify_rejects_a_malformed_head(state: Path, capsys: pytest.CaptureFixt
         main(["audit", "verify", "--state-dir", str(state), "--head", "12"])
     assert exc.value.code == 2
     assert "SEQ:HASH" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_head_before_the_first_record(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--head 0:HASH would be "contained" in any log whatever the hash: a usage error."""
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "verify", "--state-dir", str(state), "--head", "0:" + "ab" * 32])
+    assert exc.value.code == 2
+    assert "SEQ must be 1 or more" in capsys.readouterr().err
+
+
+def test_verify_refuses_a_missing_audit_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --dir or --state-dir with no audit directory is exit 1, not an intact log of 0 records;
+    an audit directory that exists and is empty is intact."""
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    for argv in (("--dir", str(tmp_path / "nowhere")), ("--state-dir", str(a_file))):
+        for action in ("verify", "tail"):
+            code, out, err = run(capsys, "audit", action, *argv)
+            assert (code, out) == (1, ""), err
+            assert err.startswith("error: no audit log at ") and len(err.splitlines()) == 1
+    audit_directory(tmp_path / "fresh").mkdir(parents=True)
+    code, out, _ = run(capsys, "audit", "verify", "--state-dir", str(tmp_path / "fresh"))
+    assert code == 0 and out.startswith("audit log intact: 0 records")
+
+
+@pytest.mark.parametrize("action", ["verify", "tail"])
+@pytest.mark.parametrize("unreadable", ["state directory", "audit.jsonl"])
+def test_an_unreadable_log_is_one_error_line_naming_it(
+    state: Path, action: str, unreadable: str
+) -> None:
+    """Run as someone who cannot read the state: which path, and to run as the daemon's user."""
+    target = state if unreadable == "state directory" else audit_directory(state) / "audit.jsonl"
+    named = audit_directory(state) if target == state else target
+    mode = target.stat().st_mode
+    target.chmod(0)
+    try:
+        done = run_unprivileged(state.parent, "audit", action, "--state-dir", str(state))
+    finally:
+        target.chmod(mode)
+    assert_one_error_line(done, f"permission denied: {named}", "the user the daemon runs as")
 
 
 def test_verify_reads_the_head_from_the_broker(

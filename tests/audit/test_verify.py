@@ -131,9 +131,11 @@ def test_a_matching_head_is_confirmed(log_dir: Path) -> None:
 def test_head_parsing() -> None:
     """--head takes SEQ:HASH with a 64-digit hash and refuses anything else."""
     assert Head.parse("12:" + "a" * 64) == Head(12, "a" * 64)
-    for bad in ("12", "x:" + "a" * 64, "12:abc"):
+    for bad in ("12", "x:" + "a" * 64, "12:abc", "12:" + "g" * 64, "-1:" + "a" * 64):
         with pytest.raises(ValueError, match="SEQ:HASH"):
             Head.parse(bad)
+    with pytest.raises(ValueError, match="SEQ must be 1 or more"):
+        Head.parse("0:" + "a" * 64)  # records count from 1: there is no head 0
 
 
 def test_progress_is_reported(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from bridge.audit.verify import verify
 from bridge.cli import main
 from bridge.commands.stepup import code_at, load_secret, secret_path
 from bridge.simulator import Limits, Simulator, serve_in_thread
+from tests.audit.helpers import assert_one_error_line, run_unprivileged
 from tests.commands.e2e import now
 from tests.conftest import BrokerAddress
 from tests.providers.simulated import SIM_CLIENT, connect, log_in, make_sim, sim_account
@@ -62,6 +63,66 @@ def test_code_prints_the_current_code(tmp_path: Path, capsys: pytest.CaptureFixt
     secret = load_secret(state)
     assert secret is not None
     assert code == 0 and out.strip() == code_at(secret, now())
+
+
+def test_lockouts_of_unknown_apps_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """status and clear-lockout take a registered app, `owner` or the owner's web login; an
+    unknown id is `error: no app …`, exit 1, and nothing is cleared or audited."""
+    config = tmp_path / "config.yaml"  # no broker: the app_added alert is only logged
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "mqtt": {"port": 1}}))
+    state = ("--config", str(config))
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *state)[0] == 0
+    for argv in (("status", "owner", "ghost"), ("clear-lockout", "ghost")):
+        code, out, err = run(capsys, "stepup", *argv, *state)
+        assert (code, out) == (1, "") and err.startswith("error: no app 'ghost'")
+    code, out, _ = run(capsys, "stepup", "status", "owner-web-login", "nr", *state)
+    assert code == 0 and "owner-web-login: ok\nnr: ok\n" in out
+    assert run(capsys, "stepup", "status", *state)[1].endswith("owner: ok\n")
+    for app in ("owner-web-login", "owner", "nr"):
+        assert run(capsys, "stepup", "clear-lockout", app, *state) == (
+            0,
+            f"{app}: step-up lockout lifted\n",
+            "",
+        )
+    cleared = [
+        record["app"]
+        for record in map(json.loads, (audit_directory(tmp_path / "state") / "audit.jsonl").open())
+        if record["kind"] == "stepup.lockout_cleared"
+    ]
+    assert cleared == ["owner-web-login", "owner", "nr"]
+
+
+@pytest.mark.parametrize("action", ["status", "code", "enroll"])
+def test_an_unreadable_state_directory_is_one_error_line(tmp_path: Path, action: str) -> None:
+    """A state directory this user cannot read: its path and whom to run as, no traceback."""
+    state = tmp_path / "state"
+    assert main(["stepup", "enroll", "--state-dir", str(state)]) == 0
+    state.chmod(0)
+    try:
+        done = run_unprivileged(tmp_path, "stepup", action, "--state-dir", str(state))
+    finally:
+        state.chmod(0o700)
+    assert_one_error_line(done, f"permission denied: {state}", "the user the daemon runs as")
+
+
+def test_clearing_a_lockout_with_an_unusable_audit_log_clears_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The lockout is lifted only when its audit record can be written."""
+    state = tmp_path / "state"
+    assert main(["stepup", "enroll", "--state-dir", str(state)]) == 0
+    log_file = audit_directory(state) / "audit.jsonl"
+    log_file.chmod(0)
+    try:
+        done = run_unprivileged(
+            tmp_path, "stepup", "clear-lockout", "owner", "--state-dir", str(state)
+        )
+    finally:
+        log_file.chmod(0o600)
+    assert_one_error_line(done, f"permission denied: {log_file}")
+    assert "lockout_cleared" not in log_file.read_text()
 
 
 # -- ownerlink command, against the simulator over HTTP ---------------------------------------
@@ -176,3 +237,12 @@ def test_unknown_vehicle_is_a_config_error(
     """A vehicle slug not in the config: exit 2 naming it."""
     code, _, err = run(capsys, "command", "boat", "lock", "--config", str(configured))
     assert code == 2 and "vehicles.boat" in err
+
+
+def test_the_help_lists_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """0, 1, 2 (usage or config: an unknown vehicle) and 3, as the command exits."""
+    with pytest.raises(SystemExit):
+        main(["command", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for status in ("0 succeeded", "1 refused or failed", "2 usage or config error", "3 timed out"):
+        assert status in text

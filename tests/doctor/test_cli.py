@@ -135,6 +135,18 @@ def test_a_bad_config_exits_2_naming_the_key(
     assert "mqtt.port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "1e300", "soon"])
+def test_a_timeout_that_is_no_positive_number_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    """--timeout must be more than 0 (0 failed every probe; -1 and 1e300 crashed the socket)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["doctor", "--state-dir", str(tmp_path), f"--timeout={timeout}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --timeout:" in err and "Traceback" not in err
+
+
 # -- the broker -----------------------------------------------------------------------------------
 
 

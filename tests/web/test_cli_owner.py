@@ -13,6 +13,13 @@ from bridge.store import Store
 from bridge.web.passwords import owner_password_hash, verify_password
 
 
+class Terminal(io.StringIO):
+    """Standard input as a terminal: the owner at the keyboard (getpass itself is faked)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_set_password_from_stdin_stores_a_scrypt_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -46,7 +53,41 @@ def test_prompted_passwords_must_match(
 ) -> None:
     """Typed twice at the prompt; two different entries change nothing."""
     answers = iter(["first password!", "second password"])
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
     monkeypatch.setattr("getpass.getpass", lambda _prompt="": next(answers))
     code = main(["owner", "set-password", "--state-dir", str(tmp_path)])
     assert code == 1
     assert "differ" in capsys.readouterr().err
+
+
+def test_without_a_terminal_it_asks_for_password_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No terminal and no --password-stdin (`</dev/null`, a script): one error line, exit 1."""
+
+    def no_input(_prompt: str = "") -> str:
+        raise EOFError  # what getpass does when it falls back to an empty stdin
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    monkeypatch.setattr("getpass.getpass", no_input)
+    code = main(["owner", "set-password", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "--password-stdin" in err
+
+
+def test_end_of_input_at_the_prompt_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-D at the prompt on a terminal: exit 1, no password stored."""
+
+    def end_of_input(_prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    monkeypatch.setattr("getpass.getpass", end_of_input)
+    code = main(["owner", "set-password", "--state-dir", str(tmp_path)])
+    assert code == 1 and "error: no password typed" in capsys.readouterr().err
+    store = Store.open(tmp_path)
+    assert owner_password_hash(store) is None
+    store.close()
