@@ -212,7 +212,7 @@ def _check_code(value: Any) -> str | None:
         raise _Malformed('"code" must be a string')
     if len(value) > MAX_CODE_CHARS:
         raise _Malformed('"code" is too long')
-    return value.strip() or None  # Home Assistant sends an empty code when none was typed
+    return value.strip() or None  # our Home Assistant lock sends "" when no code was typed
 
 
 def _check_id(value: Any) -> str | None:

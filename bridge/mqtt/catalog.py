@@ -9,6 +9,7 @@ from bridge.model import ChargingState, Command, Ignition
 from bridge.mqtt.entities import (
     CHARGING,
     DIAGNOSTIC,
+    DOC,
     ENGINE,
     LOCKED,
     ON_OFF,
@@ -220,10 +221,8 @@ HEALTH: tuple[EntitySpec, ...] = (
         options={
             "icon": "mdi:car-wrench",
             "state_class": "measurement",
-            "value_template": render("(value_json.get('alerts') or []) | length"),
-            "json_attributes_template": render(
-                "{'alerts': value_json.get('alerts') or []} | tojson"
-            ),
+            "value_template": render(f"({DOC}.get('alerts') or []) | length"),
+            "json_attributes_template": render(f"{{'alerts': {DOC}.get('alerts') or []}} | tojson"),
         },
     ),
 )
@@ -270,13 +269,14 @@ DIAGNOSTICS: tuple[EntitySpec, ...] = (
             "payload_off": "offline",
         },
     ),
-    # total_increasing: the daily reset reads as a new cycle, not as a drop.
+    # measurement, not total_increasing: the count is over the sliding last 24 hours, so it
+    # falls a little whenever an old call leaves the window, which is not a meter reset.
     diagnostic(
         "calls_used_today",
         "API calls used today",
         "calls_used_today",
         unit_of_measurement="calls",
-        state_class="total_increasing",
+        state_class="measurement",
         icon="mdi:counter",
     ),
     diagnostic(
@@ -307,7 +307,8 @@ COMMANDS: tuple[EntitySpec, ...] = (
             "value_template": mapped(field_of("lock"), LOCKED),
         },
     ),
-    button("lock_button", "Lock", Command.LOCK, "LOCK", when=lock_only, icon="mdi:car-key"),
+    # Not "Lock": beside it, without unlock, the lock_status sensor already has that name.
+    button("lock_button", "Lock car", Command.LOCK, "LOCK", when=lock_only, icon="mdi:car-key"),
     switch(
         "remote_start",
         "Remote start",
@@ -326,7 +327,7 @@ COMMANDS: tuple[EntitySpec, ...] = (
     ),
     switch(
         "charge",
-        "Charging",
+        "Charge",
         Command.CHARGE,
         mapped(field_of("charging"), CHARGING),
         when=charge_switch,

@@ -4,8 +4,10 @@ Each `EntitySpec` says which platform it is, which document feeds it, which comm
 writes to and, through `when`, which grant it needs. `catalog.py` holds the tables built from
 these pieces; `discovery.py` turns them into payloads.
 
-Templates read documents with `value_json.get(...)`, so a missing or null field renders `None`,
-which Home Assistant shows as "unknown" rather than logging a template error.
+Templates read documents through `DOC` (`value_json` when the payload is a JSON object, else an
+empty one) with `.get(...)`, so a missing or null field renders `None`, which Home Assistant
+shows as "unknown" rather than logging a template error; so does a payload that is not a JSON
+object (the empty retained message that clears a state topic reaches live subscribers too).
 """
 
 from __future__ import annotations
@@ -92,12 +94,16 @@ class EntitySpec:
 # -- templates ---------------------------------------------------------------------------------
 
 
+# The state document, or an empty mapping when the payload is not a JSON object.
+DOC = "(value_json if value_json is mapping else {})"
+
+
 def field_of(name: str) -> str:
-    return f"value_json.get('{name}')"
+    return f"{DOC}.get('{name}')"
 
 
 def item_of(name: str, key: str) -> str:
-    return f"(value_json.get('{name}') or {{}}).get('{key}')"
+    return f"({DOC}.get('{name}') or {{}}).get('{key}')"
 
 
 def render(expression: str) -> str:
@@ -120,7 +126,7 @@ UNLOCKED_ON = {"locked": "OFF", "unlocked": "ON"}
 
 def any_open(name: str) -> str:
     """ON if any member is open, OFF if all are known and closed, otherwise unknown."""
-    values = f"(value_json.get('{name}') or {{}}).values() | list"
+    values = f"({DOC}.get('{name}') or {{}}).values() | list"
     return (
         f"{{% set v = {values} %}}"
         "{{ 'ON' if 'open' in v else ('OFF' if v and v | unique | list == ['closed'] else None) }}"
@@ -215,12 +221,19 @@ def refresh(grant: Grant) -> bool:
 
 
 def lock_code(grant: Grant) -> Mapping[str, Any]:
-    """Home Assistant prompts for a six-digit code and sends it in a JSON command."""
+    """Home Assistant prompts for a six-digit code and sends it in a JSON command.
+
+    Home Assistant checks `code_format` for locking too, so the code is optional in it unless
+    locking needs one as well: otherwise "lock the car at night" would fail for want of a code.
+    Without a code typed, Home Assistant renders `code` as None: `or ''` sends no code instead of
+    the word "None" (which would count as a wrong code).
+    """
     if not (grant.needs_code(Operation.UNLOCK) or grant.needs_code(Operation.LOCK)):
         return {}
+    pattern = r"^\d{6}$" if grant.needs_code(Operation.LOCK) else r"^(\d{6})?$"
     return {
-        "code_format": r"^\d{6}$",
-        "command_template": '{"action": "{{ value }}", "code": "{{ code }}"}',
+        "code_format": pattern,
+        "command_template": '{"action": "{{ value }}", "code": "{{ code or \'\' }}"}',
     }
 
 

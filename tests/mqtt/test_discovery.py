@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bridge.commands.parse import ParsedCommand, parse_command
 from bridge.events import AlertKind
 from bridge.model import Operation, Powertrain, Scope, VehicleInfo
 from bridge.mqtt.catalog import KNOWN_DOORS, all_vehicle_keys
@@ -485,13 +486,30 @@ def test_command_states_come_from_the_confirmed_status() -> None:
 
 
 def test_unlock_with_step_up_prompts_for_a_six_digit_code() -> None:
-    """With step-up on unlock, the lock has code_format and sends JSON with the code."""
+    """With step-up on unlock, the lock has code_format and sends JSON with the code. Home
+    Assistant checks code_format when locking too: there the code may be left out."""
+    jinja2 = pytest.importorskip("jinja2")
     _, plain = components(build())["lock"]
     _, coded = components(build(stepup=STEPUP))["lock"]
     assert "code_format" not in plain and "command_template" not in plain
-    assert coded["code_format"] == r"^\d{6}$"
-    assert coded["command_template"] == '{"action": "{{ value }}", "code": "{{ code }}"}'
     assert re.fullmatch(coded["code_format"], "123456")
+    assert re.fullmatch(coded["code_format"], "")  # lock without typing a code
+    assert not re.fullmatch(coded["code_format"], "12345")
+    template = jinja2.Environment(autoescape=False).from_string(coded["command_template"])
+    # Home Assistant renders `code` as None when none was typed: that must read as no code.
+    for code, sent in (("123456", "123456"), (None, None)):
+        payload = template.render(value="UNLOCK", code=code).encode()
+        parsed = parse_command(
+            TOPICS.parse_command(coded["command_topic"]), payload, retain=False, max_bytes=1024
+        )
+        assert isinstance(parsed, ParsedCommand) and parsed.code == sent, code
+
+
+def test_a_lock_that_needs_a_code_to_lock_too_insists_on_one() -> None:
+    """With step-up on command:lock as well, the code is no longer optional."""
+    _, coded = components(build(stepup=STEPUP | {Scope.COMMAND_LOCK}))["lock"]
+    assert re.fullmatch(coded["code_format"], "123456")
+    assert not re.fullmatch(coded["code_format"], "")
 
 
 def test_remote_start_with_step_up_offers_only_stopping() -> None:
@@ -602,11 +620,17 @@ def test_templates_render_states_from_published_documents() -> None:
 
 
 def test_every_template_renders_an_empty_document_as_unknown() -> None:
-    """A document without the field never raises; sensors show unknown (None)."""
+    """A document without the field never raises; sensors show unknown (None). Nor does a
+    payload that is not a JSON object: Home Assistant then leaves `value_json` undefined (the
+    empty message that clears a state topic), and StrictUndefined fails on any use of it."""
     jinja2 = pytest.importorskip("jinja2")
-    env = jinja2.Environment(autoescape=False)
+    env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
     found = components(build(ev(powertrain=Powertrain.UNKNOWN)))
     for key, (_, body) in found.items():
-        if "value_template" in body:
-            rendered = env.from_string(body["value_template"]).render(value_json={})
-            assert rendered in {"None", "0"}, key
+        for name in ("value_template", "json_attributes_template"):
+            if name not in body:
+                continue
+            template = env.from_string(body[name])
+            for document in ({}, [], None):
+                assert template.render(value_json=document) in {"None", "0", '{"alerts": []}'}, key
+            assert template.render() in {"None", "0", '{"alerts": []}'}, key
