@@ -77,6 +77,20 @@ async def test_plain_pkce_method_is_refused(owner: httpx.AsyncClient, rest: Rest
     assert parse_qs(urlsplit(page.headers["location"]).query)["error"] == ["invalid_request"]
 
 
+@pytest.mark.parametrize("challenge", ["short", "x" * 44, "+" * 43, "a=" * 21 + "a"])
+async def test_a_challenge_no_s256_digest_could_be_is_refused(
+    owner: httpx.AsyncClient, rest: RestClient, challenge: str
+) -> None:
+    """RFC 7636 §4.2: an S256 challenge is 43 base64url characters; anything else is bounced
+    back as invalid_request before the owner is asked to consent."""
+    query = authorize_query(
+        "dash", None, "read:status", code_challenge=challenge, code_challenge_method="S256"
+    )
+    page = await owner.get(f"/oauth/authorize?{query}")
+    assert page.status_code == 303
+    assert parse_qs(urlsplit(page.headers["location"]).query)["error"] == ["invalid_request"]
+
+
 async def test_missing_or_wrong_verifier_is_refused(
     owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
 ) -> None:
@@ -157,6 +171,22 @@ async def test_refresh_rotates_the_refresh_token(
     assert body["scope"] == "read:health read:status"
     me = await client.get("/api/v1/me", headers=bearer(body["access_token"]))
     assert me.status_code == 200
+
+
+async def test_a_withdrawn_scope_is_gone_from_introspection_and_refreshed_tokens(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The owner withdraws a scope from the app: its tokens lose it at once, and introspection
+    and a refresh say what they can do now, not what the grant once had."""
+    tokens = await tokens_for(owner, client, rest, "read:status read:health")
+    harness.registry.withdraw("dash", ["read:health"])
+    data = {"token": tokens["access_token"], **rest.auth()}
+    assert (await client.post("/oauth/introspect", data=data)).json()["scope"] == "read:status"
+    rotated = (await refresh(client, rest, tokens["refresh_token"])).json()
+    assert rotated["scope"] == "read:status"
+    health = "/api/v1/vehicles/family-car/health"
+    denied = await client.get(health, headers=bearer(rotated["access_token"]))
+    assert denied.status_code == 403
 
 
 async def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(
@@ -333,6 +363,8 @@ async def test_confidential_client_with_wrong_secret_is_refused(
     response = await exchange(client, wrong, code, verifier)
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_client"
+    # RFC 6749 §5.2: the challenge names the scheme a client authenticates with here.
+    assert response.headers["www-authenticate"].startswith("Basic realm=")
     data = {
         "grant_type": "authorization_code",
         "code": code,

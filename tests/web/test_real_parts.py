@@ -221,6 +221,21 @@ async def test_a_token_without_the_scope_cannot_command_however_the_action_is_sp
     assert daemon.provider.executed == [Operation.LOCK]
 
 
+async def test_a_refused_command_over_its_limit_says_when_to_retry(daemon: Daemon) -> None:
+    """Past the command rate limit: 429, with Retry-After for the limit's minute."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["command:lock"])
+    headers = bearer((await tokens_for(owner, owner, rest, "command:lock"))["access_token"])
+    url = "/api/v1/vehicles/family-car/commands/lock"
+    limit = CommandsConfig().rate_limit_per_minute  # what the pipeline here runs with
+    for _ in range(limit):
+        assert (await owner.post(url, json={"action": "LOCK"}, headers=headers)).status_code == 200
+    refused = await owner.post(url, json={"action": "LOCK"}, headers=headers)
+    assert (refused.status_code, refused.json()["reason"]) == (429, "rate_limited")
+    assert refused.headers["retry-after"] == "60"
+
+
 async def test_revoking_in_the_real_registry_ends_rest_access(daemon: Daemon) -> None:
     """A revocation through the registry (as `ownerlink apps revoke` does) stops the tokens."""
     owner = daemon.client

@@ -139,7 +139,21 @@ async def command(
         granted=caller.scopes,
     )
     doc = result.as_document()
-    return JSONResponse(doc, status_code=result_status(doc))
+    status = result_status(doc)
+    headers = _retry_after(request, str(doc.get("reason"))) if status == 429 else None
+    return JSONResponse(doc, status_code=status, headers=headers)
+
+
+def _retry_after(request: Request, reason: str) -> dict[str, str]:
+    """A 429 says when trying again can help (RFC 6585): an upper bound, from the limit's own
+    window: the rate limit's minute, the step-up lockout, the budget's hourly window."""
+    settings = ctx(request).settings
+    seconds = {
+        Reason.RATE_LIMITED: 60,
+        Reason.STEPUP_LOCKED_OUT: settings.stepup.lockout_s,
+        Reason.BUDGET_EXHAUSTED: 3600,
+    }.get(Reason(reason), 60)
+    return {"Retry-After": str(int(seconds))}
 
 
 def _require_command_scope(caller: Principal, command: Command, action: str) -> None:

@@ -70,10 +70,19 @@ async def _call(request: Request, endpoint: str) -> Response:
     handler = getattr(context.oauth, endpoint)
     out: OAuthResponse = handler(uri, body, headers)
     out_headers, out_body, status = out
+    if status == 401:
+        out_headers = _client_challenge(out_headers)
     # A revocation answers with an empty body; JSON clients still expect a JSON document.
     return Response(
         out_body or "{}", status_code=status, headers=out_headers, media_type="application/json"
     )
+
+
+def _client_challenge(headers: dict[str, str]) -> dict[str, str]:
+    """A refused client is asked for HTTP Basic credentials, the scheme clients authenticate with
+    here (RFC 6749 §5.2); oauthlib's own challenge names Bearer, the scheme of the API instead."""
+    kept = {k: v for k, v in headers.items() if k.lower() != "www-authenticate"}
+    return {**kept, "WWW-Authenticate": 'Basic realm="ownerlink", charset="UTF-8"'}
 
 
 @router.post(

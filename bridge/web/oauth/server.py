@@ -31,6 +31,8 @@ logging.getLogger("oauthlib").setLevel(logging.WARNING)
 
 # RFC 7636 §4.1: 43-128 characters from the unreserved set.
 VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# An S256 challenge is a SHA-256 digest in base64url without padding: 43 characters, exactly.
+S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 MAX_REDIRECT_URIS = 10
 
@@ -81,6 +83,12 @@ def _require_s256(request: Request) -> dict[str, Any]:
     if request.code_challenge is not None and request.code_challenge_method != "S256":
         raise errors.InvalidRequestError(
             description="code_challenge_method must be S256", request=request
+        )
+    if request.code_challenge is not None and not S256_CHALLENGE.match(request.code_challenge):
+        # No verifier could ever match it: say so now, not after the owner has consented.
+        raise errors.InvalidRequestError(
+            description="code_challenge must be the 43-character base64url SHA-256 of the verifier",
+            request=request,
         )
     return {}
 

@@ -270,8 +270,18 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             self.audit.append("oauth.refresh_reused", app=client_id, grant=grant_id)
 
     def get_original_scopes(self, refresh_token: str, request: Request, *a: Any, **kw: Any) -> Any:
+        # What the grant had and the app still holds: a refresh never brings back a withdrawn
+        # scope, in the token or in the response's `scope`.
         stored = self.store.token(refresh_token)
-        return stored.scopes.split() if stored else []
+        return self._still_held(stored.client_id, stored.scopes) if stored else []
+
+    def _still_held(self, client_id: str, scopes: str) -> list[str]:
+        """The scopes of `scopes` the app holds now (none when it is gone or disabled)."""
+        app = self.registry.get(client_id)
+        if app is None or not app.enabled:
+            return []
+        held = {scope.value for scope in app.scopes}
+        return [scope for scope in scopes.split() if scope in held]
 
     def rotate_refresh_token(self, request: Request) -> bool:
         return True
@@ -303,7 +313,8 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         if stored.revoked or stored.used_at is not None or stored.expires_at <= self._now():
             return None
         return {
-            "scope": stored.scopes,
+            # What a call with the token may do now (the API checks the app's scopes each time).
+            "scope": " ".join(self._still_held(stored.client_id, stored.scopes)),
             "client_id": stored.client_id,
             "token_type": "Bearer" if stored.kind == "access" else "refresh_token",
             "exp": int(stored.expires_at),
