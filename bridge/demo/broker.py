@@ -33,6 +33,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_for(host: str, port: int) -> int:
+    """The port a broker we start should listen on: the one asked for when it is on this machine
+    and nothing holds it (so the printed commands and the owner's own clients find it where they
+    were told), else any free one (a broker that refused us already has it)."""
+    if host not in {"127.0.0.1", "localhost"}:
+        return free_port()
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
 def accepts_anonymous(host: str, port: int, timeout_s: float = 2.0) -> bool:
     """True when an MQTT broker at host:port accepts an anonymous connection."""
     accepted = threading.Event()
@@ -60,16 +74,15 @@ def demo_broker(host: str, port: int) -> Iterator[DemoBroker]:
         (p for p in MOSQUITTO_PATHS if Path(p).exists()), None
     )
     if binary is not None:
-        with _mosquitto(binary) as broker:
+        with _mosquitto(binary, port_for(host, port)) as broker:
             yield broker
         return
-    with _embedded() as broker:
+    with _embedded(port_for(host, port)) as broker:
         yield broker
 
 
 @contextlib.contextmanager
-def _mosquitto(binary: str) -> Iterator[DemoBroker]:
-    port = free_port()
+def _mosquitto(binary: str, port: int) -> Iterator[DemoBroker]:
     with tempfile.TemporaryDirectory(prefix="ownerlink-demo-mqtt-") as folder:
         config = Path(folder) / "mosquitto.conf"
         config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -91,7 +104,7 @@ def _mosquitto(binary: str) -> Iterator[DemoBroker]:
 
 
 @contextlib.contextmanager
-def _embedded() -> Iterator[DemoBroker]:
+def _embedded(port: int) -> Iterator[DemoBroker]:
     """amqtt (pure Python) on its own thread and event loop, for machines without Mosquitto."""
     import logging
 
@@ -100,7 +113,6 @@ def _embedded() -> Iterator[DemoBroker]:
     # amqtt logs every probe and its own shutdown at INFO/ERROR; the demo's output is ours.
     logging.getLogger("amqtt").setLevel(logging.CRITICAL)
     logging.getLogger("transitions").setLevel(logging.CRITICAL)
-    port = free_port()
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import Settings
 from bridge.daemon import Daemon
-from bridge.demo.broker import _embedded
+from bridge.demo.broker import _embedded, demo_broker, free_port
 from bridge.demo.run import demo_config, login
 from bridge.simulator import SimClock, Simulator, serve_in_thread
 
@@ -20,7 +20,7 @@ from bridge.simulator import SimClock, Simulator, serve_in_thread
 async def test_daemon_runs_on_the_embedded_broker(tmp_path: Path) -> None:
     """On a machine without Mosquitto the demo's embedded broker carries states and a LOCK."""
     sim = Simulator(vehicles=1, seed=2, auto_consent=True, admin=True, clock=SimClock(speed=1))
-    with serve_in_thread(sim) as url, _embedded() as broker:
+    with serve_in_thread(sim) as url, _embedded(free_port()) as broker:
         document = demo_config(tmp_path, url, broker, 0, {"car": sim.vehicles[0].vehicle_id})
         document["logging"] = {"level": "warning", "format": "json"}
         settings = Settings(**document)
@@ -54,3 +54,12 @@ async def test_daemon_runs_on_the_embedded_broker(tmp_path: Path) -> None:
             await daemon.stop()
     assert {"ownerlink/car/status", "ownerlink/bridge/state"} <= seen
     assert [e.command for e in sim.vehicles[0].executed] == ["lock"]
+
+
+def test_a_broker_the_demo_starts_listens_where_it_was_asked_to() -> None:
+    """`--broker 127.0.0.1:PORT` with nothing there: the demo's own broker takes that port, so
+    the printed commands and the owner's clients find it where they were told."""
+    port = free_port()
+    with demo_broker("127.0.0.1", port) as broker:
+        assert (broker.host, broker.port) == ("127.0.0.1", port)
+        assert broker.kind in {"mosquitto", "embedded"}
