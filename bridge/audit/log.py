@@ -140,8 +140,7 @@ class AuditLog:
             flusher.join()
         with self._lock:
             if self._fd is not None:
-                # The fsync here covers a batch still in flight on the ring, too.
-                self._unflushed[:0], self._syncing = self._syncing or [], None
+                self._take_back_in_flight()
                 self._flush_locked()
             self._closing = False
             for fd in (self._fd, self._lock_fd):
@@ -247,6 +246,15 @@ class AuditLog:
             self._announce(batch[-1].record["seq"], batch[-1].record["hash"])
         if following is not None:
             self._ring_fsync(ring, *following)
+
+    def _take_back_in_flight(self) -> None:
+        """Before the file's descriptor is closed (close, rotation, another process's rotation):
+        the batch a ring fsync has in flight goes back with the lines still waiting, so the
+        fsync about to run covers and settles it. Its late completion is then ignored
+        (`_ring_done`), as it must be: by the time the kernel runs it, the descriptor may be
+        closed (EBADF, which would fail the log) or its number reused by the next file. Hold the
+        lock."""
+        self._unflushed[:0], self._syncing = self._syncing or [], None
 
     def _start_flusher(self) -> None:
         if self._flusher is None:
@@ -372,6 +380,7 @@ class AuditLog:
         if same_file and on_disk is not None and on_disk.st_size == self._size:
             return  # the usual case: nobody else wrote
         if not same_file:
+            self._take_back_in_flight()
             error = self._flush_locked()  # our pending lines are in the file we are leaving
             if error is not None:
                 raise error
@@ -414,6 +423,7 @@ class AuditLog:
         assert self._fd is not None
         numbers = [number for number, _ in rotated_files(self.directory)]
         target = self.directory / rotated_name(max(numbers, default=0) + 1)
+        self._take_back_in_flight()
         error = self._flush_locked()  # pending lines go with the file being moved aside
         if error is not None:
             raise error

@@ -253,6 +253,30 @@ def test_a_log_without_a_ring_still_uses_its_flusher(tmp_path: Path) -> None:
     log.close()
 
 
+async def test_a_completion_that_arrives_after_rotation_closed_its_file_is_ignored(
+    tmp_path: Path,
+) -> None:
+    """Rotation fsyncs and closes the file while a ring fsync on it is still in flight: the
+    rotation's fsync settles that batch, and the kernel's late answer (EBADF: the descriptor is
+    closed by the time it runs) must not fail the log. It did, once in a CI run."""
+    ring = ScriptedRing()
+    log = open_log(tmp_path, rotate_bytes=700)
+    log.use_ring(ring)
+    in_flight = log.append_pending("command.decision", n=0, pad="x" * 120)
+    assert len(ring.started) == 1
+    more = [log.append_pending("command.decision", n=n, pad="x" * 120) for n in range(1, 8)]
+    assert list(tmp_path.glob("audit.0*.jsonl")), "the file was rotated"
+    assert in_flight.done, "the rotation's fsync covered the batch in flight"
+    while ring.started:
+        fd, done = ring.started.pop(0)
+        done(errno.EBADF if fd not in {log._fd} else 0)  # noqa: SLF001 - the stale descriptor
+    assert log.failed is None
+    for pending in [in_flight, *more]:
+        await asyncio.wait_for(pending.durable(), 5)
+    log.close()
+    assert verify(tmp_path).ok
+
+
 async def test_rotation_with_fsyncs_in_flight_keeps_the_chain_and_settles_everything(
     tmp_path: Path,
 ) -> None:
