@@ -247,3 +247,19 @@ async def test_revoking_in_the_real_registry_ends_rest_access(daemon: Daemon) ->
         await owner.get("/api/v1/me", headers=bearer(tokens["access_token"]))
     ).status_code == 401
     assert (await refresh(owner, rest, tokens["refresh_token"])).status_code == 401
+
+
+async def test_a_disabled_apps_token_says_disabled_and_works_again_once_enabled(
+    daemon: Daemon,
+) -> None:
+    """Disabling is not revoking: the 401 says which, and enabling brings the token back."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["read:status"])
+    headers = bearer((await tokens_for(owner, owner, rest))["access_token"])
+    daemon.registry.set_enabled("dash", False)
+    refused = await owner.get("/api/v1/me", headers=headers)
+    assert refused.status_code == 401
+    assert "the app is disabled" in refused.headers["www-authenticate"]
+    daemon.registry.set_enabled("dash", True)
+    assert (await owner.get("/api/v1/me", headers=headers)).status_code == 200

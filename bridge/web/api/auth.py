@@ -76,6 +76,8 @@ def _app_for(context: WebContext, token: str) -> tuple[App, frozenset[Scope]]:
         raise _invalid_token("the access token is invalid, expired or revoked")
     app = context.registry.get(stored.client_id)
     client = context.oauth.store.client(stored.client_id)
+    if app is not None and not app.enabled:
+        raise _invalid_token("the app is disabled; the owner can enable it again")
     if app is None or client is None or not client.belongs_to(app):
         raise _invalid_token("the app has been revoked")
     granted = frozenset(_SCOPES[s] for s in stored.scopes.split() if s in _SCOPES)
