@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from ipaddress import ip_network
 from pathlib import Path
@@ -382,6 +382,33 @@ class YamlDocumentSource(PydanticBaseSettingsSource):
 def _problem(loc: tuple[str, ...], message: str) -> InitErrorDetails:
     error = PydanticCustomError("reference", message)
     return {"type": error, "loc": loc, "input": None}
+
+
+# Variables with the prefix that are not settings: the config file's path.
+NOT_SETTINGS = frozenset({"OWNERLINK_CONFIG"})
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """`OWNERLINK_*` variables that name no setting (pure). The environment is shared with other
+    tools, so these are worth a warning, not an error; the usual slip is one underscore where
+    sections need two (`OWNERLINK_MQTT_HOST` for `OWNERLINK_MQTT__HOST`)."""
+    prefix, nesting = "OWNERLINK_", "__"
+    unknown = []
+    for name in sorted(environ):
+        if not name.upper().startswith(prefix) or name.upper() in NOT_SETTINGS:
+            continue
+        section = name[len(prefix) :].split(nesting)[0].lower()
+        if section not in Settings.model_fields:
+            unknown.append(f"{name} is not a setting{_nesting_hint(name, section)}")
+    return unknown
+
+
+def _nesting_hint(name: str, section: str) -> str:
+    head, _, rest = section.partition("_")
+    if rest and head in Settings.model_fields:
+        fixed = f"OWNERLINK_{head}__{rest}".upper()
+        return f" (did you mean {fixed}? sections take two underscores)"
+    return ""
 
 
 def find_config_path(explicit: Path | None) -> Path | None:

@@ -83,6 +83,7 @@ def render() -> str:
         "Generated from the config models by `python -m bridge.configdoc`; do not edit by hand.",
         "Every key can also be set in the environment: `OWNERLINK_` + the path in capitals with",
         "`__` between levels, e.g. `OWNERLINK_MQTT__HOST`. See `config.example.yaml` for a file.",
+        "`ownerlink config check` warns about `OWNERLINK_*` variables that name no setting.",
         "",
         "| Key | Type | Default | Meaning |",
         "|---|---|---|---|",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
 from bridge.cli.common import add_common, cli_overrides
-from bridge.config import find_config_path, load_config
+from bridge.config import find_config_path, load_config, unknown_environment
 
 
 def register(sub: Any) -> None:
@@ -25,4 +27,6 @@ def check_command(args: argparse.Namespace) -> int:
         f"{len(settings.vehicles)} vehicle(s), broker {settings.mqtt.host}:{settings.mqtt.port}, "
         f"state in {settings.state_dir}"
     )
+    for problem in unknown_environment(os.environ):
+        print(f"warning: {problem}", file=sys.stderr)
     return 0

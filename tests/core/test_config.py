@@ -242,6 +242,26 @@ def test_environment_json_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.web.allow_cidrs, settings.mqtt.host) == (("10.0.0.0/8",), "env")
 
 
+def test_unknown_environment_variables_are_named_with_the_likely_fix() -> None:
+    """A variable that names no setting is a warning for `config check`; one underscore where
+    a section needs two gets the fix. The config file's own variable is not a setting."""
+    from bridge.config import unknown_environment
+
+    environ = {
+        "OWNERLINK_MQTT_HOST": "x",
+        "OWNERLINK_BOGUS": "1",
+        "OWNERLINK_CONFIG": "/etc/ownerlink/config.yaml",
+        "OWNERLINK_STATE_DIR": "/data",
+        "OWNERLINK_MQTT__HOST": "broker",
+        "HOME": "/root",
+    }
+    assert unknown_environment(environ) == [
+        "OWNERLINK_BOGUS is not a setting",
+        "OWNERLINK_MQTT_HOST is not a setting (did you mean OWNERLINK_MQTT__HOST? "
+        "sections take two underscores)",
+    ]
+
+
 def test_bad_yaml_reports_line(tmp_path: Path) -> None:
     """Unparsable YAML names the file and the position."""
     (problem,) = problems_for(tmp_path, "mqtt: [unclosed\n")
