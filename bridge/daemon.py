@@ -494,11 +494,14 @@ class Daemon:
         self.metrics.polls.labels(slug).inc()
         if slug not in self.vehicles_view.latest:
             # The first read tells which doors, windows and tyres this car reports: offer those.
-            described = self._descriptions[slug].with_positions_from(state)
+            offered = self._descriptions[slug]
+            described = offered.with_positions_from(state)
+            positions = (described.doors, described.windows, described.tyres)
+            # What was offered came from the memory (or the defaults a start without one uses):
+            # only a change is worth a write.
+            if positions != (offered.doors, offered.windows, offered.tyres):
+                self.vehicle_memory.remember_positions(slug, positions)
             self._descriptions[slug] = described
-            self.vehicle_memory.remember_positions(
-                slug, (described.doors, described.windows, described.tyres)
-            )
             self.discovery.add_vehicle(described)
         self.vehicles_view.remember(slug, state)
         self.publisher.update(slug, state)

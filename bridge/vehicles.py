@@ -88,9 +88,8 @@ class VehicleMemory:
             return None
 
     def remember_positions(self, slug: str, positions: Positions) -> None:
-        if positions != self.positions(slug):
-            text = json.dumps([list(group) for group in positions])
-            self._write("vehicle_positions", "slug", slug, "positions", text)
+        text = json.dumps([list(group) for group in positions])
+        self._write("vehicle_positions", "slug", slug, "positions", text)
 
     def _read(self, sql: str, key: str) -> str | None:
         try:

@@ -145,7 +145,7 @@ def _progress(out: TextIO) -> Any:
 def tail_command(args: argparse.Namespace) -> int:
     directory = _existing(args.dir or audit_directory(settings_from(args).state_dir))
     wanted = RecordFilter(app=args.app, vehicle=args.vehicle, kind=args.kind)
-    for record in last_records(directory, max(args.n, 0), wanted):
+    for record in last_records(directory, args.n, wanted):
         _show(record, as_json=args.json)
     if args.follow:
         for record in follow(directory, wanted):

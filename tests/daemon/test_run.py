@@ -239,18 +239,26 @@ async def _run_once(settings: Settings, listener_filter: str, broker: BrokerAddr
     return listener
 
 
+async def _discovery_document(
+    tmp_path: Path, url: str, broker: BrokerAddress, base_topic: str
+) -> tuple[dict[str, Any], str]:
+    """A config document whose discovery goes under its own prefix, logged in; and the prefix."""
+    prefix = f"{base_topic}-ha"
+    document = document_for(tmp_path, url, broker, base_topic)
+    document["mqtt"]["discovery_prefix"] = prefix
+    await login(Settings(**document))
+    return document, prefix
+
+
 async def test_a_restart_clears_vehicles_taken_out_of_the_config_and_nothing_more(
     tmp_path: Path, broker: BrokerAddress, base_topic: str
 ) -> None:
     """The next start knows what the last one left retained: it clears a vehicle taken out of
     the config, and no longer clears the whole range of topics that could ever have existed."""
     simulator = Simulator(vehicles=2, seed=5, auto_consent=True, admin=True)
-    prefix = f"{base_topic}-ha"
     with serve_in_thread(simulator) as url:
-        document = document_for(tmp_path, url, broker, base_topic)
-        document["mqtt"]["discovery_prefix"] = prefix
+        document, prefix = await _discovery_document(tmp_path, url, broker, base_topic)
         settings = Settings(**document)
-        await login(settings)
         first = await _run_once(settings, f"{prefix}/#", broker)
         again = await _run_once(settings, f"{prefix}/#", broker)
         document["vehicles"] = {"kept": {"account": "sim", "id": _sim_vehicle_ids(settings)[0]}}
@@ -319,13 +327,10 @@ async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_wer
     does a restart during an outage (or with the day's budget spent), instead of a bare device
     whose entities replace those the owner named."""
     simulator = Simulator(vehicles=1, seed=5, auto_consent=True, admin=True)
-    prefix = f"{base_topic}-ha"
     with serve_in_thread(simulator) as url:
-        document = document_for(tmp_path, url, broker, base_topic)
-        document["mqtt"]["discovery_prefix"] = prefix
-        settings = Settings(**document)
-        await login(settings)
-        document["vehicles"] = {"car": {"account": "sim", "id": _sim_vehicle_ids(settings)[0]}}
+        document, prefix = await _discovery_document(tmp_path, url, broker, base_topic)
+        vehicle_id = _sim_vehicle_ids(Settings(**document))[0]
+        document["vehicles"] = {"car": {"account": "sim", "id": vehicle_id}}
         settings = Settings(**document)
         await _run_once(settings, f"{prefix}/#", broker)
         before = Listener(broker, f"{prefix}/#")

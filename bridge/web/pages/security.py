@@ -54,30 +54,28 @@ async def security(request: Request, session: OwnerSession) -> Response:
     return _security_page(request)
 
 
-class _Refused(Exception):
-    """The current password was wrong, or the address may not try again yet."""
-
-    def __init__(self, reason: str, response: Response) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.response = response
-
-
-async def _recheck_password(request: Request, password: str, wrong: str) -> None:
+async def _recheck_password(
+    request: Request, password: str, *, wrong: str, refused_kind: str
+) -> Response | None:
     """The current password, checked against the same per-address allowance as the login form,
-    so a stolen session cookie does not buy unlimited guesses. Raises _Refused."""
+    so a stolen session cookie does not buy unlimited guesses. None when it is right; else the
+    page to answer with, the refusal already audited as `refused_kind`."""
     context, ip = ctx(request), owner_ip(request)
     wait = context.limiter.attempt(ip)
     if wait is not None:
+        reason = "rate_limited"
         response = _security_page(
             request, error="Too many wrong passwords. Try again later.", status=429
         )
         response.headers["Retry-After"] = str(int(wait))
-        raise _Refused("rate_limited", response)
-    encoded = owner_password_hash(context.store)
-    if encoded is None or not await run_in_threadpool(verify_password, password, encoded):
-        raise _Refused("wrong_password", _security_page(request, error=wrong, status=403))
-    context.limiter.clear(ip)
+    else:
+        encoded = owner_password_hash(context.store)
+        if encoded is not None and await run_in_threadpool(verify_password, password, encoded):
+            context.limiter.clear(ip)
+            return None
+        reason, response = "wrong_password", _security_page(request, error=wrong, status=403)
+    context.audit.append(refused_kind, reason=reason, ip=ip)
+    return response
 
 
 @router.post("/security/stepup")
@@ -85,14 +83,14 @@ async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
     """A new TOTP secret, after the password is given again."""
     form = await checked_form(request, session)
     context = ctx(request)
-    try:
-        wrong = "Wrong password; step-up unchanged."
-        await _recheck_password(request, str(form.get("password", "")), wrong)
-    except _Refused as refused:
-        context.audit.append(
-            "owner.stepup_enrol_refused", reason=refused.reason, ip=owner_ip(request)
-        )
-        return refused.response
+    refused = await _recheck_password(
+        request,
+        str(form.get("password", "")),
+        wrong="Wrong password; step-up unchanged.",
+        refused_kind="owner.stepup_enrol_refused",
+    )
+    if refused is not None:
+        return refused
     replaced = context.stepup.enrolled()
     uri = context.stepup.enroll()
     # The same kind as `ownerlink stepup enroll` writes: one question ("when was the second
@@ -121,14 +119,14 @@ async def change_password(request: Request, session: OwnerSession) -> Response:
     form = await checked_form(request, session)
     context = ctx(request)
     new, confirm = str(form.get("new_password", "")), str(form.get("confirm_password", ""))
-    try:
-        wrong = "The current password is wrong."
-        await _recheck_password(request, str(form.get("current_password", "")), wrong)
-    except _Refused as refused:
-        context.audit.append(
-            "owner.password_change_refused", reason=refused.reason, ip=owner_ip(request)
-        )
-        return refused.response
+    refused = await _recheck_password(
+        request,
+        str(form.get("current_password", "")),
+        wrong="The current password is wrong.",
+        refused_kind="owner.password_change_refused",
+    )
+    if refused is not None:
+        return refused
     if new != confirm:
         return _security_page(request, error="The new passwords differ.", status=400)
     try:
