@@ -109,9 +109,13 @@ def status_command(args: argparse.Namespace) -> int:
         )
         print(f"required for: {', '.join(sorted(settings.stepup.required_for)) or 'nothing'}")
         for app in apps:
-            until = verifier.locked_until(app, _now())
-            state = f"locked out until {until.isoformat(timespec='seconds')}" if until else "ok"
-            print(f"{app}: {state}")
+            now = _now()
+            until = verifier.locked_until(app, now)
+            if until is not None:
+                print(f"{app}: locked out until {until.isoformat(timespec='seconds')}")
+                continue
+            failures, limit = verifier.recent_failures(app, now), settings.stepup.max_failures
+            print(f"{app}: ok ({failures} of {limit} failures before a lockout)")
     return 0
 
 

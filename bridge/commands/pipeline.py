@@ -27,6 +27,7 @@ from bridge.commands.decide import (
     Policy,
     StepUpCheck,
     decide,
+    reached_stepup,
     requires_stepup,
 )
 from bridge.commands.delivery import record_time
@@ -348,7 +349,7 @@ class CommandPipeline:
             budget_ok=route is None or self.budget_ok(cmd.vehicle),
             stepup=check,
         )
-        return decision, check
+        return decision, check if reached_stepup(decision) else NOT_ASSESSED
 
     def _current(self, app_id: str, granted: frozenset[Scope] | None) -> App | None:
         app = self.apps.current(app_id)

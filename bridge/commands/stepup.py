@@ -149,7 +149,7 @@ class StepUp:
         if check.status is StepUpStatus.OK and allowed and check.step is not None and check.key:
             self._remember_step(check.key, check.step)
         elif check.status is StepUpStatus.FAILED:
-            self._record_failure(app_id, now, vehicle)
+            self._record_failure(app_id, now, vehicle, check.detail)
 
     def locked_until(self, app_id: str, now: datetime) -> datetime | None:
         """When the app's lockout ends, or None when it is not locked out."""
@@ -184,12 +184,22 @@ class StepUp:
                 (key, step),
             )
 
-    def _record_failure(self, app_id: str, now: datetime, vehicle: str | None) -> None:
+    def recent_failures(self, app_id: str, now: datetime) -> int:
+        """Failures counted towards the app's next lockout (those within the window)."""
+        rows = reading(
+            self.store,
+            "step-up state",
+            "SELECT count(*) FROM stepup_failures WHERE app = ? AND at > ?",
+            (app_id, now.timestamp() - self.config.failure_window_s),
+        )
+        return int(rows[0][0])
+
+    def _record_failure(self, app_id: str, now: datetime, vehicle: str | None, why: str) -> None:
         failures = self._count_failure(app_id, now.timestamp())
         self.alerts.emit(
             Alert(
                 AlertKind.STEPUP_FAILED,
-                f"wrong step-up code from app {app_id}",
+                f"step-up code refused for app {app_id}: {why or 'wrong code'}",
                 now,
                 app=app_id,
                 vehicle=vehicle,

@@ -264,6 +264,29 @@ async def test_rate_limits_per_app_and_per_vehicle(tmp_path: Path) -> None:
     assert (await rig.send("locker", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
 
 
+async def test_a_code_is_not_judged_when_an_earlier_check_refuses(tmp_path: Path) -> None:
+    """Past the rate limit (or out of budget) the code is never looked at: a wrong one is not
+    counted towards a lockout, and neither the record nor an alert tells a right one from a
+    wrong one, so a rate-limited app cannot test codes at all."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(
+        state,
+        commands=CommandsConfig(rate_limit_per_minute=1),
+        stepup_config=StepUpConfig(max_failures=2),
+    )
+    assert (await rig.send("ha", "lock", "LOCK")).status is CommandStatus.SUCCEEDED
+    right = json.dumps({"action": "UNLOCK", "code": code_at(secret, rig.clock())})
+    for payload in ['{"action":"UNLOCK","code":"000000"}'] * 3 + [right]:
+        assert (await rig.send("ha", "lock", payload)).reason == Reason.RATE_LIMITED
+    assert [r.get("stepup") for r in rig.records("command.decision")[1:]] == [None] * 4
+    assert not [a for a in rig.alerts.alerts if a.kind.value.startswith("stepup")]
+    rig.clock.advance(61)
+    # Three wrong codes against a limit of two, yet no lockout: none of them was counted.
+    right = json.dumps({"action": "UNLOCK", "code": code_at(secret, rig.clock())})
+    assert (await rig.send("ha", "lock", right)).status is CommandStatus.SUCCEEDED
+
+
 async def test_junk_does_not_use_up_the_rate_limit(tmp_path: Path) -> None:
     """Refusals before the rate check (no scope, malformed) do not spend an app's allowance."""
     rig = await make_rig(tmp_path / "state", commands=CommandsConfig(rate_limit_per_minute=1))
