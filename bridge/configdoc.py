@@ -61,7 +61,8 @@ def _default(info: FieldInfo) -> str:
 
 
 def _type(info: FieldInfo) -> str:
-    text = str(info.annotation).replace("typing.", "").replace("pathlib.", "")
+    text = str(info.annotation).replace("typing.", "")
+    text = re.sub(r"\bpathlib\.(_local\.)?", "", text)  # Python 3.13 moved Path to pathlib._local
     text = re.sub(r"<class '([^']+)'>", r"\1", text)
     text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"\1", text)  # validators are not types
     return text.replace("pydantic.types.", "").replace("bridge.model.", "").replace("|", "\\|")

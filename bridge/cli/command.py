@@ -28,7 +28,7 @@ from bridge.commands.assemble import budget_check, build_pipeline, vehicle_id_of
 from bridge.commands.decide import requires_stepup
 from bridge.commands.pipeline import CommandPipeline
 from bridge.commands.results import CommandResult
-from bridge.config import Settings
+from bridge.config import DEFAULT_PATHS, Settings, find_config_path
 from bridge.errors import BrokerError, ConfigError, ProviderError
 from bridge.events import Alert, CollectingAlerts
 from bridge.logs import get_logger
@@ -68,13 +68,34 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "action",
         metavar="ACTION",
+        type=action_name,
         choices=sorted(ACTIONS),
-        help=f"one of: {', '.join(sorted(ACTIONS))}",
+        help=f"one of: {', '.join(sorted(ACTIONS))} (any case; _ for - works too)",
     )
     parser.add_argument("--code", help="the step-up code (asked for on a terminal when needed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_common(parser)
     parser.set_defaults(func=command_command)
+
+
+def action_name(typed: str) -> str:
+    """`LOCK`, `Start_Engine` and `start-engine` name the same action: MQTT payloads are upper
+    case, and the owner should not have to remember which surface wants which."""
+    return typed.strip().lower().replace("_", "-")
+
+
+def _unknown_vehicle(settings: Settings, args: argparse.Namespace) -> str:
+    if settings.vehicles:
+        known = ", ".join(sorted(settings.vehicles))
+        return f"vehicles.{args.vehicle}: no such vehicle ({known})"
+    if find_config_path(getattr(args, "config", None)) is None:
+        # The usual cause: run from elsewhere than the daemon, which was given --config.
+        looked = ", ".join(str(p) for p in DEFAULT_PATHS)
+        return (
+            f"vehicles.{args.vehicle}: no config file was found (looked for {looked}); "
+            "pass --config FILE or set OWNERLINK_CONFIG"
+        )
+    return f"vehicles.{args.vehicle}: no such vehicle (the config file names none)"
 
 
 def _now() -> datetime:
@@ -84,8 +105,7 @@ def _now() -> datetime:
 def command_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.vehicle not in settings.vehicles:
-        choices = ", ".join(sorted(settings.vehicles)) or "none configured"
-        raise ConfigError([f"vehicles.{args.vehicle}: no such vehicle ({choices})"])
+        raise ConfigError([_unknown_vehicle(settings, args)])
     command, action = ACTIONS[args.action]
     code = args.code or _ask_code(settings, command, action)
     alerts = CollectingAlerts()

@@ -26,6 +26,7 @@ ALLOWED_KEYS = frozenset({"action", "code", "id", "issued_at"})
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 WORD_PATTERN = re.compile(r"[A-Za-z_]{1,16}")
 MAX_CODE_CHARS = 16
+CLEARED_RETAINED = "an empty retained message only clears the broker's copy; nothing was run"
 # Epoch seconds beyond this are almost certainly JavaScript's Date.now() milliseconds (year 5138+).
 MAX_EPOCH_SECONDS = 1e11
 
@@ -72,6 +73,9 @@ def parse_command(
 ) -> ParsedCommand | Refusal:
     """Parse one MQTT command message. Checks run cheapest first; the first failure wins."""
     if retain:
+        if not payload:
+            # `mosquitto_pub -r -n`: someone clearing a retained command, as the docs advise.
+            return Refusal(Reason.RETAINED, CLEARED_RETAINED)
         # A retained command would be replayed to us on every reconnect: never act on one.
         action, cid = _salvage(payload, max_bytes)
         return Refusal(Reason.RETAINED, "retained messages are never executed", action, cid)

@@ -32,7 +32,13 @@ from bridge.commands.decide import (
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
-from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
+from bridge.commands.parse import (
+    CLEARED_RETAINED,
+    ParsedCommand,
+    Refusal,
+    build_command,
+    parse_command,
+)
 from bridge.commands.ratelimit import CommandRateLimits
 from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
 from bridge.commands.records import (
@@ -396,7 +402,8 @@ class CommandPipeline:
             except AuditError as exc:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 detail = f"{detail}; the audit log failed: {error_text(exc)}"
-        self._alert(ticket, reason)
+        if detail != CLEARED_RETAINED:  # housekeeping, not an attempt: on the record, no alarm
+            self._alert(ticket, reason)
         self._finish(ticket, CommandStatus.REJECTED, reason, detail, record)
 
     def _accept(

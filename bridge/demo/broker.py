@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,27 @@ def accepts_anonymous(host: str, port: int, timeout_s: float = 2.0) -> bool:
     client.loop_start()
     try:
         return accepted.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def clear_retained(broker: DemoBroker, topics: Iterable[str], timeout_s: float = 5.0) -> int:
+    """Delete retained messages (an empty retained publish each); returns how many were sent.
+    Used when the demo shared a broker it did not start, so it leaves nothing behind there."""
+    wanted = sorted(set(topics))
+    if not wanted:
+        return 0
+    client_id = f"ownerlink-demo-clear-{secrets.token_hex(3)}"
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.connect(broker.host, broker.port, keepalive=10)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in wanted]
+        deadline = time.monotonic() + timeout_s
+        for info in infos:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        return sum(1 for info in infos if info.is_published())
     finally:
         client.disconnect()
         client.loop_stop()

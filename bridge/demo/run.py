@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -13,19 +14,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import httpx
 import yaml
 
 from bridge.config import Settings, load_config
 from bridge.daemon import Daemon
-from bridge.demo.broker import DemoBroker, demo_broker
+from bridge.demo.broker import DemoBroker, clear_retained, demo_broker
 from bridge.events import CollectingAlerts
+from bridge.mqtt.memory import RetainedDiscovery
+from bridge.mqtt.topics import StateKind, Topics
 from bridge.providers.base import FreeGate
 from bridge.providers.factory import build_account
 from bridge.providers.oauth import parse_redirect, start_login
 from bridge.simulator import Limits, SimClock, Simulator, serve_in_thread
+from bridge.store import Store
 
 ACCOUNT = "sim"
 # A real account's defaults (250 calls a day, 40 an hour) allow about ten commands an hour once
@@ -70,7 +74,7 @@ class Progress:
 
 def run_demo(options: DemoOptions) -> int:
     """Run everything until Ctrl-C; return the exit status."""
-    progress = Progress(options.out, 7)
+    progress = Progress(options.out, 6)
     with _state_dir(options.state_dir) as state_dir:
         progress(f"state directory {state_dir}")
         sim = Simulator(
@@ -178,10 +182,45 @@ async def _run(
         await daemon.wait_for_stop()
     finally:
         await daemon.stop()
+        if broker.kind == "existing":
+            # Someone's own broker: its Home Assistant would keep the demo cars for good (the
+            # state directory that remembers them is about to go), so take back all we left.
+            topics = left_retained(settings, daemon.topics, [v.slug for v in daemon.vehicles])
+            cleared = await asyncio.to_thread(clear_retained, broker, topics)
+            print(f"cleared the {cleared} retained messages the demo left on the broker", file=out)
         print(
             "stopped; the demo's state directory is removed unless --state-dir was given", file=out
         )
     return 0
+
+
+def cli_command() -> str:
+    """How to run `ownerlink` from this shell: plain when it is on PATH, else the script beside
+    this interpreter (`scripts/demo` installs into .venv, which the newcomer has not activated)."""
+    if shutil.which("ownerlink"):
+        return "ownerlink"
+    script = Path(sys.executable).parent / "ownerlink"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m bridge"
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    return shlex.quote(str(script))
+
+
+def left_retained(settings: Settings, topics: Topics, slugs: list[str]) -> list[str]:
+    """Every retained topic the demo's daemon may have published: its discovery (as the state
+    database remembers it) and its own documents."""
+    store = Store.open(settings.state_dir)
+    try:
+        remembered = RetainedDiscovery(store).load() or {}
+    finally:
+        store.close()
+    found = [message.topic for messages in remembered.values() for message in messages]
+    found += [topics.bridge_state, topics.audit_head]
+    for slug in slugs:
+        found.append(topics.availability(slug))
+        found += [topics.state(slug, kind) for kind in get_args(StateKind)]
+    return found
 
 
 async def login(settings: Settings) -> None:
@@ -244,6 +283,7 @@ def print_next_steps(
     vehicle = daemon.vehicles[0].slug if daemon.vehicles else "<vehicle>"
     mq = f"-h {broker.host} -p {broker.port}"
     config = settings.state_dir / "config.yaml"
+    cli = cli_command()
     web = f"http://{settings.web.host}:{daemon.web.port}/" if daemon.web else "(web disabled)"
     lines = [
         "",
@@ -256,9 +296,9 @@ def print_next_steps(
         "                    (nodered lacks command:lock: the result says rejected/scope_missing)",
         f"  unlock (step-up)  mosquitto_pub {mq} -t {base}/app/homeassistant/{vehicle}/cmd/lock"
         ' -m \'{"action": "UNLOCK", "code": "<code>"}\'',
-        f"  a step-up code    ownerlink stepup code --config {config}",
+        f"  a step-up code    {cli} stepup code --config {config}",
         f"                    (or add this secret to an authenticator app: {secret})",
-        f"  verify the audit  ownerlink audit verify --config {config}",
+        f"  verify the audit  {cli} audit verify --config {config}",
         "Ctrl-C stops everything.",
         "",
     ]

@@ -14,6 +14,7 @@ import yaml
 from bridge.audit.log import audit_directory
 from bridge.audit.verify import verify
 from bridge.cli import main
+from bridge.cli.command import action_name
 from bridge.commands.stepup import code_at, load_secret, secret_path
 from bridge.simulator import Limits, Simulator, serve_in_thread
 from tests.audit.helpers import assert_one_error_line, run_unprivileged
@@ -178,9 +179,10 @@ def executed(served: tuple[Simulator, str], index: int) -> list[str]:
 def test_owner_lock_runs_and_is_audited(
     configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`ownerlink command ice lock`: exit 0, the car locks, two audit records as app owner."""
+    """`ownerlink command ice LOCK` (the word MQTT uses; any case is fine): exit 0, the car
+    locks, two audit records as app owner."""
     before = executed(served, 1)
-    code, out, _ = run(capsys, "command", "ice", "lock", "--config", str(configured))
+    code, out, _ = run(capsys, "command", "ice", "LOCK", "--config", str(configured))
     assert code == 0, out
     assert out.strip() == "lock LOCK on ice: succeeded"
     assert executed(served, 1)[len(before) :] == ["lock"]
@@ -232,12 +234,28 @@ def test_owner_charge_on_a_combustion_car_is_unsupported(
     assert executed(served, 1) == before
 
 
+@pytest.mark.parametrize("typed", ["start-engine", "START_ENGINE", " Start-Engine "])
+def test_action_names_ignore_case_and_underscores(typed: str) -> None:
+    assert action_name(typed) == "start-engine"
+
+
 def test_unknown_vehicle_is_a_config_error(
     configured: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A vehicle slug not in the config: exit 2 naming it."""
     code, _, err = run(capsys, "command", "boat", "lock", "--config", str(configured))
     assert code == 2 and "vehicles.boat" in err
+
+
+def test_no_config_file_is_said_rather_than_an_unknown_vehicle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run where no config file is found: exit 2 saying so, not "no such vehicle"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OWNERLINK_CONFIG", raising=False)
+    monkeypatch.setattr("bridge.config.DEFAULT_PATHS", (tmp_path / "config.yaml",))
+    code, _, err = run(capsys, "command", "car", "LOCK", "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and "no config file was found" in err and "--config" in err
 
 
 def test_the_help_lists_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bridge.commands.apps import OWNER_ID
+from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
 from bridge.commands.reasons import Reason
 from bridge.commands.stepup import code_at, enroll
@@ -209,6 +210,19 @@ async def test_a_retained_unlock_is_never_executed_even_with_a_right_code(tmp_pa
     assert (await rig.send("ha", "lock", payload, retain=True)).reason == Reason.RETAINED
     assert rig.provider.executed == []
     assert (await rig.send("ha", "lock", payload)).status is CommandStatus.SUCCEEDED
+
+
+async def test_clearing_a_retained_command_is_recorded_but_raises_no_alert(rig: Rig) -> None:
+    """`mosquitto_pub -r -n` on a command topic (the documented way to delete a retained command)
+    gets its result and decision record like any message, but is housekeeping: no alert. A
+    retained command with content still alerts."""
+    result = await rig.send("ha", "lock", b"", retain=True)
+    assert (result.reason, result.detail) == (Reason.RETAINED, CLEARED_RETAINED)
+    assert rig.records("command.decision")[0]["reason"] == "retained"
+    assert rig.alerts.alerts == []
+    await rig.send("ha", "lock", "LOCK", retain=True)
+    assert [a.kind for a in rig.alerts.alerts] == [AlertKind.COMMAND_REFUSED]
+    assert rig.provider.executed == []
 
 
 async def test_a_command_older_than_max_age_is_not_executed(rig: Rig) -> None:

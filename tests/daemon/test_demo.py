@@ -132,14 +132,42 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
         assert done, recorder.results
         refused = next(res for res in recorder.results if res["status"] == "rejected")
         assert refused["reason"] == "scope_missing"
+        # The printed CLI line runs as printed, from a shell that never activated .venv.
+        code = subprocess.run(
+            shlex.split(printed(lines, "a step-up code")),
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PATH": "/usr/bin:/bin"},
+        )
+        assert code.returncode == 0 and re.fullmatch(r"\d{6}\n", code.stdout), code
     finally:
         recorder.close()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
+    # The test's broker is one the demo did not start: it must take back everything it retained.
+    assert _retained(broker, ["ownerlink/#", "homeassistant/#"]) == []
+    assert any("retained messages the demo left" in line for line in lines), "".join(lines)
     page = printed(lines, "owner page")
     port = re.search(r":(\d+)/", page)
     assert port is not None
     assert not _listening(int(port.group(1))), "the owner page still answers after Ctrl-C"
+
+
+def _retained(broker: BrokerAddress, filters: list[str], settle_s: float = 1.0) -> list[str]:
+    """The topics under `filters` that hold a retained message now."""
+    found: list[str] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, msg: found.append(msg.topic) if msg.retain else None
+    client.on_connect = lambda c, *_: c.subscribe([(f, 0) for f in filters])
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    time.sleep(settle_s)  # retained messages arrive right after the subscription
+    client.loop_stop()
+    client.disconnect()
+    return sorted(found)
 
 
 def _listening(port: int) -> bool:

@@ -187,6 +187,11 @@ def certificates(tmp_path: Path) -> Certificates:
         "1",
         "-subj",
         "/CN=doctor test CA",
+        # What a CA certificate must carry for Python 3.13's strict verification (the default).
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         "-keyout",
         "ca.key",
         "-out",
@@ -206,7 +211,11 @@ def certificates(tmp_path: Path) -> Certificates:
         "server.csr",
         cwd=folder,
     )
-    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (folder / "san.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
     _openssl(
         "x509",
         "-req",

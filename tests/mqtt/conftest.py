@@ -95,6 +95,11 @@ def _ca(folder: Path, name: str) -> None:
         "2",
         "-subj",
         f"/CN=Ownerlink test {name}",
+        # What a CA certificate must carry for Python 3.13's strict verification (the default).
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
         cwd=folder,
     )
 
@@ -146,6 +151,8 @@ authorityKeyIdentifier=keyid
 CLIENT_EXT = """basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid
 """
 
 
