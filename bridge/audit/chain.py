@@ -97,9 +97,12 @@ class Problem:
     seq: int | None = None
 
     def describe(self) -> str:
-        where = f"{self.file}:{self.line}" if self.file else "log"
-        record = f" (record {self.seq})" if self.seq is not None else ""
-        return f"{where}{record}: {self.fault}: {self.message}"
+        record = f"record {self.seq}" if self.seq is not None else ""
+        if self.file:
+            where = f"{self.file}:{self.line}" + (f" ({record})" if record else "")
+        else:  # a fault of the log as a whole (cut short): it ends at this record
+            where = f"the end of the log ({record})" if record else "the end of the log"
+        return f"{where}: {self.fault}: {self.message}"
 
 
 @dataclass(slots=True)

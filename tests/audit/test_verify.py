@@ -89,6 +89,7 @@ def test_truncation_is_found_against_the_published_head(log_dir: Path) -> None:
     problem = verify(log_dir, head=head).problem
     assert problem is not None and problem.fault is Fault.TRUNCATED
     assert "ends at record 7" in problem.message
+    assert problem.describe().startswith("the end of the log (record 7): truncated")
 
 
 def test_truncating_mid_line_is_a_torn_tail_and_truncation(log_dir: Path) -> None:
