@@ -22,6 +22,7 @@ import yaml
 from bridge.config import Settings, load_config
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker, clear_retained, demo_broker
+from bridge.errors import StateError
 from bridge.events import CollectingAlerts
 from bridge.mqtt.memory import RetainedDiscovery
 from bridge.mqtt.topics import StateKind, Topics
@@ -183,15 +184,24 @@ async def _run(
     finally:
         await daemon.stop()
         if broker.kind == "existing":
-            # Someone's own broker: its Home Assistant would keep the demo cars for good (the
-            # state directory that remembers them is about to go), so take back all we left.
-            topics = left_retained(settings, daemon.topics, [v.slug for v in daemon.vehicles])
-            cleared = await asyncio.to_thread(clear_retained, broker, topics)
-            print(f"cleared the {cleared} retained messages the demo left on the broker", file=out)
+            await _take_back(settings, daemon, broker, out)
         print(
             "stopped; the demo's state directory is removed unless --state-dir was given", file=out
         )
     return 0
+
+
+async def _take_back(settings: Settings, daemon: Daemon, broker: DemoBroker, out: TextIO) -> None:
+    """On someone's own broker, delete what the demo left retained: their Home Assistant would
+    otherwise keep the demo cars for good (the state directory that remembers them is about to
+    go). Best effort: a broker that has gone away gets a note, not a traceback."""
+    try:
+        topics = left_retained(settings, daemon.topics, [v.slug for v in daemon.vehicles])
+        cleared = await asyncio.to_thread(clear_retained, broker, topics)
+    except (OSError, StateError) as exc:
+        print(f"could not clear the demo's retained messages from the broker: {exc}", file=out)
+        return
+    print(f"cleared the {cleared} retained messages the demo left on the broker", file=out)
 
 
 def cli_command() -> str:
