@@ -123,13 +123,14 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
     )
+    sink = stream or cast(TextIO, _CurrentStderr())
     structlog.configure(
         processors=[*shared_processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or cast(TextIO, _CurrentStderr())),
+        logger_factory=structlog.PrintLoggerFactory(sink),
         cache_logger_on_first_use=False,
     )
-    _quiet_foreign_loggers(level)
+    _route_foreign_loggers(level, sink, renderer)
 
 
 class _CurrentStderr:
@@ -143,15 +144,30 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def _quiet_foreign_loggers(level: str) -> None:
+def _route_foreign_loggers(level: str, sink: TextIO, renderer: Any) -> None:
+    """Send the standard-library loggers (uvicorn, paho, APScheduler, …) through the same
+    processors: one format per stream (a JSON reader such as `jq` must never meet a plain line)
+    and the same redaction."""
     # httpx logs every request URL at INFO (query strings can carry codes); keep it at WARNING.
     for name in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=logging.getLevelName(level.upper()),
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s %(message)s",
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared_processors()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
+    setattr(handler, _OURS, True)
+    root = logging.getLogger()
+    # Replace our own earlier handler only: a test runner's capture handlers stay.
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.getLevelName(level.upper()))
+
+
+_OURS = "_ownerlink_handler"
 
 
 def get_logger(name: str, **context: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 from pydantic import SecretStr
 
@@ -79,3 +80,14 @@ def test_safe_keys_survive() -> None:
     doc = json.loads(stream.getvalue())
     assert doc["status_code"] == 429
     assert doc["command"] == "lock"
+
+
+def test_standard_library_loggers_come_out_as_json_and_redacted() -> None:
+    """uvicorn, paho and APScheduler log through `logging`: their lines are JSON like ours (a
+    `jq` filter over the journal must not stop at a plain-text line) and redacted the same way."""
+    stream = capture()
+    logs.register_secret("opaque-token-value-43")
+    logging.getLogger("uvicorn.error").warning("started; Bearer opaque-token-value-43")
+    doc = json.loads(stream.getvalue())
+    assert doc["logger"] == "uvicorn.error" and doc["level"] == "warning"
+    assert "opaque-token-value-43" not in doc["event"] and doc["event"].startswith("started")

@@ -68,12 +68,30 @@ def test_unit_has_the_hardening_we_promise() -> None:
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "StateDirectory=ownerlink",
-        "ConfigurationDirectory=ownerlink",
+        "StateDirectoryMode=0700",
+        "User=ownerlink",
         "Restart=on-failure",
         "RestrictAddressFamilies=",
         "CapabilityBoundingSet=",
+        "SystemCallErrorNumber=EPERM",
     ):
         assert setting in unit
+    # A dynamic user could not read the root-owned config the install guide tells owners to
+    # make (0640, group ownerlink), nor share the state with `sudo -u ownerlink ownerlink …`.
+    assert "DynamicUser=yes" not in unit
+
+
+def test_the_install_guide_makes_what_the_unit_needs() -> None:
+    """The user the unit runs as, the state directory it owns and a config it can read."""
+    guide = (ROOT / "docs" / "install-raspberry-pi.md").read_text()
+    for step in (
+        "useradd --system",
+        "-o ownerlink -g ownerlink /var/lib/ownerlink",
+        "-g ownerlink /etc/ownerlink",
+        "sudo -u ownerlink ownerlink login",
+    ):
+        assert step in guide
+    assert "DynamicUser" not in guide and "systemd-run" not in guide
 
 
 def test_addon_manifest_is_valid() -> None:
