@@ -16,7 +16,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OWNERLINK_WEB__HOST=0.0.0.0
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin ownerlink \
+    && groupadd --system --gid 10001 ownerlink \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin ownerlink \
     && mkdir -p /config /data && chown ownerlink:ownerlink /data && chmod 0700 /data
 USER 10001:10001
 VOLUME ["/config", "/data"]
