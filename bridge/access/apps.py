@@ -403,7 +403,9 @@ class AppRegistry:
     def _check_free(self, app: App) -> None:
         taken = self._table.exists_folded(app.id)
         if taken is not None:
-            raise AccessError(f"app id {app.id!r} is already taken (by {taken!r})")
+            # Naming the holder helps only when it differs (`Dash` against `dash`).
+            holder = "" if taken == app.id else f" (by {taken!r})"
+            raise AccessError(f"app id {app.id!r} is already taken{holder}")
         current = self._table.home_assistant()
         if app.home_assistant and current is not None:
             raise AccessError(

@@ -21,12 +21,16 @@ SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 )
+# Only over TLS: a browser that saw it once refuses plain http to this host for a year, so a
+# network attacker cannot strip TLS from a later visit. Sent over http it would mean nothing.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 # Pages show one-time secrets and personal data: never cache them. Static files may be cached.
 NO_STORE = (b"cache-control", b"no-store")
 
 
 class SecurityHeaders:
-    """Adds SECURITY_HEADERS to every HTTP response, and `no-store` to all but static files."""
+    """Adds SECURITY_HEADERS to every HTTP response, HSTS to those sent over TLS, and
+    `no-store` to all but static files."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,11 +40,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         cacheable = str(scope.get("path", "")).startswith("/static/")
+        always = [*SECURITY_HEADERS, HSTS] if scope.get("scheme") == "https" else SECURITY_HEADERS
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [h for h in SECURITY_HEADERS if h[0] not in present]
+                extra = [h for h in always if h[0] not in present]
                 if not cacheable and NO_STORE[0] not in present:
                     extra.append(NO_STORE)
                 message["headers"] = [*message.get("headers", []), *extra]

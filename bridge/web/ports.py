@@ -67,6 +67,11 @@ class Registry(Protocol):
 
     def revoke(self, app_id: str, *, actor: str = "owner") -> None: ...
 
+    def set_enabled(self, app_id: str, enabled: bool, *, actor: str = "owner") -> App:
+        """Pause or resume the app without deleting it; audited as app.enabled / app.disabled
+        (nothing is written when it already is as asked)."""
+        ...
+
     def set_rate_limit(
         self, app_id: str, per_minute: int | None, *, actor: str = "owner"
     ) -> App: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ def make_templates() -> Jinja2Templates:
     """Templates with autoescaping for .html (Starlette's default) and our filters."""
     templates = Jinja2Templates(directory=TEMPLATES)
     templates.env.filters["when"] = when
+    templates.env.filters["readable"] = readable
     templates.env.globals["scope_groups"] = SCOPE_GROUPS
     templates.env.globals["scope_info"] = SCOPE_INFO
     return templates
@@ -45,6 +47,22 @@ def when(value: Any) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def readable(value: Any) -> str:
+    """A state value in words: booleans as yes/no, a mapping such as the doors as
+    `front driver: closed, …`, a list comma-separated; Python's repr is not for the owner."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{_words(key)}: {readable(item)}" for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(readable(item) for item in value)
+    return str(value)
+
+
+def _words(key: Any) -> str:
+    return str(key).replace("_", " ")
 
 
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:

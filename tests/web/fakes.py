@@ -151,6 +151,15 @@ class FakeRegistry:
         del self.apps[app_id]
         self.audit.append("app.revoked", app=app_id, actor=actor)
 
+    def set_enabled(self, app_id: str, enabled: bool, *, actor: str = "owner") -> App:
+        app = self._known(app_id)
+        if app.enabled == enabled:
+            return app
+        self.apps[app_id] = replace(app, enabled=enabled)
+        kind = "app.enabled" if enabled else "app.disabled"
+        self.audit.append(kind, app=app_id, actor=actor)
+        return self.apps[app_id]
+
     def set_rate_limit(self, app_id: str, per_minute: int | None, *, actor: str = "owner") -> App:
         self.apps[app_id] = replace(self._known(app_id), rate_limit_per_minute=per_minute)
         self.audit.append("app.rate_limit_set", app=app_id, rate_limit_per_minute=per_minute)

@@ -163,3 +163,72 @@ def test_form_without_csrf_token_is_refused_in_the_browser(
     expect(page.get_by_role("heading", name="Form refused")).to_be_visible()
     assert harness.registry.get("sneaky") is None
     context.close()
+
+
+PHONE = {"width": 375, "height": 740}
+LONG_ID = "home-automation-dashboard-for-the-garage-and-the-driveway-lights"
+
+
+# The number of line boxes a cell's text is laid out in.
+LINES_OF_TEXT = (
+    "e => { const r = document.createRange(); r.selectNodeContents(e); "
+    "return r.getClientRects().length; }"
+)
+
+
+def page_width(page: Any) -> int:
+    return int(page.evaluate("document.documentElement.scrollWidth"))
+
+
+def test_tables_and_long_uris_fit_a_phone_screen(
+    browser: Any, base_url: str, harness: Harness
+) -> None:
+    """At 375px no page scrolls sideways: tables scroll in their own box, long URIs wrap; at
+    desktop width an audit time stays on one line."""
+    harness.registry.add(LONG_ID, scopes=["read:status", "command:lock"])
+    uri = "https://dashboard.example.org/oauth/callback/" + "x" * 80
+    harness.app.state.ctx.oauth.register_client(LONG_ID, kind="public", uris=[uri])
+    harness.audit.append("command.decision", app=LONG_ID, vehicle="family-car", decision="allowed")
+    # bypass_csp: the page allows no scripts, and measuring it needs one.
+    context = browser.new_context(viewport=PHONE, bypass_csp=True)
+    page = context.new_page()
+    log_in(page, base_url)
+    for path in ("/apps", "/audit", f"/apps/{LONG_ID}"):
+        page.goto(f"{base_url}{path}")
+        assert page_width(page) <= PHONE["width"], path
+    page.goto(f"{base_url}/audit")
+    scroller = page.locator(".table-scroll")
+    assert scroller.evaluate("e => e.scrollWidth > e.clientWidth")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    lines = page.locator("table.audit tbody td.time").first.evaluate(LINES_OF_TEXT)
+    assert lines == 1
+    context.close()
+
+
+def test_a_refused_limit_is_shown_on_the_apps_page_then_the_app_is_disabled(
+    page: Any, base_url: str, harness: Harness
+) -> None:
+    """The error appears next to the field on the app's page, the typed values kept, and nothing
+    saved; then Disable pauses the app and hides "Enable REST access"."""
+    from playwright.sync_api import expect
+
+    harness.registry.add("qa-dash", scopes=["read:status"])
+    log_in(page, base_url)
+    page.goto(f"{base_url}/apps/qa-dash")
+    page.get_by_label("IP allowlist for REST calls").fill("10.0.0.0/8")
+    page.get_by_label("Commands per minute").fill("0")
+    page.get_by_role("button", name="Save limits").click()
+    expect(page.get_by_role("alert")).to_contain_text("Not saved: invalid rate limit 0")
+    expect(page.locator("#rate_limit-error")).to_contain_text("use 1-600 per minute")
+    expect(page.get_by_label("IP allowlist for REST calls")).to_have_value("10.0.0.0/8")
+    expect(page.get_by_label("Commands per minute")).to_have_value("0")
+    assert harness.registry.require("qa-dash").allow_cidrs == ()
+
+    expect(page.get_by_test_id("app-status")).to_contain_text("enabled")
+    page.get_by_role("button", name="Disable qa-dash").click()
+    expect(page.get_by_role("status")).to_contain_text("Disabled qa-dash")
+    expect(page.get_by_test_id("app-status")).to_contain_text("disabled")
+    expect(page.get_by_role("button", name="Enable REST access")).to_have_count(0)
+    page.get_by_role("button", name="Enable qa-dash").click()
+    expect(page.get_by_test_id("app-status")).not_to_contain_text("disabled")
+    assert harness.audit.kinds()[-2:] == ["app.disabled", "app.enabled"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import httpx
 import pytest
 
-from bridge.model import Scope
+from bridge.model import Health, OpenState, Scope, Status
 from tests.web.conftest import ClientFactory
-from tests.web.support import OWNER_PASSWORD, Harness, csrf_of, login, page_csrf
+from tests.web.support import BASE_URL, OWNER_PASSWORD, Harness, csrf_of, login, page_csrf
 
 SECRET = re.compile(r'data-testid="secret">([^<]+)<')
 
@@ -122,9 +123,31 @@ async def test_audit_page_filters_newest_first_and_shows_chain(
 async def test_audit_page_shows_a_failed_chain_loudly(
     owner: httpx.AsyncClient, harness: Harness
 ) -> None:
-    """A chain that fails verification is reported on the page."""
+    """A chain that fails verification is reported on the page, as an alert (not a status)."""
+    assert 'role="status" data-testid="chain"' in (await owner.get("/audit")).text
     harness.audit.broken = True
-    assert "Chain verification FAILED" in (await owner.get("/audit")).text
+    page = (await owner.get("/audit")).text
+    assert "Chain verification FAILED" in page
+    assert 'role="alert" data-testid="chain"' in page
+
+
+async def test_audit_kind_filter_stays_selected_even_as_a_prefix(
+    owner: httpx.AsyncClient,
+) -> None:
+    """`kind=app` is no kind in the log, but the drop-down must show it rather than "any"."""
+    await add_app(owner, "a1", ["read:status"])
+    page = (await owner.get("/audit?kind=app")).text
+    assert '<option value="app" selected>app</option>' in page
+    page = (await owner.get("/audit?kind=app.added")).text
+    assert '<option value="app.added" selected>' in page
+    assert '<option value="app"' not in page
+
+
+async def test_audit_time_column_does_not_wrap(owner: httpx.AsyncClient) -> None:
+    """The time cells carry the class the style sheet keeps on one line."""
+    await add_app(owner, "a1", ["read:status"])
+    page = (await owner.get("/audit")).text
+    assert '<td class="time">2025-06-01 12:00 UTC</td>' in page
 
 
 async def test_audit_export_is_complete_json_lines_oldest_first(
@@ -191,7 +214,11 @@ async def test_password_change_needs_the_current_one_and_logs_out_others(
     wrong = {"csrf": csrf, "current_password": "bad", "new_password": new, "confirm_password": new}
     assert (await this.post("/security/password", data=wrong)).status_code == 403
     good = {**wrong, "current_password": OWNER_PASSWORD}
-    assert (await this.post("/security/password", data=good)).status_code == 200
+    changed = await this.post("/security/password", data=good)
+    # Redirected, so that a reload of the page after it does not send the passwords again.
+    assert (changed.status_code, changed.headers["location"]) == (303, "/security")
+    assert "Password changed" in (await this.get("/security")).text
+    assert "Password changed" not in (await this.get("/security")).text
     assert (await this.get("/apps")).status_code == 200
     assert (await other.get("/apps")).status_code == 303
     assert harness.audit.items[-1]["kind"] == "owner.password_changed"
@@ -230,3 +257,36 @@ async def test_webhook_url_is_shown_masked(owner: httpx.AsyncClient) -> None:
     page = (await owner.get("/security")).text
     assert "No webhook is configured" in page
     assert "alerts.webhook_url" in page
+
+
+async def test_vehicle_state_is_shown_in_words_not_python_values(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Doors read `front driver: closed`, booleans yes/no; no dict or True/False reprs."""
+    view = harness.vehicles.views[0]
+    assert view.state is not None
+    status = Status(
+        doors={"front_driver": OpenState.CLOSED, "rear_left": OpenState.OPEN},
+        plugged_in=True,
+    )
+    health = Health(tyre_pressure_warning=False, alerts=("low washer fluid", "service due"))
+    state = replace(view.state, status=status, health=health)
+    harness.vehicles.views[0] = replace(view, state=state)
+    page = (await owner.get("/vehicles")).text
+    assert "<dd>front driver: closed, rear left: open</dd>" in page
+    assert "<dt>plugged in</dt><dd>yes</dd>" in page
+    assert "<dt>tyre pressure warning</dt><dd>no</dd>" in page
+    assert "<dd>low washer fluid, service due</dd>" in page
+    for python in ("{&#39;", "True", "False", "[&#39;"):
+        assert python not in page
+
+
+async def test_hsts_is_sent_over_tls_only(harness: Harness) -> None:
+    """Strict-Transport-Security means something only on an https response."""
+    for scheme, expected in (("https", "max-age=31536000"), ("http", None)):
+        transport = httpx.ASGITransport(app=harness.app)
+        base = BASE_URL.replace("http", scheme, 1)
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            response = await client.get("/login")
+        assert response.status_code == 200
+        assert response.headers.get("strict-transport-security") == expected

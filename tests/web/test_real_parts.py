@@ -263,3 +263,59 @@ async def test_a_disabled_apps_token_says_disabled_and_works_again_once_enabled(
     assert "the app is disabled" in refused.headers["www-authenticate"]
     daemon.registry.set_enabled("dash", True)
     assert (await owner.get("/api/v1/me", headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize("rate", ["abc", "-5", "0"])
+async def test_a_refused_limits_form_leaves_the_real_registry_unchanged(
+    daemon: Daemon, rate: str
+) -> None:
+    """The allowlist is not saved when the rate beside it is refused, nor audited."""
+    owner = daemon.client
+    await login(owner)
+    form = {"csrf": await page_csrf(owner), "app_id": "dash", "scope": ["read:status"]}
+    assert (await owner.post("/apps", data=form)).status_code == 303
+    csrf = await page_csrf(owner, "/apps/dash")
+    form = {"csrf": csrf, "allow_cidrs": "10.0.0.0/8", "rate_limit": rate}
+    response = await owner.post("/apps/dash/limits", data=form)
+    assert response.status_code == 400
+    assert 'id="rate_limit-error"' in response.text
+    app = daemon.registry.get("dash")
+    assert app is not None and (app.allow_cidrs, app.rate_limit_per_minute) == ((), None)
+    kinds = [r["kind"] for r in daemon.audit_records()]
+    assert "app.allowlist_set" not in kinds and "app.rate_limit_set" not in kinds
+
+
+async def test_a_taken_app_id_is_named_once(daemon: Daemon) -> None:
+    """`'dash' is already taken`, not `… (by 'dash')`; a case-variant still names the holder."""
+    owner = daemon.client
+    await login(owner)
+    for app_id in ("dash", "dash", "Dash"):
+        form = {"csrf": await page_csrf(owner), "app_id": app_id, "scope": ["read:status"]}
+        response = await owner.post("/apps", data=form)
+    assert response.status_code == 400
+    assert "app id &#39;Dash&#39; is already taken (by &#39;dash&#39;)" in response.text
+    form = {"csrf": await page_csrf(owner), "app_id": "dash", "scope": ["read:status"]}
+    response = await owner.post("/apps", data=form)
+    assert response.status_code == 400
+    assert "app id &#39;dash&#39; is already taken" in response.text
+    assert "(by " not in response.text
+
+
+async def test_disabling_on_the_page_goes_through_the_real_registry(daemon: Daemon) -> None:
+    """The page's Disable calls the registry's set_enabled, as the CLI does: the registry
+    writes app.disabled / app.enabled, and the app's REST token stops and starts working."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["read:status"])
+    headers = bearer((await tokens_for(owner, owner, rest))["access_token"])
+    csrf = await page_csrf(owner, "/apps/dash")
+    assert (await owner.post("/apps/dash/disable", data={"csrf": csrf})).status_code == 303
+    assert (await owner.get("/api/v1/me", headers=headers)).status_code == 401
+    assert (await owner.post("/apps/dash/enable", data={"csrf": csrf})).status_code == 303
+    assert (await owner.get("/api/v1/me", headers=headers)).status_code == 200
+    toggles = [r for r in daemon.audit_records() if r["kind"] in {"app.disabled", "app.enabled"}]
+    assert [(r["kind"], r["app"], r["actor"]) for r in toggles] == [
+        ("app.disabled", "dash", "web"),
+        ("app.enabled", "dash", "web"),
+    ]
+    assert verify(daemon.state_dir / "audit").ok

@@ -1,4 +1,5 @@
-"""The Connected Apps page: list, add, change scopes, enable REST access, revoke.
+"""The Connected Apps page: list, add, change scopes and limits, enable REST access, disable or
+enable, revoke.
 
 Every change goes through the registry's own functions (the ones `ownerlink apps` calls), so the
 rules, audit records and alerts are the same whichever surface the owner uses.
@@ -15,12 +16,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from bridge.access import validation
 from bridge.errors import AccessError
 from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import OwnerSession, checked_form
 from bridge.web.render import page
 from bridge.web.scopes_ui import parse_scopes
+from bridge.web.sessions import Session
 
 router = APIRouter(include_in_schema=False)
 
@@ -130,22 +133,55 @@ async def app_created(request: Request, app_id: str, session: OwnerSession) -> R
 
 @router.get("/apps/{app_id}")
 async def app_detail(request: Request, app_id: str, session: OwnerSession) -> Response:
-    """One app: scopes, limits, REST access, activity, revoke link."""
+    """One app: status, scopes, limits, REST access, activity, revoke link."""
+    return await _app_page(request, _app_or_404(ctx(request), app_id))
+
+
+class FormProblem(Exception):
+    """What the owner typed into one field cannot be accepted; the page is shown again with the
+    message next to that field and the typed values kept."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+async def _app_page(
+    request: Request,
+    app: App,
+    *,
+    typed: Mapping[str, str] | None = None,
+    problem: FormProblem | None = None,
+) -> Response:
+    """The app's page; after a refused form, with `typed` echoed and the problem at its field."""
     context = ctx(request)
-    app = _app_or_404(context, app_id)
-    client = context.oauth.client_of(app.id)
-    grants = context.oauth.store.active_grants(app.id, now=context.clock().timestamp())
     activity = await _newest_by_app(context, 20)
+    fields = {**_current_fields(app), **(typed or {})}
     return page(
         request,
         "app_detail.html",
+        400 if problem else 200,
         app=app,
-        client=client,
-        grants=grants,
+        client=context.oauth.client_of(app.id),
+        grants=context.oauth.store.active_grants(app.id, now=context.clock().timestamp()),
         activity=activity.get(app.id, []),
         flash=_take_flash(request),
         default_rate=context.settings.commands.rate_limit_per_minute,
+        fields=fields,
+        problems={problem.field: str(problem)} if problem else {},
+        error=f"Not saved: {problem}" if problem else None,
+        error_field=problem.field if problem else None,
     )
+
+
+def _current_fields(app: App) -> dict[str, str]:
+    """The forms' fields as the app stands, for a page that was not just refused."""
+    return {
+        "allow_cidrs": " ".join(app.allow_cidrs),
+        "rate_limit": str(app.rate_limit_per_minute or ""),
+        "kind": "confidential",
+        "redirect_uris": "",
+    }
 
 
 @router.post("/apps/{app_id}/scopes")
@@ -195,20 +231,48 @@ async def revoke(request: Request, app_id: str, session: OwnerSession) -> Respon
 @router.post("/apps/{app_id}/limits")
 async def change_limits(request: Request, app_id: str, session: OwnerSession) -> Response:
     """The app's IP allowlist (for REST calls) and command rate limit, as `apps allowlist` and
-    `apps rate-limit` set them."""
+    `apps rate-limit` set them. Both fields are checked before either is saved: a form refused
+    for one field must not have changed the other."""
     form = await checked_form(request, session)
     context = ctx(request)
     app = _app_or_404(context, app_id)
-    cidrs = [c for c in str(form.get("allow_cidrs", "")).replace(",", " ").split() if c]
-    rate = str(form.get("rate_limit", "")).strip()
-    if tuple(cidrs) != app.allow_cidrs:
-        await _change(context.registry.set_allowlist, app.id, cidrs)
-    if rate != str(app.rate_limit_per_minute or ""):
-        if rate and not rate.isdigit():
-            raise AccessError("the rate limit must be a whole number of commands per minute")
-        await _change(context.registry.set_rate_limit, app.id, int(rate) if rate else None)
+    typed = {key: str(form.get(key, "")) for key in ("allow_cidrs", "rate_limit")}
+    try:
+        cidrs, rate = _cidrs_from(typed["allow_cidrs"]), _rate_from(typed["rate_limit"])
+    except FormProblem as problem:
+        return await _app_page(request, app, typed=typed, problem=problem)
+    if cidrs != app.allow_cidrs:
+        await _change(context.registry.set_allowlist, app.id, list(cidrs))
+    if rate != app.rate_limit_per_minute:
+        await _change(context.registry.set_rate_limit, app.id, rate)
     _flash(request, "Limits saved.")
     return _see_other(f"/apps/{app.id}")
+
+
+def _cidrs_from(text: str) -> tuple[str, ...]:
+    """The allowlist field as the registry will store it (the registry's own check)."""
+    try:
+        return validation.normalise_cidrs(text.replace(",", " ").split())
+    except AccessError as exc:
+        raise FormProblem("allow_cidrs", str(exc)) from None
+
+
+def _rate_from(text: str) -> int | None:
+    """The rate field: empty for the default, else a whole number the registry accepts."""
+    text = text.strip()
+    if not text:
+        return None
+    # isascii: str.isdigit also accepts other scripts' digits, which int() would then read.
+    if not (text.isascii() and text.isdigit()):
+        raise FormProblem(
+            "rate_limit",
+            f"invalid rate limit {text!r}: give a whole number of commands per minute "
+            f"(1-{validation.MAX_RATE_LIMIT}), or leave it empty for the default",
+        )
+    try:
+        return validation.check_rate_limit(int(text))
+    except AccessError as exc:
+        raise FormProblem("rate_limit", str(exc)) from None
 
 
 @router.post("/apps/{app_id}/oauth")
@@ -216,12 +280,28 @@ async def enable_rest(request: Request, app_id: str, session: OwnerSession) -> R
     """Make the app an OAuth client; a client secret is shown once."""
     form = await checked_form(request, session)
     context = ctx(request)
-    uris = [line.strip() for line in str(form.get("redirect_uris", "")).splitlines()]
-    secret = context.oauth.register_client(
-        app_id, kind=str(form.get("kind", "")), uris=[u for u in uris if u]
-    )
-    context.once.put(session.id_hash, f"client:{app_id}", secret or "")
-    return _see_other(f"/apps/{app_id}/oauth/created")
+    app = _app_or_404(context, app_id)
+    typed = {key: str(form.get(key, "")) for key in ("kind", "redirect_uris")}
+    try:
+        secret = _register_client(context, app, typed)
+    except FormProblem as problem:
+        return await _app_page(request, app, typed=typed, problem=problem)
+    context.once.put(session.id_hash, f"client:{app.id}", secret or "")
+    return _see_other(f"/apps/{app.id}/oauth/created")
+
+
+def _register_client(context: WebContext, app: App, typed: Mapping[str, str]) -> str | None:
+    """Register the client from the typed form; its secret (None for a public client)."""
+    if not app.enabled:
+        # The page does not offer it; a stale page or a hand-made form must not do it either.
+        raise FormProblem("redirect_uris", f"app {app.id!r} is disabled: enable it first")
+    uris = [line.strip() for line in typed["redirect_uris"].splitlines()]
+    try:
+        return context.oauth.register_client(
+            app.id, kind=typed["kind"], uris=[u for u in uris if u]
+        )
+    except AccessError as exc:
+        raise FormProblem("redirect_uris", str(exc)) from None
 
 
 @router.get("/apps/{app_id}/oauth/created")
@@ -249,3 +329,30 @@ async def disable_rest(request: Request, app_id: str, session: OwnerSession) -> 
     ctx(request).oauth.remove_client(app_id)
     _flash(request, f"REST access removed for {app_id}; its tokens no longer work.")
     return _see_other(f"/apps/{app_id}")
+
+
+@router.post("/apps/{app_id}/disable")
+async def disable_app(request: Request, app_id: str, session: OwnerSession) -> Response:
+    """Pause the app without deleting it, as `ownerlink apps disable` does."""
+    return await _set_enabled(request, app_id, session, enabled=False)
+
+
+@router.post("/apps/{app_id}/enable")
+async def enable_app(request: Request, app_id: str, session: OwnerSession) -> Response:
+    """Let a disabled app in again, as `ownerlink apps enable` does."""
+    return await _set_enabled(request, app_id, session, enabled=True)
+
+
+async def _set_enabled(
+    request: Request, app_id: str, session: Session, *, enabled: bool
+) -> Response:
+    await checked_form(request, session)
+    context = ctx(request)
+    app = _app_or_404(context, app_id)
+    # The registry writes the audit record (app.enabled / app.disabled) and updates the broker.
+    await _change(context.registry.set_enabled, app.id, enabled)
+    if enabled:
+        _flash(request, f"Enabled {app.name} ({app.id}).")
+    else:
+        _flash(request, f"Disabled {app.name} ({app.id}): its commands and REST calls are refused.")
+    return _see_other(f"/apps/{app.id}")

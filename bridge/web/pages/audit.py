@@ -86,6 +86,17 @@ def _choices(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
     return {key: sorted(values) for key, values in found.items()}
 
 
+def _with_active(choices: dict[str, list[str]], wanted: AuditFilter) -> dict[str, list[str]]:
+    """The choices plus each active filter value the log does not hold as such (a kind prefix
+    like `app`, an app no longer in the log), so the drop-down shows the filter that is on
+    instead of "any"."""
+    out = {}
+    for key, values in choices.items():
+        active = str(getattr(wanted, key))
+        out[key] = values if not active or active in values else [active, *values]
+    return out
+
+
 @router.get("/audit")
 async def audit_page(request: Request, session: OwnerSession) -> Response:
     """Matching records newest first, the chain status and filter choices."""
@@ -106,7 +117,7 @@ async def audit_page(request: Request, session: OwnerSession) -> Response:
         total=len(matching),
         shown=len(rows),
         wanted=wanted,
-        choices=_choices(records),
+        choices=_with_active(_choices(records), wanted),
         chain=chain,
         export_query=wanted.query_string(),
     )

@@ -51,7 +51,7 @@ def _security_page(
 
 @router.get("/security")
 async def security(request: Request, session: OwnerSession) -> Response:
-    return _security_page(request)
+    return _security_page(request, flash=ctx(request).once.take(session.id_hash, "flash"))
 
 
 async def _recheck_password(
@@ -136,7 +136,8 @@ async def change_password(request: Request, session: OwnerSession) -> Response:
     context.audit.append("owner.password_changed", via="web", ip=owner_ip(request))
     # Every session (this one too) ended with the old password; continue in a fresh one.
     raw, fresh = context.sessions.create(owner=True)
-    request.state.session = fresh
-    response = _security_page(request, flash="Password changed; other sessions were logged out.")
+    # Redirect after success, so that reloading the page does not send the passwords again.
+    context.once.put(fresh.id_hash, "flash", "Password changed; other sessions were logged out.")
+    response = RedirectResponse("/security", status_code=303)
     set_session_cookie(response, context, raw)
     return response
