@@ -38,6 +38,10 @@ def uvicorn_config(sim: Simulator, *, host: str, port: int, log_level: str) -> u
         host=host,
         port=port,
         log_level=log_level,
+        # Through our logging, not uvicorn's own handlers: where the simulator shares a process
+        # with the daemon (the demo, tests), uvicorn's config would otherwise take over the
+        # daemon's web server's loggers too, bypassing the JSON format and the redaction.
+        log_config=None,
         access_log=False,
         lifespan="off",
         # A `timeout` fault parks a request for a long time; don't let it hold up shutdown.

@@ -22,6 +22,14 @@ from tests.conftest import BrokerAddress
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 30
+# A newcomer's shell after `scripts/demo`: the virtualenv was never activated.
+_VENV_BIN = str(Path(sys.executable).parent)
+NEWCOMER_ENV = {
+    **os.environ,
+    "PATH": os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != _VENV_BIN
+    ),
+}
 
 
 class Recorder:
@@ -81,7 +89,7 @@ def demo(
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**NEWCOMER_ENV, "PYTHONUNBUFFERED": "1"},
     )
     lines: list[str] = []
     reader = threading.Thread(
@@ -140,7 +148,7 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
             capture_output=True,
             text=True,
             timeout=30,
-            env={**os.environ, "PATH": "/usr/bin:/bin"},
+            env=NEWCOMER_ENV,
         )
         assert code.returncode == 0 and re.fullmatch(r"\d{6}\n", code.stdout), code
     finally:

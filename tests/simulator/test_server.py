@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import pytest
 
 from bridge.cli import simulate
 from bridge.simulator import ManualClock, Simulator, serve_in_thread
+from bridge.simulator.server import uvicorn_config
 from tests.simulator.support import (
     CLIENT,
     MONDAY_0700,
@@ -131,3 +133,12 @@ def test_simulate_command_serves_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_simulators_server_leaves_logging_to_us() -> None:
+    """uvicorn's own logging config would give its loggers their own plain-text handlers for the
+    whole process: in the demo, the daemon's web server logs too, unformatted and unredacted."""
+    uvicorn_config(Simulator(vehicles=1, seed=1), host="127.0.0.1", port=0, log_level="info")
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        assert logger.propagate and not logger.handlers, name
