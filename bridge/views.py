@@ -56,8 +56,13 @@ class DaemonVehicles:
         for account in accounts:
             for at in daemon.budget.call_times(account, now - timedelta(days=1), now):
                 per_hour[at.hour] += 1
-        limit = daemon.settings.budget.calls_per_day * max(1, len(accounts))
-        return BudgetView(calls_per_day=limit, used_today=used, per_hour=per_hour)
+        count = max(1, len(accounts))
+        return BudgetView(
+            calls_per_day=daemon.settings.budget.calls_per_day * count,
+            used_today=used,
+            per_hour=per_hour,
+            calls_per_hour=daemon.settings.budget.calls_per_hour * count,
+        )
 
 
 def build_web_server(daemon: Daemon) -> WebServer:

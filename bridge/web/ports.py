@@ -164,6 +164,7 @@ class BudgetView:
     calls_per_day: int
     used_today: int
     per_hour: Sequence[int]
+    calls_per_hour: int = 0  # the hourly cap over the same accounts (0: none to draw)
 
 
 class VehiclesView(Protocol):

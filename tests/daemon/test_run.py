@@ -200,6 +200,9 @@ async def test_owner_pages_render_with_the_real_parts(daemon: Daemon) -> None:
         for page in ("/apps", "/vehicles", "/audit", "/security", "/apps/homeassistant"):
             response = await client.get(page)
             assert response.status_code == 200, (page, response.text[:300])
+        # The budget chart is drawn against the configured hourly cap, from the real budget.
+        cap = daemon.settings.budget.calls_per_hour * len(daemon.settings.accounts)
+        assert f"{cap} an hour" in (await client.get("/vehicles")).text
 
 
 class Listener:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from bridge.events import CollectingAudit
 from bridge.web.api.access_log import AccessLog
 from bridge.web.api.routes import result_status
-from bridge.web.charts import budget_svg
+from bridge.web.charts import AXIS, HEIGHT, budget_svg
 from bridge.web.guards import safe_next
 from bridge.web.netguard import ip_allowed, parse_ip
 from bridge.web.oauth.server import redirect_uri_problem
@@ -100,6 +101,15 @@ def test_budget_chart_has_24_bars_and_an_accessible_summary() -> None:
     assert svg.count("<rect") == 24
     assert 'aria-label="24 of 250 provider calls used today"' in svg
     assert budget_svg([], used=0, limit=250).count("<rect") == 24
+
+
+def test_budget_bars_are_drawn_against_the_hourly_cap() -> None:
+    """11 calls against a cap of 40 fill about a quarter of the plot, not all of it, and the
+    cap is drawn as a labelled line."""
+    svg = budget_svg([11] + [0] * 23, used=11, limit=250, hourly_cap=40)
+    height = float(re.search(r'<rect [^>]*height="([\d.]+)"', svg).group(1))  # type: ignore[union-attr]
+    assert 0.2 < height / (HEIGHT - AXIS) < 0.3
+    assert 'class="cap"' in svg and "40 an hour" in svg
 
 
 @pytest.mark.parametrize(

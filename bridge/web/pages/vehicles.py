@@ -32,7 +32,12 @@ async def vehicles(request: Request, session: OwnerSession, reveal: str = "") ->
     if revealed is not None:
         context.audit.append("owner.location_viewed", vehicle=revealed.slug, ip=owner_ip(request))
     budget = context.vehicles.budget()
-    chart = budget_svg(budget.per_hour, used=budget.used_today, limit=budget.calls_per_day)
+    chart = budget_svg(
+        budget.per_hour,
+        used=budget.used_today,
+        limit=budget.calls_per_day,
+        hourly_cap=budget.calls_per_hour,
+    )
     rows = [
         {
             "view": view,
