@@ -73,6 +73,7 @@ def build_simulator(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bridge import logs
     from bridge.errors import ConfigError
     from bridge.simulator.server import quiet_simulated_drops, uvicorn_config
 
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  v1         {base}/api/fordconnect/vehicles/v1")
     print(f"  query      {base}/fcon-query/v1")
     print(f"  client_id {args.client_id}, application id {args.application_id}", flush=True)
+    # uvicorn's "running on …" and its shutdown lines go through our logging (it installs none).
+    logs.configure("info")
     quiet_simulated_drops()
     server = uvicorn.Server(uvicorn_config(sim, host=args.host, port=args.port, log_level="info"))
     # uvicorn shuts down cleanly on Ctrl-C and then re-raises it; stopping is the normal exit.

@@ -164,14 +164,8 @@ _STEPUP_REFUSALS = {
 }
 
 
+# A refusal for one of these means every other check passed (the second factor is last).
 STEPUP_REASONS = frozenset(_STEPUP_REFUSALS.values())
-
-
-def reached_stepup(decision: Decision) -> bool:
-    """Did `decision` get as far as the second factor? Only then was a code judged: a command
-    refused earlier (rate limit, budget, scope) must neither count a wrong code nor reveal,
-    in its record or its events, whether the code it carried was right."""
-    return decision.needs_stepup and (decision.allowed or decision.reason in STEPUP_REASONS)
 
 
 def _second_factor(check: StepUpCheck) -> _Refusal:

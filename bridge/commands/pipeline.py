@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,12 +24,11 @@ from typing import Any, Protocol
 from bridge.commands.apps import OWNER_APP, AppLookup
 from bridge.commands.decide import (
     NOT_ASSESSED,
+    STEPUP_REASONS,
     Decision,
     Policy,
     StepUpCheck,
     decide,
-    reached_stepup,
-    requires_stepup,
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
@@ -339,11 +339,8 @@ class CommandPipeline:
         app = ticket.app = ticket.app or self._current(cmd.app, ticket.granted)
         route = self.vehicles.get(cmd.vehicle)
         now, epoch = ticket.received_at, ticket.received_at.timestamp()
-        check = NOT_ASSESSED
-        # Step-up state is only read for a command that could use it: an app holding the scope.
-        if app is not None and app.has(cmd.scope) and self._needs_stepup(cmd):
-            check = self.stepup.assess(app.id, cmd.code, now)
-        decision = decide(
+        decided = functools.partial(
+            decide,
             cmd,
             app=app,
             vehicle_known=route is not None,
@@ -353,18 +350,20 @@ class CommandPipeline:
             seen_id=bool(cmd.id and app and self.ids.seen(app.id, cmd.id, epoch)),
             rate_ok=app is None or self.rates.allows(app, cmd.vehicle, epoch),
             budget_ok=route is None or self.budget_ok(cmd.vehicle),
-            stepup=check,
         )
-        return decision, check if reached_stepup(decision) else NOT_ASSESSED
+        decision = decided(stepup=NOT_ASSESSED)
+        if app is None or decision.reason not in STEPUP_REASONS:
+            return decision, NOT_ASSESSED
+        # Every other check passed: only now is the code looked at, so a command refused for
+        # anything else never has its code judged, counted, or even timed.
+        check = self.stepup.assess(app.id, cmd.code, now)
+        return decided(stepup=check), check
 
     def _current(self, app_id: str, granted: frozenset[Scope] | None) -> App | None:
         app = self.apps.current(app_id)
         if app is None or granted is None:
             return app
         return dataclasses.replace(app, scopes=app.scopes & granted)
-
-    def _needs_stepup(self, cmd: ParsedCommand) -> bool:
-        return requires_stepup(cmd.operation, cmd.scope, self.policy.stepup_scopes)
 
     def _spend(
         self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck

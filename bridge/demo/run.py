@@ -198,7 +198,8 @@ async def _take_back(settings: Settings, daemon: Daemon, broker: DemoBroker, out
     try:
         topics = left_retained(settings, daemon.topics, [v.slug for v in daemon.vehicles])
         cleared = await asyncio.to_thread(clear_retained, broker, topics)
-    except (OSError, StateError) as exc:
+    except (OSError, RuntimeError, ValueError, StateError) as exc:
+        # RuntimeError: paho's "not currently connected", when the broker hung up on us.
         print(f"could not clear the demo's retained messages from the broker: {exc}", file=out)
         return
     print(f"cleared the {cleared} retained messages the demo left on the broker", file=out)

@@ -129,6 +129,8 @@ def test_simulate_command_serves_until_interrupted() -> None:
                 time.sleep(0.05)  # the child process gives no other readiness signal
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
+        # uvicorn says where it listens, through our logging.
+        assert "Uvicorn running on" in proc.stdout.read().decode()
     finally:
         if proc.poll() is None:
             proc.kill()

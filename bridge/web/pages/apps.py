@@ -263,7 +263,8 @@ def _rate_from(text: str) -> int | None:
     if not text:
         return None
     # isascii: str.isdigit also accepts other scripts' digits, which int() would then read.
-    if not (text.isascii() and text.isdigit()):
+    # The length cap: int() refuses digit strings past 4,300 (a ValueError, so a 500 page).
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(validation.MAX_RATE_LIMIT)):
         raise FormProblem(
             "rate_limit",
             f"invalid rate limit {text!r}: give a whole number of commands per minute "
