@@ -144,6 +144,9 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_OURS = "_ownerlink_handler"  # marks the root handler `configure` installed (and may replace)
+
+
 def _route_foreign_loggers(level: str, sink: TextIO, renderer: Any) -> None:
     """Send the standard-library loggers (uvicorn, paho, APScheduler, …) through the same
     processors: one format per stream (a JSON reader such as `jq` must never meet a plain line)
@@ -165,9 +168,6 @@ def _route_foreign_loggers(level: str, sink: TextIO, renderer: Any) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.getLevelName(level.upper()))
-
-
-_OURS = "_ownerlink_handler"
 
 
 def get_logger(name: str, **context: Any) -> Any:

@@ -62,6 +62,7 @@ class Refusal:
     detail: str
     action: str | None = None
     id: str | None = None
+    alert: bool = True  # False for housekeeping (clearing a retained command): recorded, no alarm
 
 
 class _Malformed(Exception):
@@ -75,7 +76,7 @@ def parse_command(
     if retain:
         if not payload:
             # `mosquitto_pub -r -n`: someone clearing a retained command, as the docs advise.
-            return Refusal(Reason.RETAINED, CLEARED_RETAINED)
+            return Refusal(Reason.RETAINED, CLEARED_RETAINED, alert=False)
         # A retained command would be replayed to us on every reconnect: never act on one.
         action, cid = _salvage(payload, max_bytes)
         return Refusal(Reason.RETAINED, "retained messages are never executed", action, cid)

@@ -32,13 +32,7 @@ from bridge.commands.decide import (
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
-from bridge.commands.parse import (
-    CLEARED_RETAINED,
-    ParsedCommand,
-    Refusal,
-    build_command,
-    parse_command,
-)
+from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
 from bridge.commands.ratelimit import CommandRateLimits
 from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
 from bridge.commands.records import (
@@ -318,7 +312,7 @@ class CommandPipeline:
     def _process(self, ticket: Ticket, parsed: ParsedCommand | Refusal) -> None:
         ticket.id, ticket.action = parsed.id or self.new_id(), parsed.action
         if isinstance(parsed, Refusal):
-            self._refuse(ticket, parsed.reason, parsed.detail)
+            self._refuse(ticket, parsed.reason, parsed.detail, alert=parsed.alert)
             return
         stop = self._halted or (Reason.SHUTTING_DOWN if self._stopping else None)
         if stop is not None:
@@ -388,6 +382,8 @@ class CommandPipeline:
         detail: str,
         decision: Decision | None = None,
         check: StepUpCheck = NOT_ASSESSED,
+        *,
+        alert: bool = True,
     ) -> None:
         """End a command as rejected: audit it (unless the log is broken), alert, publish."""
         ticket.id = ticket.id or self.new_id()
@@ -401,7 +397,7 @@ class CommandPipeline:
             except AuditError as exc:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 detail = f"{detail}; the audit log failed: {error_text(exc)}"
-        if detail != CLEARED_RETAINED:  # housekeeping, not an attempt: on the record, no alarm
+        if alert:
             self._alert(ticket, reason)
         self._finish(ticket, CommandStatus.REJECTED, reason, detail, record)
 
