@@ -75,7 +75,7 @@ def _register_add(inner: Any) -> None:
     add.add_argument(
         "--scopes",
         required=True,
-        type=validation.split_scopes,
+        type=_some_scopes,
         help="comma-separated, e.g. read:status,command:lock",
     )
     add.add_argument(
@@ -413,6 +413,15 @@ def _flags(details: AppDetails) -> str:
 
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else "never"
+
+
+def _some_scopes(text: str) -> list[str]:
+    """`--scopes` for a new app: an app with nothing granted can do nothing, so an empty list
+    is a slip (an unset shell variable, say), not a wish."""
+    scopes = validation.split_scopes(text)
+    if not scopes:
+        raise argparse.ArgumentTypeError("give at least one scope, e.g. read:status")
+    return scopes
 
 
 def _flat(values: Sequence[str]) -> list[str]:

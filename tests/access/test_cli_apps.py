@@ -88,6 +88,20 @@ def test_add_prints_the_password_once_and_the_topics(
     assert docs[0]["id"] == "nodered" and docs[0]["scopes"] == ["command:lock", "read:status"]
 
 
+@pytest.mark.parametrize("scopes", ["", " , "])
+def test_add_without_a_scope_is_a_usage_error_and_adds_nothing(
+    none_config: Path, capsys: pytest.CaptureFixture[str], scopes: str
+) -> None:
+    """`--scopes ""` (an unset shell variable, say) would make an app that can do nothing."""
+    cfg = ("--config", str(none_config))
+    with pytest.raises(SystemExit) as exited:
+        main(["apps", "add", "nr", "--scopes", scopes, *cfg])
+    assert exited.value.code == 2
+    assert "--scopes: give at least one scope" in capsys.readouterr().err
+    status, out, _ = run(capsys, "apps", "list", "--json", *cfg)
+    assert status == 0 and json.loads(out) == []
+
+
 def test_grant_withdraw_revoke_and_their_errors(
     none_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

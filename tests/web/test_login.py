@@ -186,6 +186,16 @@ async def test_ipv4_mapped_loopback_is_allowed(client_for: ClientFactory) -> Non
     assert (await client_for("::ffff:127.0.0.1").get("/login")).status_code == 200
 
 
+async def test_pages_name_their_icon_and_it_is_served(client: httpx.AsyncClient) -> None:
+    """Browsers otherwise ask for /favicon.ico on every visit and log a 404 each time."""
+    page = (await client.get("/login")).text
+    assert '<link rel="icon" href="/static/favicon.svg"' in page
+    icon = await client.get("/static/favicon.svg")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.startswith("<svg")
+
+
 async def test_pages_forbid_framing_caching_and_scripts(client: httpx.AsyncClient) -> None:
     """Every page is uncacheable, unframeable, and allows no script."""
     response = await client.get("/login")

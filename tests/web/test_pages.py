@@ -56,6 +56,17 @@ async def test_invalid_app_id_is_refused_with_the_registry_message(
     assert harness.registry.list() == []
 
 
+async def test_an_app_with_no_scope_ticked_is_refused_with_the_form_kept(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Forgetting to tick a scope is a slip: the form says so, keeps the typing, adds nothing."""
+    response = await add_app(owner, "node-red", [])
+    assert response.status_code == 400
+    assert "tick at least one scope" in response.text
+    assert 'value="node-red"' in response.text
+    assert harness.registry.list() == []
+
+
 async def test_changing_scopes_grants_and_withdraws_through_the_registry(
     owner: httpx.AsyncClient, harness: Harness
 ) -> None:

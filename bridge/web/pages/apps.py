@@ -29,6 +29,7 @@ router = APIRouter(include_in_schema=False)
 
 # Written to the registry's audit records: the change came from the owner page, not the CLI.
 ACTOR = "web"
+NO_SCOPES = "tick at least one scope: an app with none can do nothing"
 
 
 async def _newest_by_app(context: WebContext, limit: int) -> dict[str, list[Mapping[str, Any]]]:
@@ -99,6 +100,10 @@ async def add_app(request: Request, session: OwnerSession) -> Response:
     app_id = str(form.get("app_id", "")).strip()
     name = str(form.get("name", "")).strip() or app_id
     scopes = parse_scopes([str(v) for v in form.getlist("scope")])
+    if not scopes:
+        # An app with nothing granted can do nothing: an empty form is a slip, not a wish.
+        echo = {"app_id": app_id, "name": name, "scopes": []}
+        return await _apps_page(request, form=echo, error=NO_SCOPES)
     try:
         # Ticking the location box on this form is the owner's explicit opt-in.
         added = await _change(
