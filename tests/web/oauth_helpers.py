@@ -56,6 +56,13 @@ async def add_rest_app(
         "scope": scopes,
     }
     assert (await owner.post("/apps", data=form)).status_code == 303
+    return await enable_rest(owner, app_id, kind=kind, uris=uris)
+
+
+async def enable_rest(
+    owner: httpx.AsyncClient, app_id: str, *, kind: str = "confidential", uris: str = REDIRECT
+) -> RestClient:
+    """Turn on REST access for a registered app, through its page."""
     form = {"csrf": await page_csrf(owner, f"/apps/{app_id}"), "kind": kind, "redirect_uris": uris}
     response = await owner.post(f"/apps/{app_id}/oauth", data=form)
     assert response.status_code == 303, response.text

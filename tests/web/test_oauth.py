@@ -17,13 +17,14 @@ from tests.web.oauth_helpers import (
     bearer,
     code_from,
     consent,
+    enable_rest,
     exchange,
     get_code,
     pkce,
     refresh,
     tokens_for,
 )
-from tests.web.support import Harness
+from tests.web.support import Harness, csrf_of, page_csrf
 
 SCOPES = ["read:status", "read:health", "read:location", "command:lock", "command:unlock"]
 
@@ -147,6 +148,46 @@ async def test_reused_code_is_refused_and_revokes_what_it_produced(
         await client.get("/api/v1/me", headers=bearer(first["access_token"]))
     ).status_code == 401
     assert "oauth.code_reused" in harness.audit.kinds()
+
+
+async def test_malformed_requests_get_a_400_not_a_server_error(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """A bad percent-escape in the authorisation request, on the page or in the consent form, and
+    a query string on the token endpoint (credentials must not travel in URLs) are the client's
+    error: each gets a 400 with an OAuth error, and the server raises nothing."""
+    _, challenge = pkce()
+    query = authorize_query(rest.client_id, challenge, "read:status") + "&x=%ZZ"
+    shown = await owner.get(f"/oauth/authorize?{query}")
+    assert shown.status_code == 400
+    assert "invalid_request" in shown.text
+    good = authorize_query(rest.client_id, challenge, "read:status")
+    form = (await owner.get(f"/oauth/authorize?{good}")).text
+    posted = await owner.post(
+        "/oauth/authorize",
+        data={"csrf": csrf_of(form), "query": query, "scope": "read:status", "decision": "allow"},
+    )
+    assert posted.status_code == 400
+    assert "invalid_request" in posted.text
+    body = {"grant_type": "refresh_token", "refresh_token": "x", **rest.auth()}
+    token = await client.post("/oauth/token?x=1", data=body)
+    assert token.status_code == 400
+    assert token.json()["error"] == "invalid_request"
+
+
+async def test_a_code_dies_with_the_rest_access_it_was_issued_under(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """Removing REST access (the app looks compromised) and turning it on again within the code's
+    minute must not revive a code issued before the removal."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    removal = await owner.post(
+        "/apps/dash/oauth/remove", data={"csrf": await page_csrf(owner, "/apps/dash")}
+    )
+    assert removal.status_code == 303
+    again = await enable_rest(owner, "dash")
+    assert (await exchange(client, again, code, verifier)).json()["error"] == "invalid_grant"
 
 
 async def test_codes_expire_after_a_minute(

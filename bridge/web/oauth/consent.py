@@ -56,6 +56,14 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
         )
     except errors.OAuth2Error as exc:
         return RedirectResponse(exc.in_uri(exc.redirect_uri), status_code=303)
+    except ValueError as exc:  # oauthlib's answer to a query it cannot decode (`%ZZ`)
+        return page(
+            request,
+            "message.html",
+            400,
+            heading="This authorisation request is invalid",
+            message=f"invalid_request: {exc}",
+        )
 
 
 def _allowed(context: WebContext, client_id: str) -> set[str]:

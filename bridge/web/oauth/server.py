@@ -205,9 +205,13 @@ def _check_registration(kind: str, uris: Sequence[str]) -> None:
 
 
 def _safely(call: Any) -> OAuthResponse:
-    """oauthlib raises ValueError on bodies it cannot decode; that is the client's error."""
+    """The client's mistakes that oauthlib raises rather than answers become its answer: a body
+    it cannot decode (ValueError), and checks made before the grant runs (a query string on the
+    token endpoint, say, which must not carry credentials)."""
     try:
         headers, body, status = call()
+    except errors.OAuth2Error as exc:
+        return {**exc.headers, "Content-Type": "application/json"}, exc.json, exc.status_code
     except ValueError:
         err = errors.InvalidRequestError(description="malformed request body")
         return {"Content-Type": "application/json"}, err.json, 400

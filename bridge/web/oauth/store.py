@@ -121,9 +121,12 @@ class OAuthStore:
         return Client(row["client_id"], row["kind"], row["secret_hash"], uris, row["app_created"])
 
     def remove_client(self, client_id: str, *, now: float) -> None:
-        """Delete the client and revoke everything it was ever issued."""
+        """Delete the client and revoke everything it was ever issued, codes not yet exchanged
+        included: a code is tied to the client id alone, so one left behind would still be
+        good if the owner turned REST access back on (or re-added the app) within its minute."""
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM oauth_clients WHERE client_id = ?", (client_id,))
+            conn.execute("DELETE FROM oauth_codes WHERE client_id = ?", (client_id,))
             conn.execute(
                 "UPDATE oauth_grants SET revoked_at = ?, revoked_reason = 'client_removed' "
                 "WHERE client_id = ? AND revoked_at IS NULL",
