@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from ipaddress import ip_network
@@ -62,6 +63,16 @@ def _cidr(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+
+
+def _host_name(value: str) -> str:
+    if not HOST_NAME.match(value):
+        raise ValueError(f"{value!r} is not a host name (write it without scheme, port or path)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
 
 
 def _not_bool(value: Any) -> Any:
@@ -208,6 +219,8 @@ class WebConfig(Section):
     access_token_ttl_s: Integer = Field(default=600, ge=60, le=3600)
     refresh_token_ttl_s: Integer = Field(default=30 * DAY, ge=HOUR, le=YEAR)
     public_url: str | None = None
+    # Public host names the page answers to besides addresses, bare names and local names.
+    allowed_hosts: tuple[HostName, ...] = ()
     # Owner login throttling: this many wrong passwords per client address per window → 429.
     login_max_failures: Integer = Field(default=5, ge=1, le=100)
     login_failure_window_s: Number = Field(default=15 * 60, ge=60, le=DAY)

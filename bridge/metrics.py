@@ -216,8 +216,10 @@ def routes(daemon: Daemon) -> list[Route]:
 
 def observability_app(daemon: Daemon) -> Starlette:
     """The small app `ownerlink run --metrics-only` serves when the owner page is off."""
-    from bridge.web.netguard import AllowlistMiddleware
+    from bridge.web.netguard import AllowlistMiddleware, HostGuard, allowed_hosts
 
+    web = daemon.settings.web
     app = Starlette(routes=routes(daemon))
-    app.add_middleware(AllowlistMiddleware, allow_cidrs=daemon.settings.web.allow_cidrs)
+    app.add_middleware(HostGuard, hosts=allowed_hosts(web.allowed_hosts, web.public_url))
+    app.add_middleware(AllowlistMiddleware, allow_cidrs=web.allow_cidrs)
     return app

@@ -26,7 +26,7 @@ from bridge.web.context import WebContext
 from bridge.web.handlers import add_error_handlers
 from bridge.web.loginlimit import LoginLimiter
 from bridge.web.middleware import ApiAccessAudit, SecurityHeaders
-from bridge.web.netguard import AllowlistMiddleware
+from bridge.web.netguard import AllowlistMiddleware, HostGuard, allowed_hosts
 from bridge.web.oauth import consent, endpoints
 from bridge.web.oauth.server import OAuthServer
 from bridge.web.oauth.store import OAuthStore
@@ -103,9 +103,11 @@ def create_web_app(
     app.add_api_route("/", _home, include_in_schema=False)
     add_error_handlers(app)
     # Added innermost first: the allowlist is the outermost layer and sees every request.
+    web = settings.web
     app.add_middleware(ApiAccessAudit, access_log=context.access_log, touch=registry.touch)
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(AllowlistMiddleware, allow_cidrs=settings.web.allow_cidrs)
+    app.add_middleware(HostGuard, hosts=allowed_hosts(web.allowed_hosts, web.public_url))
+    app.add_middleware(AllowlistMiddleware, allow_cidrs=web.allow_cidrs)
     return app
 
 

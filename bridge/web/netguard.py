@@ -1,9 +1,11 @@
-"""Network guards for every request: the CIDR allowlist and the client address it is checked on."""
+"""Network guards for every request: the CIDR allowlist, the client address it is checked on, and
+the Host check that keeps DNS rebinding out."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from urllib.parse import urlsplit
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -54,4 +56,57 @@ class AllowlistMiddleware:
             response = PlainTextResponse("forbidden: address not in web.allow_cidrs", 403)
             await response(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+# Names no public DNS answers for: an attacker cannot own one, so cannot rebind one. RFC 6761
+# (`localhost`), RFC 6762 (`local`, mDNS), RFC 8375 (`home.arpa`), ICANN's private `internal`.
+LOCAL_SUFFIXES = (".localhost", ".local", ".home.arpa", ".internal")
+
+
+def host_of(header: str) -> str:
+    """`Example.COM.:8088` → `example.com`; `[::1]:8088` → `::1`."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0].rstrip(".") if host.count(":") == 1 else host.rstrip(".")
+
+
+def host_allowed(host: str, extra: Iterable[str]) -> bool:
+    """Whether a page asked for under this name can be the owner's own.
+
+    DNS rebinding points a name the attacker owns at 127.0.0.1, and the owner's browser then
+    sends this server the attacker's page's requests from an allowed address. Such a name is
+    always a public one with a dot in it; an address typed as digits, a bare host name and the
+    special-use local names cannot be registered by anyone, so they pass. Other names must be
+    listed (web.allowed_hosts, or the host of web.public_url).
+    """
+    if not host or "." not in host or parse_ip(host) is not None:
+        return True
+    return host.endswith(LOCAL_SUFFIXES) or host in extra
+
+
+def allowed_hosts(listed: Iterable[str], public_url: str | None) -> frozenset[str]:
+    names = {host_of(name) for name in listed}
+    if public_url:
+        names.add(host_of(urlsplit(public_url).netloc.rsplit("@", 1)[-1]))
+    return frozenset(names)
+
+
+class HostGuard:
+    """Refuses (400) every HTTP request whose Host header names a host we do not answer to."""
+
+    def __init__(self, app: ASGIApp, *, hosts: Iterable[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+            host = host_of(header)
+            if not host_allowed(host, self.hosts):
+                text = f"bad request: this server does not answer to {host!r}; add the name to "
+                response = PlainTextResponse(text + "web.allowed_hosts to use it", 400)
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)

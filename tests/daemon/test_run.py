@@ -85,6 +85,9 @@ async def test_healthz_and_metrics_answer(daemon: Daemon) -> None:
         assert health.status_code == 200
         assert health.json()["ready"] is True
         metrics = (await client.get("/metrics")).text
+        # What a DNS-rebinding page would ask for: refused, before the page is even built.
+        rebound = await client.get("/metrics", headers={"host": "rebind.attacker.example"})
+        assert rebound.status_code == 400
     for name in (
         "ownerlink_up 1.0",
         "ownerlink_mqtt_connected 1.0",

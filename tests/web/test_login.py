@@ -181,6 +181,44 @@ async def test_addresses_outside_the_web_allowlist_get_403(client_for: ClientFac
         assert (await outsider.get(path)).status_code == 403
 
 
+async def test_a_page_asked_for_under_a_foreign_name_is_refused_before_anything_runs(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """A website that rebinds its own name to 127.0.0.1 makes the owner's browser call us from an
+    allowed address: such requests are refused (400, naming web.allowed_hosts) before the login
+    limiter or the session table see them, so the attacker can neither guess the password nor
+    lock the owner out; the metadata never names the attacker's host as issuer."""
+    rebound = client_for()
+    rebound.headers["host"] = "rebind.attacker.example:8088"
+    for path in ("/login", "/.well-known/oauth-authorization-server", "/api/v1/vehicles"):
+        response = await rebound.get(path)
+        assert response.status_code == 400
+        assert "web.allowed_hosts" in response.text
+    form = {"password": "wrong", "csrf": "x"}
+    for _ in range(10):
+        assert (await rebound.post("/login", data=form)).status_code == 400
+    assert harness.store.query("SELECT COUNT(*) AS n FROM web_sessions")[0]["n"] == 0
+    assert (await login(client_for())).status_code == 303
+
+
+async def test_listed_host_names_are_served(tmp_path: Path) -> None:
+    """web.allowed_hosts and the host of web.public_url are answered like an address; the
+    issuer is then the public URL, whatever name the request used."""
+    harness = build_harness(
+        tmp_path / "state", allowed_hosts=["car.example.net"], public_url="https://car.example.org"
+    )
+    transport = httpx.ASGITransport(app=harness.app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        for host, status in (("car.example.net", 200), ("car.example.org", 200), ("x.io", 400)):
+            response = await client.get("/login", headers={"host": host})
+            assert response.status_code == status, host
+        meta = await client.get(
+            "/.well-known/oauth-authorization-server", headers={"host": "car.example.net"}
+        )
+        assert meta.json()["issuer"] == "https://car.example.org"
+    harness.store.close()
+
+
 async def test_ipv4_mapped_loopback_is_allowed(client_for: ClientFactory) -> None:
     """A dual-stack listener reports ::ffff:127.0.0.1; it is still loopback."""
     assert (await client_for("::ffff:127.0.0.1").get("/login")).status_code == 200

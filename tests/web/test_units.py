@@ -12,7 +12,7 @@ from bridge.web.api.access_log import AccessLog
 from bridge.web.api.routes import result_status
 from bridge.web.charts import AXIS, HEIGHT, budget_svg
 from bridge.web.guards import safe_next
-from bridge.web.netguard import ip_allowed, parse_ip
+from bridge.web.netguard import allowed_hosts, host_allowed, host_of, ip_allowed, parse_ip
 from bridge.web.oauth.server import redirect_uri_problem
 from bridge.web.pages.security import masked_webhook
 from bridge.web.passwords import hash_password, verify_password
@@ -51,6 +51,35 @@ def test_allowlist_matches_peer_addresses(
 ) -> None:
     """CIDR checks unwrap IPv4-mapped IPv6 and fail closed on unknown peers."""
     assert ip_allowed(parse_ip(address), cidrs) is allowed
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed"),
+    [
+        ("127.0.0.1:8088", True),
+        ("[::1]:8088", True),
+        ("192.168.1.20:8088", True),
+        ("localhost:8088", True),
+        ("raspberrypi:8088", True),  # a bare name only local resolution can answer
+        ("a0d7b954-ownerlink:8088", True),  # a Home Assistant add-on's host name
+        ("pi.local", True),
+        ("ownerlink.home.arpa", True),
+        ("Owner.Example.NET.:8443", True),  # listed, in any case, with the root's dot
+        ("", True),  # HTTP/1.0 without a Host: no browser, so no rebinding
+        ("rebind.attacker.example:8088", False),
+        ("127.0.0.1.nip.io", False),  # a public name that resolves to loopback
+        ("localhost.attacker.example", False),
+        ("evil.example", False),
+    ],
+)
+def test_host_check_refuses_public_names_nobody_listed(header: str, allowed: bool) -> None:
+    """DNS rebinding needs a public name the attacker owns; those pass only when listed."""
+    hosts = allowed_hosts(["owner.example.net"], None)
+    assert host_allowed(host_of(header), hosts) is allowed
+
+
+def test_public_url_host_is_allowed() -> None:
+    assert allowed_hosts([], "https://car.example.org:8443/base") == {"car.example.org"}
 
 
 @pytest.mark.parametrize(
