@@ -65,6 +65,25 @@ async def test_five_failures_block_the_address_with_429(
     assert (await login(attacker)).status_code == 303
 
 
+async def test_an_ipv6_host_cannot_dodge_the_limit_by_changing_address(tmp_path: Path) -> None:
+    """One IPv6 host usually holds a whole /64: its guesses count together, whichever address
+    each came from; a neighbouring /64 keeps its own allowance."""
+    harness = build_harness(tmp_path / "state", allow_cidrs=["127.0.0.0/8", "2001:db8::/32"])
+
+    def from_ip(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=harness.app, client=(ip, 40000))
+        return httpx.AsyncClient(transport=transport, base_url=BASE_URL)
+
+    for n in range(5):
+        async with from_ip(f"2001:db8:0:1::{n + 1:x}") as guesser:
+            assert (await login(guesser, "wrong password")).status_code == 401
+    async with from_ip("2001:db8:0:1:ffff::9") as guesser:
+        assert (await login(guesser)).status_code == 429
+    async with from_ip("2001:db8:0:2::1") as neighbour:
+        assert (await login(neighbour)).status_code == 303
+    harness.store.close()
+
+
 async def test_guesses_sent_in_parallel_get_no_more_than_the_allowance(
     client_for: ClientFactory, harness: Harness
 ) -> None:
