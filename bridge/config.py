@@ -221,6 +221,8 @@ class WebConfig(Section):
     public_url: str | None = None
     # Public host names the page answers to besides addresses, bare names and local names.
     allowed_hosts: tuple[HostName, ...] = ()
+    # Home Assistant Supervisor addresses whose Ingress proxy serves the page under its prefix.
+    ingress_from: tuple[Cidr, ...] = ()
     # Owner login throttling: this many wrong passwords per client address per window → 429.
     login_max_failures: Integer = Field(default=5, ge=1, le=100)
     login_failure_window_s: Number = Field(default=15 * 60, ge=60, le=DAY)

@@ -126,6 +126,9 @@ def build_environment(
     # Supervisor's watchdog connects to the add-on's address on its network, not to loopback.
     fill("web.host", "0.0.0.0")  # noqa: S104 - the container's own interface; guarded by allow_cidrs
     _allow_supervisor(env, user_config)
+    # The Supervisor's Ingress proxy serves the page in Home Assistant's sidebar; its
+    # X-Ingress-Path header is believed from its address only.
+    fill("web.ingress_from", json.dumps([SUPERVISOR_NETWORK]))
 
     if mqtt_service is not None:
         for key in ("host", "port", "username", "password"):

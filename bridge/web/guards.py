@@ -9,7 +9,8 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bridge.web.context import WebContext, ctx
+from bridge.web.context import ctx
+from bridge.web.ingress import prefix_of
 from bridge.web.sessions import Session, cookie_name
 
 
@@ -27,7 +28,22 @@ class CsrfRejected(Exception):
 
 def current_session(request: Request) -> Session | None:
     context = ctx(request)
-    return context.sessions.load(request.cookies.get(cookie_name(context.secure)))
+    return context.sessions.load(request.cookies.get(_cookie(request)[0]))
+
+
+def _cookie(request: Request) -> tuple[str, str, bool]:
+    """The session cookie's name, path and Secure flag.
+
+    Through Ingress the page shares Home Assistant's origin with HA itself and every other
+    add-on, so the cookie is kept to the page's own prefix; `__Host-` (which demands Path=/)
+    and Secure (the Supervisor speaks plain HTTP to us; the browser's scheme is HA's) do not
+    apply there.
+    """
+    secure = ctx(request).secure
+    prefix = prefix_of(request.scope)
+    if prefix:
+        return cookie_name(False), prefix, False
+    return cookie_name(secure), "/", secure
 
 
 async def require_owner(request: Request) -> Session:
@@ -52,28 +68,24 @@ async def checked_form(request: Request, session: Session | None) -> FormData:
     return form
 
 
-def set_session_cookie(response: Response, context: WebContext, raw_id: str) -> None:
+def set_session_cookie(response: Response, request: Request, raw_id: str) -> None:
     """HttpOnly (no script can read it), SameSite=Strict (never sent on cross-site requests),
     Secure under TLS, and expiring with the server-side session."""
+    name, path, secure = _cookie(request)
     response.set_cookie(
-        cookie_name(context.secure),
+        name,
         raw_id,
-        max_age=context.sessions.max_age(),
-        path="/",
+        max_age=ctx(request).sessions.max_age(),
+        path=path,
         httponly=True,
         samesite="strict",
-        secure=context.secure,
+        secure=secure,
     )
 
 
-def clear_session_cookie(response: Response, context: WebContext) -> None:
-    response.delete_cookie(
-        cookie_name(context.secure),
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=context.secure,
-    )
+def clear_session_cookie(response: Response, request: Request) -> None:
+    name, path, secure = _cookie(request)
+    response.delete_cookie(name, path=path, httponly=True, samesite="strict", secure=secure)
 
 
 def safe_next(target: str | None) -> str:

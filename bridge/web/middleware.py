@@ -7,19 +7,24 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.web.api.access_log import AccessLog
+from bridge.web.ingress import prefix_of
 from bridge.web.netguard import client_ip
 
 # No scripts at all, styles and images from us only, never framed (clickjacking the consent page
 # or the revoke button), no referrer (URLs can carry OAuth state). Inline SVG needs nothing more.
+CSP = b"default-src 'none'; style-src 'self'; img-src 'self' data:; base-uri 'none'; "
 SECURITY_HEADERS = (
-    (
-        b"content-security-policy",
-        b"default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
-        b"base-uri 'none'",
-    ),
+    (b"content-security-policy", CSP + b"frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
+)
+# Through Home Assistant's Ingress the page lives in a frame of Home Assistant's own page, which
+# is the same origin (the Supervisor proxies both): framing by that origin only.
+INGRESS_HEADERS = (
+    (b"content-security-policy", CSP + b"frame-ancestors 'self'"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    *SECURITY_HEADERS[2:],
 )
 # Only over TLS: a browser that saw it once refuses plain http to this host for a year, so a
 # network attacker cannot strip TLS from a later visit. Sent over http it would mean nothing.
@@ -40,7 +45,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         cacheable = str(scope.get("path", "")).startswith("/static/")
-        always = [*SECURITY_HEADERS, HSTS] if scope.get("scheme") == "https" else SECURITY_HEADERS
+        headers = INGRESS_HEADERS if prefix_of(scope) else SECURITY_HEADERS
+        always = [*headers, HSTS] if scope.get("scheme") == "https" else headers
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -59,6 +59,8 @@ class AllowlistMiddleware:
         await self.app(scope, receive, send)
 
 
+# Set by bridge.web.ingress for a request that came through a trusted Ingress proxy.
+INGRESS_PREFIX_KEY = "ownerlink.prefix"
 # Names no public DNS answers for: an attacker cannot own one, so cannot rebind one. RFC 6761
 # (`localhost`), RFC 6762 (`local`, mDNS), RFC 8375 (`home.arpa`), ICANN's private `internal`.
 LOCAL_SUFFIXES = (".localhost", ".local", ".home.arpa", ".internal")
@@ -101,7 +103,9 @@ class HostGuard:
         self.hosts = frozenset(hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        # Through Ingress the Host is Home Assistant's own name (often a public one), and the
+        # Supervisor, not a browser, connected: rebinding cannot produce such a request.
+        if scope["type"] == "http" and not scope.get(INGRESS_PREFIX_KEY):
             header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
             host = host_of(header)
             if not host_allowed(host, self.hosts):

@@ -12,6 +12,7 @@ from starlette.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from bridge.web.context import ctx
+from bridge.web.ingress import prefix_of
 from bridge.web.scopes_ui import SCOPE_GROUPS, SCOPE_INFO
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -71,4 +72,6 @@ def page(request: Request, name: str, status: int = 200, **context: Any) -> HTML
     context.setdefault("csrf", session.csrf if session else "")
     context.setdefault("logged_in", bool(session and session.owner))
     context.setdefault("section", request.url.path.strip("/").split("/")[0])
+    # Every link, form and asset starts with it: "" normally, the Ingress prefix through HA.
+    context.setdefault("base", prefix_of(request.scope))
     return ctx(request).templates.TemplateResponse(request, name, context, status_code=status)

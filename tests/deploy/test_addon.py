@@ -230,6 +230,7 @@ def test_options_and_the_mqtt_service_become_the_daemon_settings(
     assert settings.state_dir == paths.state_dir
     assert settings.web.host == "0.0.0.0"  # the watchdog comes from outside
     assert SUPERVISOR_NETWORK in settings.web.allow_cidrs
+    assert settings.web.ingress_from == (SUPERVISOR_NETWORK,)  # its Ingress header, from it only
     assert {"127.0.0.0/8", "::1/128"} <= set(settings.web.allow_cidrs)  # the image's HEALTHCHECK
     account = settings.accounts["ford"]
     assert account.provider == "fordconnect"
@@ -576,6 +577,7 @@ def test_the_manifest_options_match_the_schema_and_secrets_are_hidden() -> None:
     # The watchdog asks the daemon's own port, which the add-on exposes.
     assert config["watchdog"] == "http://[HOST]:[PORT:8088]/healthz"
     assert "8088/tcp" in config["ports"]
-    # Ingress is promised only if it is switched on (it is not: the page assumes it is at "/").
-    promised = " ".join(str(text) for text in config.get("ports_description", {}).values())
-    assert ("ingress" in promised.lower()) == bool(config.get("ingress"))
+    # The sidebar's page is served by the daemon's own listener, for administrators only.
+    assert config["ingress"] is True
+    assert config["ingress_port"] == 8088
+    assert config["panel_admin"] is True

@@ -10,14 +10,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from bridge.config import WebConfig
 from bridge.web.server import WebServer
-from tests.web.support import OWNER_PASSWORD, Harness
+from tests.web.support import OWNER_PASSWORD, Harness, build_harness
 
 pytestmark = pytest.mark.browser
 
+HA_NAME = "ha.example.net"
+REBOUND_NAME = "rebind.attacker.example"
 CHROMIUM = os.environ.get("OWNERLINK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -27,6 +35,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # Public-looking names that lead here: Home Assistant's own (for Ingress) and a website's
+    # that has rebound its name to this machine.
+    f"--host-resolver-rules=MAP {HA_NAME} 127.0.0.1, MAP {REBOUND_NAME} 127.0.0.1",
 ]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -41,8 +52,8 @@ def _no_browser(reason: str) -> None:
 class ServerThread:
     """WebServer on its own event loop in a thread, as the daemon would run it on its loop."""
 
-    def __init__(self, harness: Harness) -> None:
-        self.server = WebServer(harness.app, WebConfig(port=0))
+    def __init__(self, app: ASGIApp) -> None:
+        self.server = WebServer(app, WebConfig(port=0))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -61,7 +72,7 @@ class ServerThread:
 @pytest.fixture
 def base_url(harness: Harness) -> Iterator[str]:
     """The owner page served over a real socket."""
-    with ServerThread(harness) as url:
+    with ServerThread(harness.app) as url:
         yield url
 
 
@@ -232,3 +243,83 @@ def test_a_refused_limit_is_shown_on_the_apps_page_then_the_app_is_disabled(
     page.get_by_role("button", name="Enable qa-dash").click()
     expect(page.get_by_test_id("app-status")).not_to_contain_text("disabled")
     assert harness.audit.kinds()[-2:] == ["app.disabled", "app.enabled"]
+
+
+INGRESS_PREFIX = "/api/hassio_ingress/b2s-Token_1"
+HOP_BY_HOP = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive"}
+
+
+def fake_home_assistant(upstream: str) -> Starlette:
+    """Home Assistant as far as the page can tell: its own page framing the add-on, and the
+    Supervisor's Ingress proxy, which strips the prefix, names it in X-Ingress-Path, forwards
+    the browser's headers (its Host and Cookie too) and hands back the answer untouched."""
+
+    async def frontend(_request: Request) -> Response:
+        frame = f'<iframe src="{INGRESS_PREFIX}/" title="Ownerlink" width="900" height="700">'
+        return HTMLResponse(f"<!doctype html><title>Home Assistant</title>{frame}</iframe>")
+
+    async def ingress(request: Request) -> Response:
+        path = request.path_params["path"]
+        query = f"?{request.url.query}" if request.url.query else ""
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() not in HOP_BY_HOP]
+        headers.append((b"x-ingress-path", INGRESS_PREFIX.encode()))
+        async with httpx.AsyncClient() as client:
+            answer = await client.request(
+                request.method,
+                f"{upstream}/{path}{query}",
+                headers=headers,
+                content=await request.body(),
+            )
+        response = Response(answer.content, status_code=answer.status_code)
+        kept = [(k, v) for k, v in answer.headers.raw if k.lower() not in HOP_BY_HOP]
+        response.raw_headers = [*kept, (b"content-length", str(len(answer.content)).encode())]
+        return response
+
+    methods = ["GET", "POST"]
+    return Starlette(
+        routes=[
+            Route("/", frontend),
+            Route(f"{INGRESS_PREFIX}/{{path:path}}", ingress, methods=methods),
+        ]
+    )
+
+
+def test_the_page_works_inside_home_assistant_through_ingress(page: Any, tmp_path: Path) -> None:
+    """Opened from Home Assistant's sidebar: the page shows in HA's frame (its framing rules
+    let HA's origin in), logs in (the cookie kept to the prefix), adds an app and follows its
+    links and redirects without ever leaving the prefix, under HA's public name."""
+    from playwright.sync_api import expect
+
+    harness = build_harness(tmp_path / "state", ingress_from=["127.0.0.1/32"])
+    with ServerThread(harness.app) as upstream, ServerThread(fake_home_assistant(upstream)) as ha:
+        home = ha.replace("127.0.0.1", HA_NAME)
+        page.goto(f"{home}/")
+        frame = page.frame_locator("iframe")
+        frame.get_by_label("Owner password").fill(OWNER_PASSWORD)
+        frame.get_by_role("button", name="Log in").click()
+        expect(frame.get_by_role("heading", name="Connected apps")).to_be_visible()
+        frame.get_by_label("App id").fill("garage")
+        frame.locator("#scope-command\\:lock").check()
+        frame.get_by_role("button", name="Add app").click()
+        expect(frame.get_by_test_id("secret")).to_be_visible()
+        frame.get_by_role("link", name="Done").click()
+        expect(frame.get_by_test_id("app-status")).to_contain_text("enabled")
+        inner = page.frames[1]
+        assert inner.url == f"{home}{INGRESS_PREFIX}/apps/garage"
+        cookie = next(c for c in page.context.cookies() if c["name"] == "ownerlink_session")
+        assert cookie["path"] == INGRESS_PREFIX
+        assert cookie["domain"] == HA_NAME
+    assert "command:lock" in harness.registry.require("garage").scopes
+    harness.store.close()
+
+
+def test_a_website_rebinding_its_name_to_this_machine_gets_nothing(
+    page: Any, base_url: str
+) -> None:
+    """The browser asks for the attacker's name from 127.0.0.1 (an allowed address): refused,
+    the login form never shown."""
+    rebound = base_url.replace("127.0.0.1", REBOUND_NAME)
+    response = page.goto(f"{rebound}/login")
+    assert response.status == 400
+    assert "web.allowed_hosts" in page.content()
+    assert "password" not in page.content().lower()

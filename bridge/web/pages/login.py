@@ -42,7 +42,7 @@ async def login_form(request: Request) -> Response:
     request.state.session = session
     response = _login_page(request, target=target)
     if raw is not None:
-        set_session_cookie(response, context, raw)
+        set_session_cookie(response, request, raw)
     return response
 
 
@@ -112,7 +112,7 @@ def _start_owner_session(request: Request, old: Session, ip: str, target: str) -
     raw, _session = context.sessions.create(owner=True)
     context.audit.append("owner.login", outcome="success", ip=ip)
     response = RedirectResponse(safe_next(target), status_code=303)
-    set_session_cookie(response, context, raw)
+    set_session_cookie(response, request, raw)
     return response
 
 
@@ -127,5 +127,5 @@ async def logout(request: Request) -> Response:
     if session.owner:
         context.audit.append("owner.logout", ip=owner_ip(request))
     response = RedirectResponse("/login", status_code=303)
-    clear_session_cookie(response, context)
+    clear_session_cookie(response, request)
     return response

@@ -139,5 +139,5 @@ async def change_password(request: Request, session: OwnerSession) -> Response:
     # Redirect after success, so that reloading the page does not send the passwords again.
     context.once.put(fresh.id_hash, "flash", "Password changed; other sessions were logged out.")
     response = RedirectResponse("/security", status_code=303)
-    set_session_cookie(response, context, raw)
+    set_session_cookie(response, request, raw)
     return response

@@ -1,0 +1,175 @@
+"""The owner page through Home Assistant's Ingress: prefix, cookie path, framing, and whom to trust.
+
+The Supervisor connects from its own address, strips `/api/hassio_ingress/<token>` from the path
+and names it in `X-Ingress-Path`; these tests play the Supervisor with httpx in-process.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bridge.web.ingress import prefixed_location
+from tests.web.support import BASE_URL, OWNER_PASSWORD, Harness, build_harness, csrf_of
+
+SUPERVISOR = "172.30.32.2"
+PREFIX = "/api/hassio_ingress/Xy_9-tokEn"
+HA_HOST = "myhome.ui.example.com"  # Home Assistant's own public name, forwarded as the Host
+
+Client = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = build_harness(
+        tmp_path / "state",
+        allow_cidrs=["127.0.0.0/8", f"{SUPERVISOR}/32", "192.168.1.0/24"],
+        ingress_from=[f"{SUPERVISOR}/32"],
+    )
+    yield h
+    h.store.close()
+
+
+@pytest.fixture
+async def client_for(harness: Harness) -> AsyncIterator[Client]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(ip: str = SUPERVISOR, prefix: str | None = PREFIX) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=harness.app, client=(ip, 40000))
+        headers = {"host": HA_HOST} if ip == SUPERVISOR else {}
+        if prefix is not None:
+            headers["x-ingress-path"] = prefix
+        client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=headers)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def log_in(client: httpx.AsyncClient) -> httpx.Response:
+    """Log in as a browser would through the Supervisor: the browser keeps the cookie for the
+    prefixed path and sends it back; the Supervisor passes it on to the stripped path."""
+    form = await client.get("/login")
+    carry(client, form)
+    data = {"password": OWNER_PASSWORD, "csrf": csrf_of(form.text), "next": "/apps"}
+    response = await client.post("/login", data=data)
+    carry(client, response)
+    return response
+
+
+def carry(client: httpx.AsyncClient, response: httpx.Response) -> None:
+    """What the browser sends back on the next request under the prefix."""
+    client.cookies.clear()
+    for name, value in response.cookies.items():
+        client.cookies.set(name, value)
+
+
+async def test_links_forms_and_assets_carry_the_prefix(client_for: Client) -> None:
+    """Every URL on the page starts with the prefix the Supervisor named; none escapes it."""
+    page = (await client_for().get("/login")).text
+    urls = re.findall(r'(?:href|action|src)="([^"#]+)"', page)
+    assert urls, page
+    assert all(url.startswith(f"{PREFIX}/") for url in urls), urls
+    assert f'href="{PREFIX}/static/style.css"' in page
+
+
+async def test_login_redirects_and_cookie_stay_under_the_prefix(client_for: Client) -> None:
+    """The session cookie is kept to the page's own prefix (Home Assistant's origin is shared
+    with every add-on), and each redirect leads back under the prefix."""
+    supervisor = client_for()
+    assert (await supervisor.get("/apps")).headers["location"] == f"{PREFIX}/login?next=%2Fapps"
+    response = await log_in(supervisor)
+    assert response.status_code == 303
+    assert response.headers["location"] == f"{PREFIX}/apps"
+    cookie = response.headers["set-cookie"]
+    assert cookie.startswith("ownerlink_session=")
+    assert f"Path={PREFIX}" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page = await supervisor.get("/apps")
+    assert page.status_code == 200
+    assert "Connected apps" in page.text
+
+
+async def test_adding_an_app_through_ingress_works_end_to_end(
+    client_for: Client, harness: Harness
+) -> None:
+    """The whole form round trip: add an app, land on its one-time password page, go back."""
+    supervisor = client_for()
+    await log_in(supervisor)
+    form = (await supervisor.get("/apps")).text
+    data = {"csrf": csrf_of(form), "app_id": "nodered", "name": "Node-RED", "scope": "read:status"}
+    added = await supervisor.post("/apps", data=data)
+    assert added.headers["location"] == f"{PREFIX}/apps/nodered/created"
+    created = await supervisor.get("/apps/nodered/created")
+    assert f'href="{PREFIX}/apps/nodered"' in created.text
+    assert harness.registry.require("nodered").name == "Node-RED"
+
+
+async def test_the_page_may_be_framed_by_home_assistant_only_through_ingress(
+    client_for: Client,
+) -> None:
+    """Home Assistant shows Ingress pages in a frame of its own (same-origin) page; outside
+    Ingress the page is never framed."""
+    through = await client_for().get("/login")
+    assert "frame-ancestors 'self'" in through.headers["content-security-policy"]
+    assert through.headers["x-frame-options"] == "SAMEORIGIN"
+    direct = await client_for("127.0.0.1", prefix=None).get("/login")
+    assert "frame-ancestors 'none'" in direct.headers["content-security-policy"]
+    assert direct.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix"),
+    [
+        ("192.168.1.7", PREFIX),  # a client on the LAN sending the header itself
+        (SUPERVISOR, "/elsewhere"),  # not the Supervisor's form
+        (SUPERVISOR, PREFIX + "/../../x"),
+        (SUPERVISOR, PREFIX + '"><script>'),
+    ],
+)
+async def test_the_header_is_believed_only_from_the_supervisor_in_its_form(
+    client_for: Client, ip: str, prefix: str
+) -> None:
+    """Anyone else could otherwise move the page's links, cookie path and framing rules."""
+    client = client_for(ip, prefix=prefix)
+    client.headers["host"] = "127.0.0.1:8088"
+    response = await client.get("/login")
+    assert response.status_code == 200
+    assert 'href="/static/style.css"' in response.text
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "Path=/;" in response.headers["set-cookie"]
+
+
+async def test_without_ingress_configured_the_header_means_nothing(tmp_path: Path) -> None:
+    """web.ingress_from is empty unless the add-on sets it: the header is then ignored, and the
+    Host check applies to the Supervisor's address like any other."""
+    harness = build_harness(tmp_path / "state", allow_cidrs=[f"{SUPERVISOR}/32"])
+    transport = httpx.ASGITransport(app=harness.app, client=(SUPERVISOR, 40000))
+    headers = {"x-ingress-path": PREFIX, "host": "172.30.33.5:8088"}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=headers) as c:
+        page = await c.get("/login")
+        assert 'href="/static/style.css"' in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert (await c.get("/login", headers={"host": HA_HOST})).status_code == 400
+    harness.store.close()
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        (b"/apps", PREFIX.encode() + b"/apps"),
+        (b"/login?next=%2Fapps", PREFIX.encode() + b"/login?next=%2Fapps"),
+        (b"https://app.example/cb?code=x", b"https://app.example/cb?code=x"),
+        (b"com.example.app:/cb?code=x", b"com.example.app:/cb?code=x"),
+        (b"//elsewhere.example/", b"//elsewhere.example/"),
+    ],
+)
+def test_only_our_own_paths_are_moved_under_the_prefix(location: bytes, expected: bytes) -> None:
+    """An OAuth client's redirect URI is the client's, not ours: it is never prefixed."""
+    assert prefixed_location(location, PREFIX.encode()) == expected
