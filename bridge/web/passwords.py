@@ -71,6 +71,20 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def set_first_owner_password(store: Store, password: str, *, now: datetime) -> bool:
+    """Store the owner password only if none is set yet; False when one was (set meanwhile by
+    the CLI or another browser): the first password is never replaced this way."""
+    check_policy(password)
+    encoded = hash_password(password)
+    schema.migrate(store)
+    with store.transaction() as conn:
+        inserted = conn.execute(
+            "INSERT OR IGNORE INTO web_owner (id, password_hash, updated_at) VALUES (1, ?, ?)",
+            (encoded, now.timestamp()),
+        ).rowcount
+    return inserted == 1
+
+
 def owner_password_hash(store: Store) -> str | None:
     """The stored hash, or None when no owner password has been set yet."""
     schema.migrate(store)  # a no-op once the table exists; the CLI may ask first

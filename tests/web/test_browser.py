@@ -285,16 +285,24 @@ def fake_home_assistant(upstream: str) -> Starlette:
 
 
 def test_the_page_works_inside_home_assistant_through_ingress(page: Any, tmp_path: Path) -> None:
-    """Opened from Home Assistant's sidebar: the page shows in HA's frame (its framing rules
-    let HA's origin in), logs in (the cookie kept to the prefix), adds an app and follows its
-    links and redirects without ever leaving the prefix, under HA's public name."""
+    """Opened from Home Assistant's sidebar on a fresh add-on: the page shows in HA's frame (its
+    framing rules let HA's origin in), the owner chooses the password there, logs out and in
+    again (the cookie kept to the prefix), adds an app and follows its links and redirects
+    without ever leaving the prefix, under HA's public name."""
     from playwright.sync_api import expect
 
     harness = build_harness(tmp_path / "state", ingress_from=["127.0.0.1/32"])
+    with harness.store.transaction() as conn:
+        conn.execute("DELETE FROM web_owner")  # a fresh add-on: no password chosen yet
     with ServerThread(harness.app) as upstream, ServerThread(fake_home_assistant(upstream)) as ha:
         home = ha.replace("127.0.0.1", HA_NAME)
         page.goto(f"{home}/")
         frame = page.frame_locator("iframe")
+        frame.get_by_label("Owner password (at least 10 characters)").fill(OWNER_PASSWORD)
+        frame.get_by_label("The same password again").fill(OWNER_PASSWORD)
+        frame.get_by_role("button", name="Set password and log in").click()
+        expect(frame.get_by_role("heading", name="Connected apps")).to_be_visible()
+        frame.get_by_role("button", name="Log out").click()
         frame.get_by_label("Owner password").fill(OWNER_PASSWORD)
         frame.get_by_role("button", name="Log in").click()
         expect(frame.get_by_role("heading", name="Connected apps")).to_be_visible()

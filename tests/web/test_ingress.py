@@ -160,6 +160,69 @@ async def test_without_ingress_configured_the_header_means_nothing(tmp_path: Pat
     harness.store.close()
 
 
+def forget_password(harness: Harness) -> None:
+    """A fresh add-on: nobody has chosen the owner password yet."""
+    with harness.store.transaction() as conn:
+        conn.execute("DELETE FROM web_owner")
+
+
+async def test_the_first_owner_password_is_chosen_on_the_page_through_ingress(
+    client_for: Client, harness: Harness
+) -> None:
+    """An add-on user has no shell: the HA administrator the Supervisor let in chooses the owner
+    password on the page (policy and confirmation checked), is logged in with it, and from then
+    on the page asks for it like anywhere else; it cannot be chosen a second time this way."""
+    forget_password(harness)
+    supervisor = client_for()
+    form = await supervisor.get("/login")
+    carry(supervisor, form)
+    assert "Choose the owner password" in form.text
+    token = csrf_of(form.text)
+    choose = "/login/first-password"
+    for new, confirm, error in (
+        ("long enough 1", "long enough 2", "The passwords differ."),
+        ("short", "short", "at least 10 characters"),
+    ):
+        data = {"csrf": token, "new_password": new, "confirm_password": confirm}
+        refused = await supervisor.post(choose, data=data)
+        assert refused.status_code == 400 and error in refused.text
+    assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
+    first = "a fine first password"
+    data = {"csrf": token, "new_password": first, "confirm_password": first}
+    chosen = await supervisor.post(choose, data=data)
+    assert chosen.status_code == 303 and chosen.headers["location"] == f"{PREFIX}/apps"
+    carry(supervisor, chosen)
+    assert "Connected apps" in (await supervisor.get("/apps")).text
+    assert harness.audit.items[-2]["kind"] == "owner.password_changed"
+    assert harness.audit.items[-2]["via"] == "ingress"
+    assert first not in str(harness.audit.items)
+
+    again = client_for()
+    second = await again.get("/login")
+    carry(again, second)
+    assert "Choose the owner password" not in second.text
+    data = {"csrf": csrf_of(second.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+    assert (await again.post(choose, data=data)).status_code == 403
+    data = {"csrf": csrf_of(second.text), "password": first, "next": "/apps"}
+    assert (await again.post("/login", data=data)).status_code == 303
+
+
+async def test_outside_ingress_the_first_password_still_takes_the_cli(
+    client_for: Client, harness: Harness
+) -> None:
+    """Anywhere else, whoever reached the page first would choose the password: not offered,
+    and refused if posted anyway."""
+    forget_password(harness)
+    direct = client_for("192.168.1.7", prefix=None)
+    direct.headers["host"] = "192.168.1.2:8088"
+    form = await direct.get("/login")
+    assert "Choose the owner password" not in form.text
+    assert "ownerlink owner set-password" in form.text
+    data = {"csrf": csrf_of(form.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+    assert (await direct.post("/login/first-password", data=data)).status_code == 403
+    assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
+
+
 @pytest.mark.parametrize(
     ("location", "expected"),
     [

@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from bridge.errors import AccessError
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import (
     checked_form,
@@ -16,7 +17,8 @@ from bridge.web.guards import (
     safe_next,
     set_session_cookie,
 )
-from bridge.web.passwords import owner_password_hash, verify_password
+from bridge.web.ingress import prefix_of
+from bridge.web.passwords import owner_password_hash, set_first_owner_password, verify_password
 from bridge.web.render import page
 from bridge.web.sessions import Session
 
@@ -62,7 +64,49 @@ def _login_page(
         error=error,
         need_code=_needs_code(context),
         no_password=owner_password_hash(context.store) is None,
+        first_run=_may_choose_first_password(request),
     )
+
+
+def _may_choose_first_password(request: Request) -> bool:
+    """The first owner password may be chosen on the page only through Home Assistant's Ingress,
+    where the Supervisor has already admitted an HA administrator; anywhere else whoever
+    reached the page first would own the car's permissions, so it takes the CLI there."""
+    return bool(prefix_of(request.scope)) and owner_password_hash(ctx(request).store) is None
+
+
+@router.post("/login/first-password")
+async def first_password(request: Request) -> Response:
+    """Set the first owner password (through Ingress only) and log in with it."""
+    context = ctx(request)
+    session = current_session(request)
+    form = await checked_form(request, session)
+    assert session is not None  # checked_form refuses a missing session
+    request.state.session = session
+    if not _may_choose_first_password(request):
+        return page(
+            request,
+            "message.html",
+            403,
+            heading="The owner password cannot be chosen here",
+            message="It is set already, or this page was not opened from Home Assistant.",
+            link="/login",
+            link_label="Log in",
+        )
+    new, confirm = str(form.get("new_password", "")), str(form.get("confirm_password", ""))
+    if new != confirm:
+        return _login_page(request, target="/apps", status=400, error="The passwords differ.")
+    try:
+        chosen = await run_in_threadpool(
+            set_first_owner_password, context.store, new, now=context.clock()
+        )
+    except AccessError as exc:
+        return _login_page(request, target="/apps", status=400, error=str(exc))
+    if not chosen:  # another browser or the CLI was first: log in with that password instead
+        return _login_page(request, target="/apps", status=409, error="A password was just set.")
+    ip = owner_ip(request)
+    context.audit.append("owner.password_changed", via="ingress", first=True, ip=ip)
+    return _start_owner_session(request, session, ip, "/apps")
 
 
 @router.post("/login")
