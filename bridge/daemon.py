@@ -112,9 +112,13 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Start, wait for SIGTERM/SIGINT, stop. The exit status for the CLI."""
+        """Start, wait for SIGTERM, SIGINT or SIGHUP, stop. The exit status for the CLI.
+
+        SIGHUP too: the terminal or ssh session the daemon was started from hung up. Its default
+        action would kill the process mid-command, with no outcome recorded until the next start.
+        """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stop_requested.set)
         try:
             await self.start()

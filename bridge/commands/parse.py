@@ -253,7 +253,11 @@ def _check_issued_at(value: Any) -> datetime | None:
     if isinstance(value, bool):
         raise _Malformed('"issued_at" must be ISO 8601 text or epoch seconds')
     if isinstance(value, int | float):
-        return _from_epoch(float(value))
+        try:
+            seconds = float(value)
+        except OverflowError:  # JSON integers have no size limit; floats do
+            raise _Malformed('"issued_at" is not a valid time') from None
+        return _from_epoch(seconds)
     if isinstance(value, str):
         return _from_iso(value)
     raise _Malformed('"issued_at" must be ISO 8601 text or epoch seconds')

@@ -114,6 +114,7 @@ def test_action_not_valid_for_the_command_is_unknown_action(payload: str, action
         ('{"action":"LOCK","id":7}', '"id" must be'),
         ('{"action":"LOCK","id":"has space"}', '"id" must be'),
         ('{"action":"LOCK","issued_at":true}', "issued_at"),
+        ('{"action":"LOCK","issued_at":1' + "0" * 400 + "}", "not a valid time"),
         ('{"action":"LOCK","issued_at":"yesterday"}', "not ISO 8601"),
         ('{"action":"LOCK","issued_at":"2025-03-01T12:00:00"}', "time zone"),
         ('{"action":"LOCK","issued_at":1740830400000}', "milliseconds"),

@@ -244,3 +244,39 @@ def test_command_in_flight_at_a_kill_gets_a_final_result_after_restart(
         finally:
             if daemon.alive:
                 daemon.stop()
+
+
+def test_a_hang_up_stops_the_daemon_cleanly_mid_command(
+    broker: BrokerAddress, tmp_path: Path, base_topic: str
+) -> None:
+    """SIGHUP (the terminal or ssh session it was started from went away) is a clean stop like
+    SIGTERM: exit 0, and the command at the car gets its final result before the daemon goes,
+    not at the next start."""
+    with (
+        running_simulator(vehicles=1, speed=1, command_delay_s=3.0) as sim,
+        MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
+    ):
+        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
+        login_direct(config)
+        daemon = DaemonProcess(config)
+        daemon.start()
+        try:
+            daemon.wait_online(mqtt)
+            mqtt.publish(
+                f"{base_topic}/app/{CHAOS_APP}/car-1/cmd/lock", '{"action": "LOCK", "id": "h1"}'
+            )
+            wait_until(
+                lambda: any(r["status"] == "accepted" for r in mqtt.results(base_topic)),
+                10,
+                what="the car to accept the command",
+            )
+            assert daemon.hang_up() == 0
+            wait_until(
+                lambda: tally_results(mqtt.results(base_topic)).count("h1") == 1,
+                5,
+                what="the command's final result, published before the exit",
+            )
+        finally:
+            if daemon.alive:
+                daemon.stop()
+    assert audit_verify(config).returncode == 0

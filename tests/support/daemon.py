@@ -402,6 +402,10 @@ class DaemonProcess:
         """SIGTERM and wait: the clean stop; returns the exit status."""
         return self._end(signal.SIGTERM, timeout)
 
+    def hang_up(self, timeout: float = 20.0) -> int:
+        """SIGHUP, as when the terminal or ssh session it runs in goes away; the exit status."""
+        return self._end(signal.SIGHUP, timeout)
+
     def kill(self) -> int:
         """SIGKILL (kill -9): no chance to clean up."""
         return self._end(signal.SIGKILL, 10.0)
