@@ -50,7 +50,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 from bridge.config import BudgetConfig
-from bridge.errors import BudgetExhausted
+from bridge.errors import BudgetExhausted, StateError
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.logs import get_logger
 from bridge.polling.clock import Clock, utc_now
@@ -326,23 +326,28 @@ class Budget:
             commit = self._take_on_record(account, kind, record)
             if commit is not None:
                 return commit
-        with self._store.transaction() as conn:
-            ledger = self._ledger(conn, account)
-            now = max(self._clock().timestamp(), ledger.max_seen)
-            ledger.forget_before(now)
-            fits = ledger.fits(kind, now, self._config)
-            retry_at = now if fits else self._retry_at(ledger, kind, now)
-            prune = ledger.stale_rows >= PRUNE_BATCH
-            if retry_at <= now:
-                _insert(conn, account, Call(now, kind), record)
-            if retry_at > now or prune:
-                # No call row carries `now` forward (refusing), or old rows are about to go.
-                self._persist_clock(conn, account, now)
-            if prune:
-                conn.execute(
-                    "DELETE FROM budget_calls WHERE account = ? AND ts + ? <= ?",
-                    (account, DAY_S, now),
-                )
+        try:
+            with self._store.transaction() as conn:
+                ledger = self._ledger(conn, account)
+                now = max(self._clock().timestamp(), ledger.max_seen)
+                ledger.forget_before(now)
+                fits = ledger.fits(kind, now, self._config)
+                retry_at = now if fits else self._retry_at(ledger, kind, now)
+                prune = ledger.stale_rows >= PRUNE_BATCH
+                if retry_at <= now:
+                    _insert(conn, account, Call(now, kind), record)
+                if retry_at > now or prune:
+                    # No call row carries `now` forward (refusing), or old rows are about to go.
+                    self._persist_clock(conn, account, now)
+                if prune:
+                    conn.execute(
+                        "DELETE FROM budget_calls WHERE account = ? AND ts + ? <= ?",
+                        (account, DAY_S, now),
+                    )
+        except sqlite3.Error as exc:
+            # A call the budget cannot record is not made (a full disk, say): the count must
+            # never fall behind what was spent.
+            raise StateError(f"the budget cannot record the call: {exc}") from exc
         # Committed: only now does the mirror take the call (a failed commit leaves it untouched).
         ledger.max_seen = now
         if prune:

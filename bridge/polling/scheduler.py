@@ -25,6 +25,7 @@ from bridge.errors import (
     ProviderError,
     RateLimited,
     ReauthRequired,
+    StateError,
 )
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.logs import get_logger
@@ -261,6 +262,12 @@ class Poller:
             state = await self._read(slot, confirming=confirming)
         except ProviderError as exc:
             self._failed(slot, exc, self._clock())
+            return
+        except StateError as exc:
+            # Our own side (the state database, a full disk): nothing was asked of the car, and
+            # the next poll tries again at its time. Not the provider's failure, so no backoff.
+            slot.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("poll.skipped", vehicle=slot.slug, error=slot.last_error)
             return
         self._succeeded(slot, state, self._clock())
 

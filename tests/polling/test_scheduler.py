@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -57,10 +59,14 @@ class Harness:
 
 
 def build(
-    tmp_path: Path, *, budget: BudgetConfig | None = None, config: PollingConfig | None = None
+    tmp_path: Path,
+    *,
+    budget: BudgetConfig | None = None,
+    config: PollingConfig | None = None,
+    store: Store | None = None,
 ) -> Harness:
     clock = SimTime()
-    store = Store.open(tmp_path)
+    store = store or Store.open(tmp_path)
     alerts = CollectingAlerts()
     ledger = Budget(store=store, config=budget or BudgetConfig(), alerts=alerts, clock=clock)
     ledger.start()
@@ -214,6 +220,39 @@ async def test_an_unexpected_error_is_logged_and_polling_goes_on(harness: Harnes
     await harness.timer.run_until(harness.clock() + timedelta(hours=2))
     assert len(harness.timer.errors) == 1
     assert len(harness.provider.reads) >= 2
+
+
+class FillingStore(Store):
+    """The real store, whose writes fail as SQLite's do on a full SD card while `full` is set
+    (a tmpfs cannot be mounted here)."""
+
+    full = False
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        with super().transaction() as conn:
+            yield conn
+
+
+async def test_a_full_disk_skips_polls_without_calling_the_car_and_recovers(tmp_path: Path):
+    """The budget cannot record a call on a full disk: the call is not made (the count must
+    never fall behind what was spent), the poll is skipped quietly (no scheduler error, no
+    backoff), and polling resumes once there is room again."""
+    store = FillingStore.open(tmp_path)
+    h = build(tmp_path, store=store)
+    await h.poller.start()  # the disk fills up while the daemon runs
+    store.full = True
+    try:
+        await h.run_for(3600)
+        assert h.provider.reads == []
+        assert h.states == []
+        store.full = False
+        await h.run_for(3600)
+        assert h.provider.reads and h.states
+    finally:
+        await h.poller.stop()
 
 
 async def test_status_reports_mode_next_poll_and_budget(harness: Harness):
