@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -63,6 +65,26 @@ def _cidr(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _web_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+WebUrl = Annotated[str, AfterValidator(_web_url)]
+
+
+def _some_path(value: Path) -> Path:
+    # YAML's `state_dir: ""` reads as Path(""), which is the current directory: under systemd,
+    # the root of the file system.
+    if str(value) in {"", "."}:
+        raise ValueError("give a directory (an empty value would mean the current one)")
+    return value
+
+
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 
 
@@ -111,6 +133,57 @@ class TlsConfig(Section):
     key_file: Path | None = None
     # Accepting any certificate defeats TLS; it must be asked for by name.
     insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _check_files(self) -> TlsConfig:
+        """Load what TLS will load, now: a missing or wrong file is a configuration error that
+        names its key, not a failure at the first connection."""
+        if not self.enabled:
+            return self
+        problems = [
+            _problem((name,), problem)
+            for name, problem in _tls_file_problems(self.ca_file, self.cert_file, self.key_file)
+        ]
+        if problems:
+            raise ValidationError.from_exception_data("TlsConfig", problems)
+        return self
+
+
+def _tls_file_problems(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> list[tuple[str, str]]:
+    """(key, what is wrong) for each TLS file that cannot be used as configured."""
+    for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+        if path is not None and (problem := _unreadable(path)) is not None:
+            return [(name, problem)]
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except ssl.SSLError as exc:
+            return [("ca_file", f"{ca_file} holds no usable CA certificate ({_why(exc)})")]
+    if key_file is not None and cert_file is None:
+        return [("key_file", "set cert_file too (the client certificate this key belongs to)")]
+    if cert_file is not None:
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except ssl.SSLError as exc:
+            what = "with key_file" if key_file is not None else "(its key in the same file)"
+            return [("cert_file", f"cannot load {cert_file} {what}: {_why(exc)}")]
+    return []
+
+
+def _why(exc: ssl.SSLError) -> str:
+    return str(exc.reason or exc.strerror or exc)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file, or None."""
+    try:
+        with path.open("rb"):
+            return None
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
 
 
 class MqttConfig(Section):
@@ -203,7 +276,7 @@ class AuditConfig(Section):
 
 
 class AlertsConfig(Section):
-    webhook_url: str | None = None
+    webhook_url: WebUrl | None = None
     webhook_timeout_s: Number = Field(default=5, gt=0, le=60)
     webhook_retries: Integer = Field(default=5, ge=0, le=20)
 
@@ -249,7 +322,7 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    state_dir: Path = Path("/var/lib/ownerlink")
+    state_dir: Annotated[Path, AfterValidator(_some_path)] = Path("/var/lib/ownerlink")
     mqtt: MqttConfig = MqttConfig()
     accounts: dict[Annotated[str, Field(pattern=SLUG_PATTERN)], AccountConfig] = {}
     vehicles: dict[Annotated[str, Field(pattern=SLUG_PATTERN)], VehicleConfig] = {}

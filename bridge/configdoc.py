@@ -65,6 +65,7 @@ def _type(info: FieldInfo) -> str:
     text = re.sub(r"\bpathlib\.(_local\.)?", "", text)  # Python 3.13 moved Path to pathlib._local
     text = re.sub(r"<class '([^']+)'>", r"\1", text)
     text = re.sub(r"Annotated\[(\w+), [^\]]*\]", r"\1", text)  # validators are not types
+    text = re.sub(r"^Optional\[(.*)\]$", r"\1 | None", text)  # `X | None` with X Annotated
     return text.replace("pydantic.types.", "").replace("bridge.model.", "").replace("|", "\\|")
 
 

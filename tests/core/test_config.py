@@ -85,11 +85,46 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
             "budget:\n  calls_per_day: 100\n  calls_per_hour: 101\n",
             "budget.calls_per_hour: must be at most budget.calls_per_day (100)",
         ),
+        # Found at the first connection before, exiting 1 without the key.
+        (
+            "mqtt:\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem}\n",
+            "mqtt.tls.ca_file: cannot read /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            "mqtt:\n  tls: {enabled: true, ca_file: /}\n",
+            "mqtt.tls.ca_file: cannot read /: Is a directory",
+        ),
+        (
+            "mqtt:\n  tls: {enabled: true, key_file: /etc/hostname}\n",
+            "mqtt.tls.key_file: set cert_file too",
+        ),
+        # Accepted as the current directory before (the file system's root under systemd).
+        ('state_dir: ""\n', "state_dir: Value error, give a directory"),
+        # Failed only when the first alert was sent.
+        ("alerts:\n  webhook_url: ftp://x\n", "alerts.webhook_url: Value error, 'ftp://x' is not"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
     """Each kind of bad value is reported as `path.to.key: what is wrong`."""
     assert any(line.startswith(expected) for line in problems_for(tmp_path, text))
+
+
+def test_tls_files_that_are_not_what_they_claim_name_their_key(tmp_path: Path) -> None:
+    """A CA bundle without a certificate, and a client certificate TLS cannot load (here not a
+    certificate at all), are refused at load time, each with its key."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a certificate\n")
+    bad_ca = f"mqtt:\n  tls: {{enabled: true, ca_file: {text}}}\n"
+    assert problems_for(tmp_path, bad_ca)[0].startswith(
+        f"mqtt.tls.ca_file: {text} holds no usable CA certificate"
+    )
+    bad_cert = f"mqtt:\n  tls: {{enabled: true, cert_file: {text}, key_file: {text}}}\n"
+    assert problems_for(tmp_path, bad_cert)[0].startswith(
+        f"mqtt.tls.cert_file: cannot load {text} with key_file"
+    )
+    unused = tmp_path / "off.yaml"
+    unused.write_text("mqtt:\n  tls: {enabled: false, ca_file: /nonexistent/ca.pem}\n")
+    assert load_config(unused).mqtt.tls.enabled is False  # TLS off: the files are not read
 
 
 def _is_number(annotation: Any) -> bool:

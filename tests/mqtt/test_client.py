@@ -522,8 +522,10 @@ async def test_tls_insecure_skip_verify_is_an_explicit_opt_in(
 
 
 async def test_unreadable_tls_files_are_a_broker_error(tmp_path: Path, base_topic: str) -> None:
-    """A missing CA file is reported as BrokerError at start, naming mqtt.tls."""
-    config = mqtt_config("127.0.0.1", 1, base_topic, tls=tls(tmp_path / "missing.crt"))
+    """A CA file gone since the configuration was checked is reported as BrokerError at start,
+    naming mqtt.tls (a missing one in the file is a configuration error, see test_config)."""
+    gone = TlsConfig.model_construct(enabled=True, ca_file=tmp_path / "missing.crt")
+    config = mqtt_config("127.0.0.1", 1, base_topic).model_copy(update={"tls": gone})
     client = MqttClient(config, loop=asyncio.get_running_loop(), on_message=lambda _m: None)
     with pytest.raises(BrokerError, match=r"mqtt\.tls"):
         client.start()
