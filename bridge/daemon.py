@@ -30,6 +30,7 @@ from bridge.access.webhook import WebhookSender
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.ring import open_ring
+from bridge.audit.witness import replaced_database
 from bridge.commands.dedup import DedupStore
 from bridge.commands.delivery import ResultDelivery, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
@@ -37,7 +38,7 @@ from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.recover import unfinished
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.errors import AuditError
+from bridge.errors import AuditError, StateError
 from bridge.events import Alert, AlertKind
 from bridge.logs import get_logger
 from bridge.metrics import (
@@ -187,6 +188,10 @@ class Daemon:
     def _build_state(self) -> None:
         settings = self.settings
         self.store = Store.open(settings.state_dir)
+        replaced = replaced_database(self.store, audit_directory(settings.state_dir))
+        if replaced is not None:
+            # Starting would quietly undo revocations and re-run executed command ids.
+            raise StateError(replaced)
         self.audit = AuditLog(
             audit_directory(settings.state_dir),
             clock=self.clock,

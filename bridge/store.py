@@ -12,9 +12,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from bridge.audit.chain import DIRECTORY as AUDIT_DIRECTORY
+from bridge.audit.chain import head_mark
 from bridge.errors import StateError
 
 DB_NAME = "ownerlink.db"
+
+
+# state_meta: the audit log's head (`seq:hash`) when this database was created.
+BORN_AT_AUDIT_HEAD = "born_at_audit_head"
 
 
 class Store:
@@ -24,6 +30,7 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self.created = False  # whether `connect` made the database (or found it empty)
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
@@ -31,6 +38,11 @@ class Store:
         ensure_private_dir(state_dir)
         store = cls(state_dir / DB_NAME)
         store.connect()
+        if store.created:
+            # The audit log beside a new database is the one witness that it replaced an older
+            # one: remember how far the log had got when this database was born
+            # (bridge.audit.witness compares).
+            store.set_meta(BORN_AT_AUDIT_HEAD, head_mark(state_dir / AUDIT_DIRECTORY))
         return store
 
     def connect(self) -> None:
@@ -45,13 +57,33 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=5000")
+            # An empty file is a new database too (`: > ownerlink.db`).
+            created = not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'schema_versions'"
+            ).fetchone()
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INT)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database {self.path}: {exc}") from exc
         self.path.chmod(0o600)
         self._conn = conn
+        self.created = created
+
+    def meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM state_meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO state_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -122,4 +154,4 @@ def ensure_private_dir(path: Path) -> None:
         for created in missing:
             created.chmod(0o700)
     except OSError as exc:
-        raise StateError(f"cannot create state directory {path}: {exc.strerror}") from exc
+        raise StateError(f"state_dir: cannot create {path}: {exc.strerror}") from exc

@@ -65,6 +65,18 @@ def rotated_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+DIRECTORY = "audit"  # under the state directory
+
+
+def head_mark(directory: Path) -> str:
+    """`seq:hash` of the last parsable record of the chain in `directory`; "0:" when none."""
+    mark = "0:"
+    for record in read_records(directory):
+        if isinstance(record.get("seq"), int):
+            mark = f"{record['seq']}:{record.get('hash', '')}"
+    return mark
+
+
 def chain_files(directory: Path) -> list[Path]:
     """Every file of the log in chain order: rotated files by number, then the current file."""
     files = [path for _, path in rotated_files(directory)]

@@ -37,6 +37,7 @@ from typing import Any
 
 from bridge.audit.chain import (
     CURRENT_FILE,
+    DIRECTORY,
     ChainState,
     hash_matches,
     parse_line,
@@ -54,7 +55,6 @@ from bridge.store import ensure_private_dir
 
 Clock = Callable[[], datetime]
 OnHead = Callable[[int, str], None]
-DIRECTORY = "audit"  # under the state directory
 LOCK_FILE = "audit.lock"
 RESERVED = frozenset({"seq", "ts", "prev", "hash", "kind"})
 # Field names that could only hold a secret. Callers never pass them; this is a second lock on

@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bridge.audit.log import audit_directory
+from bridge.audit.witness import replaced_by_mark
 from bridge.commands.stepup import secret_path
 from bridge.doctor.model import AS_DAEMON_USER, Check, failed, passed, plural, warning
-from bridge.store import DB_NAME
+from bridge.store import BORN_AT_AUDIT_HEAD, DB_NAME
 
 PRIVATE_MODE_BITS = 0o077  # group and others: nothing
 
@@ -125,13 +127,26 @@ def check_database(path: Path) -> Check:
         return failed(name, f"{path}: {exc}", DB_FIX)
     if verdict != "ok":
         return failed(name, f"{path}: the integrity check says {verdict}", DB_FIX)
+    replaced = replaced_by_mark(_birth_mark(path), audit_directory(path.parent), path)
+    if replaced is not None:
+        return failed(name, replaced, DB_FIX)
     return passed(name, f"{path}: readable, intact (schema parts: {', '.join(parts) or 'none'})")
 
 
+def _birth_mark(path: Path) -> str | None:
+    try:
+        rows = read_db(path, "SELECT value FROM state_meta WHERE key = ?", (BORN_AT_AUDIT_HEAD,))
+    except sqlite3.Error:
+        return None  # a database from before the mark
+    return str(rows[0][0]) if rows else None
+
+
 DB_FIX = (
-    "stop the daemon and restore the file from a backup; without one, move it aside "
-    "(mv ownerlink.db ownerlink.db.broken): the daemon starts a new one, but registered apps, "
-    "budget history and step-up state are lost"
+    "stop the daemon and restore the file from a backup. Without one, start over: move the file "
+    "and the audit folder aside (mv ownerlink.db ownerlink.db.broken; mv audit audit-DATE) and "
+    "keep them as evidence; the daemon then starts a new database and a new audit chain, but "
+    "registered apps, budget history and step-up state are lost (a new database beside the old "
+    "audit log is refused, as it would quietly undo revocations)"
 )
 
 

@@ -21,8 +21,9 @@ from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
+from bridge.errors import StateError
 from bridge.simulator import FaultKind, SimClock, Simulator, serve_in_thread
-from bridge.store import DB_NAME
+from bridge.store import DB_NAME, Store
 from tests.conftest import BrokerAddress
 
 
@@ -291,6 +292,7 @@ async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
     settings = settings_for(tmp_path, sim[1], broker, base_topic)
     await login(settings)
     slug = await _first_slug(settings)
+    Store.open(settings.state_dir).close()  # the killed daemon's database, older than its record
     with AuditLog(
         audit_directory(settings.state_dir),
         clock=lambda: datetime.now(UTC),
@@ -374,3 +376,30 @@ async def test_the_audit_head_is_published_again_on_every_start(
         anchor.retained[topic]
         == json.dumps({"hash": last["hash"], "seq": last["seq"]}, separators=(",", ":")).encode()
     )
+
+
+async def test_a_replaced_state_database_stops_the_start_before_anything_runs(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The database emptied under a stopped daemon (its revocations and executed ids gone with
+    it): the next start refuses, saying what happened and what to do;
+    with the audit files moved aside (starting over on purpose) it starts."""
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    running = Daemon(settings)
+    await running.start()
+    running.registry.add("garage", scopes=["command:lock"])
+    running.registry.revoke("garage")
+    await running.stop()
+    (settings.state_dir / DB_NAME).write_bytes(b"")
+
+    refused = Daemon(settings)
+    with pytest.raises(StateError, match=r"record \d+ \(app\.added\) was written by an earlier"):
+        await refused.start()
+    await refused.stop()
+
+    audit = audit_directory(settings.state_dir)
+    audit.rename(settings.state_dir / "audit-2026-11-29")
+    again = Daemon(settings)
+    await again.start()
+    await again.stop()

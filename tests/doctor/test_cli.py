@@ -23,7 +23,7 @@ from bridge.cli import build_parser, main
 from bridge.cli.doctor import Probes, doctor_command
 from bridge.providers.base import CallKind
 from bridge.providers.tokens import TokenStore
-from bridge.store import DB_NAME
+from bridge.store import DB_NAME, Store
 from tests.doctor.conftest import ADMIN_PASSWORD, ADMIN_USER, Certificates, Install
 from tests.support.broker import MosquittoProcess, free_port
 
@@ -428,6 +428,21 @@ def test_a_damaged_database_fails(install: Install) -> None:
     assert found["exit"] == 1
     assert found["state database"]["status"] == "fail"
     assert "restore the file from a backup" in found["state database"]["fix"]
+
+
+def test_a_database_newer_than_the_audit_log_fails_with_the_start_over_advice(
+    install: Install,
+) -> None:
+    """The database deleted and made again (by any command) beside the old audit log: doctor
+    fails it as the daemon would, naming the record that proves an earlier database."""
+    for leftover in install.state_dir.glob("ownerlink.db*"):
+        leftover.unlink()
+    Store.open(install.state_dir).close()
+    found = checks(install)
+    assert found["exit"] == 1
+    assert found["state database"]["status"] == "fail"
+    assert "(app.added) was written by an earlier database" in found["state database"]["detail"]
+    assert "mv audit audit-DATE" in found["state database"]["fix"]
 
 
 # -- the audit log --------------------------------------------------------------------------------

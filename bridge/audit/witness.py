@@ -1,0 +1,66 @@
+"""The audit log as witness that the state database was lost or replaced.
+
+The database holds what makes refusals stick: revoked apps, command ids already executed, the
+API budget's count, OAuth grants, the owner's password. Delete it (or empty it) and the daemon
+would start as if none of that had happened: an app revoked by the owner but still declared in
+the config file would be back with every scope, and an id already executed would run again.
+
+A database remembers how far the audit log had got when it was created (`Store.open`). Records
+up to there that only a database could have produced (an app registered, a command decided, a
+token issued, an owner login) mean an older database existed: this one replaced it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bridge.audit.chain import read_records
+from bridge.store import BORN_AT_AUDIT_HEAD, Store
+
+# Record kinds written only while a state database existed (registry, pipeline, OAuth, page).
+DATABASE_KINDS = ("app.", "command.", "oauth.", "owner.", "api.")
+
+
+def replaced_database(store: Store, directory: Path) -> str | None:
+    """Why the database looks replaced, naming the record that proves it; None if it does not."""
+    return replaced_by_mark(store.meta(BORN_AT_AUDIT_HEAD), directory, store.path)
+
+
+def replaced_by_mark(mark: str | None, directory: Path, database: Path) -> str | None:
+    """`replaced_database` for a database read elsewhere (doctor reads it read-only).
+
+    A database from before this check existed has no birth mark and is taken as it is; so is
+    one born beside a chain that has since been moved aside (a new start, on purpose).
+    """
+    born = _mark(mark)
+    if born is None:
+        return None
+    born_seq, born_hash = born
+    earlier = []
+    for record in read_records(directory):
+        seq = record.get("seq")
+        if not isinstance(seq, int) or seq > born_seq:
+            break
+        earlier.append(record)
+    if not earlier or earlier[-1].get("seq") != born_seq or earlier[-1].get("hash") != born_hash:
+        return None  # not the chain it was born beside: the owner started a new one since
+    for record in earlier:
+        seq, kind = record["seq"], record.get("kind")
+        if isinstance(kind, str) and kind.startswith(DATABASE_KINDS):
+            return (
+                f"the state database {database} is newer than the audit log beside it: record "
+                f"{seq} ({kind}) was written by an earlier database, so this one replaced it, "
+                "and app revocations, executed command ids and the API budget's count went with "
+                "it. Restore the database from a backup; or, to start over on purpose, stop "
+                "Ownerlink, move the audit files into a dated folder (keep them: they are the "
+                "evidence), and start again"
+            )
+    return None
+
+
+def _mark(text: str | None) -> tuple[int, str] | None:
+    """`seq:hash` → (seq, hash); None for no mark, or a database born beside an empty log."""
+    seq, _, digest = (text or "").partition(":")
+    if not seq.isdigit() or int(seq) == 0:
+        return None
+    return int(seq), digest
