@@ -117,10 +117,12 @@ class Daemon:
 
         SIGHUP too: the terminal or ssh session the daemon was started from hung up. Its default
         action would kill the process mid-command, with no outcome recorded until the next start.
+        Unless it is ignored already (`nohup`): then the owner asked to outlive the terminal.
         """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._stop_requested.set)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                loop.add_signal_handler(sig, self._stop_requested.set)
         try:
             await self.start()
             sdnotify.notify("READY=1")

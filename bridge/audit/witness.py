@@ -36,26 +36,26 @@ def replaced_by_mark(mark: str | None, directory: Path, database: Path) -> str |
     if born is None:
         return None
     born_seq, born_hash = born
-    earlier = []
+    proof: tuple[int, str] | None = None  # the first record only a database could have written
+    last: dict[str, object] = {}
     for record in read_records(directory):
-        seq = record.get("seq")
+        seq, kind = record.get("seq"), record.get("kind")
         if not isinstance(seq, int) or seq > born_seq:
             break
-        earlier.append(record)
-    if not earlier or earlier[-1].get("seq") != born_seq or earlier[-1].get("hash") != born_hash:
+        if proof is None and isinstance(kind, str) and kind.startswith(DATABASE_KINDS):
+            proof = (seq, kind)
+        last = record
+    if last.get("seq") != born_seq or last.get("hash") != born_hash:
         return None  # not the chain it was born beside: the owner started a new one since
-    for record in earlier:
-        seq, kind = record["seq"], record.get("kind")
-        if isinstance(kind, str) and kind.startswith(DATABASE_KINDS):
-            return (
-                f"the state database {database} is newer than the audit log beside it: record "
-                f"{seq} ({kind}) was written by an earlier database, so this one replaced it, "
-                "and app revocations, executed command ids and the API budget's count went with "
-                "it. Restore the database from a backup; or, to start over on purpose, stop "
-                "Ownerlink, move the audit files into a dated folder (keep them: they are the "
-                "evidence), and start again"
-            )
-    return None
+    if proof is None:
+        return None
+    return (
+        f"the state database {database} is newer than the audit log beside it: record "
+        f"{proof[0]} ({proof[1]}) was written by an earlier database, so this one replaced it, "
+        "and app revocations, executed command ids and the API budget's count went with it. "
+        "Restore the database from a backup; or, to start over on purpose, stop Ownerlink, move "
+        "the audit files into a dated folder (keep them: they are the evidence), and start again"
+    )
 
 
 def _mark(text: str | None) -> tuple[int, str] | None:

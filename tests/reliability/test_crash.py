@@ -15,7 +15,9 @@ still stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -280,3 +282,25 @@ def test_a_hang_up_stops_the_daemon_cleanly_mid_command(
             if daemon.alive:
                 daemon.stop()
     assert audit_verify(config).returncode == 0
+
+
+def test_under_nohup_a_hang_up_is_left_ignored(
+    broker: BrokerAddress, tmp_path: Path, base_topic: str
+) -> None:
+    """Started with SIGHUP ignored (`nohup`), the owner asked it to outlive the terminal: a hang
+    up changes nothing, and SIGTERM still stops it cleanly."""
+    with (
+        running_simulator(vehicles=1, speed=1) as sim,
+        MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
+    ):
+        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
+        login_direct(config)
+        daemon = DaemonProcess(config)
+        daemon.start(ignore_hangup=True)
+        try:
+            daemon.wait_online(mqtt)
+            os.kill(daemon.pid, signal.SIGHUP)
+            time.sleep(1.0)
+            assert daemon.alive
+        finally:
+            assert daemon.stop() == 0

@@ -345,6 +345,10 @@ def audit_verify(config: DaemonConfig) -> subprocess.CompletedProcess[str]:
 # -- the daemon process --------------------------------------------------------------------------
 
 
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 class DaemonProcess:
     """`python -m bridge run --config FILE` as a child process; output kept in files per start."""
 
@@ -355,7 +359,8 @@ class DaemonProcess:
         self.started_at = 0.0  # time.monotonic() of the latest start
         self._files: list[Any] = []
 
-    def start(self) -> None:
+    def start(self, *, ignore_hangup: bool = False) -> None:
+        """Start it; `ignore_hangup` as `nohup` would (SIGHUP ignored from the start)."""
         if self.alive:
             raise RuntimeError("the daemon is already running")
         self.starts += 1
@@ -369,6 +374,7 @@ class DaemonProcess:
             stderr=err,
             cwd=ROOT,
             env=child_env(),
+            preexec_fn=_ignore_hangup if ignore_hangup else None,  # noqa: PLW1509 - no threads use it
         )
 
     def wait_online(self, mqtt: MqttObserver, timeout: float = START_TIMEOUT_S) -> float:
