@@ -120,9 +120,10 @@ class Daemon:
         Unless it is ignored already (`nohup`): then the owner asked to outlive the terminal.
         """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                loop.add_signal_handler(sig, self._stop_requested.set)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_requested.set)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            loop.add_signal_handler(signal.SIGHUP, self._stop_requested.set)
         try:
             await self.start()
             sdnotify.notify("READY=1")

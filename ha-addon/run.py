@@ -36,8 +36,8 @@ STARTER_CONFIG = f"""\
 # Ownerlink add-on configuration: your own settings, in the format of docs/configuration.md.
 # The add-on fills in, from its options and the Supervisor: the MQTT broker (Home Assistant's
 # MQTT service), logging.level, mqtt.enforcement, mqtt.acl_dir, state_dir, web.host,
-# web.allow_cidrs and the `{ACCOUNT}` account (ford_* options). A key you set here wins over
-# those; web.allow_cidrs always keeps {SUPERVISOR_NETWORK} for the Supervisor's watchdog.
+# web.allow_cidrs, web.ingress_from and the `{ACCOUNT}` account (ford_* options). A key you set
+# here wins over those; web.allow_cidrs always keeps {SUPERVISOR_NETWORK} for the Supervisor.
 # Reference: https://github.com/ownerlink/ownerlink/blob/main/docs/configuration.md
 #
 # vehicles:

@@ -35,6 +35,14 @@ class OnceBox:
         return self._items.pop((session_hash, key), None)
 
 
+class SetupCode:
+    """Asked for before the first owner password is chosen through Ingress (bridge.web.pages.login):
+    made when first needed, shown only in the daemon's log, forgotten once used or at exit."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class WebContext:
     """The collaborators and the per-process state of the web page and the API."""
@@ -55,6 +63,7 @@ class WebContext:
     templates: Jinja2Templates
     once: OnceBox = field(default_factory=OnceBox)
     read_limits: SlidingWindow = field(default_factory=SlidingWindow)
+    setup: SetupCode = field(default_factory=SetupCode)
 
     @property
     def secure(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends
@@ -12,6 +13,10 @@ from starlette.responses import Response
 from bridge.web.context import ctx
 from bridge.web.ingress import prefix_of
 from bridge.web.sessions import Session, cookie_name
+
+INGRESS_COOKIE = "ownerlink_ingress"
+# The Supervisor's X-Remote-User-Id: a Home Assistant user id (32 hex characters).
+HA_USER_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class LoginRequired(Exception):
@@ -42,7 +47,9 @@ def _cookie(request: Request) -> tuple[str, str, bool]:
     secure = ctx(request).secure
     prefix = prefix_of(request.scope)
     if prefix:
-        return cookie_name(False), prefix, False
+        # Its own name too: a cookie from the mapped port (Path=/, any port of the host) would
+        # otherwise arrive beside it under the same name, and Starlette keeps only one.
+        return INGRESS_COOKIE, prefix, False
     return cookie_name(secure), "/", secure
 
 
@@ -96,4 +103,9 @@ def safe_next(target: str | None) -> str:
 
 
 def owner_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """Who is asking, for the login limit and the audit: the peer address. Through Ingress every
+    browser arrives from the Supervisor's address, so the Home Assistant user the Supervisor
+    names is added: one user's wrong guesses must not lock out another (the owner)."""
+    ip = request.client.host if request.client else "unknown"
+    user = request.headers.get("x-remote-user-id", "") if prefix_of(request.scope) else ""
+    return f"{ip} (Home Assistant user {user})" if HA_USER_ID.match(user) else ip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,12 +28,20 @@ def prefix_of(scope: Scope) -> str:
     return str(scope.get(PREFIX_KEY, ""))
 
 
-def prefixed_location(location: bytes, prefix: bytes) -> bytes:
-    """A redirect to one of our own paths (`/apps`) goes under the prefix; absolute URLs (an
-    OAuth client's redirect URI) and `//host` stay as they are."""
+def prefixed_location(location: bytes, prefix: bytes, host: bytes = b"") -> bytes:
+    """A redirect to one of our own paths (`/apps`, or an absolute URL on the host the request
+    named, as Starlette's trailing-slash redirect makes) goes under the prefix; other absolute
+    URLs (an OAuth client's redirect URI) and `//host` stay as they are."""
     if location.startswith(b"/") and not location.startswith(b"//"):
         return prefix + location
+    parts = urlsplit(location)
+    if host and parts.scheme in (b"http", b"https") and parts.netloc == host:
+        return prefix + (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
     return location
+
+
+def _moved(name: bytes, value: bytes, prefix: bytes, host: bytes) -> bytes:
+    return prefixed_location(value, prefix, host) if name.lower() == b"location" else value
 
 
 class Ingress:
@@ -49,11 +58,12 @@ class Ingress:
             return
         scope[PREFIX_KEY] = prefix
         raw = prefix.encode("ascii")
+        host = dict(scope.get("headers") or ()).get(b"host", b"")
 
         async def under_prefix(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
-                    (name, prefixed_location(value, raw) if name.lower() == b"location" else value)
+                    (name, _moved(name, value, raw, host))
                     for name, value in message.get("headers", [])
                 ]
             await send(message)

@@ -298,6 +298,9 @@ def test_the_page_works_inside_home_assistant_through_ingress(page: Any, tmp_pat
         home = ha.replace("127.0.0.1", HA_NAME)
         page.goto(f"{home}/")
         frame = page.frame_locator("iframe")
+        expect(frame.get_by_label("Setup code (from the add-on's log)")).to_be_visible()
+        code = harness.app.state.ctx.setup.value  # what the add-on's log shows the administrator
+        frame.get_by_label("Setup code (from the add-on's log)").fill(code)
         frame.get_by_label("Owner password (at least 10 characters)").fill(OWNER_PASSWORD)
         frame.get_by_label("The same password again").fill(OWNER_PASSWORD)
         frame.get_by_role("button", name="Set password and log in").click()
@@ -314,7 +317,7 @@ def test_the_page_works_inside_home_assistant_through_ingress(page: Any, tmp_pat
         expect(frame.get_by_test_id("app-status")).to_contain_text("enabled")
         inner = page.frames[1]
         assert inner.url == f"{home}{INGRESS_PREFIX}/apps/garage"
-        cookie = next(c for c in page.context.cookies() if c["name"] == "ownerlink_session")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "ownerlink_ingress")
         assert cookie["path"] == INGRESS_PREFIX
         assert cookie["domain"] == HA_NAME
     assert "command:lock" in harness.registry.require("garage").scopes

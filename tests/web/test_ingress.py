@@ -64,7 +64,10 @@ async def log_in(client: httpx.AsyncClient) -> httpx.Response:
 
 
 def carry(client: httpx.AsyncClient, response: httpx.Response) -> None:
-    """What the browser sends back on the next request under the prefix."""
+    """What the browser sends back on the next request under the prefix (a response that sets
+    no cookie leaves the browser's as they were)."""
+    if not response.cookies:
+        return
     client.cookies.clear()
     for name, value in response.cookies.items():
         client.cookies.set(name, value)
@@ -88,7 +91,7 @@ async def test_login_redirects_and_cookie_stay_under_the_prefix(client_for: Clie
     assert response.status_code == 303
     assert response.headers["location"] == f"{PREFIX}/apps"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith("ownerlink_session=")
+    assert cookie.startswith("ownerlink_ingress=")
     assert f"Path={PREFIX}" in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     page = await supervisor.get("/apps")
@@ -166,45 +169,122 @@ def forget_password(harness: Harness) -> None:
         conn.execute("DELETE FROM web_owner")
 
 
-async def test_the_first_owner_password_is_chosen_on_the_page_through_ingress(
-    client_for: Client, harness: Harness
+async def test_the_first_owner_password_is_chosen_on_the_page_with_the_logged_setup_code(
+    client_for: Client, harness: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An add-on user has no shell: the HA administrator the Supervisor let in chooses the owner
-    password on the page (policy and confirmation checked), is logged in with it, and from then
-    on the page asks for it like anywhere else; it cannot be chosen a second time this way."""
+    """An add-on user has no shell: through Ingress the page offers to choose the owner password,
+    but only with the setup code the daemon wrote to its log (any HA user can open an Ingress
+    URL; only administrators read add-on logs). Wrong codes are refused and counted; policy and
+    confirmation are checked; the owner is then logged in, and from then on the page asks for
+    the password like anywhere else; it cannot be chosen a second time this way."""
     forget_password(harness)
     supervisor = client_for()
     form = await supervisor.get("/login")
     carry(supervisor, form)
     assert "Choose the owner password" in form.text
+    code = harness.app.state.ctx.setup.value
+    assert code is not None and code in capsys.readouterr().out  # the add-on's log
+    assert code not in form.text
     token = csrf_of(form.text)
     choose = "/login/first-password"
+    first = "a fine first password"
+    wrong = {"csrf": token, "setup_code": "00000-00000", "new_password": first}
+    refused = await supervisor.post(choose, data={**wrong, "confirm_password": first})
+    assert refused.status_code == 401 and "Wrong setup code." in refused.text
+    assert harness.audit.items[-1]["reason"] == "wrong_setup_code"
     for new, confirm, error in (
         ("long enough 1", "long enough 2", "The passwords differ."),
         ("short", "short", "at least 10 characters"),
     ):
-        data = {"csrf": token, "new_password": new, "confirm_password": confirm}
+        data = {"csrf": token, "setup_code": code, "new_password": new, "confirm_password": confirm}
         refused = await supervisor.post(choose, data=data)
         assert refused.status_code == 400 and error in refused.text
     assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
-    first = "a fine first password"
-    data = {"csrf": token, "new_password": first, "confirm_password": first}
-    chosen = await supervisor.post(choose, data=data)
+    data = {"csrf": token, "setup_code": f" {code.upper()} ", "new_password": first}
+    chosen = await supervisor.post(choose, data={**data, "confirm_password": first})
     assert chosen.status_code == 303 and chosen.headers["location"] == f"{PREFIX}/apps"
     carry(supervisor, chosen)
     assert "Connected apps" in (await supervisor.get("/apps")).text
     assert harness.audit.items[-2]["kind"] == "owner.password_changed"
     assert harness.audit.items[-2]["via"] == "ingress"
-    assert first not in str(harness.audit.items)
+    assert first not in str(harness.audit.items) and code not in str(harness.audit.items)
+    assert harness.app.state.ctx.setup.value is None  # used up
 
     again = client_for()
     second = await again.get("/login")
     carry(again, second)
     assert "Choose the owner password" not in second.text
-    data = {"csrf": csrf_of(second.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+    data = {"csrf": csrf_of(second.text), "setup_code": code}
+    data["new_password"] = data["confirm_password"] = "x" * 12
     assert (await again.post(choose, data=data)).status_code == 403
     data = {"csrf": csrf_of(second.text), "password": first, "next": "/apps"}
     assert (await again.post("/login", data=data)).status_code == 303
+
+
+async def test_guessing_the_setup_code_is_throttled_like_a_password(
+    client_for: Client, harness: Harness
+) -> None:
+    """Five wrong setup codes and even the right one gets 429: 40 random bits and five tries a
+    quarter of an hour leave nothing to guess."""
+    forget_password(harness)
+    supervisor = client_for()
+    form = await supervisor.get("/login")
+    carry(supervisor, form)
+    code = harness.app.state.ctx.setup.value
+    data = {"csrf": csrf_of(form.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+    for n in range(5):
+        wrong = await supervisor.post("/login/first-password", data={**data, "setup_code": str(n)})
+        assert wrong.status_code == 401
+    right = await supervisor.post("/login/first-password", data={**data, "setup_code": code})
+    assert right.status_code == 429
+    assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
+
+
+async def test_one_home_assistant_users_wrong_guesses_do_not_lock_out_another(
+    client_for: Client,
+) -> None:
+    """Every Ingress request comes from the Supervisor's address; the login limit counts per Home
+    Assistant user the Supervisor names (X-Remote-User-Id), so another HA user cannot lock the
+    owner out of the page by guessing."""
+    guesser = client_for()
+    guesser.headers["x-remote-user-id"] = "a" * 32
+    for _ in range(5):
+        form = await guesser.get("/login")
+        carry(guesser, form)
+        data = {"csrf": csrf_of(form.text), "password": "wrong password", "next": "/apps"}
+        assert (await guesser.post("/login", data=data)).status_code == 401
+    form = await guesser.get("/login")
+    carry(guesser, form)
+    data = {"csrf": csrf_of(form.text), "password": OWNER_PASSWORD, "next": "/apps"}
+    assert (await guesser.post("/login", data=data)).status_code == 429
+    owner = client_for()
+    owner.headers["x-remote-user-id"] = "b" * 32
+    assert (await log_in(owner)).status_code == 303
+
+
+async def test_a_cookie_from_the_mapped_port_does_not_confuse_the_ingress_login(
+    client_for: Client,
+) -> None:
+    """Browsers send a Path=/ cookie set on the mapped port to every port of the host, Home
+    Assistant's included. Through Ingress the page's cookie has a name of its own, so a stale
+    cookie from the port cannot shadow it."""
+    supervisor = client_for()
+    form = await supervisor.get("/login")
+    assert form.headers["set-cookie"].startswith("ownerlink_ingress=")
+    carry(supervisor, form)
+    supervisor.cookies.set("ownerlink_session", "stale-session-from-port-8088")
+    data = {"csrf": csrf_of(form.text), "password": OWNER_PASSWORD, "next": "/apps"}
+    assert (await supervisor.post("/login", data=data)).status_code == 303
+
+
+async def test_a_trailing_slash_redirect_stays_under_the_prefix(client_for: Client) -> None:
+    """Starlette answers `/apps/` with an absolute URL on the request's own host; through Ingress
+    that must lead back under the prefix, not to Home Assistant's own `/apps`."""
+    supervisor = client_for()
+    await log_in(supervisor)
+    moved = await supervisor.get("/apps/")
+    assert moved.status_code in (307, 308)
+    assert moved.headers["location"] == f"{PREFIX}/apps"
 
 
 async def test_outside_ingress_the_first_password_still_takes_the_cli(
@@ -219,6 +299,7 @@ async def test_outside_ingress_the_first_password_still_takes_the_cli(
     assert "Choose the owner password" not in form.text
     assert "ownerlink owner set-password" in form.text
     data = {"csrf": csrf_of(form.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+    data["setup_code"] = "00000-00000"
     assert (await direct.post("/login/first-password", data=data)).status_code == 403
     assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
 
@@ -231,8 +312,11 @@ async def test_outside_ingress_the_first_password_still_takes_the_cli(
         (b"https://app.example/cb?code=x", b"https://app.example/cb?code=x"),
         (b"com.example.app:/cb?code=x", b"com.example.app:/cb?code=x"),
         (b"//elsewhere.example/", b"//elsewhere.example/"),
+        (f"http://{HA_HOST}/apps?x=1".encode(), PREFIX.encode() + b"/apps?x=1"),
+        (f"https://{HA_HOST}/apps".encode(), PREFIX.encode() + b"/apps"),
+        (b"https://other.example/apps", b"https://other.example/apps"),
     ],
 )
 def test_only_our_own_paths_are_moved_under_the_prefix(location: bytes, expected: bytes) -> None:
     """An OAuth client's redirect URI is the client's, not ours: it is never prefixed."""
-    assert prefixed_location(location, PREFIX.encode()) == expected
+    assert prefixed_location(location, PREFIX.encode(), HA_HOST.encode()) == expected

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bridge.errors import AccessError
+from bridge.logs import get_logger
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import (
     checked_form,
@@ -23,6 +27,7 @@ from bridge.web.render import page
 from bridge.web.sessions import Session
 
 router = APIRouter(include_in_schema=False)
+log = get_logger(__name__)
 
 
 def _needs_code(context: WebContext) -> bool:
@@ -56,6 +61,9 @@ def _login_page(
     status: int = 200,
 ) -> Response:
     context = ctx(request)
+    first_run = _may_choose_first_password(request)
+    if first_run:
+        _setup_code(context)
     return page(
         request,
         "login.html",
@@ -64,15 +72,57 @@ def _login_page(
         error=error,
         need_code=_needs_code(context),
         no_password=owner_password_hash(context.store) is None,
-        first_run=_may_choose_first_password(request),
+        first_run=first_run,
     )
 
 
 def _may_choose_first_password(request: Request) -> bool:
-    """The first owner password may be chosen on the page only through Home Assistant's Ingress,
-    where the Supervisor has already admitted an HA administrator; anywhere else whoever
-    reached the page first would own the car's permissions, so it takes the CLI there."""
+    """The first owner password may be chosen on the page only through Home Assistant's Ingress;
+    anywhere else whoever reached the page first would own the car's permissions, so it takes
+    the CLI there. Ingress alone is not enough either: any Home Assistant user may open an
+    add-on's Ingress URL, administrator or not (`panel_admin` only hides the sidebar entry). So
+    the form also asks for the setup code the daemon writes to its log, which in Home Assistant
+    only administrators can read."""
     return bool(prefix_of(request.scope)) and owner_password_hash(ctx(request).store) is None
+
+
+def _setup_code(context: WebContext) -> str:
+    if context.setup.value is None:
+        raw = secrets.token_hex(5)
+        context.setup.value = f"{raw[:5]}-{raw[5:]}"
+        # Deliberately in the log, whose readers (Home Assistant's administrators) are the ones
+        # meant to choose the password; worthless once it is chosen or the daemon stops.
+        log.warning(
+            "owner page: no owner password yet; enter this setup code on the page opened from "
+            "Home Assistant's sidebar to choose it",
+            setup=context.setup.value,
+        )
+    return context.setup.value
+
+
+def _setup_code_ok(context: WebContext, typed: str) -> bool:
+    expected = context.setup.value
+    cleaned = typed.strip().lower()
+    return expected is not None and hmac.compare_digest(cleaned, expected)
+
+
+def _check_setup_code(request: Request, ip: str, typed: str) -> Response | None:
+    """None when the setup code is right; else the page to answer with. A wrong code counts
+    against the same allowance as a wrong password."""
+    context = ctx(request)
+    wait = context.limiter.attempt(ip)
+    if wait is not None:
+        response = _login_page(
+            request, target="/apps", status=429, error="Too many failed attempts. Try again later."
+        )
+        response.headers["Retry-After"] = str(int(wait))
+        return response
+    if not _setup_code_ok(context, typed):
+        context.audit.append(
+            "owner.password_change_refused", reason="wrong_setup_code", via="ingress", ip=ip
+        )
+        return _login_page(request, target="/apps", status=401, error="Wrong setup code.")
+    return None
 
 
 @router.post("/login/first-password")
@@ -93,6 +143,10 @@ async def first_password(request: Request) -> Response:
             link="/login",
             link_label="Log in",
         )
+    ip = owner_ip(request)
+    refused = _check_setup_code(request, ip, str(form.get("setup_code", "")))
+    if refused is not None:
+        return refused
     new, confirm = str(form.get("new_password", "")), str(form.get("confirm_password", ""))
     if new != confirm:
         return _login_page(request, target="/apps", status=400, error="The passwords differ.")
@@ -104,7 +158,7 @@ async def first_password(request: Request) -> Response:
         return _login_page(request, target="/apps", status=400, error=str(exc))
     if not chosen:  # another browser or the CLI was first: log in with that password instead
         return _login_page(request, target="/apps", status=409, error="A password was just set.")
-    ip = owner_ip(request)
+    context.setup.value = None
     context.audit.append("owner.password_changed", via="ingress", first=True, ip=ip)
     return _start_owner_session(request, session, ip, "/apps")
 
