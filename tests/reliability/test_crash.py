@@ -15,12 +15,15 @@ still stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -213,10 +216,12 @@ def test_kill_9_never_leaves_an_unrecorded_command_soak(
     run_crash(broker, tmp_path, base_topic, chaos_random, 100, figures)
 
 
-def test_command_in_flight_at_a_kill_gets_a_final_result_after_restart(
-    broker: BrokerAddress, tmp_path: Path, base_topic: str
-) -> None:
-    """A command at the car when the daemon is killed is answered (timed_out) after the restart."""
+@contextlib.contextmanager
+def one_car(
+    broker: BrokerAddress, tmp_path: Path, base_topic: str, *, ignore_hangup: bool = False
+) -> Iterator[tuple[DaemonProcess, MqttObserver]]:
+    """A daemon online for one simulated car whose commands take 3 s; SIGTERM at the end if it is
+    still running."""
     with (
         running_simulator(vehicles=1, speed=1, command_delay_s=3.0) as sim,
         MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
@@ -224,28 +229,40 @@ def test_command_in_flight_at_a_kill_gets_a_final_result_after_restart(
         config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
         login_direct(config)
         daemon = DaemonProcess(config)
-        daemon.start()
+        daemon.start(ignore_hangup=ignore_hangup)
         try:
             daemon.wait_online(mqtt)
-            mqtt.publish(
-                f"{base_topic}/app/{CHAOS_APP}/car-1/cmd/lock", '{"action": "LOCK", "id": "k1"}'
-            )
-            wait_until(
-                lambda: any(r["status"] == "accepted" for r in mqtt.results(base_topic)),
-                10,
-                what="the car to accept the command",
-            )
-            daemon.kill()
-            daemon.start()
-            daemon.wait_online(mqtt)
-            wait_until(
-                lambda: tally_results(mqtt.results(base_topic)).count("k1") == 1,
-                10,
-                what="a final result for the command in flight at the kill",
-            )
+            yield daemon, mqtt
         finally:
             if daemon.alive:
                 daemon.stop()
+
+
+def lock_at_the_car(mqtt: MqttObserver, base_topic: str, command_id: str) -> None:
+    """Send LOCK and wait until the car has accepted it (it finishes 3 s later)."""
+    payload = json.dumps({"action": "LOCK", "id": command_id})
+    mqtt.publish(f"{base_topic}/app/{CHAOS_APP}/car-1/cmd/lock", payload)
+    wait_until(
+        lambda: any(r["status"] == "accepted" for r in mqtt.results(base_topic)),
+        10,
+        what="the car to accept the command",
+    )
+
+
+def test_command_in_flight_at_a_kill_gets_a_final_result_after_restart(
+    broker: BrokerAddress, tmp_path: Path, base_topic: str
+) -> None:
+    """A command at the car when the daemon is killed is answered (timed_out) after the restart."""
+    with one_car(broker, tmp_path, base_topic) as (daemon, mqtt):
+        lock_at_the_car(mqtt, base_topic, "k1")
+        daemon.kill()
+        daemon.start()
+        daemon.wait_online(mqtt)
+        wait_until(
+            lambda: tally_results(mqtt.results(base_topic)).count("k1") == 1,
+            10,
+            what="a final result for the command in flight at the kill",
+        )
 
 
 def test_a_hang_up_stops_the_daemon_cleanly_mid_command(
@@ -254,34 +271,15 @@ def test_a_hang_up_stops_the_daemon_cleanly_mid_command(
     """SIGHUP (the terminal or ssh session it was started from went away) is a clean stop like
     SIGTERM: exit 0, and the command at the car gets its final result before the daemon goes,
     not at the next start."""
-    with (
-        running_simulator(vehicles=1, speed=1, command_delay_s=3.0) as sim,
-        MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
-    ):
-        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
-        login_direct(config)
-        daemon = DaemonProcess(config)
-        daemon.start()
-        try:
-            daemon.wait_online(mqtt)
-            mqtt.publish(
-                f"{base_topic}/app/{CHAOS_APP}/car-1/cmd/lock", '{"action": "LOCK", "id": "h1"}'
-            )
-            wait_until(
-                lambda: any(r["status"] == "accepted" for r in mqtt.results(base_topic)),
-                10,
-                what="the car to accept the command",
-            )
-            assert daemon.hang_up() == 0
-            wait_until(
-                lambda: tally_results(mqtt.results(base_topic)).count("h1") == 1,
-                5,
-                what="the command's final result, published before the exit",
-            )
-        finally:
-            if daemon.alive:
-                daemon.stop()
-    assert audit_verify(config).returncode == 0
+    with one_car(broker, tmp_path, base_topic) as (daemon, mqtt):
+        lock_at_the_car(mqtt, base_topic, "h1")
+        assert daemon.hang_up() == 0
+        wait_until(
+            lambda: tally_results(mqtt.results(base_topic)).count("h1") == 1,
+            5,
+            what="the command's final result, published before the exit",
+        )
+        assert audit_verify(daemon.config).returncode == 0
 
 
 def test_under_nohup_a_hang_up_is_left_ignored(
@@ -289,18 +287,8 @@ def test_under_nohup_a_hang_up_is_left_ignored(
 ) -> None:
     """Started with SIGHUP ignored (`nohup`), the owner asked it to outlive the terminal: a hang
     up changes nothing, and SIGTERM still stops it cleanly."""
-    with (
-        running_simulator(vehicles=1, speed=1) as sim,
-        MqttObserver(broker.host, broker.port, (f"{base_topic}/#",)) as mqtt,
-    ):
-        config = DaemonConfig.for_simulator(tmp_path, sim, broker, base_topic).write()
-        login_direct(config)
-        daemon = DaemonProcess(config)
-        daemon.start(ignore_hangup=True)
-        try:
-            daemon.wait_online(mqtt)
-            os.kill(daemon.pid, signal.SIGHUP)
-            time.sleep(1.0)
-            assert daemon.alive
-        finally:
-            assert daemon.stop() == 0
+    with one_car(broker, tmp_path, base_topic, ignore_hangup=True) as (daemon, _mqtt):
+        os.kill(daemon.pid, signal.SIGHUP)
+        time.sleep(1.0)
+        assert daemon.alive
+        assert daemon.stop() == 0

@@ -7,6 +7,7 @@ import secrets
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -106,17 +107,30 @@ def _setup_code_ok(context: WebContext, typed: str) -> bool:
     return expected is not None and hmac.compare_digest(cleaned, expected)
 
 
+async def _posted(request: Request) -> tuple[Session, FormData]:
+    """The form of a login-page POST, once its CSRF token matched the browser's session."""
+    session = current_session(request)
+    form = await checked_form(request, session)
+    assert session is not None  # checked_form refuses a missing session
+    request.state.session = session
+    return session, form
+
+
+def _too_many(request: Request, target: str, wait: float) -> Response:
+    response = _login_page(
+        request, target=target, status=429, error="Too many failed attempts. Try again later."
+    )
+    response.headers["Retry-After"] = str(int(wait))
+    return response
+
+
 def _check_setup_code(request: Request, ip: str, typed: str) -> Response | None:
     """None when the setup code is right; else the page to answer with. A wrong code counts
     against the same allowance as a wrong password."""
     context = ctx(request)
     wait = context.limiter.attempt(ip)
     if wait is not None:
-        response = _login_page(
-            request, target="/apps", status=429, error="Too many failed attempts. Try again later."
-        )
-        response.headers["Retry-After"] = str(int(wait))
-        return response
+        return _too_many(request, "/apps", wait)
     if not _setup_code_ok(context, typed):
         context.audit.append(
             "owner.password_change_refused", reason="wrong_setup_code", via="ingress", ip=ip
@@ -129,10 +143,7 @@ def _check_setup_code(request: Request, ip: str, typed: str) -> Response | None:
 async def first_password(request: Request) -> Response:
     """Set the first owner password (through Ingress only) and log in with it."""
     context = ctx(request)
-    session = current_session(request)
-    form = await checked_form(request, session)
-    assert session is not None  # checked_form refuses a missing session
-    request.state.session = session
+    session, form = await _posted(request)
     if not _may_choose_first_password(request):
         return page(
             request,
@@ -167,19 +178,12 @@ async def first_password(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """Check CSRF, throttle, password (and code); start a fresh owner session."""
     context = ctx(request)
-    session = current_session(request)
-    form = await checked_form(request, session)
-    assert session is not None  # checked_form refuses a missing session
-    request.state.session = session
+    session, form = await _posted(request)
     ip, target = owner_ip(request), str(form.get("next", "/apps"))
     wait = context.limiter.attempt(ip)  # counts as a failure until the check says otherwise
     if wait is not None:
         context.audit.append("owner.login", outcome="rate_limited", ip=ip)
-        response = _login_page(
-            request, target=target, status=429, error="Too many failed attempts. Try again later."
-        )
-        response.headers["Retry-After"] = str(int(wait))
-        return response
+        return _too_many(request, target, wait)
     problem = await _check_credentials(
         context, str(form.get("password", "")), str(form.get("code", ""))
     )
