@@ -261,6 +261,10 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             return False
         if stored.revoked or stored.expires_at <= self._now():
             return False
+        if not self._still_held(stored.client_id, stored.scopes):
+            # Every scope the owner consented to has been withdrawn since: a token for nothing
+            # is no use; the app asks the owner again.
+            return False
         request.ownerlink_refresh = stored
         return True
 
