@@ -183,7 +183,8 @@ async def test_the_first_owner_password_is_chosen_on_the_page_with_the_logged_se
     carry(supervisor, form)
     assert "Choose the owner password" in form.text
     code = harness.app.state.ctx.setup.value
-    assert code is not None and code in capsys.readouterr().out  # the add-on's log
+    logged = capsys.readouterr()
+    assert code is not None and code in logged.out + logged.err  # the add-on's log
     assert code not in form.text
     token = csrf_of(form.text)
     choose = "/login/first-password"
