@@ -28,20 +28,26 @@ def prefix_of(scope: Scope) -> str:
     return str(scope.get(PREFIX_KEY, ""))
 
 
-def prefixed_location(location: bytes, prefix: bytes, host: bytes = b"") -> bytes:
-    """A redirect to one of our own paths (`/apps`, or an absolute URL on the host the request
-    named, as Starlette's trailing-slash redirect makes) goes under the prefix; other absolute
-    URLs (an OAuth client's redirect URI) and `//host` stay as they are."""
+def prefixed_location(location: bytes, prefix: bytes, slash_of: bytes = b"") -> bytes:
+    """A redirect to one of our own paths (`/apps`) goes under the prefix; so does Starlette's
+    trailing-slash redirect, an absolute URL to `slash_of` (the request's path) with a slash
+    added or taken away. Every other absolute URL stays as it is: an OAuth client's redirect
+    URI may well be on Home Assistant's own host (the Host the Supervisor passes on), and must
+    not be pulled into the add-on. `//host` stays too."""
     if location.startswith(b"/") and not location.startswith(b"//"):
         return prefix + location
     parts = urlsplit(location)
-    if host and parts.scheme in (b"http", b"https") and parts.netloc == host:
-        return prefix + (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+    if slash_of and parts.scheme in (b"http", b"https") and _slash_twin(parts.path, slash_of):
+        return prefix + parts.path + (b"?" + parts.query if parts.query else b"")
     return location
 
 
-def _moved(name: bytes, value: bytes, prefix: bytes, host: bytes) -> bytes:
-    return prefixed_location(value, prefix, host) if name.lower() == b"location" else value
+def _slash_twin(path: bytes, requested: bytes) -> bool:
+    return path != requested and path.rstrip(b"/") == requested.rstrip(b"/")
+
+
+def _moved(name: bytes, value: bytes, prefix: bytes, slash_of: bytes) -> bytes:
+    return prefixed_location(value, prefix, slash_of) if name.lower() == b"location" else value
 
 
 class Ingress:
@@ -58,12 +64,13 @@ class Ingress:
             return
         scope[PREFIX_KEY] = prefix
         raw = prefix.encode("ascii")
-        host = dict(scope.get("headers") or ()).get(b"host", b"")
+        requested = str(scope.get("path", "")).encode("utf-8")
 
         async def under_prefix(message: Message) -> None:
             if message["type"] == "http.response.start":
+                slash_of = requested if message.get("status") in (307, 308) else b""
                 message["headers"] = [
-                    (name, _moved(name, value, raw, host))
+                    (name, _moved(name, value, raw, slash_of))
                     for name, value in message.get("headers", [])
                 ]
             await send(message)

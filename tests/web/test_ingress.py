@@ -12,8 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.responses import RedirectResponse
+from starlette.types import Receive, Scope, Send
 
-from bridge.web.ingress import prefixed_location
+from bridge import logs
+from bridge.web.ingress import Ingress, prefixed_location
 from tests.web.support import BASE_URL, OWNER_PASSWORD, Harness, build_harness, csrf_of
 
 SUPERVISOR = "172.30.32.2"
@@ -241,6 +244,45 @@ async def test_guessing_the_setup_code_is_throttled_like_a_password(
     assert harness.store.query("SELECT COUNT(*) AS n FROM web_owner")[0]["n"] == 0
 
 
+async def test_the_setup_code_is_logged_at_any_log_level_and_odd_input_is_just_wrong(
+    client_for: Client, harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The add-on's `log_level: error` must not hide the one line the owner needs; a code typed
+    with non-ASCII characters is a wrong code, not a server error."""
+    logs.configure("error")
+    try:
+        forget_password(harness)
+        supervisor = client_for()
+        form = await supervisor.get("/login")
+        carry(supervisor, form)
+        logged = capsys.readouterr()
+        code = harness.app.state.ctx.setup.value
+        assert code is not None and code in logged.out + logged.err
+        data = {"csrf": csrf_of(form.text), "new_password": "x" * 12, "confirm_password": "x" * 12}
+        odd = await supervisor.post("/login/first-password", data={**data, "setup_code": "é"})
+        assert odd.status_code == 401
+    finally:
+        logs.configure("info")
+
+
+async def test_typos_in_the_new_password_after_the_right_code_are_not_guesses(
+    client_for: Client, harness: Harness
+) -> None:
+    """Once the setup code is right, mismatched or short passwords do not use up the allowance
+    that guards the code."""
+    forget_password(harness)
+    supervisor = client_for()
+    form = await supervisor.get("/login")
+    carry(supervisor, form)
+    data = {"csrf": csrf_of(form.text), "setup_code": harness.app.state.ctx.setup.value}
+    for n in range(6):
+        typo = {**data, "new_password": f"first pass {n}", "confirm_password": "other one"}
+        assert (await supervisor.post("/login/first-password", data=typo)).status_code == 400
+    good = {**data, "new_password": "a fine first password", "confirm_password": ""}
+    good["confirm_password"] = good["new_password"]
+    assert (await supervisor.post("/login/first-password", data=good)).status_code == 303
+
+
 async def test_one_home_assistant_users_wrong_guesses_do_not_lock_out_another(
     client_for: Client,
 ) -> None:
@@ -306,18 +348,39 @@ async def test_outside_ingress_the_first_password_still_takes_the_cli(
 
 
 @pytest.mark.parametrize(
-    ("location", "expected"),
+    ("location", "slash_of", "expected"),
     [
-        (b"/apps", PREFIX.encode() + b"/apps"),
-        (b"/login?next=%2Fapps", PREFIX.encode() + b"/login?next=%2Fapps"),
-        (b"https://app.example/cb?code=x", b"https://app.example/cb?code=x"),
-        (b"com.example.app:/cb?code=x", b"com.example.app:/cb?code=x"),
-        (b"//elsewhere.example/", b"//elsewhere.example/"),
-        (f"http://{HA_HOST}/apps?x=1".encode(), PREFIX.encode() + b"/apps?x=1"),
-        (f"https://{HA_HOST}/apps".encode(), PREFIX.encode() + b"/apps"),
-        (b"https://other.example/apps", b"https://other.example/apps"),
+        (b"/apps", b"", PREFIX.encode() + b"/apps"),
+        (b"/login?next=%2Fapps", b"", PREFIX.encode() + b"/login?next=%2Fapps"),
+        (b"https://app.example/cb?code=x", b"", b"https://app.example/cb?code=x"),
+        (b"com.example.app:/cb?code=x", b"", b"com.example.app:/cb?code=x"),
+        (b"//elsewhere.example/", b"", b"//elsewhere.example/"),
+        # Starlette's trailing-slash redirects: absolute, on the request's own host.
+        (f"http://{HA_HOST}/apps?x=1".encode(), b"/apps/", PREFIX.encode() + b"/apps?x=1"),
+        (f"https://{HA_HOST}/apps/".encode(), b"/apps", PREFIX.encode() + b"/apps/"),
+        # An OAuth client's callback on Home Assistant's own host is the client's, not ours.
+        (f"https://{HA_HOST}/auth/external/callback?code=x".encode(), b"", None),
+        (f"https://{HA_HOST}/auth/external/callback".encode(), b"/oauth/authorize", None),
     ],
 )
-def test_only_our_own_paths_are_moved_under_the_prefix(location: bytes, expected: bytes) -> None:
-    """An OAuth client's redirect URI is the client's, not ours: it is never prefixed."""
-    assert prefixed_location(location, PREFIX.encode(), HA_HOST.encode()) == expected
+def test_only_our_own_paths_are_moved_under_the_prefix(
+    location: bytes, slash_of: bytes, expected: bytes | None
+) -> None:
+    """Relative paths and slash redirects are ours; every other absolute URL is left alone."""
+    assert prefixed_location(location, PREFIX.encode(), slash_of) == (expected or location)
+
+
+async def test_a_redirect_to_an_oauth_callback_on_home_assistants_host_is_left_alone() -> None:
+    """The consent page's 303 to a client on Home Assistant's host (the Host the Supervisor
+    passes on) must reach that client, not be pulled under the add-on's prefix."""
+    callback = f"https://{HA_HOST}/auth/external/callback?code=abc&state=s"
+
+    async def consent(scope: Scope, receive: Receive, send: Send) -> None:
+        await RedirectResponse(callback, status_code=303)(scope, receive, send)
+
+    app = Ingress(consent, trusted=[f"{SUPERVISOR}/32"])
+    transport = httpx.ASGITransport(app=app, client=(SUPERVISOR, 40000))
+    headers = {"host": HA_HOST, "x-ingress-path": PREFIX}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=headers) as c:
+        answer = await c.post("/oauth/authorize")
+    assert answer.headers["location"] == callback

@@ -233,13 +233,19 @@ async def test_a_withdrawn_scope_is_gone_from_introspection_and_refreshed_tokens
 async def test_with_every_consented_scope_withdrawn_a_refresh_is_refused(
     owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
 ) -> None:
-    """Nothing left of what the owner consented to: no token for nothing, the app must ask the
-    owner again (RFC 6749 invalid_grant)."""
+    """Nothing left of what the owner consented to: the grant ends (audited), no token for
+    nothing, and the app must ask the owner again even if the scope comes back (invalid_grant)."""
     tokens = await tokens_for(owner, client, rest, "read:health")
     harness.registry.withdraw("dash", ["read:health"])
     refused = await refresh(client, rest, tokens["refresh_token"])
     assert refused.status_code == 400
     assert refused.json()["error"] == "invalid_grant"
+    assert harness.audit.items[-1]["kind"] == "oauth.revoked"
+    assert harness.audit.items[-1]["reason"] == "scopes_withdrawn"
+    # The grant is over: giving the scope back does not revive it without new consent.
+    harness.registry.grant("dash", ["read:health"])
+    again = await refresh(client, rest, tokens["refresh_token"])
+    assert again.status_code == 400
 
 
 async def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(

@@ -262,8 +262,15 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         if stored.revoked or stored.expires_at <= self._now():
             return False
         if not self._still_held(stored.client_id, stored.scopes):
-            # Every scope the owner consented to has been withdrawn since: a token for nothing
-            # is no use; the app asks the owner again.
+            # Every scope the owner consented to has been withdrawn since: the grant ends, so a
+            # scope given back later does not revive it without the owner's consent again.
+            if self.store.revoke_grant(stored.grant_id, reason="scopes_withdrawn", now=self._now()):
+                self.audit.append(
+                    "oauth.revoked",
+                    app=stored.client_id,
+                    grant=stored.grant_id,
+                    reason="scopes_withdrawn",
+                )
             return False
         request.ownerlink_refresh = stored
         return True

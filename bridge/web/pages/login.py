@@ -92,8 +92,9 @@ def _setup_code(context: WebContext) -> str:
         raw = secrets.token_hex(5)
         context.setup.value = f"{raw[:5]}-{raw[5:]}"
         # Deliberately in the log, whose readers (Home Assistant's administrators) are the ones
-        # meant to choose the password; worthless once it is chosen or the daemon stops.
-        log.warning(
+        # meant to choose the password; worthless once it is chosen or the daemon stops. At
+        # error level, so that no logging.level setting hides the one line the owner needs.
+        log.error(
             "owner page: no owner password yet; enter this setup code on the page opened from "
             "Home Assistant's sidebar to choose it",
             setup=context.setup.value,
@@ -104,7 +105,8 @@ def _setup_code(context: WebContext) -> str:
 def _setup_code_ok(context: WebContext, typed: str) -> bool:
     expected = context.setup.value
     cleaned = typed.strip().lower()
-    return expected is not None and hmac.compare_digest(cleaned, expected)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a 500 on "é").
+    return expected is not None and hmac.compare_digest(cleaned.encode(), expected.encode())
 
 
 async def _posted(request: Request) -> tuple[Session, FormData]:
@@ -136,6 +138,8 @@ def _check_setup_code(request: Request, ip: str, typed: str) -> Response | None:
             "owner.password_change_refused", reason="wrong_setup_code", via="ingress", ip=ip
         )
         return _login_page(request, target="/apps", status=401, error="Wrong setup code.")
+    # The right code: typos in the new password that follow are not guesses at anything.
+    context.limiter.clear(ip)
     return None
 
 
