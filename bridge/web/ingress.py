@@ -19,13 +19,11 @@ from bridge.web.netguard import INGRESS_PREFIX_KEY, client_ip, ip_allowed, parse
 
 # The Supervisor's form: a fixed path and a URL-safe token.
 INGRESS_PATH = re.compile(r"^/api/hassio_ingress/[A-Za-z0-9_-]{1,128}$")
-# Where the prefix travels in the ASGI scope: read by the templates, cookies and frame rules.
-PREFIX_KEY = INGRESS_PREFIX_KEY
 
 
 def prefix_of(scope: Scope) -> str:
     """The path prefix the page is served under: "" unless the request came through Ingress."""
-    return str(scope.get(PREFIX_KEY, ""))
+    return str(scope.get(INGRESS_PREFIX_KEY, ""))
 
 
 def prefixed_location(location: bytes, prefix: bytes, slash_of: bytes = b"") -> bytes:
@@ -62,7 +60,7 @@ class Ingress:
         if not prefix:
             await self.app(scope, receive, send)
             return
-        scope[PREFIX_KEY] = prefix
+        scope[INGRESS_PREFIX_KEY] = prefix
         raw = prefix.encode("ascii")
         requested = str(scope.get("path", "")).encode("utf-8")
 

@@ -59,7 +59,8 @@ class AllowlistMiddleware:
         await self.app(scope, receive, send)
 
 
-# Set by bridge.web.ingress for a request that came through a trusted Ingress proxy.
+# Where bridge.web.ingress puts the path prefix of a request that came through a trusted Ingress
+# proxy (read by the templates, cookies and frame rules through `ingress.prefix_of`).
 INGRESS_PREFIX_KEY = "ownerlink.prefix"
 # Names no public DNS answers for: an attacker cannot own one, so cannot rebind one. RFC 6761
 # (`localhost`), RFC 6762 (`local`, mDNS), RFC 8375 (`home.arpa`), ICANN's private `internal`.

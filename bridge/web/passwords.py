@@ -71,12 +71,17 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def _stored_form(store: Store, password: str) -> str:
+    """The hash to store, once the password meets the policy and the table exists."""
+    check_policy(password)
+    schema.migrate(store)
+    return hash_password(password)
+
+
 def set_first_owner_password(store: Store, password: str, *, now: datetime) -> bool:
     """Store the owner password only if none is set yet; False when one was (set meanwhile by
     the CLI or another browser): the first password is never replaced this way."""
-    check_policy(password)
-    encoded = hash_password(password)
-    schema.migrate(store)
+    encoded = _stored_form(store, password)
     with store.transaction() as conn:
         inserted = conn.execute(
             "INSERT OR IGNORE INTO web_owner (id, password_hash, updated_at) VALUES (1, ?, ?)",
@@ -95,9 +100,7 @@ def owner_password_hash(store: Store) -> str | None:
 def set_owner_password(store: Store, password: str, *, now: datetime) -> None:
     """Check the policy, store the new hash and end every session (they were opened with the old
     password, which may be the reason it is being changed)."""
-    check_policy(password)
-    encoded = hash_password(password)
-    schema.migrate(store)
+    encoded = _stored_form(store, password)
     with store.transaction() as conn:
         conn.execute(
             "INSERT INTO web_owner (id, password_hash, updated_at) VALUES (1, ?, ?) "

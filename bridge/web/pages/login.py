@@ -62,7 +62,8 @@ def _login_page(
     status: int = 200,
 ) -> Response:
     context = ctx(request)
-    first_run = _may_choose_first_password(request)
+    no_password = owner_password_hash(context.store) is None
+    first_run = no_password and _through_ingress(request)  # see _may_choose_first_password
     if first_run:
         _setup_code(context)
     return page(
@@ -72,9 +73,13 @@ def _login_page(
         next=safe_next(target),
         error=error,
         need_code=_needs_code(context),
-        no_password=owner_password_hash(context.store) is None,
+        no_password=no_password,
         first_run=first_run,
     )
+
+
+def _through_ingress(request: Request) -> bool:
+    return bool(prefix_of(request.scope))
 
 
 def _may_choose_first_password(request: Request) -> bool:
@@ -84,7 +89,7 @@ def _may_choose_first_password(request: Request) -> bool:
     add-on's Ingress URL, administrator or not (`panel_admin` only hides the sidebar entry). So
     the form also asks for the setup code the daemon writes to its log, which in Home Assistant
     only administrators can read."""
-    return bool(prefix_of(request.scope)) and owner_password_hash(ctx(request).store) is None
+    return _through_ingress(request) and owner_password_hash(ctx(request).store) is None
 
 
 def _setup_code(context: WebContext) -> str:
