@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
@@ -36,6 +37,12 @@ from bridge.providers.base import CallGate, CallKind
 DEFAULT_RETRY_AFTER_S = 60.0
 # Error text from the server ends up in exception messages and logs; keep it short and scrubbed.
 _MAX_DETAIL = 200
+
+# A path level that names something rather than an endpoint: the provider's vehicle id (32 hex
+# digits at FordConnect), a VIN (17 characters), a command id. Endpoints are words ("lock",
+# "vehicle-health", "v1"): short, or without digits.
+_ID_LEVEL = re.compile(r"(?=[^/]*\d)[A-Za-z0-9_.-]{12,}")
+ID_SHOWN = "{id}"
 # v1 error 3000 is "not authorised for this resource" (a vehicle outside the consent, an expired
 # command id): a new token would not change the answer, so it must not cost a refresh.
 _RESOURCE_REFUSAL_CODE = 3000
@@ -56,8 +63,15 @@ class TokenSource(Protocol):
 
 
 def where(method: str, url: str) -> str:
-    """`GET /path` for messages: never the host's query string, which could carry a code."""
-    return f"{method} {urlsplit(url).path or '/'}"
+    """`GET /path` for messages: never the query string, which could carry a code, and never
+    the ids in the path. These messages reach command results, the audit log and alerts, where
+    the provider's vehicle id must not appear (the owner's slug stands for the car there)."""
+    path = urlsplit(url).path or "/"
+    return f"{method} {'/'.join(_shown_level(level) for level in path.split('/'))}"
+
+
+def _shown_level(level: str) -> str:
+    return ID_SHOWN if _ID_LEVEL.fullmatch(level) else level
 
 
 @lru_cache(maxsize=256)

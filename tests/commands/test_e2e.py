@@ -325,3 +325,25 @@ async def test_the_audit_log_verifies_after_a_session(
 def _records(e2e: E2E) -> list[dict[str, Any]]:
     path = audit_directory(e2e.settings.state_dir) / "audit.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_a_provider_error_never_names_the_providers_vehicle_id(
+    settings_args: dict[str, Any], broker: BrokerAddress
+) -> None:
+    """The error's words reach the app's result and the audit log: the car is the owner's slug
+    there, never the provider's id for it (which is in the request's path)."""
+    sim = settings_args["sim"]
+    settings = e2e_settings(**settings_args)
+    vehicle_id = settings.vehicles["ev"].id
+    async with running(settings, sim, settings_args["base"], broker) as e2e:
+        sim.set_faults("5xx=1.0")
+        try:
+            result = await e2e.command("ha", "ev", "lock", "LOCK")
+        finally:
+            sim.set_faults("")
+        records = _records(e2e)
+    assert result["status"] != "succeeded"
+    assert "/lock: HTTP 500" in result["detail"]
+    assert vehicle_id not in json.dumps(result)
+    assert records[-1]["kind"] == "command.outcome"
+    assert vehicle_id not in json.dumps(records)

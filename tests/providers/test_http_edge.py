@@ -18,7 +18,7 @@ from bridge.errors import (
 )
 from bridge.providers.barrier import held_until, pass_barrier
 from bridge.providers.base import CallKind, Commit
-from bridge.providers.http import Edge, retry_after_s
+from bridge.providers.http import Edge, retry_after_s, where
 from tests.providers.support import V1, VEHICLE, RecordingGate, ok, rig
 
 URL = f"{V1}/{VEHICLE}"
@@ -262,3 +262,25 @@ async def test_a_held_command_names_its_record_and_is_written_down_after_sending
     assert gate.records == [41, None, None]
     assert events[:3] == ["charge command", "sent POST", "commit"]
     assert "commit" not in events[3:]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://api.example/api/fordconnect/vehicles/v1/0c697ebfdf5599e3b4538451e24cfc73/lock",
+            "POST /api/fordconnect/vehicles/v1/{id}/lock",
+        ),
+        (
+            "https://api.example/v1/8a7f9fa8/unlock/9c2e1d2a-1b2c-4d5e-8f90-123456789abc?code=9",
+            "POST /v1/8a7f9fa8/unlock/{id}",
+        ),
+        ("https://api.example/vehicles/1FTFW1E50PFA12345/status", "POST /vehicles/{id}/status"),
+        ("https://api.example/fcon-query/v1/vehicle-health/alerts", None),
+        ("https://api.example", "POST /"),
+    ],
+)
+def test_messages_name_the_endpoint_never_the_ids_in_its_path(url: str, shown: str | None) -> None:
+    """Provider errors reach results, the audit log and alerts: no vehicle id, VIN or query."""
+    expected = shown or "POST /fcon-query/v1/vehicle-health/alerts"
+    assert where("POST", url) == expected
