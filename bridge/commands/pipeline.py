@@ -48,7 +48,7 @@ from bridge.errors import AuditError, StateError
 from bridge.events import AlertSink, CommandAudit
 from bridge.logs import get_logger
 from bridge.model import App, CommandStatus, Scope
-from bridge.mqtt.topics import CommandTopic, Publish, PublishSink, Topics
+from bridge.mqtt.topics import MAX_LEVEL, CommandTopic, Publish, PublishSink, Topics
 
 __all__ = ["CommandPipeline", "InboundCommand", "VehicleRoute"]
 
@@ -285,7 +285,8 @@ class CommandPipeline:
         self, ticket: Ticket, topic: CommandTopic | None, inbound: InboundCommand
     ) -> None:
         if topic is None:
-            self._refuse(ticket, Reason.MALFORMED, "not a command topic")
+            detail = f"not a command topic, or a level longer than {MAX_LEVEL} characters"
+            self._refuse(ticket, Reason.MALFORMED, detail)
             return
         parsed = parse_command(
             topic, inbound.payload, retain=inbound.retain, max_bytes=self.commands.max_payload_bytes

@@ -9,6 +9,12 @@ from typing import Any, Literal, Protocol
 
 StateKind = Literal["status", "health", "location", "budget"]
 
+# The longest app, vehicle or command level a command topic may have: app ids are at most 64
+# characters, vehicle slugs 32, command words less. A longer level names nothing, and each
+# level goes into the command's audit record and alert: without a cap, a four-byte payload on a
+# 60,000-character topic would write 60 KB to the audit log, unrated, until the disk was full.
+MAX_LEVEL = 64
+
 
 def encode(document: Mapping[str, Any]) -> str:
     """Every JSON payload the bridge publishes: compact, keys sorted, so the same document always
@@ -82,11 +88,14 @@ class Topics:
         """Split `<base>/app/<app>/<vehicle>/cmd/<command>`; None for anything else.
 
         An empty vehicle or command level (`…/car/cmd/`) still names the app and where its
-        result goes: it is parsed, and refused there as an unknown vehicle or command."""
+        result goes: it is parsed, and refused there as an unknown vehicle or command. A level
+        longer than `MAX_LEVEL` makes it no command topic (refused as malformed, naming no app)."""
         prefix = f"{self.base}/app/"
         if not topic.startswith(prefix):
             return None
         parts = topic[len(prefix) :].split("/")
         if len(parts) != 4 or parts[2] != "cmd" or not parts[0]:
+            return None
+        if any(len(level) > MAX_LEVEL for level in parts):
             return None
         return CommandTopic(app=parts[0], vehicle=parts[1], command=parts[3])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bridge.audit.log import audit_directory
 from bridge.commands.apps import OWNER_ID
 from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
@@ -546,3 +547,24 @@ async def test_commands_before_start_are_refused(tmp_path: Path) -> None:
     await rig.pipeline.stop()
     assert (await rig.send("ha", "lock", "LOCK")).reason == Reason.SHUTTING_DOWN
     assert rig.provider.executed == []
+
+
+@pytest.mark.parametrize("level", ["app", "vehicle", "command"])
+async def test_an_overlong_topic_level_is_refused_and_not_written_whole(
+    rig: Rig, level: str
+) -> None:
+    """Each level goes into the record: a 60,000-character one would write 60 KB per message,
+    before any rate limit. Over 64 characters it is no command topic of ours."""
+    levels = {"app": "ha", "vehicle": "car", "command": "lock"} | {level: "x" * 60_000}
+    topic = f"ol/app/{levels['app']}/{levels['vehicle']}/cmd/{levels['command']}"
+    result = await rig.pipeline.submit(InboundCommand(topic, b"LOCK", False, rig.clock()))
+    assert result.reason == Reason.MALFORMED
+    assert rig.sink.messages == []
+    path = audit_directory(rig.state_dir) / "audit.jsonl"
+    assert path.stat().st_size < 2_000
+
+
+async def test_a_level_of_64_characters_is_still_a_command_topic(rig: Rig) -> None:
+    topic = f"ol/app/{'a' * 64}/car/cmd/lock"
+    result = await rig.pipeline.submit(InboundCommand(topic, b"LOCK", False, rig.clock()))
+    assert result.reason == Reason.UNKNOWN_APP
