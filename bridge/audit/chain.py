@@ -124,16 +124,17 @@ class ChainState:
     seq: int = 0
     hash: str = GENESIS
 
-    def check(self, record: dict[str, Any]) -> tuple[Fault, str] | None:
-        """Is `record` the valid next link? Advances the state when it is."""
-        fault = self._fault(record)
+    def check(self, raw: bytes, record: dict[str, Any]) -> tuple[Fault, str] | None:
+        """Is `record`, read from the line `raw`, the valid next link? Advances the state when
+        it is."""
+        fault = self._fault(raw, record)
         if fault is None:
             self.seq, self.hash = record["seq"], record["hash"]
         return fault
 
-    def _fault(self, record: dict[str, Any]) -> tuple[Fault, str] | None:
-        if not hash_matches(record):
-            return Fault.EDITED, "content does not match its hash"
+    def _fault(self, raw: bytes, record: dict[str, Any]) -> tuple[Fault, str] | None:
+        if not is_sealed(raw, record):
+            return Fault.EDITED, "the line is not the one its hash seals"
         seq = record.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
             return Fault.EDITED, "seq is not an integer"
@@ -147,16 +148,22 @@ class ChainState:
         return None
 
 
-def hash_matches(record: dict[str, Any]) -> bool:
-    """Does the record's `hash` cover its content?"""
+def is_sealed(raw: bytes, record: dict[str, Any]) -> bool:
+    """Is `raw` (a line without its newline) exactly what `seal` writes for `record`'s content?
+
+    Comparing bytes, not only the hash of what the line parses to: JSON readers keep the last of
+    two equal keys, so `{"app":"ha",…,"app":"nodered",…}` hashes like the sealed record while a
+    person, `grep`, or a reader that keeps the first key sees another one. Spaces, escapes and
+    key order likewise change a line without changing what it parses to."""
     claimed = record.get("hash")
     if not isinstance(claimed, str) or HEX64.fullmatch(claimed) is None:
         return False
     body = {k: v for k, v in record.items() if k != "hash"}
     try:
-        return digest(canonical(body)) == claimed
+        line, _ = seal(body)
     except ValueError:  # NaN or Infinity smuggled in: not something we ever write
         return False
+    return line[:-1] == raw
 
 
 def read_records(directory: Path) -> Iterator[dict[str, Any]]:

@@ -39,7 +39,7 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     DIRECTORY,
     ChainState,
-    hash_matches,
+    is_sealed,
     parse_line,
     rotated_files,
     rotated_name,
@@ -398,7 +398,8 @@ class AuditLog:
             # Only the last record is read here (open() checked the whole file): it must at
             # least be a record we could have written, or we would chain onto garbage.
             record = parse_line(tail.last)
-            if record is None or not hash_matches(record) or not isinstance(record["seq"], int):
+            sealed = record is not None and is_sealed(tail.last, record)
+            if record is None or not sealed or not isinstance(record["seq"], int):
                 raise AuditTampered(f"{CURRENT_FILE}: the last record is not a valid record")
             self._chain = ChainState(seq=record["seq"], hash=str(record["hash"]))
         self._size = tail.keep
@@ -454,7 +455,7 @@ class AuditLog:
             record = parse_line(raw)
             if record is None:
                 raise AuditTampered(f"{CURRENT_FILE}:{number}: unparsable record")
-            fault = self._chain.check(record)
+            fault = self._chain.check(raw, record)
             if fault is not None:
                 raise AuditTampered(f"{CURRENT_FILE}:{number}: {fault[0]}: {fault[1]}")
 

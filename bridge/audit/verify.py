@@ -98,7 +98,7 @@ def _check_line(
             return None
         return _problem(line, Fault.UNPARSABLE, "not a JSON record", None)
     expected = state.seq + 1
-    fault = state.check(record)
+    fault = state.check(line.raw, record)
     if fault is None:
         report.records += 1
         return None

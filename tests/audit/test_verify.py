@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from bridge.audit.chain import Fault, parse_line, seal
 from bridge.audit.verify import Head, verify
+from bridge.errors import AuditTampered
 from tests.audit.helpers import fill, lines, open_log, write_lines
 
 
@@ -145,3 +147,40 @@ def test_progress_is_reported(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     assert verify(tmp_path, progress=lambda done, total: calls.append((done, total))).ok
     assert len(calls) >= 3 and calls[-1][0] == calls[-1][1]
+
+
+def _first_two_keys_swapped(raw: bytes) -> bytes:
+    record = parse_line(raw)
+    assert record is not None
+    keys = list(record)
+    order = [keys[1], keys[0], *keys[2:]]
+    return b"{" + b",".join(_pair(k, record[k]) for k in order) + b"}"
+
+
+def _pair(key: str, value: object) -> bytes:
+    return json.dumps({key: value}, separators=(",", ":")).encode()[1:-1]
+
+
+REWRITES = {
+    # JSON readers keep the last of two equal keys: this line parses to the sealed record, and
+    # its hash checks, while a person or a first-key reader sees app "ha", refused, LOCK.
+    "a key given twice": lambda raw: b'{"app":"ha","decision":"refused","action":"LOCK",' + raw[1:],
+    "a space": lambda raw: raw.replace(b'","', b'", "', 1),
+    "an escape": lambda raw: raw.replace(b'"car"', b'"\\u0063ar"', 1),
+    "key order": _first_two_keys_swapped,
+}
+
+
+@pytest.mark.parametrize("rewrite", REWRITES, ids=list(REWRITES))
+def test_a_line_rewritten_to_parse_the_same_is_edited(log_dir: Path, rewrite: str) -> None:
+    """The line itself is what the hash seals, byte for byte, not only what it parses to."""
+    content = lines(log_dir)
+    original = content[3].rstrip(b"\n")
+    changed = REWRITES[rewrite](original)
+    assert changed != original and parse_line(changed) == parse_line(original)
+    content[3] = changed + b"\n"
+    write_lines(log_dir, content)
+    problem = verify(log_dir).problem
+    assert problem is not None and (problem.fault, problem.seq) == (Fault.EDITED, 4)
+    with pytest.raises(AuditTampered, match="edited"):
+        open_log(log_dir)
