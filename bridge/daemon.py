@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import signal
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from bridge.access.apps import AppChange, AppRegistry
 from bridge.access.broker import build_enforcement
 from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
+from bridge.audit.anchor import MalformedHead, anchor_problem, fetch_head
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.ring import open_ring
@@ -35,10 +37,11 @@ from bridge.commands.dedup import DedupStore
 from bridge.commands.delivery import ResultDelivery, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
+from bridge.commands.reasons import Reason
 from bridge.commands.recover import unfinished
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.errors import AuditError, StateError
+from bridge.errors import AuditError, BrokerError, StateError
 from bridge.events import Alert, AlertKind
 from bridge.logs import get_logger
 from bridge.metrics import (
@@ -72,12 +75,30 @@ log = get_logger(__name__)
 REGISTRY_POLL_S = 0.25
 # How often the daemon looks for a new login made by `ownerlink login` in another process.
 LOGIN_WATCH_S = 2.0
+# How often the daemon looks for audit records written by another process (one stat each time).
+AUDIT_WATCH_S = 1.0
+# How long the start-up check waits for the broker's retained audit head once subscribed.
+ANCHOR_WAIT_S = 3.0
+ANCHOR_FIX = (
+    "Keep the audit files as evidence and compare them with a backup. If you moved the audit "
+    "log aside on purpose (starting over), clear the broker's copy with `ownerlink audit "
+    "forget-head` and restart"
+)
 # App ids the registry refuses: the owner's own identity and the daemon's.
 RESERVED_APP_IDS = ("owner", "ownerlink", "admin")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Anchor(enum.Enum):
+    """Where the daemon stands with the audit head the broker holds (see `_check_anchor`)."""
+
+    UNCHECKED = "unchecked"
+    CHECKING = "checking"
+    HELD = "held"  # the log contains the broker's head: ours may replace it
+    BROKEN = "broken"  # it does not: commands stop, and the broker keeps its copy
 
 
 class Daemon:
@@ -158,8 +179,9 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
-        watch = getattr(self, "_login_watch", None)
-        if watch is not None:
+        watches = [getattr(self, name, None) for name in ("_login_watch", "_audit_watch")]
+        watches.append(getattr(self, "_anchor_check", None))
+        for watch in filter(None, watches):
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         for name in ("web", "poller", "registry_sync", "pipeline", "publisher", "alerts"):
@@ -207,6 +229,7 @@ class Daemon:
         self.fsync_ring = open_ring()
         self.audit.use_ring(self.fsync_ring)
         self.audit_problem: str | None = None
+        self._anchor = Anchor.UNCHECKED
         try:
             self.audit.open()
         except AuditError as exc:
@@ -336,8 +359,6 @@ class Daemon:
             delivery=self.delivery,
         )
         if self.audit_problem is not None:
-            from bridge.commands.reasons import Reason
-
             self.pipeline.halt(Reason.AUDIT_TAMPERED)
 
     def _build_poller(self) -> None:
@@ -364,7 +385,8 @@ class Daemon:
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
         self.discovery.clear_forgotten()  # vehicles taken out of the config while we were stopped
-        self._publish_current_audit_head()
+        if self.audit_problem is None:
+            self._check_anchor()
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()
@@ -379,6 +401,8 @@ class Daemon:
         self._login_watch = asyncio.get_running_loop().create_task(self._watch_logins())
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
+        else:
+            self._audit_watch = asyncio.get_running_loop().create_task(self._watch_audit())
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
@@ -443,16 +467,52 @@ class Daemon:
         if getattr(self, "publisher", None) is None:
             return  # the first connect during start-up: start() publishes everything itself
         self.publisher.republish_all()
-        self._publish_current_audit_head()
+        if self._anchor is Anchor.HELD:
+            self._publish_current_audit_head()
+        elif self._anchor is Anchor.UNCHECKED and self.audit_problem is None:
+            self._check_anchor()  # the broker was out of reach when we started
+
+    def _check_anchor(self) -> None:
+        """Compare the head the broker holds with the log before publishing ours, which would
+        otherwise overwrite the evidence of records cut off the end while we were stopped."""
+        self._anchor = Anchor.CHECKING
+        self._anchor_check = asyncio.get_running_loop().create_task(self._anchor_checked())
+
+    async def _anchor_checked(self) -> None:
+        directory = audit_directory(self.settings.state_dir)
+        try:
+            held = await asyncio.to_thread(fetch_head, self.settings, ANCHOR_WAIT_S)
+            problem = None
+            if held is not None:
+                problem = await asyncio.to_thread(anchor_problem, directory, held, self.audit.head)
+        except MalformedHead as exc:
+            # Not a head we ever published: nothing to compare with; ours replaces it.
+            log.warning("the broker's audit head is unreadable; replacing it", error=str(exc))
+            problem = None
+        except (BrokerError, OSError) as exc:
+            log.warning("audit anchor not checked yet; will check on reconnect", error=str(exc))
+            self._anchor = Anchor.UNCHECKED
+            return
+        if problem is None:
+            self._anchor = Anchor.HELD
+            self._publish_current_audit_head()
+            return
+        self._anchor = Anchor.BROKEN  # never overwrite the broker's copy: it is the evidence
+        self.audit_problem = f"{problem}. {ANCHOR_FIX}"
+        log.error("audit log does not contain the broker's head; commands stopped", problem=problem)
+        self.pipeline.halt(Reason.AUDIT_TAMPERED)
+        self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
 
     def _publish_current_audit_head(self) -> None:
-        """The anchor again (on start and every reconnect): the broker, or a broker restarted
-        without persistence, may hold an older head or none until the next record."""
+        """The anchor again (once checked, and on every reconnect): the broker, or a broker
+        restarted without persistence, may hold an older head or none until the next record."""
         seq, head = self.audit.head
         if seq:
             self._publish_audit_head(seq, head)
 
     def _publish_audit_head(self, seq: int, head: str) -> None:
+        if self._anchor is not Anchor.HELD:
+            return  # published once the broker's copy has been checked (see _check_anchor)
         payload = encode({"seq": seq, "hash": head})
         self.mqtt.publish(Publish(self.topics.audit_head, payload, retain=True))
 
@@ -482,6 +542,22 @@ class Daemon:
                     if self._waiting_for_login(account):
                         log.info("new login seen; polling the account again", account=account)
                         self.poller.resume(account)
+
+    async def _watch_audit(self) -> None:
+        """Records another process wrote (`ownerlink apps revoke`, `ownerlink command`) go into
+        the head on the broker within a second, so a log cut back to before them is caught by
+        `audit verify --mqtt`; and a log cut short or replaced under the running daemon stops
+        commands and raises an alert at once, instead of waiting for the next command."""
+        while self.audit.failed is None:
+            await asyncio.sleep(AUDIT_WATCH_S)
+            if self.audit.changed_on_disk():
+                with contextlib.suppress(AuditError):  # failed/tampered say what went wrong
+                    await asyncio.to_thread(self.audit.refresh)
+        if self.audit.tampered:
+            self.audit_problem = self.audit.failed
+            log.error("audit log tampered with; commands stopped", problem=self.audit_problem)
+            self.pipeline.halt(Reason.AUDIT_TAMPERED)
+            self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit.failed, self.clock()))
 
     def _waiting_for_login(self, account: str) -> bool:
         return any(

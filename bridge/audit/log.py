@@ -39,7 +39,6 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     DIRECTORY,
     ChainState,
-    is_sealed,
     parse_line,
     rotated_files,
     rotated_name,
@@ -48,7 +47,7 @@ from bridge.audit.chain import (
 from bridge.audit.pending import Pending
 from bridge.audit.ring import FsyncRing
 from bridge.audit.tail import read_tail, split_torn_tail
-from bridge.errors import AuditError, AuditTampered, AuditWriteError
+from bridge.errors import AuditTampered, AuditWriteError
 from bridge.files import fsync_dir
 from bridge.logs import get_logger
 from bridge.store import ensure_private_dir
@@ -95,6 +94,7 @@ class AuditLog:
         self._size = 0
         self._chain = ChainState()
         self._failed: str | None = None
+        self._tampered = False  # the failure is damage to the log, not a write error
         self._path = directory / CURRENT_FILE
         self._inode = -1  # of the file self._fd has open
         self._unflushed: list[Pending] = []
@@ -161,6 +161,34 @@ class AuditLog:
         return self._chain.seq, self._chain.hash
 
     @property
+    def tampered(self) -> bool:
+        """Did the log fail because its files were damaged (see `failed` for how)?"""
+        return self._tampered
+
+    def changed_on_disk(self) -> bool:
+        """Has another process written to, rotated, cut or replaced the current file since this
+        one last looked? One stat, no lock: the daemon asks every second (`refresh` if so)."""
+        try:
+            on_disk = self._path.stat()
+        except OSError:
+            return True
+        return (on_disk.st_ino, on_disk.st_size) != (self._inode, self._size)
+
+    def refresh(self) -> None:
+        """Take in what other processes (the CLI) appended, checking that it chains on from our
+        last record, and announce the new head, so the anchor on the broker covers their
+        records too. Raises AuditTampered when the log shrank or its file was replaced."""
+        with self._lock:
+            self._raise_if_unusable()
+            with self._exclusive():
+                self._catch_up()
+            # Our own records still being flushed are announced when their fsync completes.
+            settled = not self._unflushed and self._syncing is None
+            seq, value = self._chain.seq, self._chain.hash
+        if settled and seq:
+            self._announce(seq, value)
+
+    @property
     def failed(self) -> str | None:
         """Why appends are refused (after a write or fsync error), or None when healthy."""
         return self._failed
@@ -170,8 +198,7 @@ class AuditLog:
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Add one record and return it once it is on disk. Raises AuditWriteError."""
         with self._lock:
-            if self._failed is not None or self._fd is None:
-                raise AuditWriteError(self._failed or "the audit log is not open")
+            self._raise_if_unusable()
             with self._exclusive():
                 self._catch_up()
                 record = self._append_locked(kind, fields)
@@ -187,8 +214,7 @@ class AuditLog:
         Raises AuditWriteError as `append` does; a failed flush settles the Pending with it.
         """
         with self._lock:
-            if self._failed is not None or self._fd is None:
-                raise AuditWriteError(self._failed or "the audit log is not open")
+            self._raise_if_unusable()
             with self._exclusive():
                 self._catch_up()
                 pending = Pending(self._append_locked(kind, fields, flush=False))
@@ -339,6 +365,17 @@ class AuditLog:
         self._failed = why
         return AuditWriteError(why)
 
+    def _fail_tampered(self, why: str) -> AuditTampered:
+        self._failed, self._tampered = why, True
+        return AuditTampered(why)
+
+    def _raise_if_unusable(self) -> None:
+        """Hold the lock. Refuse appends once the log failed, with the failure's own class."""
+        if self._failed is not None:
+            raise AuditTampered(self._failed) if self._tampered else AuditWriteError(self._failed)
+        if self._fd is None:
+            raise AuditWriteError("the audit log is not open")
+
     def _announce(self, seq: int, value: str) -> None:
         if self.on_head is None:
             return
@@ -367,7 +404,10 @@ class AuditLog:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _catch_up(self) -> None:
-        """Pick up records or a rotation another process made since our last append."""
+        """Pick up records or a rotation another process made since our last append, checking
+        that they chain on from our last record: a log that shrank, or a current file deleted
+        or replaced, is tampering, never a new place to chain on from (that would drop the
+        records in between without a trace, and publish a head that hides it)."""
         assert self._fd is not None
         # One stat: the inode tells a rotation by another process, the size an append by one.
         try:
@@ -379,32 +419,61 @@ class AuditLog:
         same_file = on_disk is not None and on_disk.st_ino == self._inode
         if same_file and on_disk is not None and on_disk.st_size == self._size:
             return  # the usual case: nobody else wrote
-        if not same_file:
-            self._take_back_in_flight()
-            error = self._flush_locked()  # our pending lines are in the file we are leaving
-            if error is not None:
-                raise error
-            os.close(self._fd)
-            self._fd = self._open_fd(self._path)
         try:
-            self._reload_tail()
-        except (AuditError, OSError) as exc:
+            if same_file:
+                self._follow(self._path)
+            else:
+                self._follow_rotation()
+        except AuditTampered as exc:
+            raise self._fail_tampered(str(exc)) from exc
+        except OSError as exc:
             raise self._fail(f"audit log changed under us: {exc}") from exc
 
-    def _reload_tail(self) -> None:
-        tail = read_tail(self._path)
-        self._chain = self._link_from_rotated()
-        if tail.last:
-            # Only the last record is read here (open() checked the whole file): it must at
-            # least be a record we could have written, or we would chain onto garbage.
-            record = parse_line(tail.last)
-            sealed = record is not None and is_sealed(tail.last, record)
-            if record is None or not sealed or not isinstance(record["seq"], int):
-                raise AuditTampered(f"{CURRENT_FILE}: the last record is not a valid record")
-            self._chain = ChainState(seq=record["seq"], hash=str(record["hash"]))
-        self._size = tail.keep
-        if tail.torn:
-            self._repair(tail.keep, tail.torn)
+    def _follow_rotation(self) -> None:
+        """Another process moved our file aside (rotation keeps its inode) and started a new
+        one, perhaps more than once: check what it appended to ours, then every file after."""
+        assert self._fd is not None
+        rotated = [path for _, path in rotated_files(self.directory)]
+        ours = next((i for i, path in enumerate(rotated) if _inode(path) == self._inode), None)
+        if ours is None:
+            raise AuditTampered(
+                f"{CURRENT_FILE} was deleted or replaced while the bridge had it open"
+            )
+        self._take_back_in_flight()
+        error = self._flush_locked()  # our pending lines are in the file we are leaving
+        if error is not None:
+            raise error
+        os.close(self._fd)
+        self._fd = None
+        self._follow(rotated[ours], current=False)
+        for later in rotated[ours + 1 :]:
+            self._size = 0
+            self._follow(later, current=False)
+        self._fd = self._open_fd(self._path)
+        self._size = 0
+        self._follow(self._path)
+
+    def _follow(self, path: Path, *, current: bool = True) -> None:
+        """Check the records after the `self._size` bytes we know of in `path` and chain on."""
+        with path.open("rb") as handle:
+            data = handle.read()
+        if len(data) < self._size:
+            raise AuditTampered(
+                f"{path.name} is shorter than the records written to it"
+                f" ({len(data)} of {self._size} bytes): records were cut off"
+            )
+        keep, torn = split_torn_tail(data[self._size :])
+        for number, raw in enumerate(keep.splitlines(), start=1):
+            record = parse_line(raw)
+            fault = self._chain.check(raw, record) if record is not None else None
+            if record is None or fault is not None:
+                why = f"{fault[0]}: {fault[1]}" if fault else "unparsable record"
+                raise AuditTampered(f"{path.name}: record {number} after ours: {why}")
+        if not current:
+            return
+        self._size += len(keep)
+        if torn:
+            self._repair(self._size, torn)
 
     # -- files -----------------------------------------------------------------------------------
 
@@ -472,6 +541,13 @@ class AuditLog:
         self._append_locked(
             "audit.repaired", {"file": CURRENT_FILE, "offset": keep, "removed_bytes": len(torn)}
         )
+
+
+def _inode(path: Path) -> int:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return -1
 
 
 def _open_lock(path: Path) -> int:

@@ -11,20 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bridge.audit.log import audit_directory
+from bridge.audit.anchor import clear_head, fetch_head
+from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.read import RecordFilter, follow, format_record, last_records
 from bridge.audit.verify import Head, Report, verify
 from bridge.cli.common import add_common, settings_from
 from bridge.config import Settings
-from bridge.errors import AuditError, BrokerError
-from bridge.mqtt.topics import Topics
-
-HEAD_WAIT_S = 5.0
+from bridge.errors import AuditError
 
 
 def register(sub: Any) -> None:
@@ -64,6 +61,18 @@ def register(sub: Any) -> None:
     tail.add_argument("--json", action="store_true", help="print the records as JSON lines")
     _add_source(tail)
     tail.set_defaults(func=tail_command)
+    forget = inner.add_parser(
+        "forget-head",
+        help="clear the audit head kept on the broker, after starting the log over",
+        description=(
+            "The daemon refuses commands when the audit log does not contain the head the "
+            "broker holds: records were cut off, or the log was started over. After starting "
+            "over on purpose (the audit folder moved aside), this records the old head in the "
+            "new log and clears it from the broker; then restart the daemon."
+        ),
+    )
+    add_common(forget)
+    forget.set_defaults(func=forget_head_command)
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -158,53 +167,22 @@ def _show(record: dict[str, Any], *, as_json: bool) -> None:
     print(line, flush=True)
 
 
-def fetch_head(settings: Settings, wait_s: float = HEAD_WAIT_S) -> Head | None:
-    """The retained `<base>/bridge/audit_head` ({"seq":…, "hash":…}), or None if there is none."""
-    from bridge.access.control import Connection
-
-    mqtt = settings.mqtt
-    conn = Connection.from_config(
-        mqtt,
-        username=mqtt.username or "",
-        password=mqtt.password.get_secret_value() if mqtt.password else "",
-        client_id=f"{mqtt.client_id}-audit-{uuid.uuid4().hex[:8]}",
+def forget_head_command(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    held = fetch_head(settings)
+    if held is None:
+        print("the broker holds no audit head: nothing to forget")
+        return 0
+    # Recorded first: the new log says which head was given up, and when, before it is gone.
+    with AuditLog(
+        audit_directory(settings.state_dir),
+        clock=lambda: datetime.now(UTC),
+        rotate_bytes=settings.audit.rotate_bytes,
+    ) as log:
+        log.append("audit.head_forgotten", forgotten_seq=held.seq, forgotten_hash=held.hash)
+    clear_head(settings)
+    print(
+        f"cleared the audit head of record {held.seq} ({held.hash[:12]}…) from the broker and "
+        "recorded it in the audit log; restart the daemon to publish the new head"
     )
-    payload = read_retained(conn, Topics(base=mqtt.base_topic).audit_head, wait_s)
-    return _head_from(payload) if payload else None
-
-
-def read_retained(conn: Any, topic: str, wait_s: float) -> bytes | None:
-    """The retained message on `topic`, or None when the broker holds none."""
-    from bridge.access.control import make_client
-
-    got: list[bytes] = []
-    done = threading.Event()
-
-    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
-        got.append(bytes(message.payload))
-        done.set()
-
-    client = make_client(conn)
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    # A retained message follows the SUBACK at once; a topic without one stays silent.
-    client.on_subscribe = lambda *_: threading.Timer(1.0, done.set).start()
-    client.on_message = on_message
-    try:
-        client.connect(conn.host, conn.port, keepalive=conn.keepalive)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {conn.host}:{conn.port}: {exc}") from exc
-    client.loop_start()
-    try:
-        done.wait(wait_s)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return got[0] if got else None
-
-
-def _head_from(payload: bytes) -> Head:
-    try:
-        doc = json.loads(payload)
-        return Head(int(doc["seq"]), str(doc["hash"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BrokerError(f"the published audit head is not {{seq, hash}}: {exc}") from exc
+    return 0

@@ -19,10 +19,13 @@ from typing import Any, TextIO, get_args
 import httpx
 import yaml
 
+from bridge.audit.anchor import clear_head
+from bridge.audit.chain import read_records
+from bridge.audit.log import audit_directory
 from bridge.config import Settings, load_config
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker, clear_retained, demo_broker
-from bridge.errors import StateError
+from bridge.errors import BrokerError, StateError
 from bridge.events import CollectingAlerts
 from bridge.mqtt.memory import RetainedDiscovery
 from bridge.mqtt.topics import StateKind, Topics
@@ -167,6 +170,7 @@ def write_config(
 async def _run(
     settings: Settings, sim_url: str, broker: DemoBroker, progress: Progress, out: TextIO
 ) -> int:
+    await _forget_an_earlier_demos_head(settings, out)
     await login(settings)
     progress("logged in to the simulated FordConnect account (OAuth 2.0 + PKCE)")
     secret = enroll_stepup(settings)
@@ -189,6 +193,18 @@ async def _run(
             "stopped; the demo's state directory is removed unless --state-dir was given", file=out
         )
     return 0
+
+
+async def _forget_an_earlier_demos_head(settings: Settings, out: TextIO) -> None:
+    """A demo on a new state directory starts a new audit log: an audit head on the broker is
+    then an earlier demo's that could not clear it (killed), and the daemon would take it for
+    records cut off this log and refuse commands. A demo run again on its --state-dir keeps it."""
+    if any(read_records(audit_directory(settings.state_dir))):
+        return
+    try:
+        await asyncio.to_thread(clear_head, settings)
+    except BrokerError as exc:
+        print(f"could not clear an earlier demo's audit head from the broker: {exc}", file=out)
 
 
 async def _take_back(settings: Settings, daemon: Daemon, broker: DemoBroker, out: TextIO) -> None:

@@ -287,3 +287,81 @@ async def test_a_failed_flush_settles_pending_records_with_the_error(tmp_path: P
         log.append_pending("command.decision", n=2)
     assert log.failed is not None
     log.close()
+
+
+# -- another process's changes: followed when they chain on, refused when they cut records ---------
+
+
+def _append_one(log: AuditLog, n: int) -> None:
+    log.append("command.decision", id=f"next{n}", app="ha", decision="allowed", reason="ok")
+
+
+@pytest.mark.parametrize("damage", ["cut", "delete", "replace"])
+def test_a_log_cut_short_or_replaced_under_an_open_log_is_tampering(
+    tmp_path: Path, damage: str
+) -> None:
+    """Chaining on from whatever is left would drop the records in between without a trace
+    (and, once the seq grew past the old head, publish a head that hides it)."""
+    heads: list[tuple[int, str]] = []
+    log = fill(tmp_path, 5, on_head=lambda seq, value: heads.append((seq, value)))
+    if damage == "cut":
+        write_lines(tmp_path, lines(tmp_path)[:2])
+    elif damage == "delete":
+        (tmp_path / "audit.jsonl").unlink()
+    else:
+        content = lines(tmp_path)
+        (tmp_path / "audit.jsonl").unlink()
+        write_lines(tmp_path, content[:2])
+    assert log.changed_on_disk()
+    with pytest.raises(AuditTampered):
+        _append_one(log, 0)
+    assert log.tampered and log.failed is not None
+    with pytest.raises(AuditTampered):  # and every append after it
+        log.refresh()
+    assert heads[-1][0] == 5  # no head was announced for the shortened chain
+    log.close()
+
+
+def test_records_another_process_appended_are_checked_and_announced(tmp_path: Path) -> None:
+    """The CLI's records (a revocation, an owner's command) reach the published head."""
+    heads: list[tuple[int, str]] = []
+    daemon = fill(tmp_path, 3, on_head=lambda seq, value: heads.append((seq, value)))
+    cli = open_log(tmp_path)
+    _append_one(cli, 1)
+    _append_one(cli, 2)
+    cli.close()
+    assert daemon.changed_on_disk()
+    daemon.refresh()
+    assert heads[-1] == cli.head and heads[-1][0] == 5
+    assert not daemon.changed_on_disk()
+    daemon.close()
+
+
+def test_a_record_another_process_appended_must_chain_on(tmp_path: Path) -> None:
+    """A line added behind the daemon's back that does not link to its last record."""
+    daemon = fill(tmp_path, 3)
+    other = open_log(tmp_path / "other")
+    for n in range(4):  # a chain of its own: record 4 links to another record 3
+        other.append("command.decision", id=f"x{n}", app="intruder", decision="allowed")
+    other.close()
+    write_lines(tmp_path, [*lines(tmp_path), lines(tmp_path / "other")[3]])
+    with pytest.raises(AuditTampered, match="after ours"):
+        daemon.refresh()
+    daemon.close()
+
+
+def test_a_rotation_by_another_process_is_followed_and_checked(tmp_path: Path) -> None:
+    """Rotation keeps the file's inode under its new name: that is how it is told from a
+    replacement, and the records written before it are still checked."""
+    heads: list[tuple[int, str]] = []
+    daemon = fill(tmp_path, 2, rotate_bytes=4096, on_head=lambda s, v: heads.append((s, v)))
+    cli = open_log(tmp_path, rotate_bytes=4096)
+    for n in range(30):
+        cli.append("shared", n=n, pad="y" * 100)
+    cli.close()
+    assert list(tmp_path.glob("audit.0*.jsonl"))
+    daemon.refresh()
+    assert heads[-1] == cli.head
+    _append_one(daemon, 0)
+    daemon.close()
+    assert verify(tmp_path).ok

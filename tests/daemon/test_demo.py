@@ -68,6 +68,19 @@ class Recorder:
 
 
 @pytest.fixture
+def stale_head(broker: BrokerAddress) -> None:
+    """What a demo killed with -9 leaves: its audit head, retained. A new demo's log is not
+    that one; it must not take it for records cut off its own log (and refuse commands)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    stale = json.dumps({"seq": 99, "hash": "ab" * 32})
+    client.publish("ownerlink/bridge/audit_head", stale, qos=1, retain=True).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+@pytest.fixture
 def demo(
     broker: BrokerAddress, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
@@ -112,10 +125,11 @@ def printed(lines: list[str], label: str) -> str:
 
 
 def test_demo_runs_end_to_end_and_stops_cleanly(
-    demo: tuple[subprocess.Popen[str], list[str]], broker: BrokerAddress
+    stale_head: None, demo: tuple[subprocess.Popen[str], list[str]], broker: BrokerAddress
 ) -> None:
-    """Within 30 s the broker carries discovery and states; the printed lock works, the printed
-    refused command is refused, and Ctrl-C leaves no process behind."""
+    """Within 30 s the broker carries discovery and states; the printed lock works (even after
+    an earlier demo was killed), the printed refused command is refused, and Ctrl-C leaves no
+    process behind."""
     proc, lines = demo
     deadline = time.monotonic() + STARTUP_S
     while not any("Ctrl-C stops everything" in line for line in lines):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,10 +16,13 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bridge.access.control import Connection
+from bridge.audit.anchor import read_retained
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
+from bridge.cli import main
 from bridge.config import Settings
-from bridge.daemon import Daemon
+from bridge.daemon import Anchor, Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
 from bridge.errors import StateError
@@ -356,6 +360,30 @@ async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_wer
     assert not [topic for topic, payload in during.live if not payload], "nothing was removed"
 
 
+async def _run_until_anchored(settings: Settings) -> Daemon:
+    """Start, wait until the broker's copy of the audit head has been checked, and stop."""
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running._anchor in (Anchor.HELD, Anchor.BROKEN))
+    finally:
+        await running.stop()
+    return running
+
+
+def _retained_head(broker: BrokerAddress, topic: str) -> bytes | None:
+    got = read_retained(
+        Connection(broker.host, broker.port, "", "", f"head-{uuid.uuid4().hex[:6]}"), topic, 5.0
+    )
+    return got or None
+
+
+def _head_payload(record: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"hash": record["hash"], "seq": record["seq"]}, separators=(",", ":")
+    ).encode()
+
+
 async def test_the_audit_head_is_published_again_on_every_start(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:
@@ -364,18 +392,39 @@ async def test_the_audit_head_is_published_again_on_every_start(
     settings = settings_for(tmp_path, sim[1], broker, base_topic)
     await login(settings)
     topic = f"{base_topic}/bridge/audit_head"
-    await _run_once(settings, topic, broker)
+    await _run_until_anchored(settings)
     publish_retained(broker, topic, "")  # as a broker restarted without persistence would be
-    await _run_once(settings, topic, broker)
-    anchor = Listener(broker, topic)
-    await anchor.close()
+    await _run_until_anchored(settings)
     records = list(read_records(audit_directory(settings.state_dir)))
     assert records, "the first start writes records (the config's apps)"
-    last = records[-1]
-    assert (
-        anchor.retained[topic]
-        == json.dumps({"hash": last["hash"], "seq": last["seq"]}, separators=(",", ":")).encode()
-    )
+    assert _retained_head(broker, topic) == _head_payload(records[-1])
+
+
+async def test_a_log_cut_short_while_stopped_is_refused_and_the_brokers_head_kept(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """Publishing the shortened log's head would overwrite the only evidence of the cut."""
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    topic = f"{base_topic}/bridge/audit_head"
+    await _run_until_anchored(settings)
+    held = _retained_head(broker, topic)
+    current = audit_directory(settings.state_dir) / "audit.jsonl"
+    current.write_bytes(b"".join(current.read_bytes().splitlines(keepends=True)[:-1]))
+    events = Listener(broker, f"{base_topic}/bridge/event")
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running._anchor is Anchor.BROKEN)
+        slug = running.vehicles[0].slug
+        result = await running.pipeline.submit_owner(slug, "lock", "LOCK")
+        assert (result.status.value, result.reason) == ("rejected", "audit_tampered")
+        assert running.audit_problem is not None and "forget-head" in running.audit_problem
+    finally:
+        await running.stop()
+        await events.close()
+    assert any(b"audit_tampered" in payload for _, payload in events.live)
+    assert _retained_head(broker, topic) == held
 
 
 async def test_a_replaced_state_database_stops_the_start_before_anything_runs(
@@ -403,3 +452,109 @@ async def test_a_replaced_state_database_stops_the_start_before_anything_runs(
     again = Daemon(settings)
     await again.start()
     await again.stop()
+
+
+async def _until(check: Any, within_s: float = 10.0) -> None:
+    for _ in range(int(within_s / 0.1)):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("not within the time allowed")
+
+
+def _another_process_appends(daemon: Daemon) -> tuple[int, str]:
+    """What `ownerlink apps revoke` or `ownerlink command` does: its own AuditLog, same files."""
+    cli = AuditLog(
+        audit_directory(daemon.settings.state_dir),
+        clock=lambda: datetime.now(UTC),
+        rotate_bytes=daemon.settings.audit.rotate_bytes,
+    )
+    cli.open()
+    try:
+        cli.append("app.revoked", app="nodered", reason="test")
+    finally:
+        cli.close()
+    return cli.head
+
+
+async def test_records_written_by_another_process_move_the_published_head(
+    daemon: Daemon, broker: BrokerAddress
+) -> None:
+    """Otherwise a log cut back to just before the CLI's records (a revocation, an owner's
+    unlock) would still contain the head on the broker, and `audit verify --mqtt` would pass."""
+    topic = daemon.topics.audit_head
+    await _until(lambda: daemon._anchor is Anchor.HELD)
+    anchor = Listener(broker, topic)
+    try:
+        seq, value = _another_process_appends(daemon)
+        expected = json.dumps({"hash": value, "seq": seq}, separators=(",", ":")).encode()
+        await _until(lambda: (topic, expected) in anchor.live)
+    finally:
+        await anchor.close(settle_s=0)
+
+
+async def test_a_log_cut_short_under_the_running_daemon_stops_commands_and_alerts(
+    daemon: Daemon, broker: BrokerAddress
+) -> None:
+    """Found within a second, not at the next command; the broker keeps the old head."""
+    slug = daemon.vehicles[0].slug
+    topic = daemon.topics.audit_head
+    await _until(lambda: daemon._anchor is Anchor.HELD)
+    events = Listener(broker, daemon.topics.bridge_event)
+    anchor = Listener(broker, topic)
+    try:
+        _another_process_appends(daemon)
+        await _until(lambda: anchor.live)
+        current = audit_directory(daemon.settings.state_dir) / "audit.jsonl"
+        current.write_bytes(b"".join(current.read_bytes().splitlines(keepends=True)[:-1]))
+        await _until(lambda: any(b"audit_tampered" in payload for _, payload in events.live))
+        result = await daemon.pipeline.submit_owner(slug, "lock", "LOCK")
+        assert (result.status.value, result.reason) == ("rejected", "audit_tampered")
+        assert daemon.audit_problem is not None and "cut off" in daemon.audit_problem
+        assert len(anchor.live) == 1, "no head was published for the shortened log"
+    finally:
+        await events.close(settle_s=0)
+        await anchor.close(settle_s=0)
+
+
+async def test_starting_over_on_purpose_takes_forget_head_then_commands_run(
+    tmp_path: Path,
+    sim: tuple[Simulator, str],
+    broker: BrokerAddress,
+    base_topic: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The owner moved the state aside to start over: the daemon cannot tell that from a cut
+    log, so it refuses until the owner says so; the new log records the head given up."""
+    document = document_for(tmp_path, sim[1], broker, base_topic)
+    settings = Settings(**document)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(document))  # JSON is YAML
+    await login(settings)
+    topic = f"{base_topic}/bridge/audit_head"
+    await _run_until_anchored(settings)
+    old_head = _retained_head(broker, topic)
+    assert old_head is not None
+    state = settings.state_dir
+    (state / "audit").rename(tmp_path / "audit-old")
+    (state / DB_NAME).rename(tmp_path / "db-old")
+    assert (await _run_until_anchored(settings))._anchor is Anchor.BROKEN
+    assert _retained_head(broker, topic) == old_head
+
+    assert main(["audit", "forget-head", "--config", str(config)]) == 0
+    assert "cleared the audit head" in capsys.readouterr().out
+    forgotten = [
+        r for r in read_records(audit_directory(state)) if r["kind"] == "audit.head_forgotten"
+    ]
+    assert [r["forgotten_seq"] for r in forgotten] == [json.loads(old_head)["seq"]]
+
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running._anchor is Anchor.HELD)
+        result = await running.pipeline.submit_owner(running.vehicles[0].slug, "lock", "LOCK")
+        assert result.status.value == "succeeded", result
+    finally:
+        await running.stop()
+    records = list(read_records(audit_directory(state)))
+    assert _retained_head(broker, topic) == _head_payload(records[-1])
