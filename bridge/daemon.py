@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import signal
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,6 +180,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
+        if getattr(self, "_anchor_abort", None) is not None:
+            self._anchor_abort.set()
         watches = [getattr(self, name, None) for name in ("_login_watch", "_audit_watch")]
         watches.append(getattr(self, "_anchor_check", None))
         for watch in filter(None, watches):
@@ -213,6 +216,7 @@ class Daemon:
     def _build_state(self) -> None:
         settings = self.settings
         self.store = Store.open(settings.state_dir)
+        _warn_if_open_to_others(settings.state_dir)
         replaced = replaced_database(self.store, audit_directory(settings.state_dir))
         if replaced is not None:
             # Starting would quietly undo revocations and re-run executed command ids.
@@ -230,6 +234,7 @@ class Daemon:
         self.audit.use_ring(self.fsync_ring)
         self.audit_problem: str | None = None
         self._anchor = Anchor.UNCHECKED
+        self._anchor_abort = threading.Event()  # set on stop: the check's thread ends at once
         try:
             self.audit.open()
         except AuditError as exc:
@@ -481,7 +486,9 @@ class Daemon:
     async def _anchor_checked(self) -> None:
         directory = audit_directory(self.settings.state_dir)
         try:
-            held = await asyncio.to_thread(fetch_head, self.settings, ANCHOR_WAIT_S)
+            held = await asyncio.to_thread(
+                fetch_head, self.settings, ANCHOR_WAIT_S, self._anchor_abort
+            )
             problem = None
             if held is not None:
                 problem = await asyncio.to_thread(anchor_problem, directory, held, self.audit.head)
@@ -614,3 +621,16 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except OSError:
         return None
+
+
+def _warn_if_open_to_others(state_dir: Path) -> None:
+    """A directory the owner made themselves keeps its mode (it may be shared on purpose), but
+    tokens and the step-up secret live in it: say so at every start, as doctor does."""
+    mode = state_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "state directory open to other users",
+            state_dir=str(state_dir),
+            mode=f"{mode:04o}",
+            fix=f"chmod 700 {state_dir}",
+        )

@@ -68,10 +68,13 @@ class MalformedHead(BrokerError):
     """The retained audit head is not `{seq, hash}`."""
 
 
-def fetch_head(settings: Settings, wait_s: float = HEAD_WAIT_S) -> Head | None:
-    """The retained `<base>/bridge/audit_head` ({"seq":…, "hash":…}), or None if there is none.
-    Raises BrokerError when the broker cannot be reached, MalformedHead for another payload."""
-    payload = read_retained(_connection(settings, "audit"), _topic(settings), wait_s)
+def fetch_head(
+    settings: Settings, wait_s: float = HEAD_WAIT_S, abort: threading.Event | None = None
+) -> Head | None:
+    """The retained `<base>/bridge/audit_head` ({"seq":…, "hash":…}), or None if there is none
+    (or `abort` was set: the daemon stopping does not wait for the broker). Raises BrokerError
+    when the broker cannot be reached, MalformedHead for another payload."""
+    payload = read_retained(_connection(settings, "audit"), _topic(settings), wait_s, abort)
     return _head_from(payload) if payload else None
 
 
@@ -112,12 +115,15 @@ def _topic(settings: Settings) -> str:
     return Topics(base=settings.mqtt.base_topic).audit_head
 
 
-def read_retained(conn: Any, topic: str, wait_s: float) -> bytes | None:
-    """The retained message on `topic`, or None when the broker holds none."""
+def read_retained(
+    conn: Any, topic: str, wait_s: float, done: threading.Event | None = None
+) -> bytes | None:
+    """The retained message on `topic`, or None when the broker holds none (or `done` was set
+    by the caller before it came)."""
     from bridge.access.control import make_client
 
     got: list[bytes] = []
-    done = threading.Event()
+    done = done or threading.Event()
 
     def on_message(_client: Any, _userdata: Any, message: Any) -> None:
         got.append(bytes(message.payload))

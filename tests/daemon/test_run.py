@@ -558,3 +558,24 @@ async def test_starting_over_on_purpose_takes_forget_head_then_commands_run(
         await running.stop()
     records = list(read_records(audit_directory(state)))
     assert _retained_head(broker, topic) == _head_payload(records[-1])
+
+
+async def test_a_state_directory_open_to_others_is_reported_at_start(
+    tmp_path: Path,
+    sim: tuple[Simulator, str],
+    broker: BrokerAddress,
+    base_topic: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One the owner made with `mkdir` (0755) keeps its mode, but the owner hears of it."""
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    settings.state_dir.mkdir(mode=0o755)
+    settings.state_dir.chmod(0o755)
+    await login(settings)
+    capsys.readouterr()
+    running = Daemon(settings)
+    await running.start()
+    await running.stop()
+    out = capsys.readouterr()
+    assert "state directory open to other users" in out.out + out.err
+    assert f"chmod 700 {settings.state_dir}" in out.out + out.err
