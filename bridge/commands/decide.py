@@ -26,6 +26,10 @@ STEPUP_EXEMPT = frozenset({Operation.STOP_ENGINE})
 DEFAULT_FUTURE_SKEW_S = 5.0
 
 
+# Why a right code is refused the second time (RFC 6238 §5.2: a code is accepted once).
+CODE_REUSED = "code already used; wait for the next"
+
+
 class StepUpStatus(enum.StrEnum):
     """What checking a command's step-up code found (without consuming anything)."""
 

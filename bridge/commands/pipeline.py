@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from bridge.commands.apps import OWNER_APP, AppLookup
 from bridge.commands.decide import (
+    CODE_REUSED,
     NOT_ASSESSED,
     STEPUP_REASONS,
     Decision,
     Policy,
     StepUpCheck,
+    StepUpStatus,
     decide,
 )
 from bridge.commands.delivery import record_time
@@ -76,7 +78,7 @@ class StepUpVerifier(Protocol):
 
     def settle(
         self, app_id: str, check: StepUpCheck, *, allowed: bool, now: datetime, vehicle: str | None
-    ) -> None: ...
+    ) -> bool: ...
 
 
 class ResultSender(Protocol):
@@ -320,8 +322,7 @@ class CommandPipeline:
             self._refuse(ticket, stop, "the bridge is not taking commands")
             return
         try:
-            decision, check = self._decide(ticket, parsed)
-            self._spend(ticket, parsed, decision, check)
+            decision, check = self._spend(ticket, parsed, *self._decide(ticket, parsed))
         except StateError as exc:
             self._refuse(ticket, Reason.STATE_UNAVAILABLE, error_text(exc))
             return
@@ -362,19 +363,25 @@ class CommandPipeline:
 
     def _spend(
         self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck
-    ) -> None:
-        """Use up what the decision consumed: rate allowance, the step-up code, the command id."""
+    ) -> tuple[Decision, StepUpCheck]:
+        """Use up what the decision consumed: rate allowance, the step-up code, the command id.
+        Returns the decision as it stands after: refused if another process took the same
+        step-up code between checking and taking it."""
         app, epoch = ticket.app, ticket.received_at.timestamp()
         if app is None:
-            return
+            return decision, check
         if decision.reason not in BEFORE_RATE_LIMIT:
             self.rates.record(app, cmd.vehicle, epoch)
-        if check is not NOT_ASSESSED:
-            self.stepup.settle(
-                app.id, check, allowed=decision.allowed, now=ticket.received_at, vehicle=cmd.vehicle
+        if check is not NOT_ASSESSED and not self.stepup.settle(
+            app.id, check, allowed=decision.allowed, now=ticket.received_at, vehicle=cmd.vehicle
+        ):
+            check = StepUpCheck(StepUpStatus.FAILED, detail=CODE_REUSED)
+            decision = dataclasses.replace(
+                decision, allowed=False, reason=Reason.STEPUP_FAILED, detail=CODE_REUSED
             )
         if decision.allowed and cmd.id:
             self.ids.remember(app.id, cmd.id, epoch)
+        return decision, check
 
     def _refuse(
         self,

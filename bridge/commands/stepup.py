@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyotp
 
-from bridge.commands.decide import StepUpCheck, StepUpStatus
+from bridge.commands.decide import CODE_REUSED, StepUpCheck, StepUpStatus
 from bridge.commands.storage import reading, writing
 from bridge.config import StepUpConfig
 from bridge.errors import StateError
@@ -133,7 +133,7 @@ class StepUp:
             return StepUpCheck(StepUpStatus.FAILED, detail="wrong code")
         last = self._last_step(secret)
         if last is not None and step <= last:
-            return StepUpCheck(StepUpStatus.FAILED, detail="code already used; wait for the next")
+            return StepUpCheck(StepUpStatus.FAILED, detail=CODE_REUSED)
         return StepUpCheck(StepUpStatus.OK, step=step, key=_secret_id(secret))
 
     def settle(
@@ -144,12 +144,19 @@ class StepUp:
         allowed: bool,
         now: datetime,
         vehicle: str | None = None,
-    ) -> None:
-        """Remember an accepted step (before the command is forwarded), or count a failure."""
+    ) -> bool:
+        """Take an accepted code's step for good (before the command is forwarded), or count a
+        failure. False when the code was accepted but another process took the same step
+        between `assess` and now (the daemon and `ownerlink command`, given one code at once):
+        that is a reused code, counted as a failure, and the command must not go."""
         if check.status is StepUpStatus.OK and allowed and check.step is not None and check.key:
-            self._remember_step(check.key, check.step)
-        elif check.status is StepUpStatus.FAILED:
+            if self._claim_step(check.key, check.step):
+                return True
+            self._record_failure(app_id, now, vehicle, CODE_REUSED)
+            return False
+        if check.status is StepUpStatus.FAILED:
             self._record_failure(app_id, now, vehicle, check.detail)
+        return True
 
     def locked_until(self, app_id: str, now: datetime) -> datetime | None:
         """When the app's lockout ends, or None when it is not locked out."""
@@ -176,13 +183,16 @@ class StepUp:
         )
         return int(rows[0][0]) if rows else None
 
-    def _remember_step(self, key: str, step: int) -> None:
+    def _claim_step(self, key: str, step: int) -> bool:
+        """Record `step` as used unless it (or a later one) already is. One statement, so two
+        processes claiming the same step cannot both succeed; True when this one did."""
         with writing(self.store, "step-up state") as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO stepup_steps (secret_id, step) VALUES (?, ?) ON CONFLICT (secret_id)"
-                " DO UPDATE SET step = max(step, excluded.step)",
+                " DO UPDATE SET step = excluded.step WHERE step < excluded.step",
                 (key, step),
             )
+            return cursor.rowcount == 1
 
     def recent_failures(self, app_id: str, now: datetime) -> int:
         """Failures counted towards the app's next lockout (those within the window)."""

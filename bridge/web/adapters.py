@@ -61,5 +61,5 @@ class OwnerStepUp:
         now = self.clock()
         check = self.verifier.assess(LOGIN_APP_ID, code or None, now)
         allowed = check.status is StepUpStatus.OK
-        self.verifier.settle(LOGIN_APP_ID, check, allowed=allowed, now=now)
-        return allowed
+        # False when a command in another process took the same code a moment before.
+        return self.verifier.settle(LOGIN_APP_ID, check, allowed=allowed, now=now) and allowed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,11 @@ import pytest
 
 from bridge.audit.log import audit_directory
 from bridge.commands.apps import OWNER_ID
+from bridge.commands.decide import StepUpCheck
 from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
 from bridge.commands.reasons import Reason
-from bridge.commands.stepup import code_at, enroll
+from bridge.commands.stepup import StepUp, code_at, enroll
 from bridge.config import CommandsConfig, StepUpConfig
 from bridge.errors import (
     BudgetExhausted,
@@ -28,6 +29,7 @@ from bridge.errors import (
 )
 from bridge.events import AlertKind
 from bridge.model import App, CommandOutcome, CommandStatus, Operation, Scope
+from bridge.store import Store
 from tests.commands.fakes import T0, DictApps, FakeProvider, Rig, make_rig
 
 
@@ -193,6 +195,35 @@ async def test_right_code_unlocks_once_and_is_never_stored(tmp_path: Path) -> No
     alerts = json.dumps([a.as_document() for a in rig.alerts.alerts]).encode()
     for blob in (audit_bytes, published, alerts):
         assert code.encode() not in blob
+
+
+async def test_a_code_another_process_took_meanwhile_refuses_the_command(
+    tmp_path: Path,
+) -> None:
+    """`ownerlink command` took the same code between this pipeline's check and its taking
+    it: the command is refused as a reused code, audited so, and never reaches the car."""
+    state = tmp_path / "state"
+    secret = enroll(state)
+    rig = await make_rig(state)
+    other = StepUp(
+        store=Store.open(state), state_dir=state, config=StepUpConfig(), alerts=rig.alerts
+    )
+    assess = rig.stepup.assess
+
+    def assess_then_lose_the_race(app_id: str, code: str | None, now: datetime) -> StepUpCheck:
+        check = assess(app_id, code, now)
+        taken = other.assess("owner", code, now)
+        assert other.settle("owner", taken, allowed=True, now=now, vehicle="car-1")
+        return check
+
+    rig.stepup.assess = assess_then_lose_the_race  # type: ignore[method-assign]
+    payload = json.dumps({"action": "UNLOCK", "code": code_at(secret, rig.clock())})
+    result = await rig.send("ha", "lock", payload)
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.STEPUP_FAILED)
+    assert "already used" in result.detail
+    assert rig.provider.executed == []
+    decision = rig.records("command.decision")[0]
+    assert (decision["decision"], decision["stepup"]) == ("refused", "failed")
 
 
 async def test_stop_engine_needs_no_code(tmp_path: Path) -> None:

@@ -96,6 +96,23 @@ def test_reuse_is_refused_across_a_restart(state_dir: Path) -> None:
     assert use(second, code).status is StepUpStatus.FAILED
 
 
+def test_one_code_given_to_two_processes_at_once_is_taken_by_one(state_dir: Path) -> None:
+    """The daemon and `ownerlink command` (each its own StepUp on one state dir) both check the
+    same code before either takes it: only one may act on it, and the other counts a failure."""
+    secret = enroll(state_dir)
+    (daemon, daemon_alerts), (cli, _) = make(state_dir), make(state_dir)
+    code = code_at(secret, T0)
+    checks = [daemon.assess("ha", code, T0), cli.assess("owner", code, T0)]
+    assert [c.status for c in checks] == [StepUpStatus.OK, StepUpStatus.OK]
+    taken = [
+        stepup.settle(app, check, allowed=True, now=T0, vehicle="car")
+        for stepup, app, check in ((cli, "owner", checks[1]), (daemon, "ha", checks[0]))
+    ]
+    assert taken == [True, False]
+    assert daemon.recent_failures("ha", T0) == 1
+    assert [a.kind for a in daemon_alerts.alerts] == [AlertKind.STEPUP_FAILED]
+
+
 def test_an_older_step_than_the_last_accepted_is_refused(state_dir: Path) -> None:
     """After the current code is used, the previous step's (still within drift) is refused."""
     secret = enroll(state_dir)
