@@ -29,11 +29,13 @@ from typing import Any, TextIO
 import httpx
 
 from bridge import doctor
+from bridge.audit.anchor import fetch_head
 from bridge.audit.ring import unavailable as ring_unavailable
+from bridge.audit.verify import Head
 from bridge.cli.common import add_common, settings_from
 from bridge.config import AccountConfig, Settings, find_config_path
 from bridge.doctor import Check, HttpAnswer
-from bridge.errors import ProviderError
+from bridge.errors import BrokerError, ProviderError
 from bridge.events import CollectingAlerts
 from bridge.logs import scrub_text
 from bridge.polling.budget import Budget
@@ -125,7 +127,8 @@ def run_checks(
     clock = probes.clock
     checks = [doctor.check_config(settings, config_path)]
     checks += doctor.check_state(settings.state_dir, uid=probes.uid, now=clock())
-    checks += doctor.check_broker(settings.mqtt, timeout_s=timeout_s)
+    broker = doctor.check_broker(settings.mqtt, timeout_s=timeout_s)
+    checks += broker
     store = TokenStore(settings.state_dir)
     tokens = {name: doctor.check_tokens(name, store, clock()) for name in settings.accounts}
     checks += tokens.values()
@@ -137,9 +140,20 @@ def run_checks(
     if online and logged_in:
         checks += online_checks(settings, logged_in, clock)  # before the budget: it shows the call
     checks += doctor.check_budgets(settings, clock())
-    checks.append(doctor.check_audit(settings.state_dir))
+    reachable = all(check.ok is not False for check in broker)
+    held = held_head(settings, timeout_s) if reachable else None
+    checks.append(doctor.check_audit(settings.state_dir, held))
     checks.append(doctor.check_audit_fsync(probes.fsync_ring()))
     return checks
+
+
+def held_head(settings: Settings, timeout_s: float) -> Head | None:
+    """The audit head the broker keeps, to check the log against as the daemon does at start;
+    None when there is none or it cannot be read (the broker check has said why)."""
+    try:
+        return fetch_head(settings, wait_s=timeout_s)
+    except BrokerError:
+        return None
 
 
 # -- the provider probe (httpx) -------------------------------------------------------------------

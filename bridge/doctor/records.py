@@ -7,9 +7,9 @@ import stat
 from datetime import datetime
 from pathlib import Path
 
-from bridge.audit.chain import chain_files
+from bridge.audit.chain import Fault, chain_files
 from bridge.audit.log import audit_directory
-from bridge.audit.verify import Report, verify
+from bridge.audit.verify import Head, Report, verify
 from bridge.config import Settings
 from bridge.doctor.model import (
     AS_DAEMON_USER,
@@ -79,8 +79,9 @@ def judge_budget(account: str, usage: BudgetUsage | None) -> Check:
     return passed(name, detail)
 
 
-def check_audit(state_dir: Path) -> Check:
-    """Every record's hash and link verifies; a failure names the first bad record.
+def check_audit(state_dir: Path, held: Head | None = None) -> Check:
+    """Every record's hash and link verifies; a failure names the first bad record. With the
+    head the broker `held`, the log must also contain it, as the daemon checks at start.
 
     Only `audit_directory(state_dir)` is looked at: the one place every writer appends to.
     """
@@ -88,14 +89,16 @@ def check_audit(state_dir: Path) -> Check:
     if stat_or_none(state_dir) is not None and not can_look_inside(state_dir):
         return failed(name, f"cannot read {state_dir}", AS_DAEMON_USER)
     directory = audit_directory(state_dir)
-    if not can_look_inside(directory) or not chain_files(directory):
+    if (not can_look_inside(directory) or not chain_files(directory)) and held is None:
         return passed(name, "no records yet")
     try:
-        report = verify(directory)
+        report = verify(directory, head=held)
     except OSError as exc:
         return failed(name, f"cannot read {directory}: {exc.strerror or exc}", AS_DAEMON_USER)
     if report.problem is not None:
-        return failed(name, f"broken at {report.problem.describe()}", _AUDIT_FIX)
+        against_head = report.problem.fault in (Fault.TRUNCATED, Fault.DIVERGED)
+        fix = _ANCHOR_FIX if against_head else _AUDIT_FIX
+        return failed(name, f"broken at {report.problem.describe()}", fix)
     return passed(name, _intact(report))
 
 
@@ -122,6 +125,11 @@ def _intact(report: Report) -> str:
     return "; ".join([text, *report.notes])
 
 
+_ANCHOR_FIX = (
+    "the log lacks records the broker's copy of its head vouches for, so the daemon refuses "
+    "commands: keep the files and compare them with a backup; if you started the log over (or "
+    "restored an older copy) on purpose, run `ownerlink audit forget-head` and restart"
+)
 _AUDIT_FIX = (
     "keep the files as evidence and find out who changed them (`ownerlink audit verify` shows "
     "the same); the daemon will not append to a broken chain: to start a new one, stop it and "

@@ -461,6 +461,37 @@ def test_a_tampered_audit_log_fails_naming_the_first_bad_record(install: Install
     assert "keep the files as evidence" in out
 
 
+def _hold_head(install: Install, payload: bytes) -> None:
+    topic = f"{install.mqtt['base_topic']}/bridge/audit_head"
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(install.mqtt["host"], install.mqtt["port"])
+    client.loop_start()
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_a_log_without_the_head_the_broker_holds_fails_as_the_daemon_would(
+    install: Install,
+) -> None:
+    """Records cut off the end: the chain alone is intact, the broker's head says otherwise,
+    and the daemon would refuse commands; doctor says so and how to go on."""
+    directory = audit_directory(install.state_dir)
+    records = [json.loads(line) for line in (directory / "audit.jsonl").read_bytes().splitlines()]
+    last = records[-1]
+    _hold_head(install, json.dumps({"seq": last["seq"], "hash": last["hash"]}).encode())
+    try:
+        assert checks(install)["audit log"]["status"] == "ok"
+        path = directory / "audit.jsonl"
+        path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-2]))
+        found = checks(install)
+        assert found["exit"] == 1 and found["audit log"]["status"] == "fail"
+        assert "truncated" in found["audit log"]["detail"]
+        assert "ownerlink audit forget-head" in found["audit log"]["fix"]
+    finally:
+        _hold_head(install, b"")
+
+
 # -- provider and clock ---------------------------------------------------------------------------
 
 
