@@ -252,6 +252,7 @@ class CommandsConfig(Section):
     dedup_window_s: Number = Field(default=DAY, ge=60, le=MONTH)
     max_payload_bytes: Integer = Field(default=1024, ge=16, le=65536)
     rate_limit_per_minute: Integer = Field(default=6, ge=1, le=600)
+    refusals_recorded_per_minute: Integer = Field(default=30, ge=1, le=10_000)
     status_poll_interval_s: Number = Field(default=2.0, gt=0, le=30)
     timeout_s: Number = Field(default=120, gt=0, le=600)
 

@@ -80,6 +80,8 @@ LOGIN_WATCH_S = 2.0
 AUDIT_WATCH_S = 1.0
 # How long the start-up check waits for the broker's retained audit head once subscribed.
 ANCHOR_WAIT_S = 3.0
+# How long to wait before asking again when the broker gave no answer (commands wait meanwhile).
+ANCHOR_RETRY_S = 5.0
 ANCHOR_FIX = (
     "Keep the audit files as evidence and compare them with a backup. If you moved the audit "
     "log aside on purpose (starting over), clear the broker's copy with `ownerlink audit "
@@ -365,6 +367,8 @@ class Daemon:
         )
         if self.audit_problem is not None:
             self.pipeline.halt(Reason.AUDIT_TAMPERED)
+        else:
+            self.pipeline.hold(Reason.AUDIT_UNCHECKED)  # until _check_anchor has an answer
 
     def _build_poller(self) -> None:
         self.vehicles_view = DaemonVehicles(self)
@@ -406,8 +410,11 @@ class Daemon:
         self._login_watch = asyncio.get_running_loop().create_task(self._watch_logins())
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
-        else:
-            self._audit_watch = asyncio.get_running_loop().create_task(self._watch_audit())
+            return
+        self._audit_watch = asyncio.get_running_loop().create_task(self._watch_audit())
+        # Usually answered in about a second; a broker that does not answer keeps commands
+        # waiting (retried in the background), not the rest of the start.
+        await asyncio.wait({self._anchor_check}, timeout=ANCHOR_WAIT_S + 1)
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
@@ -474,46 +481,59 @@ class Daemon:
         self.publisher.republish_all()
         if self._anchor is Anchor.HELD:
             self._publish_current_audit_head()
-        elif self._anchor is Anchor.UNCHECKED and self.audit_problem is None:
-            self._check_anchor()  # the broker was out of reach when we started
 
     def _check_anchor(self) -> None:
         """Compare the head the broker holds with the log before publishing ours, which would
-        otherwise overwrite the evidence of records cut off the end while we were stopped."""
+        otherwise overwrite the evidence of records cut off the end while we were stopped.
+        Commands wait for the answer (`Reason.AUDIT_UNCHECKED`)."""
         self._anchor = Anchor.CHECKING
         self._anchor_check = asyncio.get_running_loop().create_task(self._anchor_checked())
 
     async def _anchor_checked(self) -> None:
-        directory = audit_directory(self.settings.state_dir)
-        try:
-            held = await asyncio.to_thread(
-                fetch_head, self.settings, ANCHOR_WAIT_S, self._anchor_abort
-            )
-            problem = None
-            if held is not None:
-                problem = await asyncio.to_thread(anchor_problem, directory, held, self.audit.head)
-        except MalformedHead as exc:
-            # Not a head we ever published: nothing to compare with; ours replaces it.
-            log.warning("the broker's audit head is unreadable; replacing it", error=str(exc))
-            problem = None
-        except (BrokerError, OSError) as exc:
-            log.warning("audit anchor not checked yet; will check on reconnect", error=str(exc))
-            self._anchor = Anchor.UNCHECKED
-            return
+        while True:
+            try:
+                problem = await self._anchor_problem()
+                break
+            except (BrokerError, OSError) as exc:  # no answer is not "no head": ask again
+                log.warning(
+                    "audit log not yet checked against the broker's head; commands wait",
+                    error=str(exc),
+                    retry_in_s=ANCHOR_RETRY_S,
+                )
+                await asyncio.sleep(ANCHOR_RETRY_S)
         if problem is None:
             self._anchor = Anchor.HELD
+            self.pipeline.release()
             self._publish_current_audit_head()
             return
         self._anchor = Anchor.BROKEN  # never overwrite the broker's copy: it is the evidence
         self.audit_problem = f"{problem}. {ANCHOR_FIX}"
         log.error("audit log does not contain the broker's head; commands stopped", problem=problem)
         self.pipeline.halt(Reason.AUDIT_TAMPERED)
+        self.pipeline.release()
         self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
+
+    async def _anchor_problem(self) -> str | None:
+        """Why the log lacks the broker's head, or None (also when the broker holds none).
+        Raises BrokerError when the broker gave no answer either way."""
+        try:
+            held = await asyncio.to_thread(
+                fetch_head, self.settings, ANCHOR_WAIT_S, self._anchor_abort
+            )
+        except MalformedHead as exc:
+            # Not a head we ever published: nothing to compare with; ours replaces it.
+            log.warning("the broker's audit head is unreadable; replacing it", error=str(exc))
+            return None
+        if held is None:
+            return None
+        directory = audit_directory(self.settings.state_dir)
+        return await asyncio.to_thread(anchor_problem, directory, held, self.audit.head)
 
     def _publish_current_audit_head(self) -> None:
         """The anchor again (once checked, and on every reconnect): the broker, or a broker
-        restarted without persistence, may hold an older head or none until the next record."""
-        seq, head = self.audit.head
+        restarted without persistence, may hold an older head or none until the next record.
+        Only a head known to be on disk: one the log lacks after a power cut reads as tampering."""
+        seq, head = self.audit.durable_head
         if seq:
             self._publish_audit_head(seq, head)
 
@@ -560,11 +580,14 @@ class Daemon:
             if self.audit.changed_on_disk():
                 with contextlib.suppress(AuditError):  # failed/tampered say what went wrong
                     await asyncio.to_thread(self.audit.refresh)
-        if self.audit.tampered:
-            self.audit_problem = self.audit.failed
-            log.error("audit log tampered with; commands stopped", problem=self.audit_problem)
-            self.pipeline.halt(Reason.AUDIT_TAMPERED)
-            self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit.failed, self.clock()))
+        self.audit_problem = self.audit.failed
+        if not self.audit.tampered:
+            log.error("audit log unusable; commands stopped", problem=self.audit_problem)
+            self.pipeline.halt(Reason.AUDIT_UNAVAILABLE)
+            return
+        log.error("audit log tampered with; commands stopped", problem=self.audit_problem)
+        self.pipeline.halt(Reason.AUDIT_TAMPERED)
+        self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit.failed, self.clock()))
 
     def _waiting_for_login(self, account: str) -> bool:
         return any(

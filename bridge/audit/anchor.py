@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from bridge.errors import BrokerError
 from bridge.mqtt.topics import Topics
 
 HEAD_WAIT_S = 5.0
+RETAINED_GRACE_S = 1.0  # after the SUBACK: how long silence takes to mean "no retained message"
+ABORT_POLL_S = 0.05
 
 
 def anchor_problem(directory: Path, anchor: Head, local: tuple[int, str]) -> str | None:
@@ -116,23 +119,44 @@ def _topic(settings: Settings) -> str:
 
 
 def read_retained(
-    conn: Any, topic: str, wait_s: float, done: threading.Event | None = None
+    conn: Any, topic: str, wait_s: float, abort: threading.Event | None = None
 ) -> bytes | None:
-    """The retained message on `topic`, or None when the broker holds none (or `done` was set
-    by the caller before it came)."""
+    """The retained message on `topic`, or None when the broker holds none. "None" needs the
+    broker's word: a connection it accepted and a subscription it granted, then a moment of
+    silence. Anything short of that raises BrokerError, never None: a broker restarting, or a
+    proxy in front of one, must not pass for a broker without a head (the daemon would take it
+    as leave to publish its own over the evidence). `abort`, when set, ends the wait."""
     from bridge.access.control import make_client
 
     got: list[bytes] = []
-    done = done or threading.Event()
+    refused: list[str] = []
+    subscribed, done = threading.Event(), threading.Event()
+
+    def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        if reason.is_failure:
+            refused.append(f"the broker refused the connection: {reason}")
+            done.set()
+        else:
+            client.subscribe(topic, qos=1)
+
+    def on_subscribe(_c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
+        if any(code.is_failure for code in reasons):
+            refused.append(f"the broker refused to let us read {topic}")
+            done.set()
+            return
+        subscribed.set()
+        # A retained message follows the SUBACK at once; a topic without one stays silent.
+        grace = threading.Timer(RETAINED_GRACE_S, done.set)
+        grace.daemon = True
+        grace.start()
 
     def on_message(_client: Any, _userdata: Any, message: Any) -> None:
         got.append(bytes(message.payload))
         done.set()
 
     client = make_client(conn)
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-    # A retained message follows the SUBACK at once; a topic without one stays silent.
-    client.on_subscribe = lambda *_: threading.Timer(1.0, done.set).start()
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = on_message
     try:
         client.connect(conn.host, conn.port, keepalive=conn.keepalive)
@@ -140,11 +164,24 @@ def read_retained(
         raise BrokerError(f"cannot reach the broker at {conn.host}:{conn.port}: {exc}") from exc
     client.loop_start()
     try:
-        done.wait(wait_s)
+        _wait(done, wait_s, abort)
     finally:
         client.disconnect()
         client.loop_stop()
-    return got[0] if got else None
+    if got:
+        return got[0]
+    if refused:
+        raise BrokerError(refused[0])
+    if not subscribed.is_set() or not done.is_set():
+        raise BrokerError(f"the broker at {conn.host}:{conn.port} did not answer in {wait_s:g} s")
+    return None
+
+
+def _wait(done: threading.Event, wait_s: float, abort: threading.Event | None) -> None:
+    deadline = time.monotonic() + wait_s
+    while not done.wait(min(ABORT_POLL_S, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline or (abort is not None and abort.is_set()):
+            return
 
 
 def _head_from(payload: bytes) -> Head:

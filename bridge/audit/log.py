@@ -105,6 +105,7 @@ class AuditLog:
         self._closing = False
         self._announce_lock = threading.Lock()
         self._announced = 0  # the highest seq given to on_head
+        self._durable_head = (0, "")  # (seq, hash) of the newest record known to be on disk
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -124,6 +125,11 @@ class AuditLog:
             self._size = len(keep)
             if torn:
                 self._repair(len(keep), torn)
+            # A process killed before its fsync left its lines in the page cache: make them
+            # durable, so the head we start from may be published as the anchor.
+            self._flush_locked(always=True)
+            self._announced = self._chain.seq
+            self._durable_head = (self._chain.seq, self._chain.hash)
 
     def use_ring(self, ring: FsyncRing | None) -> None:
         """fsync pending records through `ring` from its thread (None: the flusher thread)."""
@@ -161,6 +167,13 @@ class AuditLog:
         return self._chain.seq, self._chain.hash
 
     @property
+    def durable_head(self) -> tuple[int, str]:
+        """(seq, hash) of the newest record known to be on disk: the only head that may be
+        published, since a head the log lacks after a power cut reads as records cut off."""
+        with self._announce_lock:
+            return self._durable_head
+
+    @property
     def tampered(self) -> bool:
         """Did the log fail because its files were damaged (see `failed` for how)?"""
         return self._tampered
@@ -180,13 +193,19 @@ class AuditLog:
         records too. Raises AuditTampered when the log shrank or its file was replaced."""
         with self._lock:
             self._raise_if_unusable()
+            before = self._chain.seq
             with self._exclusive():
                 self._catch_up()
-            # Our own records still being flushed are announced when their fsync completes.
-            settled = not self._unflushed and self._syncing is None
+            if self._chain.seq == before:
+                return
+            # Another process may not have fsync'd its record yet (`ownerlink command` flushes
+            # on a thread): make it durable before it becomes the anchor. One fsync of the file
+            # covers every process's writes, and settles our own pending records as well.
+            error = self._flush_locked(always=True)
+            if error is not None:
+                raise error
             seq, value = self._chain.seq, self._chain.hash
-        if settled and seq:
-            self._announce(seq, value)
+        self._announce(seq, value)
 
     @property
     def failed(self) -> str | None:
@@ -266,10 +285,11 @@ class AuditLog:
                 error = self._fail_all(f"audit fsync failed: {os.strerror(errno)}")
             else:
                 following = self._take_ring_batch()
+            head = self._settled_head(batch[-1]) if following is None else None
         for pending in batch:
             pending.settle(error)
         if error is None:
-            self._announce(batch[-1].record["seq"], batch[-1].record["hash"])
+            self._announce(*(head or (batch[-1].record["seq"], batch[-1].record["hash"])))
         if following is not None:
             self._ring_fsync(ring, *following)
 
@@ -299,8 +319,17 @@ class AuditLog:
                     return
                 last = self._unflushed[-1]
                 self._flush_locked()
+                head = self._settled_head(last)
             if self._failed is None:
-                self._announce(last.record["seq"], last.record["hash"])
+                self._announce(*head)
+
+    def _settled_head(self, last: Pending) -> tuple[int, str]:
+        """What a flush that ended with `last` made durable (hold the lock): the whole chain
+        when nothing was written since, including another process's records taken in since
+        our last flush (our fsync covers every byte of the file); else `last` itself."""
+        if self._unflushed:
+            return last.record["seq"], last.record["hash"]
+        return self._chain.seq, self._chain.hash
 
     def _flush_locked(self, *, always: bool = False) -> AuditWriteError | None:
         """fsync the file and settle every record written without one (hold the lock). Without
@@ -377,13 +406,14 @@ class AuditLog:
             raise AuditWriteError("the audit log is not open")
 
     def _announce(self, seq: int, value: str) -> None:
-        if self.on_head is None:
-            return
+        """`seq` is on disk, and every record before it: say so (never stepping back)."""
         # The flusher and callers of `append` announce from different threads: never step back.
         with self._announce_lock:
             if seq <= self._announced:
                 return
-            self._announced = seq
+            self._announced, self._durable_head = seq, (seq, value)
+            if self.on_head is None:
+                return
             try:
                 self.on_head(seq, value)
             except Exception:  # publishing the head must never undo a durable record

@@ -34,6 +34,7 @@ from bridge.commands.decide import (
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
+from bridge.commands.noise import UNKNOWN_SENDER, RefusalRecords
 from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
 from bridge.commands.ratelimit import CommandRateLimits
 from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
@@ -42,6 +43,8 @@ from bridge.commands.records import (
     decision_fields,
     outcome_fields,
     refusal_alert,
+    suppressed_alert,
+    suppressed_fields,
 )
 from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL
 from bridge.commands.results import CommandResult, Ending, error_text
@@ -69,6 +72,21 @@ class InboundCommand:
     payload: bytes
     retain: bool
     received_at: datetime  # when the adapter received it: the age check's "now"
+
+
+# Commands kept waiting while the pipeline is held (see `hold`); more are refused at once.
+MAX_WAITING = 100
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    ticket: Ticket
+    step: Callable[[], None]
+    expiry: asyncio.TimerHandle | None = None
+
+    def take(self) -> None:
+        if self.expiry is not None:
+            self.expiry.cancel()
 
 
 class StepUpVerifier(Protocol):
@@ -135,11 +153,15 @@ class CommandPipeline:
         # crash kept from the broker is sent again on the next start (see delivery.py).
         self.delivery = delivery
         self.rates = CommandRateLimits(commands.rate_limit_per_minute)
+        self.noise = RefusalRecords(commands.refusals_recorded_per_minute)
+        self._summaries: dict[str, asyncio.TimerHandle] = {}  # sender → its summary, scheduled
         self.forwarder: Forwarder[Ticket] = Forwarder(
             timeout_s=commands.timeout_s, on_accepted=self._accepted, on_done=self._complete
         )
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._halted: Reason | None = None
+        self._held: Reason | None = None
+        self._waiting: list[_Waiting] = []  # commands that came while held, in order
         self._stopping = True
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -151,6 +173,13 @@ class CommandPipeline:
     async def stop(self) -> None:
         """Refuse new commands, end queued ones as not sent, cancel the ones in flight."""
         self._stopping = True
+        waiting, self._waiting = self._waiting, []
+        for entry in waiting:  # refused: the bridge is stopping
+            entry.take()
+            self._run(entry.ticket, entry.step)
+        for sender, handle in list(self._summaries.items()):
+            handle.cancel()
+            self._summarise(sender)
         await self.forwarder.stop()
         for task in list(self._side_tasks):
             task.cancel()
@@ -193,6 +222,20 @@ class CommandPipeline:
         if self._halted is None:
             log.error("command pipeline halted", reason=str(reason))
         self._halted = reason
+
+    def hold(self, reason: Reason) -> None:
+        """Keep new commands waiting until `release()` (the daemon's start-up check of the audit
+        log, usually a second): they are taken in order then. One that waits longer than
+        `commands.max_age_s`, or beyond `MAX_WAITING`, is refused with `reason`."""
+        self._held = reason
+
+    def release(self) -> None:
+        """Take the waiting commands, in the order they came (refused if halted meanwhile)."""
+        self._held = None
+        waiting, self._waiting = self._waiting, []
+        for entry in waiting:
+            entry.take()
+            self._run(entry.ticket, entry.step)
 
     @property
     def halted(self) -> Reason | None:
@@ -259,6 +302,21 @@ class CommandPipeline:
         )
 
     def _guarded(self, ticket: Ticket, step: Callable[[], None]) -> None:
+        """Run an intake step now, or once `release()` comes while the pipeline is held."""
+        if self._held is None or len(self._waiting) >= MAX_WAITING:
+            self._run(ticket, step)  # held and full: refused now, with the hold's reason
+            return
+        entry = _Waiting(ticket, step)
+        loop = asyncio.get_running_loop()
+        entry.expiry = loop.call_later(self.commands.max_age_s, self._expire, entry)
+        self._waiting.append(entry)
+
+    def _expire(self, entry: _Waiting) -> None:
+        if entry in self._waiting:
+            self._waiting.remove(entry)
+            self._run(entry.ticket, entry.step)  # still held: refused with the hold's reason
+
+    def _run(self, ticket: Ticket, step: Callable[[], None]) -> None:
         """Run an intake step; whatever goes wrong, the command still gets one final result.
 
         Each step resolves the future last, after anything that could raise, so a command that
@@ -317,7 +375,7 @@ class CommandPipeline:
         if isinstance(parsed, Refusal):
             self._refuse(ticket, parsed.reason, parsed.detail, alert=parsed.alert)
             return
-        stop = self._halted or (Reason.SHUTTING_DOWN if self._stopping else None)
+        stop = self._halted or self._held or (Reason.SHUTTING_DOWN if self._stopping else None)
         if stop is not None:
             self._refuse(ticket, stop, "the bridge is not taking commands")
             return
@@ -393,10 +451,14 @@ class CommandPipeline:
         *,
         alert: bool = True,
     ) -> None:
-        """End a command as rejected: audit it (unless the log is broken), alert, publish."""
+        """End a command as rejected: audit it (unless the log is broken, or the sender is
+        flooding: see `noise.py`), alert, publish."""
         ticket.id = ticket.id or self.new_id()
         record = None
-        if self._halted is None:
+        if self._halted is None and not self._recorded_alone(ticket):
+            self._count_suppressed(ticket, reason)
+            ticket.decided, alert = True, False  # the summary record speaks for it
+        elif self._halted is None:
             try:
                 record = self.audit.append(
                     "command.decision", **decision_fields(ticket, reason, detail, decision, check)
@@ -408,6 +470,45 @@ class CommandPipeline:
         if alert:
             self._alert(ticket, reason)
         self._finish(ticket, CommandStatus.REJECTED, reason, detail, record)
+
+    # -- refusals too fast to record one by one ---------------------------------------------------
+
+    def _recorded_alone(self, ticket: Ticket) -> bool:
+        return self.noise.admit(self._sender(ticket), ticket.received_at.timestamp())
+
+    def _sender(self, ticket: Ticket) -> str:
+        """Whose allowance a refusal uses: a known app's own, or the one all unknown share."""
+        if ticket.app is not None:
+            return ticket.app.id
+        if ticket.app_id:
+            try:
+                if self.apps.current(ticket.app_id) is not None:
+                    return ticket.app_id
+            except Exception:  # noqa: BLE001 - the refusal being recorded may be this failure's
+                log.debug("sender lookup failed; counted as unknown", app=ticket.app_id)
+        return UNKNOWN_SENDER
+
+    def _count_suppressed(self, ticket: Ticket, reason: Reason) -> None:
+        sender = self._sender(ticket)
+        if self.noise.suppress(sender, str(reason), ticket.received_at.timestamp()):
+            loop = asyncio.get_running_loop()
+            handle = loop.call_later(self.noise.window_s, self._summarise, sender)
+            self._summaries[sender] = handle
+
+    def _summarise(self, sender: str) -> None:
+        """Record (and alert) the run of refusals counted for `sender`."""
+        self._summaries.pop(sender, None)
+        run = self.noise.take(sender)
+        if run is None or self._halted is not None:
+            return
+        try:
+            self.audit.append("command.suppressed", **suppressed_fields(sender, run))
+        except AuditError:
+            self.halt(Reason.AUDIT_UNAVAILABLE)
+        try:
+            self.alerts.emit(suppressed_alert(sender, run, self.clock()))
+        except Exception:
+            log.exception("could not raise a command alert", app=sender)
 
     def _accept(
         self, ticket: Ticket, cmd: ParsedCommand, decision: Decision, check: StepUpCheck

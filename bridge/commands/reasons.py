@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     # The bridge itself cannot take commands safely.
     AUDIT_UNAVAILABLE = "audit_unavailable"
     AUDIT_TAMPERED = "audit_tampered"
+    AUDIT_UNCHECKED = "audit_unchecked"  # not yet compared with the head the broker holds
     STATE_UNAVAILABLE = "state_unavailable"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bridge.commands.decide import NOT_ASSESSED, Decision, StepUpCheck
+from bridge.commands.noise import UNKNOWN_SENDER, Suppressed
 from bridge.commands.reasons import Reason
 from bridge.commands.results import CommandResult, Ending
 from bridge.events import Alert, AlertKind
@@ -86,6 +87,36 @@ def refusal_alert(ticket: Ticket, reason: Reason, ts: datetime) -> Alert:
             }
         ),
     )
+
+
+def suppressed_fields(sender: str, run: Suppressed) -> dict[str, Any]:
+    """The `command.suppressed` record: refusals counted rather than recorded one by one."""
+    return _present(
+        {
+            "app": None if sender == UNKNOWN_SENDER else sender,
+            "refused": run.count,
+            "reasons": dict(sorted(run.reasons.items())),
+            "first": _iso(run.first),
+            "last": _iso(run.last),
+        }
+    )
+
+
+def suppressed_alert(sender: str, run: Suppressed, ts: datetime) -> Alert:
+    """One alert for a run of refusals too fast to record (or alert) one by one."""
+    who = "unknown senders" if sender == UNKNOWN_SENDER else sender
+    return Alert(
+        AlertKind.COMMAND_REFUSED,
+        f"{run.count} more refused commands from {who} within a minute: counted, not recorded "
+        "one by one",
+        ts,
+        app=None if sender == UNKNOWN_SENDER else sender,
+        details={"refused": run.count, "reasons": dict(sorted(run.reasons.items()))},
+    )
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _who(ticket: Ticket) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from bridge.simulator import Limits, SimClock, Simulator, serve_in_thread
 from bridge.store import Store
 
 ACCOUNT = "sim"
+DEMO_BASE_TOPIC = "ownerlink-demo"
 # A real account's defaults (250 calls a day, 40 an hour) allow about ten commands an hour once
 # polling has had its share: too few for someone trying every command in the demo. The demo's
 # account and budget are roomier; the budget still keeps under the simulated account's limits.
@@ -127,6 +128,10 @@ def demo_config(
             "host": broker.host,
             "port": broker.port,
             "client_id": f"ownerlink-demo-{secrets.token_hex(3)}",
+            # Its own base topic: on a broker it shares with a real Ownerlink (the owner's own
+            # Mosquitto), the demo's cars, its audit head and its clean-up never touch the real
+            # one's topics.
+            "base_topic": DEMO_BASE_TOPIC,
             # The embedded broker speaks MQTT 3.1.1 only.
             "protocol": "3.1.1" if broker.kind == "embedded" else "5",
         },
@@ -196,9 +201,10 @@ async def _run(
 
 
 async def _forget_an_earlier_demos_head(settings: Settings, out: TextIO) -> None:
-    """A demo on a new state directory starts a new audit log: an audit head on the broker is
-    then an earlier demo's that could not clear it (killed), and the daemon would take it for
-    records cut off this log and refuse commands. A demo run again on its --state-dir keeps it."""
+    """A demo on a new state directory starts a new audit log: an audit head under the demo's
+    base topic is then an earlier demo's that could not clear it (killed), and the daemon would
+    take it for records cut off this log and refuse commands. A demo run again on its
+    --state-dir keeps it."""
     if any(read_records(audit_directory(settings.state_dir))):
         return
     try:

@@ -365,3 +365,42 @@ def test_a_rotation_by_another_process_is_followed_and_checked(tmp_path: Path) -
     _append_one(daemon, 0)
     daemon.close()
     assert verify(tmp_path).ok
+
+
+def test_another_process_records_reach_the_anchor_while_our_fsync_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """The daemon's own command record is still being fsync'd when the CLI writes a revocation:
+    the head published must still come to cover the revocation, not stop at our record."""
+    from tests.audit.test_ring import ScriptedRing
+
+    heads: list[int] = []
+    daemon = open_log(tmp_path, on_head=lambda seq, _value: heads.append(seq))
+    ring = ScriptedRing()
+    daemon.use_ring(ring)
+    daemon.append("daemon.started")
+    daemon.append_pending("command.decision", id="c1")  # seq 2: its fsync in flight
+    cli = open_log(tmp_path)
+    _append_one(cli, 3)
+    cli.close()
+    daemon.refresh()
+    ring.finish()
+    assert heads[-1] == 3 and daemon.durable_head == cli.head
+    assert not daemon.changed_on_disk()
+    daemon.close()
+
+
+def test_another_process_record_is_made_durable_before_it_is_announced(tmp_path: Path) -> None:
+    """`ownerlink command` writes its decision and fsyncs it on a thread: the daemon may take it
+    in first. A head the log lacks after a power cut would read as records cut off."""
+    heads: list[int] = []
+    fsync = CountingFsync()
+    daemon = open_log(tmp_path, fsync=fsync, on_head=lambda seq, _value: heads.append(seq))
+    daemon.append("daemon.started")
+    cli = open_log(tmp_path, fsync=lambda _fd: None)  # its own flush never comes
+    cli.append_pending("command.decision", id="c1")
+    before = fsync.calls
+    daemon.refresh()
+    assert heads[-1] == 2 and fsync.calls == before + 1
+    cli.close()
+    daemon.close()

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from bridge.audit.log import audit_directory
+from bridge.audit.verify import verify
 from bridge.commands.apps import OWNER_ID
 from bridge.commands.decide import StepUpCheck
+from bridge.commands.noise import RefusalRecords
 from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
 from bridge.commands.reasons import Reason
@@ -599,3 +601,82 @@ async def test_a_level_of_64_characters_is_still_a_command_topic(rig: Rig) -> No
     topic = f"ol/app/{'a' * 64}/car/cmd/lock"
     result = await rig.pipeline.submit(InboundCommand(topic, b"LOCK", False, rig.clock()))
     assert result.reason == Reason.UNKNOWN_APP
+
+
+# -- a flood of refusals ---------------------------------------------------------------------------
+
+
+async def test_a_flood_of_refusals_is_counted_not_written_one_by_one(tmp_path: Path) -> None:
+    """Each refusal is fsync'd on its own, before any rate limit: an app sending junk as fast as
+    the broker takes it would fill the disk (and a full disk stops every command). Past the
+    allowance each is still refused with a result, and one record says how many and why."""
+    rig = await make_rig(
+        tmp_path / "state",
+        commands=CommandsConfig(rate_limit_per_minute=600, refusals_recorded_per_minute=5),
+    )
+    results = [await rig.send("locker", "lock", b"{junk") for _ in range(200)]
+    results.append(await rig.send("locker", "lock", "UNLOCK"))  # scope missing: refused too
+    assert {r.status for r in results} == {CommandStatus.REJECTED}
+    assert len(rig.sink.messages) == 201, "every refusal still gets its result"
+    assert len(rig.records("command.decision")) == 5
+    assert len([a for a in rig.alerts.alerts if a.kind is AlertKind.COMMAND_REFUSED]) == 5
+    allowed = await rig.send("locker", "lock", "LOCK")  # nothing allowed is ever summarised
+    assert allowed.status is CommandStatus.SUCCEEDED
+    await rig.pipeline.stop()  # a stop records the run counted so far
+    (summary,) = rig.records("command.suppressed")
+    assert summary["app"] == "locker" and summary["refused"] == 196
+    assert summary["reasons"] == {"malformed": 195, "scope_missing": 1}
+    assert verify(tmp_path / "state" / "audit").ok
+
+
+async def test_the_count_is_recorded_a_window_after_the_first_uncounted_refusal(
+    tmp_path: Path,
+) -> None:
+    rig = await make_rig(tmp_path / "state")
+    rig.pipeline.noise = RefusalRecords(per_minute=2, window_s=0.2)
+    for _ in range(6):
+        await rig.send("ha", "lock", b"{junk")
+    await rig.send("nobody", "lock", "LOCK")  # unknown senders share one allowance
+    await rig.send("stranger", "lock", "LOCK")
+    await rig.send("intruder", "lock", "LOCK")
+    assert rig.records("command.suppressed") == []
+    await asyncio.sleep(0.5)
+    summaries = {r.get("app"): r["refused"] for r in rig.records("command.suppressed")}
+    assert summaries == {"ha": 4, None: 1}
+    alerts = [a for a in rig.alerts.alerts if "counted, not recorded" in a.message]
+    assert [a.app for a in alerts] == ["ha", None]
+
+
+# -- held at start (the daemon's check of the audit log against the broker's head) -----------------
+
+
+async def test_commands_that_come_while_held_wait_and_run_in_order_on_release(rig: Rig) -> None:
+    rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    second = rig.pipeline.submit(
+        rig.inbound("ha", "lock", json.dumps({"action": "LOCK", "id": "b"}))
+    )
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done() and rig.records() == []
+    rig.pipeline.release()
+    assert [(await f).status for f in (first, second)] == [CommandStatus.SUCCEEDED] * 2
+    assert [r["id"] for r in rig.records("command.decision")][1] == "b"
+
+
+async def test_a_command_held_too_long_is_refused_with_the_holds_reason(tmp_path: Path) -> None:
+    rig = await make_rig(
+        tmp_path / "state", commands=CommandsConfig(rate_limit_per_minute=600, max_age_s=0.1)
+    )
+    rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
+    result = await asyncio.wait_for(rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK")), 2)
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.AUDIT_UNCHECKED)
+    assert rig.provider.executed == []
+
+
+async def test_held_then_halted_the_waiting_commands_are_refused(rig: Rig) -> None:
+    rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
+    waiting = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    rig.pipeline.halt(Reason.AUDIT_TAMPERED)
+    rig.pipeline.release()
+    assert (await waiting).reason == Reason.AUDIT_TAMPERED
+    assert rig.provider.executed == []

@@ -42,7 +42,7 @@ class Recorder:
         self.client = paho.Client(CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(
-            [("ownerlink/#", 0), ("homeassistant/#", 0)]
+            [("ownerlink-demo/#", 0), ("homeassistant/#", 0)]
         )
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
@@ -67,17 +67,28 @@ class Recorder:
         self.client.disconnect()
 
 
+REAL_HEAD = "ownerlink/bridge/audit_head"
+
+
 @pytest.fixture
-def stale_head(broker: BrokerAddress) -> None:
+def stale_head(broker: BrokerAddress) -> Iterator[None]:
     """What a demo killed with -9 leaves: its audit head, retained. A new demo's log is not
-    that one; it must not take it for records cut off its own log (and refuse commands)."""
+    that one; it must not take it for records cut off its own log (and refuse commands). And
+    the owner's real Ownerlink on the same broker keeps its own head, whatever the demo does."""
     client = paho.Client(CallbackAPIVersion.VERSION2)
     client.connect(broker.host, broker.port)
     client.loop_start()
     stale = json.dumps({"seq": 99, "hash": "ab" * 32})
-    client.publish("ownerlink/bridge/audit_head", stale, qos=1, retain=True).wait_for_publish(5)
-    client.loop_stop()
-    client.disconnect()
+    client.publish("ownerlink-demo/bridge/audit_head", stale, qos=1, retain=True).wait_for_publish(
+        5
+    )
+    client.publish(REAL_HEAD, stale, qos=1, retain=True).wait_for_publish(5)
+    try:
+        yield
+    finally:
+        client.publish(REAL_HEAD, b"", qos=1, retain=True).wait_for_publish(5)
+        client.loop_stop()
+        client.disconnect()
 
 
 @pytest.fixture
@@ -170,7 +181,8 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
     # The test's broker is one the demo did not start: it must take back everything it retained.
-    assert _retained(broker, ["ownerlink/#", "homeassistant/#"]) == []
+    assert _retained(broker, ["ownerlink-demo/#", "homeassistant/#"]) == []
+    assert _retained(broker, ["ownerlink/#"]) == [REAL_HEAD], "the real one's topics untouched"
     assert any("retained messages the demo left" in line for line in lines), "".join(lines)
     page = printed(lines, "owner page")
     port = re.search(r":(\d+)/", page)

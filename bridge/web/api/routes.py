@@ -179,6 +179,7 @@ _REJECTION_STATUS: dict[str, int] = {
     Reason.UNKNOWN_COMMAND: 400,
     Reason.PAYLOAD_TOO_LARGE: 400,
     Reason.AUDIT_UNAVAILABLE: 503,
+    Reason.AUDIT_UNCHECKED: 503,
     Reason.STATE_UNAVAILABLE: 503,
     Reason.SHUTTING_DOWN: 503,
 }
