@@ -23,6 +23,7 @@ from bridge.commands.stepup import StepUp
 from bridge.config import CommandsConfig, Settings, StepUpConfig
 from bridge.events import CollectingAlerts
 from bridge.model import (
+    STATE_FIELDS,
     CommandOutcome,
     CommandStatus,
     Operation,
@@ -44,6 +45,7 @@ class RecordingProvider:
     """A provider that accepts every command at once and remembers it."""
 
     account = "acct"
+    reports = STATE_FIELDS
 
     def __init__(self) -> None:
         self.executed: list[Operation] = []
