@@ -600,11 +600,7 @@ class Daemon:
         """How discovery first offers a car: as listed, with the doors, windows and tyres it
         reported last time (so a restart sends Home Assistant the same entities again)."""
         description = VehicleDescription.from_info(
-            vehicle.slug,
-            vehicle.info,
-            operations=vehicle.operations,
-            reports=vehicle.reports,
-            name=vehicle.name,
+            vehicle.slug, vehicle.info, operations=vehicle.operations, name=vehicle.name
         )
         positions = self.vehicle_memory.positions(vehicle.slug)
         if positions is None:

@@ -109,7 +109,6 @@ class CountingProvider:
         self._inner = inner
         self._metrics = metrics
         self.account = inner.account
-        self.reports = inner.reports
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         return await self._counted(self._inner.list_vehicles())

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
 
 class Scope(enum.StrEnum):
@@ -178,40 +178,6 @@ class VehicleState:
     status: Status = field(default_factory=Status)
     health: Health = field(default_factory=Health)
     location: Location | None = None
-
-
-# A field of a VehicleState: `updated_at` and the names of Status, Health and Location fields.
-# Each provider declares those it can ever fill, so Home Assistant is offered no entity that
-# would stay "unknown" for good.
-StateField = Literal[
-    "updated_at",
-    "lock",
-    "ignition",
-    "engine",
-    "fuel_level_pct",
-    "battery_level_pct",
-    "range_km",
-    "odometer_km",
-    "charging",
-    "plugged_in",
-    "time_to_full_min",
-    "doors",
-    "windows",
-    "hood",
-    "alarm",
-    "tyre_pressures_kpa",
-    "tyre_pressure_warning",
-    "oil_life_pct",
-    "battery_12v_pct",
-    "battery_12v_voltage",
-    "alerts",
-    "latitude",
-    "longitude",
-    "altitude_m",
-    "heading_deg",
-    "speed_kmh",
-]
-STATE_FIELDS: frozenset[StateField] = frozenset(get_args(StateField))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 from bridge.config import Settings, VehicleConfig
 from bridge.errors import ProviderError, StateError
 from bridge.logs import get_logger
-from bridge.model import Operation, Powertrain, StateField, VehicleInfo, to_document
+from bridge.model import Operation, Powertrain, VehicleInfo, to_document
 from bridge.providers.base import Provider
 from bridge.store import Store
 
@@ -37,7 +37,6 @@ class BridgedVehicle:
     info: VehicleInfo
     name: str | None
     operations: frozenset[Operation]
-    reports: frozenset[StateField]
 
 
 def derived_slug(account: str, vehicle_id: str) -> str:
@@ -181,5 +180,4 @@ def _bridged(
         info=info,
         name=name,
         operations=provider.supported_operations(info),
-        reports=provider.reports,
     )

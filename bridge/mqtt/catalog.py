@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from bridge.events import AlertKind
-from bridge.model import STATE_FIELDS, ChargingState, Command, Ignition, StateField
+from bridge.model import ChargingState, Command, Ignition
 from bridge.mqtt.entities import (
     CHARGING,
     DIAGNOSTIC,
@@ -139,7 +139,6 @@ STATUS: tuple[EntitySpec, ...] = (
         "sensor",
         "Ignition",
         source="status",
-        reads="ignition",
         when=reads_status,
         options={
             **enum_options(IGNITION),
@@ -152,7 +151,6 @@ STATUS: tuple[EntitySpec, ...] = (
         "sensor",
         "Charging state",
         source="status",
-        reads="charging",
         when=status_electric,
         options={
             **enum_options(CHARGING_STATES),
@@ -160,43 +158,21 @@ STATUS: tuple[EntitySpec, ...] = (
             "value_template": enum_of("charging", CHARGING_STATES),
         },
     ),
-    binary(
-        "engine",
-        "Engine",
-        "running",
-        mapped(field_of("engine"), ENGINE),
-        reads="engine",
-        when=reads_status,
-    ),
+    binary("engine", "Engine", "running", mapped(field_of("engine"), ENGINE), when=reads_status),
     binary(
         "charging",
         "Charging",
         "battery_charging",
         mapped(field_of("charging"), CHARGING),
-        reads="charging",
         when=status_electric,
     ),
-    binary(
-        "plug",
-        "Plug",
-        "plug",
-        mapped(field_of("plugged_in"), ON_OFF),
-        reads="plugged_in",
-        when=status_electric,
-    ),
-    binary("doors", "Doors", "door", any_open("doors"), reads="doors", when=reads_status),
-    binary("windows", "Windows", "window", any_open("windows"), reads="windows", when=reads_status),
-    binary(
-        "hood", "Hood", "opening", mapped(field_of("hood"), OPEN), reads="hood", when=reads_status
-    ),
+    binary("plug", "Plug", "plug", mapped(field_of("plugged_in"), ON_OFF), when=status_electric),
+    binary("doors", "Doors", "door", any_open("doors"), when=reads_status),
+    binary("windows", "Windows", "window", any_open("windows"), when=reads_status),
+    binary("hood", "Hood", "opening", mapped(field_of("hood"), OPEN), when=reads_status),
     # Only without a lock entity. device_class lock: ON means unlocked.
     binary(
-        "lock_status",
-        "Lock",
-        "lock",
-        mapped(field_of("lock"), UNLOCKED_ON),
-        reads="lock",
-        when=lock_state_only,
+        "lock_status", "Lock", "lock", mapped(field_of("lock"), UNLOCKED_ON), when=lock_state_only
     ),
 )
 
@@ -206,7 +182,6 @@ HEALTH: tuple[EntitySpec, ...] = (
         "Tyre pressure warning",
         "problem",
         mapped(field_of("tyre_pressure_warning"), ON_OFF),
-        reads="tyre_pressure_warning",
         when=reads_health,
         source="health",
     ),
@@ -241,7 +216,6 @@ HEALTH: tuple[EntitySpec, ...] = (
         "sensor",
         "Health alerts",
         source="health",
-        reads="alerts",
         when=reads_health,
         attributes=True,
         options={
@@ -260,8 +234,6 @@ LOCATION: tuple[EntitySpec, ...] = (
         "Location",
         source="location",
         source_option="json_attributes_topic",
-        # A position is a latitude and a longitude: a provider reports both or neither.
-        reads="latitude",
         when=reads_location,
         options={"source_type": "gps", "icon": "mdi:car"},
     ),
@@ -408,31 +380,24 @@ def positional(kind: Literal["door", "window", "tyre"], position: str) -> Entity
             "sensor",
             f"Tyre pressure {label}",
             source="health",
-            reads="tyre_pressures_kpa",
             when=reads_health,
             options={**measurement("kPa", "pressure"), "value_template": template},
         )
-    document: StateField = "doors" if kind == "door" else "windows"
+    document = "doors" if kind == "door" else "windows"
     return binary(
         f"{kind}_{position}",
         f"{kind.capitalize()} {label}",
         kind,
         mapped(item_of(document, position), OPEN),
-        reads=document,
         when=reads_status,
     )
 
 
 def vehicle_entities(
-    doors: tuple[str, ...],
-    windows: tuple[str, ...],
-    tyres: tuple[str, ...],
-    reports: frozenset[StateField],
+    doors: tuple[str, ...], windows: tuple[str, ...], tyres: tuple[str, ...]
 ) -> tuple[EntitySpec, ...]:
-    """Every entity a vehicle with these door, window and tyre positions may offer, when its
-    provider reports these fields: one showing a field the provider never fills would stay
-    "unknown" for good."""
-    every = (
+    """Every entity a vehicle with these door, window and tyre positions may offer."""
+    return (
         *STATUS,
         *(positional("door", p) for p in doors),
         *(positional("window", p) for p in windows),
@@ -442,10 +407,8 @@ def vehicle_entities(
         *DIAGNOSTICS,
         *COMMANDS,
     )
-    return tuple(spec for spec in every if spec.reads is None or spec.reads in reports)
 
 
 def all_vehicle_keys() -> frozenset[str]:
     """Every key any vehicle can have (its unique_ids are `ownerlink_<vehicle>_<key>`)."""
-    specs = vehicle_entities(KNOWN_DOORS, KNOWN_WINDOWS, KNOWN_TYRES, STATE_FIELDS)
-    return frozenset(spec.key for spec in specs)
+    return frozenset(spec.key for spec in vehicle_entities(KNOWN_DOORS, KNOWN_WINDOWS, KNOWN_TYRES))

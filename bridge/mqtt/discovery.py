@@ -22,16 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bridge import __version__
-from bridge.model import (
-    STATE_FIELDS,
-    Command,
-    Operation,
-    Powertrain,
-    Scope,
-    StateField,
-    VehicleInfo,
-    VehicleState,
-)
+from bridge.model import Command, Operation, Powertrain, Scope, VehicleInfo, VehicleState
 from bridge.mqtt.catalog import (
     BRIDGE,
     DEFAULT_DOORS,
@@ -80,8 +71,6 @@ class VehicleDescription:
     year: int | None = None
     powertrain: Powertrain = Powertrain.UNKNOWN
     operations: frozenset[Operation] = frozenset()
-    # What the vehicle's provider can ever report: entities are offered for these fields only.
-    reports: frozenset[StateField] = frozenset()
     doors: tuple[str, ...] = DEFAULT_DOORS
     windows: tuple[str, ...] = DEFAULT_WINDOWS
     tyres: tuple[str, ...] = DEFAULT_TYRES
@@ -93,7 +82,6 @@ class VehicleDescription:
         info: VehicleInfo,
         *,
         operations: frozenset[Operation],
-        reports: frozenset[StateField],
         name: str | None = None,
     ) -> VehicleDescription:
         """Describe a provider's vehicle; the provider's `vehicle_id` is left behind on purpose."""
@@ -106,30 +94,16 @@ class VehicleDescription:
             year=info.year,
             powertrain=info.powertrain,
             operations=operations,
-            reports=reports,
         )
 
     def with_positions_from(self, state: VehicleState) -> VehicleDescription:
-        """Offer the doors, windows and tyres this car actually reports (known positions only).
-
-        While it reports none of a kind, what was offered stays; but a kind its provider never
-        reports has no positions at all, rather than the defaults.
-        """
+        """Offer the doors, windows and tyres this car actually reports (known positions only)."""
         return dataclasses.replace(
             self,
-            doors=_positions(state.status.doors, KNOWN_DOORS, self._kept("doors", self.doors)),
-            windows=_positions(
-                state.status.windows, KNOWN_WINDOWS, self._kept("windows", self.windows)
-            ),
-            tyres=_positions(
-                state.health.tyre_pressures_kpa,
-                KNOWN_TYRES,
-                self._kept("tyre_pressures_kpa", self.tyres),
-            ),
+            doors=_positions(state.status.doors, KNOWN_DOORS, self.doors),
+            windows=_positions(state.status.windows, KNOWN_WINDOWS, self.windows),
+            tyres=_positions(state.health.tyre_pressures_kpa, KNOWN_TYRES, self.tyres),
         )
-
-    def _kept(self, field: StateField, offered: tuple[str, ...]) -> tuple[str, ...]:
-        return offered if field in self.reports else ()
 
 
 def _positions(
@@ -205,7 +179,6 @@ def vehicle_discovery_universe(
         windows=KNOWN_WINDOWS,
         tyres=KNOWN_TYRES,
         operations=frozenset(Operation),
-        reports=STATE_FIELDS,
     )
     grant = Grant(frozenset(Scope), frozenset(Operation), frozenset(), vehicle.powertrain)
     device = _vehicle_device(every, topics, ha_app)
@@ -244,7 +217,7 @@ def removals(previous: Sequence[Publish], current: Sequence[Publish]) -> list[Pu
 
 
 def _specs(vehicle: VehicleDescription) -> tuple[EntitySpec, ...]:
-    return vehicle_entities(vehicle.doors, vehicle.windows, vehicle.tyres, vehicle.reports)
+    return vehicle_entities(vehicle.doors, vehicle.windows, vehicle.tyres)
 
 
 def _availability(*topics_: str) -> list[dict[str, str]]:

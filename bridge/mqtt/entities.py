@@ -23,7 +23,6 @@ from bridge.model import (
     Operation,
     Powertrain,
     Scope,
-    StateField,
 )
 
 Platform = Literal["sensor", "binary_sensor", "lock", "switch", "button", "device_tracker", "event"]
@@ -86,9 +85,6 @@ class EntitySpec:
     # Also expose the source document as attributes (json_attributes_topic).
     attributes: bool = False
     command: Command | None = None
-    # The state field the entity shows: offered only for a vehicle whose provider reports it.
-    # None for what is not a reading of the car (commands, budget and connection diagnostics).
-    reads: StateField | None = None
     availability: Availability = "vehicle"
     when: Callable[[Grant], bool] = _always
     # Options that depend on the grant (the step-up code prompt on the lock).
@@ -245,21 +241,14 @@ def lock_code(grant: Grant) -> Mapping[str, Any]:
 
 
 def sensor(
-    key: str,
-    name: str,
-    field: StateField,
-    *,
-    when: Predicate,
-    source: Source = "status",
-    **options: Any,
+    key: str, name: str, field: str, *, when: Predicate, source: Source = "status", **options: Any
 ) -> EntitySpec:
-    """A sensor showing one field of a vehicle document."""
+    """A sensor showing one field of a document."""
     return EntitySpec(
         key,
         "sensor",
         name,
         source=source,
-        reads=field,
         when=when,
         options={**options, "value_template": render(field_of(field))},
     )
@@ -271,18 +260,16 @@ def binary(
     device_class: str,
     template: str,
     *,
-    reads: StateField,
     when: Predicate,
     source: Source = "status",
     **options: Any,
 ) -> EntitySpec:
-    """A binary sensor whose template renders ON, OFF or None (unknown) from the field `reads`."""
+    """A binary sensor whose template renders ON, OFF or None (unknown)."""
     return EntitySpec(
         key,
         "binary_sensor",
         name,
         source=source,
-        reads=reads,
         when=when,
         options={"device_class": device_class, **options, "value_template": template},
     )

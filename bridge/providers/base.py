@@ -6,7 +6,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from bridge.model import CommandOutcome, Operation, StateField, VehicleInfo, VehicleState
+from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 
 
 class CallKind(enum.StrEnum):
@@ -47,8 +47,6 @@ class Provider(Protocol):
     """One account at one car maker API. Errors raised are from `bridge.errors.ProviderError`."""
 
     account: str
-    # The VehicleState fields this provider can ever fill; every other one always stays unknown.
-    reports: frozenset[StateField]
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         """The vehicles this account's consent covers."""

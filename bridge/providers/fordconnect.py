@@ -31,7 +31,7 @@ from bridge.model import (
 )
 from bridge.providers.base import CallKind, OnAccepted
 from bridge.providers.http import AuthorizedApi
-from bridge.providers.v1_map import REPORTED, list_entry_to_info, vehicle_to_state
+from bridge.providers.v1_map import list_entry_to_info, vehicle_to_state
 from bridge.providers.values import dig, text
 
 V1_BASE_URL = "https://api.mps.ford.com/api/fordconnect/vehicles/v1"
@@ -92,7 +92,6 @@ class FordConnectProvider:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.account = account
-        self.reports = REPORTED
         self._api = api
         self._base = base_url.rstrip("/")
         self._poll_interval = poll_interval_s

@@ -11,15 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from bridge.errors import ProviderUnavailable, Unsupported
-from bridge.model import CommandOutcome, Operation, StateField, VehicleInfo, VehicleState
+from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 from bridge.providers.base import CallKind, OnAccepted
 from bridge.providers.http import AuthorizedApi
-from bridge.providers.query_map import (
-    REPORTED,
-    garage_to_info,
-    telemetry_to_state,
-    vehicle_id_of,
-)
+from bridge.providers.query_map import garage_to_info, telemetry_to_state, vehicle_id_of
 from bridge.providers.values import dig, text
 
 QUERY_BASE_URL = "https://api.vehicle.ford.com/fcon-query/v1"
@@ -41,7 +36,6 @@ class FordConnectQueryProvider:
         self._base = base_url.rstrip("/")
         # Health alerts are a second call per read; off unless the budget can afford it.
         self._read_alerts = read_alerts
-        self.reports: frozenset[StateField] = (REPORTED | {"alerts"}) if read_alerts else REPORTED
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         """The one vehicle this consent covers, from `garage` (its VIN is never carried over)."""

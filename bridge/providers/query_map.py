@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from bridge.model import (
-    STATE_FIELDS,
     ChargingState,
     EngineState,
     Health,
@@ -19,16 +18,12 @@ from bridge.model import (
     LockState,
     OpenState,
     Powertrain,
-    StateField,
     Status,
     VehicleInfo,
     VehicleState,
 )
 from bridge.providers.values import dig, iso_time, lookup, number, text, token
 
-# Telemetry carries every field; health alerts are a second call (FordConnectQueryProvider's
-# `read_alerts`).
-REPORTED: frozenset[StateField] = STATE_FIELDS - {"alerts"}
 LOCKS = {
     "LOCKED": LockState.LOCKED,
     "DOUBLELOCKED": LockState.LOCKED,

@@ -18,7 +18,6 @@ from bridge.model import (
     LockState,
     OpenState,
     Powertrain,
-    StateField,
     Status,
     VehicleInfo,
     VehicleState,
@@ -26,29 +25,6 @@ from bridge.model import (
 from bridge.providers.query_map import IGNITION, LOCKS, OPENINGS, POWERTRAINS
 from bridge.providers.values import dig, flag, lookup, number, text, token, v1_time
 
-# What Ford's v1 vehicle document carries. It has no windows, hood, time to full charge, tyre
-# pressures (only the warning), oil life, 12 V battery or health alerts: those stay unknown.
-REPORTED: frozenset[StateField] = frozenset(
-    {
-        "updated_at",
-        "lock",
-        "ignition",
-        "engine",
-        "fuel_level_pct",
-        "battery_level_pct",
-        "range_km",
-        "odometer_km",
-        "charging",
-        "plugged_in",
-        "doors",
-        "alarm",
-        "tyre_pressure_warning",
-        "latitude",
-        "longitude",
-        "heading_deg",
-        "speed_kmh",
-    }
-)
 PSI_TO_KPA = 6.894757
 MAKES = {"F": "Ford", "L": "Lincoln"}
 REMOTE_START = {

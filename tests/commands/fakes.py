@@ -19,13 +19,11 @@ from bridge.commands.stepup import StepUp
 from bridge.config import AppConfig, CommandsConfig, StepUpConfig
 from bridge.events import CollectingAlerts
 from bridge.model import (
-    STATE_FIELDS,
     App,
     CommandOutcome,
     CommandStatus,
     Operation,
     Scope,
-    StateField,
     VehicleInfo,
     VehicleState,
 )
@@ -55,7 +53,6 @@ class FakeProvider:
     """A Provider that records what it was asked to do and answers as scripted."""
 
     account: str = "acct"
-    reports: frozenset[StateField] = STATE_FIELDS
     outcome: CommandOutcome = field(default_factory=lambda: CommandOutcome(CommandStatus.SUCCEEDED))
     error: BaseException | None = None
     accept: bool = True

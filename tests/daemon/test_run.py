@@ -360,50 +360,6 @@ async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_wer
     assert not [topic for topic, payload in during.live if not payload], "nothing was removed"
 
 
-# Entities for what Ford's v1 vehicle document never carries (they would stay unknown for good).
-V1_NEVER = {
-    "windows",
-    "hood",
-    "time_to_full",
-    "oil_life",
-    "battery_12v",
-    "battery_12v_voltage",
-    "health_alerts",
-}
-
-
-async def test_a_v1_car_is_offered_no_entity_for_what_v1_never_reports(
-    tmp_path: Path, broker: BrokerAddress, base_topic: str
-) -> None:
-    """After their first read, the retained discovery of an EV and a combustion car on the v1
-    provider has no tyre pressure, window, hood, charge time, oil life, 12 V battery or health
-    alert entity, only what v1 reports; and the start removed any an earlier run had offered."""
-    simulator = Simulator(vehicles=2, seed=5, auto_consent=True, admin=True)
-    with serve_in_thread(simulator) as url:
-        document, prefix = await _discovery_document(tmp_path, url, broker, base_topic)
-        listener = Listener(broker, f"{prefix}/device/+/config")
-        running = Daemon(Settings(**document))
-        await running.start()
-        try:
-            await _until(lambda: len(running.vehicles_view.latest) == 2)
-        finally:
-            await running.stop()
-        await listener.close()
-        after = Listener(broker, f"{prefix}/device/+/config")
-        await after.close()
-    cars = {t: json.loads(p)["cmps"] for t, p in after.retained.items() if "ownerlink_car-" in t}
-    assert len(cars) == 2
-    for components in cars.values():
-        offered = set(components)
-        assert not offered & V1_NEVER, offered & V1_NEVER
-        assert not {k for k in offered if k.startswith(("tyre_", "window_"))} - {
-            "tyre_pressure_warning"
-        }
-        assert {"range", "doors", "tyre_pressure_warning", "lock"} <= offered
-    stubs = [json.loads(p)["cmps"] for t, p in listener.live if t in cars and p]
-    assert any(c.get("battery_12v") == {"p": "sensor"} for c in stubs), "no removal stub sent"
-
-
 async def _run_until_anchored(settings: Settings) -> Daemon:
     """Start, wait until the broker's copy of the audit head has been checked, and stop."""
     running = Daemon(settings)

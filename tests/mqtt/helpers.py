@@ -13,7 +13,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import MqttConfig
 from bridge.model import (
-    STATE_FIELDS,
     ChargingState,
     EngineState,
     Health,
@@ -71,7 +70,7 @@ def mqtt_config(host: str, port: int, base_topic: str, **overrides: Any) -> Mqtt
 
 
 def ev(slug: str = "car", **overrides: Any) -> VehicleDescription:
-    """An electric vehicle whose provider can do and report everything."""
+    """An electric vehicle whose provider can do everything."""
     values: dict[str, Any] = {
         "slug": slug,
         "name": f"Car {slug}",
@@ -80,7 +79,6 @@ def ev(slug: str = "car", **overrides: Any) -> VehicleDescription:
         "year": 2021,
         "powertrain": Powertrain.EV,
         "operations": frozenset(Operation),
-        "reports": STATE_FIELDS,
     }
     values.update(overrides)
     return VehicleDescription(**values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Any
@@ -11,17 +10,7 @@ import pytest
 
 from bridge.commands.parse import ParsedCommand, parse_command
 from bridge.events import AlertKind
-from bridge.model import (
-    STATE_FIELDS,
-    Health,
-    OpenState,
-    Operation,
-    Powertrain,
-    Scope,
-    Status,
-    VehicleInfo,
-    VehicleState,
-)
+from bridge.model import Operation, Powertrain, Scope, VehicleInfo
 from bridge.mqtt.catalog import KNOWN_DOORS, all_vehicle_keys
 from bridge.mqtt.discovery import (
     BRIDGE_NODE_ID,
@@ -33,8 +22,7 @@ from bridge.mqtt.discovery import (
     vehicle_discovery_universe,
 )
 from bridge.mqtt.topics import Publish, Topics
-from bridge.providers import query_map, v1_map
-from tests.mqtt.helpers import UPLOADED, VIN, ev, state
+from tests.mqtt.helpers import VIN, ev, state
 
 TOPICS = Topics(base="ownerlink", discovery_prefix="homeassistant")
 ALL = frozenset(Scope)
@@ -302,9 +290,7 @@ def test_device_identifiers_come_from_the_slug_never_the_vin() -> None:
         nickname="Family",
         powertrain=Powertrain.HYBRID,
     )
-    vehicle = VehicleDescription.from_info(
-        "family", info, operations=frozenset(Operation), reports=STATE_FIELDS
-    )
+    vehicle = VehicleDescription.from_info("family", info, operations=frozenset(Operation))
     messages = [
         *build(vehicle, mode="device"),
         *build(vehicle, mode="entity"),
@@ -415,75 +401,6 @@ def test_event_entity_offers_every_alert_kind() -> None:
     assert platform == "event"
     assert body["event_types"] == [kind.value for kind in AlertKind]
     assert body["state_topic"] == "ownerlink/bridge/event"
-
-
-# -- what the provider reports -----------------------------------------------------------------
-
-# Entities showing what Ford's v1 vehicle document never carries (tyre pressures aside: each
-# wheel's key is tyre_<position>).
-V1_NEVER = {
-    "windows",
-    "hood",
-    "time_to_full",
-    "oil_life",
-    "battery_12v",
-    "battery_12v_voltage",
-    "health_alerts",
-}
-# A v1 reading: doors and the tyre warning, but no tyre pressures, windows or 12 V battery.
-V1_READING = VehicleState(
-    VIN,
-    UPLOADED,
-    status=Status(doors={"front_driver": OpenState.CLOSED}),
-    health=Health(tyre_pressure_warning=False),
-)
-
-
-def positional_keys(found: set[str]) -> set[str]:
-    return {k for k in found if re.match(r"(window|tyre)_", k)} - {"tyre_pressure_warning"}
-
-
-@pytest.mark.parametrize("powertrain", [Powertrain.EV, Powertrain.ICE])
-def test_a_v1_car_is_offered_nothing_v1_never_reports(powertrain: Powertrain) -> None:
-    """No tyre pressure, window, hood, charge time, oil life, 12 V battery or health alert entity
-    for a FordConnect v1 car, before its first read or after it: they would stay unknown for good.
-    What v1 does report is still offered."""
-    listed = ev(powertrain=powertrain, reports=v1_map.REPORTED)
-    read = listed.with_positions_from(V1_READING)
-    assert (read.windows, read.tyres) == ((), ()), "no default windows or tyres stand in"
-    for vehicle in (listed, read):
-        found = keys(build(vehicle))
-        assert not found & V1_NEVER and not positional_keys(found), found & V1_NEVER
-        assert {"range", "doors", "tyre_pressure_warning", "lock", "location", "speed"} <= found
-    assert "door_front_driver" in keys(build(read))
-
-
-def test_a_query_car_is_offered_tyres_the_12v_battery_and_all_else_it_reports() -> None:
-    """FordConnect Query reports tyre pressures, the 12 V battery, windows, hood, charge time and
-    oil life, so a Query car has those entities; health alerts only if its provider reads them."""
-    vehicle = ev(
-        powertrain=Powertrain.HYBRID, operations=frozenset(), reports=query_map.REPORTED
-    ).with_positions_from(state())
-    found = keys(build(vehicle))
-    assert V1_NEVER - {"health_alerts"} <= found
-    assert {"tyre_front_left", "window_front_left"} <= found
-    assert "health_alerts" not in found
-    with_alerts = dataclasses.replace(vehicle, reports=query_map.REPORTED | {"alerts"})
-    assert "health_alerts" in keys(build(with_alerts))
-
-
-def test_the_universe_covers_what_any_provider_may_report() -> None:
-    """The start-up sweep clears entities for every field, whatever this car's provider reports:
-    an earlier run may have offered them (before providers declared what they report)."""
-    vehicle = ev(reports=v1_map.REPORTED)
-    swept = keys(
-        [
-            m
-            for m in vehicle_discovery_universe(vehicle=vehicle, ha_app="ha", topics=TOPICS)
-            if "/device/" in m.topic
-        ]
-    )
-    assert V1_NEVER | {"tyre_front_left", "window_front_left"} <= swept
 
 
 # -- gating ------------------------------------------------------------------------------------

@@ -228,9 +228,7 @@ async def test_no_vin_in_any_topic_or_payload(
 ) -> None:
     """Everything the MQTT side publishes for a vehicle whose provider id is its VIN omits it."""
     info = VehicleInfo(vehicle_id=VIN, make="F", model="Kuga", year=2022, nickname="Kuga")
-    vehicle = VehicleDescription.from_info(
-        "kuga", info, operations=ev().operations, reports=ev().reports
-    )
+    vehicle = VehicleDescription.from_info("kuga", info, operations=ev().operations)
     async with stack(broker, base_topic) as s:
         async with Watcher(
             broker.host, broker.port, f"{base_topic}/#", f"{s.topics.discovery_prefix}/#"

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StateError
-from bridge.model import STATE_FIELDS, Scope
+from bridge.model import Scope
 from bridge.mqtt.discovery import DiscoveryMode, VehicleDescription, removals
 from bridge.mqtt.memory import RetainedDiscovery, from_shadow, shadow
 from bridge.mqtt.publisher import DiscoveryManager
 from bridge.mqtt.topics import Publish, Topics
-from bridge.providers import v1_map
 from bridge.store import Store
 from tests.mqtt.helpers import ListSink, ev
 
@@ -141,26 +140,6 @@ def test_device_layout_components_dropped_while_stopped_get_their_stubs() -> Non
     device = [m for m in second if m.topic == "ha/device/ownerlink_car/config"]
     stub, final = (json.loads(m.payload)["cmps"] for m in device)
     assert stub["lock"] == {"p": "lock"} and "lock" not in final
-
-
-@pytest.mark.parametrize("mode", ["device", "entity"])
-def test_entities_for_what_the_provider_never_reports_are_removed_on_the_next_start(
-    mode: DiscoveryMode,
-) -> None:
-    """A v1 car an earlier version offered tyre pressures and the 12 V battery (which v1 never
-    reports) loses them at the next start, as dropped entities do: the entity layout's configs
-    are cleared, the device layout's components get their stubs; nothing else is removed."""
-    broker, memory = Broker(), DictMemory()
-    run(broker, memory, [ev(reports=STATE_FIELDS)], mode=mode)
-    second = run(broker, memory, [ev(reports=v1_map.REPORTED)], mode=mode)
-    if mode == "entity":
-        removed = {m.topic.split("/")[3] for m in second if not m.payload}
-    else:
-        [stub, _] = [m for m in second if m.topic == "ha/device/ownerlink_car/config"]
-        components = json.loads(stub.payload)["cmps"]
-        removed = {key for key, body in components.items() if body.keys() == {"p"}}
-    assert {"tyre_front_left", "battery_12v", "battery_12v_voltage", "windows"} <= removed
-    assert not removed & {"range", "doors", "tyre_pressure_warning", "lock"}
 
 
 @pytest.mark.parametrize(("before", "after"), [("device", "entity"), ("entity", "device")])

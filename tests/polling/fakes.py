@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from bridge.model import (
-    STATE_FIELDS,
     ChargingState,
     CommandOutcome,
     CommandStatus,
@@ -55,7 +54,6 @@ class FakeProvider:
         self, account: str, *, gate: CallGate, clock: SimTime, script: Script | None = None
     ) -> None:
         self.account = account
-        self.reports = STATE_FIELDS
         self._gate = gate
         self._clock = clock
         self.script: Script = script or (lambda now: parked(START - timedelta(hours=1)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,20 +11,8 @@ import pytest
 
 from bridge.errors import LoginError, ReauthRequired, Unsupported
 from bridge.events import AlertKind
-from bridge.model import (
-    STATE_FIELDS,
-    CommandStatus,
-    Health,
-    Location,
-    LockState,
-    Operation,
-    Powertrain,
-    Status,
-    VehicleState,
-    to_document,
-)
+from bridge.model import CommandStatus, LockState, Operation, Powertrain
 from bridge.providers.base import CallKind
-from bridge.providers.fordconnect_query import FordConnectQueryProvider
 from bridge.providers.oauth import InvalidGrant, parse_redirect
 from bridge.providers.tokens import TokenStore
 from bridge.simulator import Simulator, Timings
@@ -300,50 +287,4 @@ async def test_three_accounts_side_by_side(
     assert files == ["fleet.json", "q-ev.json", "q-ice.json"]
     for account in accounts.values():
         assert {acct for acct, _ in account.gate.charges} == {account.parts.tokens.account}
-        await account.parts.provider.aclose()
-
-
-def known(state: VehicleState) -> set[str]:
-    """The fields a reading fills: none of them None, unknown or empty."""
-    location = to_document(state.location) if state.location else {}
-    fields = {**to_document(state.status), **to_document(state.health), **location}
-    fields["updated_at"] = state.updated_at
-    return {name for name, value in fields.items() if value not in (None, "unknown", {}, [])}
-
-
-def test_state_fields_are_the_fields_of_a_vehicle_state() -> None:
-    """A provider's declaration names real fields: StateField is every field of the model."""
-    parts = (Status, Health, Location)
-    named = {f.name for part in parts for f in dataclasses.fields(part)} | {"updated_at"}
-    assert named == STATE_FIELDS
-
-
-async def test_each_provider_declares_exactly_what_it_reads_from_the_simulator(
-    tmp_path: Path, transport: httpx.ASGITransport, sim: Simulator
-) -> None:
-    """What each provider says it can report is what its reads of an EV and a combustion car
-    fill: v1 fills no tyre pressures, 12 V battery, windows, hood, charge time, oil life or
-    alerts; Query fills every field but the health alerts, which it reads only when asked to."""
-    ev, ice = sim.vehicles[0], sim.vehicles[1]
-    settings = sim_settings(
-        tmp_path,
-        {
-            "fleet": sim_account(BASE, "fordconnect"),
-            "q-ev": sim_account(BASE, "fordconnect-query"),
-            "q-ice": sim_account(BASE, "fordconnect-query"),
-        },
-    )
-    accounts = {name: connect(settings, name, transport) for name in settings.accounts}
-    await log_in(accounts["fleet"], transport, vehicle="all", login_hint="fleet")
-    await log_in(accounts["q-ev"], transport, vehicle=ev.vehicle_id, login_hint="alice")
-    await log_in(accounts["q-ice"], transport, vehicle=ice.vehicle_id, login_hint="bob")
-    v1, query = accounts["fleet"].parts.provider, accounts["q-ev"].parts.provider
-    v1_reads = [await v1.read(car.vehicle_id) for car in (ev, ice)]
-    query_reads = [await accounts[name].parts.provider.read("car") for name in ("q-ev", "q-ice")]
-    assert set().union(*map(known, v1_reads)) == v1.reports
-    assert set().union(*map(known, query_reads)) == query.reports == STATE_FIELDS - {"alerts"}
-    assert not v1.reports & {"tyre_pressures_kpa", "battery_12v_pct", "battery_12v_voltage"}
-    reading_alerts = FordConnectQueryProvider("q", api=accounts["q-ev"].parts.api, read_alerts=True)
-    assert reading_alerts.reports == STATE_FIELDS
-    for account in accounts.values():
         await account.parts.provider.aclose()

@@ -23,7 +23,6 @@ from bridge.commands.stepup import StepUp
 from bridge.config import CommandsConfig, Settings, StepUpConfig
 from bridge.events import CollectingAlerts
 from bridge.model import (
-    STATE_FIELDS,
     CommandOutcome,
     CommandStatus,
     Operation,
@@ -45,7 +44,6 @@ class RecordingProvider:
     """A provider that accepts every command at once and remembers it."""
 
     account = "acct"
-    reports = STATE_FIELDS
 
     def __init__(self) -> None:
         self.executed: list[Operation] = []
