@@ -40,6 +40,7 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.reasons import Reason
 from bridge.commands.recover import unfinished
+from bridge.commands.results import error_text
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
 from bridge.errors import AuditError, BrokerError, StateError
@@ -501,6 +502,10 @@ class Daemon:
                     retry_in_s=ANCHOR_RETRY_S,
                 )
                 await asyncio.sleep(ANCHOR_RETRY_S)
+            except Exception as exc:  # a check that cannot be made must not pass, nor hang
+                log.exception("audit log could not be checked against the broker's head")
+                problem = f"the audit log could not be compared with it: {error_text(exc)}"
+                break
         if problem is None:
             self._anchor = Anchor.HELD
             self.pipeline.release()

@@ -97,7 +97,10 @@ class CountingAudit:
 
     def _count(self, kind: str, fields: dict[str, Any]) -> None:
         self._metrics.audit_records.labels(kind).inc()
-        if kind.startswith("command."):
+        if kind == "command.suppressed":  # refusals counted, not recorded one by one
+            for reason, count in fields.get("reasons", {}).items():
+                self._metrics.commands.labels("refused", str(reason)).inc(count)
+        elif kind.startswith("command."):
             decision = fields.get("decision") or fields.get("status") or "unknown"
             self._metrics.commands.labels(str(decision), str(fields.get("reason", ""))).inc()
 

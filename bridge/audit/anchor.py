@@ -51,8 +51,9 @@ def _hash_at(directory: Path, seq: int) -> str | None:
     for path in reversed(chain_files(directory)):
         records = _records(path)
         if records and isinstance(first := records[0].get("seq"), int) and first <= seq:
-            match = next((r for r in records if r.get("seq") == seq), None)
-            return str(match["hash"]) if match is not None else None
+            match = next((r for r in records if r.get("seq") == seq), {})
+            value = match.get("hash")
+            return value if isinstance(value, str) else None
     return None
 
 

@@ -17,6 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from bridge.commands.ratelimit import WINDOW_S, SlidingWindow
+from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
+
+# The refusals that may be counted instead of recorded: those that cost the sender nothing (they
+# come before the rate limit, the rate limit's own included) and the bridge's "not yet". A
+# step-up or budget refusal is always recorded: those are bounded by the step-up lockout and the
+# rate limit, and a wrong code is what an owner looks for first.
+SUPPRESSIBLE = BEFORE_RATE_LIMIT | {Reason.AUDIT_UNCHECKED}
 
 # Refusals from senders the bridge does not know (no such app) share one allowance, so that
 # inventing app names (possible only on a broker that does not enforce logins) gains nothing.

@@ -34,7 +34,7 @@ from bridge.commands.decide import (
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
-from bridge.commands.noise import UNKNOWN_SENDER, RefusalRecords
+from bridge.commands.noise import SUPPRESSIBLE, UNKNOWN_SENDER, RefusalRecords
 from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
 from bridge.commands.ratelimit import CommandRateLimits
 from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
@@ -175,8 +175,7 @@ class CommandPipeline:
         self._stopping = True
         waiting, self._waiting = self._waiting, []
         for entry in waiting:  # refused: the bridge is stopping
-            entry.take()
-            self._run(entry.ticket, entry.step)
+            self._take(entry)
         for sender, handle in list(self._summaries.items()):
             handle.cancel()
             self._summarise(sender)
@@ -234,8 +233,7 @@ class CommandPipeline:
         self._held = None
         waiting, self._waiting = self._waiting, []
         for entry in waiting:
-            entry.take()
-            self._run(entry.ticket, entry.step)
+            self._take(entry)
 
     @property
     def halted(self) -> Reason | None:
@@ -303,7 +301,7 @@ class CommandPipeline:
 
     def _guarded(self, ticket: Ticket, step: Callable[[], None]) -> None:
         """Run an intake step now, or once `release()` comes while the pipeline is held."""
-        if self._held is None or len(self._waiting) >= MAX_WAITING:
+        if self._held is None or self._stopping or len(self._waiting) >= MAX_WAITING:
             self._run(ticket, step)  # held and full: refused now, with the hold's reason
             return
         entry = _Waiting(ticket, step)
@@ -314,7 +312,12 @@ class CommandPipeline:
     def _expire(self, entry: _Waiting) -> None:
         if entry in self._waiting:
             self._waiting.remove(entry)
-            self._run(entry.ticket, entry.step)  # still held: refused with the hold's reason
+            self._take(entry)  # still held: refused with the hold's reason
+
+    def _take(self, entry: _Waiting) -> None:
+        entry.take()
+        entry.ticket.checked_at = self.clock()
+        self._run(entry.ticket, entry.step)
 
     def _run(self, ticket: Ticket, step: Callable[[], None]) -> None:
         """Run an intake step; whatever goes wrong, the command still gets one final result.
@@ -375,7 +378,7 @@ class CommandPipeline:
         if isinstance(parsed, Refusal):
             self._refuse(ticket, parsed.reason, parsed.detail, alert=parsed.alert)
             return
-        stop = self._halted or self._held or (Reason.SHUTTING_DOWN if self._stopping else None)
+        stop = self._halted or (Reason.SHUTTING_DOWN if self._stopping else None) or self._held
         if stop is not None:
             self._refuse(ticket, stop, "the bridge is not taking commands")
             return
@@ -392,7 +395,8 @@ class CommandPipeline:
     def _decide(self, ticket: Ticket, cmd: ParsedCommand) -> tuple[Decision, StepUpCheck]:
         app = ticket.app = ticket.app or self._current(cmd.app, ticket.granted)
         route = self.vehicles.get(cmd.vehicle)
-        now, epoch = ticket.received_at, ticket.received_at.timestamp()
+        now = ticket.judged_at
+        epoch = now.timestamp()
         decided = functools.partial(
             decide,
             cmd,
@@ -425,13 +429,13 @@ class CommandPipeline:
         """Use up what the decision consumed: rate allowance, the step-up code, the command id.
         Returns the decision as it stands after: refused if another process took the same
         step-up code between checking and taking it."""
-        app, epoch = ticket.app, ticket.received_at.timestamp()
+        app, epoch = ticket.app, ticket.judged_at.timestamp()
         if app is None:
             return decision, check
         if decision.reason not in BEFORE_RATE_LIMIT:
             self.rates.record(app, cmd.vehicle, epoch)
         if check is not NOT_ASSESSED and not self.stepup.settle(
-            app.id, check, allowed=decision.allowed, now=ticket.received_at, vehicle=cmd.vehicle
+            app.id, check, allowed=decision.allowed, now=ticket.judged_at, vehicle=cmd.vehicle
         ):
             check = StepUpCheck(StepUpStatus.FAILED, detail=CODE_REUSED)
             decision = dataclasses.replace(
@@ -455,7 +459,7 @@ class CommandPipeline:
         flooding: see `noise.py`), alert, publish."""
         ticket.id = ticket.id or self.new_id()
         record = None
-        if self._halted is None and not self._recorded_alone(ticket):
+        if self._halted is None and not self._recorded_alone(ticket, reason):
             self._count_suppressed(ticket, reason)
             ticket.decided, alert = True, False  # the summary record speaks for it
         elif self._halted is None:
@@ -473,8 +477,10 @@ class CommandPipeline:
 
     # -- refusals too fast to record one by one ---------------------------------------------------
 
-    def _recorded_alone(self, ticket: Ticket) -> bool:
-        return self.noise.admit(self._sender(ticket), ticket.received_at.timestamp())
+    def _recorded_alone(self, ticket: Ticket, reason: Reason) -> bool:
+        if reason not in SUPPRESSIBLE or self._stopping:
+            return True  # step-up and budget refusals, and any while stopping: always recorded
+        return self.noise.admit(self._sender(ticket), ticket.judged_at.timestamp())
 
     def _sender(self, ticket: Ticket) -> str:
         """Whose allowance a refusal uses: a known app's own, or the one all unknown share."""
@@ -490,7 +496,7 @@ class CommandPipeline:
 
     def _count_suppressed(self, ticket: Ticket, reason: Reason) -> None:
         sender = self._sender(ticket)
-        if self.noise.suppress(sender, str(reason), ticket.received_at.timestamp()):
+        if self.noise.suppress(sender, str(reason), ticket.judged_at.timestamp()):
             loop = asyncio.get_running_loop()
             handle = loop.call_later(self.noise.window_s, self._summarise, sender)
             self._summaries[sender] = handle

@@ -680,3 +680,62 @@ async def test_held_then_halted_the_waiting_commands_are_refused(rig: Rig) -> No
     rig.pipeline.release()
     assert (await waiting).reason == Reason.AUDIT_TAMPERED
     assert rig.provider.executed == []
+
+
+async def test_a_command_that_waited_is_judged_old_when_it_is_taken(tmp_path: Path) -> None:
+    """`issued_at` stays a firm limit: a command 28 s old when it came, taken 29 s later, is
+    57 s old; with a 30 s maximum it is refused, not forwarded."""
+    rig = await make_rig(
+        tmp_path / "state", commands=CommandsConfig(rate_limit_per_minute=600, max_age_s=30)
+    )
+    issued = (rig.clock() - timedelta(seconds=28)).isoformat()
+    rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
+    payload = json.dumps({"action": "LOCK", "issued_at": issued})
+    waiting = rig.pipeline.submit(rig.inbound("ha", "lock", payload))
+    rig.clock.advance(29)
+    rig.pipeline.release()
+    assert (await waiting).reason == Reason.TOO_OLD
+    assert rig.provider.executed == []
+
+
+async def test_a_command_after_stop_gets_its_result_even_while_held(rig: Rig) -> None:
+    """MQTT stays up a moment after the pipeline stops: what comes then is refused at once."""
+    rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
+    await rig.pipeline.stop()
+    late = await asyncio.wait_for(rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK")), 2)
+    assert late.reason == Reason.SHUTTING_DOWN
+    assert rig.records("command.decision")[-1]["reason"] == "shutting_down"
+
+
+async def test_stepup_refusals_are_recorded_even_after_a_flood_of_junk(tmp_path: Path) -> None:
+    """Junk costs an app nothing, so it must not buy silence for its wrong codes: every step-up
+    refusal keeps its own record and alert (the lockout bounds them)."""
+    state = tmp_path / "state"
+    enroll(state)
+    rig = await make_rig(
+        state, commands=CommandsConfig(rate_limit_per_minute=600, refusals_recorded_per_minute=5)
+    )
+    for _ in range(20):
+        await rig.send("ha", "lock", b"{junk")
+    wrong = json.dumps({"action": "UNLOCK", "code": "000000"})
+    reasons = [(await rig.send("ha", "lock", wrong)).reason for _ in range(6)]
+    assert reasons == [Reason.STEPUP_FAILED] * 5 + [Reason.STEPUP_LOCKED_OUT]
+    verdicts = [r.get("stepup") for r in rig.records("command.decision")]
+    assert verdicts[-6:] == ["failed"] * 5 + ["locked_out"]
+
+
+async def test_counted_refusals_reach_the_command_metrics(tmp_path: Path) -> None:
+    from bridge.metrics import CountingAudit, Metrics
+
+    rig = await make_rig(
+        tmp_path / "state",
+        commands=CommandsConfig(rate_limit_per_minute=600, refusals_recorded_per_minute=5),
+    )
+    metrics = Metrics()
+    rig.pipeline.audit = CountingAudit(rig.audit, metrics)
+    for _ in range(40):
+        await rig.send("ha", "lock", b"{junk")
+    await rig.pipeline.stop()
+    text = metrics.render().decode()
+    assert 'ownerlink_commands_total{decision="refused",reason="malformed"} 40.0' in text
+    assert 'decision="unknown"' not in text

@@ -4,6 +4,7 @@ cannot answer: no answer is never taken for "no head", and commands wait for the
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from bridge.audit.log import audit_directory
@@ -102,3 +103,34 @@ async def test_a_broker_down_at_start_is_asked_again_until_it_answers(
         if front is not None:
             front.close()
     assert _retained_head(broker, f"{base_topic}/bridge/audit_head") is not None
+
+
+async def test_a_head_record_damaged_in_a_rotated_file_stops_commands_not_the_check(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """Only the current file is checked record by record at start: the broker's head record,
+    damaged in a rotated file, must end the check as a finding, never leave it (and every
+    command) hanging."""
+    settings = _settings(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    await _run_until_anchored(settings)
+    held = json.loads(_retained_head(broker, f"{base_topic}/bridge/audit_head") or b"{}")
+    directory = audit_directory(settings.state_dir)
+    damaged = []
+    for raw in (directory / "audit.jsonl").read_bytes().splitlines():
+        record = json.loads(raw)
+        if record["seq"] == held["seq"]:
+            del record["hash"]
+        damaged.append(json.dumps(record).encode())
+    (directory / "audit.000001.jsonl").write_bytes(b"\n".join(damaged) + b"\n")
+    (directory / "audit.jsonl").unlink()
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running._anchor is Anchor.BROKEN, 10)
+        result = await asyncio.wait_for(
+            running.pipeline.submit_owner(running.vehicles[0].slug, "lock", "LOCK"), 5
+        )
+        assert result.reason == "audit_tampered"
+    finally:
+        await running.stop()

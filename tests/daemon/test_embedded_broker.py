@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.demo.broker import _embedded, demo_broker, free_port
-from bridge.demo.run import demo_config, login
+from bridge.demo.run import DEMO_BASE_TOPIC, demo_config, login
 from bridge.simulator import SimClock, Simulator, serve_in_thread
 
 
@@ -42,17 +42,17 @@ async def test_daemon_runs_on_the_embedded_broker(tmp_path: Path) -> None:
         client = paho.Client(CallbackAPIVersion.VERSION2)
         client.on_message = on_message
         client.connect(broker.host, broker.port)
-        client.subscribe("ownerlink/#")
+        client.subscribe(f"{DEMO_BASE_TOPIC}/#")
         client.loop_start()
         try:
             await asyncio.sleep(1)
-            client.publish("ownerlink/app/homeassistant/car/cmd/lock", "LOCK", qos=1)
+            client.publish(f"{DEMO_BASE_TOPIC}/app/homeassistant/car/cmd/lock", "LOCK", qos=1)
             assert await asyncio.to_thread(arrived.wait, 20), results
         finally:
             client.loop_stop()
             client.disconnect()
             await daemon.stop()
-    assert {"ownerlink/car/status", "ownerlink/bridge/state"} <= seen
+    assert {f"{DEMO_BASE_TOPIC}/car/status", f"{DEMO_BASE_TOPIC}/bridge/state"} <= seen
     assert [e.command for e in sim.vehicles[0].executed] == ["lock"]
 
 
