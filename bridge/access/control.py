@@ -12,9 +12,10 @@ import json
 import ssl
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,15 +258,23 @@ def publish_once(conn: Connection, messages: Sequence[Publish], *, timeout_s: fl
         connected.set()
 
     client.on_connect = on_connect
+    with running(client, conn):
+        if not connected.wait(timeout_s) or refused:
+            raise BrokerError(f"broker login as {conn.username!r} failed: {refused or 'timeout'}")
+        _publish_all(client, messages, timeout_s)
+
+
+@contextmanager
+def running(client: mqtt.Client, conn: Connection) -> Iterator[mqtt.Client]:
+    """`client` (its callbacks set) connected, its network loop on a thread, for the block;
+    BrokerError when the broker cannot be reached at all."""
     try:
         client.connect(conn.host, conn.port, keepalive=conn.keepalive)
     except (OSError, ValueError) as exc:
         raise BrokerError(f"cannot reach the broker at {conn.host}:{conn.port}: {exc}") from exc
     client.loop_start()
     try:
-        if not connected.wait(timeout_s) or refused:
-            raise BrokerError(f"broker login as {conn.username!r} failed: {refused or 'timeout'}")
-        _publish_all(client, messages, timeout_s)
+        yield client
     finally:
         client.disconnect()
         client.loop_stop()

@@ -19,7 +19,7 @@ from bridge.audit.chain import chain_files, parse_line
 from bridge.audit.verify import Head
 from bridge.config import Settings
 from bridge.errors import BrokerError
-from bridge.mqtt.topics import Topics
+from bridge.mqtt.topics import Publish, Topics
 
 HEAD_WAIT_S = 5.0
 RETAINED_GRACE_S = 1.0  # after the SUBACK: how long silence takes to mean "no retained message"
@@ -84,23 +84,13 @@ def fetch_head(
 
 def clear_head(settings: Settings, wait_s: float = HEAD_WAIT_S) -> None:
     """Delete the retained head (an empty retained message), as the daemon's own identity."""
-    conn = _connection(settings, "forget")
-    from bridge.access.control import make_client
+    from bridge.access.control import publish_once
 
-    client = make_client(conn)
-    try:
-        client.connect(conn.host, conn.port, keepalive=conn.keepalive)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {conn.host}:{conn.port}: {exc}") from exc
-    client.loop_start()
-    try:
-        info = client.publish(_topic(settings), b"", qos=1, retain=True)
-        info.wait_for_publish(wait_s)
-        if not info.is_published():
-            raise BrokerError("the broker did not confirm clearing the audit head")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_once(
+        _connection(settings, "forget"),
+        [Publish(_topic(settings), b"", retain=True)],
+        timeout_s=wait_s,
+    )
 
 
 def _connection(settings: Settings, purpose: str) -> Any:
@@ -127,7 +117,7 @@ def read_retained(
     silence. Anything short of that raises BrokerError, never None: a broker restarting, or a
     proxy in front of one, must not pass for a broker without a head (the daemon would take it
     as leave to publish its own over the evidence). `abort`, when set, ends the wait."""
-    from bridge.access.control import make_client
+    from bridge.access.control import make_client, running
 
     got: list[bytes] = []
     refused: list[str] = []
@@ -159,16 +149,8 @@ def read_retained(
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    try:
-        client.connect(conn.host, conn.port, keepalive=conn.keepalive)
-    except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the broker at {conn.host}:{conn.port}: {exc}") from exc
-    client.loop_start()
-    try:
+    with running(client, conn):
         _wait(done, wait_s, abort)
-    finally:
-        client.disconnect()
-        client.loop_stop()
     if got:
         return got[0]
     if refused:
