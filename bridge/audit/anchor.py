@@ -132,7 +132,7 @@ def read_retained(
 
     def on_subscribe(_c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
         if any(code.is_failure for code in reasons):
-            refused.append(f"the broker refused to let us read {topic}")
+            refused.append(f"the broker refused to let this login read {topic} (grant it read)")
             done.set()
             return
         subscribed.set()
