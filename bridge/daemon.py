@@ -412,10 +412,9 @@ class Daemon:
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
             return
+        # The anchor check goes on in the background (usually a second): commands that come
+        # meanwhile wait for it in the pipeline, and nothing else needs to.
         self._audit_watch = asyncio.get_running_loop().create_task(self._watch_audit())
-        # Usually answered in about a second; a broker that does not answer keeps commands
-        # waiting (retried in the background), not the rest of the start.
-        await asyncio.wait({self._anchor_check}, timeout=ANCHOR_WAIT_S + 1)
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
