@@ -484,21 +484,18 @@ class AuditLog:
         self._follow(self._path)
 
     def _follow(self, path: Path, *, current: bool = True) -> None:
-        """Check the records after the `self._size` bytes we know of in `path` and chain on."""
+        """Check the records after the `self._size` bytes we know of in `path` and chain on.
+        Only those bytes are read: the file may be megabytes, and appends wait for this lock."""
         with path.open("rb") as handle:
-            data = handle.read()
-        if len(data) < self._size:
-            raise AuditTampered(
-                f"{path.name} is shorter than the records written to it"
-                f" ({len(data)} of {self._size} bytes): records were cut off"
-            )
-        keep, torn = split_torn_tail(data[self._size :])
-        for number, raw in enumerate(keep.splitlines(), start=1):
-            record = parse_line(raw)
-            fault = self._chain.check(raw, record) if record is not None else None
-            if record is None or fault is not None:
-                why = f"{fault[0]}: {fault[1]}" if fault else "unparsable record"
-                raise AuditTampered(f"{path.name}: record {number} after ours: {why}")
+            size = os.fstat(handle.fileno()).st_size
+            if size < self._size:
+                raise AuditTampered(
+                    f"{path.name} is shorter than the records written to it"
+                    f" ({size} of {self._size} bytes): records were cut off"
+                )
+            handle.seek(self._size)
+            keep, torn = split_torn_tail(handle.read())
+        self._check_lines(keep, lambda number: f"{path.name}: record {number} after ours")
         if not current:
             return
         self._size += len(keep)
@@ -550,13 +547,18 @@ class AuditLog:
 
     def _check_current(self, data: bytes) -> None:
         """Every whole line of the current file must chain on from the rotated files."""
+        self._check_lines(data, lambda number: f"{CURRENT_FILE}:{number}")
+
+    def _check_lines(self, data: bytes, where: Callable[[int], str]) -> None:
+        """Every line of `data` must chain on from `self._chain` (advanced as it goes);
+        AuditTampered names the first that does not by `where(its line number)`."""
         for number, raw in enumerate(data.splitlines(), start=1):
             record = parse_line(raw)
             if record is None:
-                raise AuditTampered(f"{CURRENT_FILE}:{number}: unparsable record")
+                raise AuditTampered(f"{where(number)}: unparsable record")
             fault = self._chain.check(raw, record)
             if fault is not None:
-                raise AuditTampered(f"{CURRENT_FILE}:{number}: {fault[0]}: {fault[1]}")
+                raise AuditTampered(f"{where(number)}: {fault[0]}: {fault[1]}")
 
     def _repair(self, keep: int, torn: bytes) -> None:
         """Cut a torn tail off and say so in the log itself."""

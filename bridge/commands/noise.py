@@ -72,7 +72,3 @@ class RefusalRecords:
     def take(self, sender: str) -> Suppressed | None:
         """The run counted for `sender`, forgotten here (the caller records it)."""
         return self._suppressed.pop(sender, None)
-
-    def senders(self) -> list[str]:
-        """Senders with a run not yet taken (to record them all when the bridge stops)."""
-        return list(self._suppressed)

@@ -84,10 +84,6 @@ class _Waiting:
     step: Callable[[], None]
     expiry: asyncio.TimerHandle | None = None
 
-    def take(self) -> None:
-        if self.expiry is not None:
-            self.expiry.cancel()
-
 
 class StepUpVerifier(Protocol):
     """What the pipeline needs from `bridge.commands.stepup.StepUp`."""
@@ -315,7 +311,8 @@ class CommandPipeline:
             self._take(entry)  # still held: refused with the hold's reason
 
     def _take(self, entry: _Waiting) -> None:
-        entry.take()
+        if entry.expiry is not None:
+            entry.expiry.cancel()
         entry.ticket.checked_at = self.clock()
         self._run(entry.ticket, entry.step)
 
@@ -459,8 +456,7 @@ class CommandPipeline:
         flooding: see `noise.py`), alert, publish."""
         ticket.id = ticket.id or self.new_id()
         record = None
-        if self._halted is None and not self._recorded_alone(ticket, reason):
-            self._count_suppressed(ticket, reason)
+        if self._halted is None and self._counted_not_recorded(ticket, reason):
             ticket.decided, alert = True, False  # the summary record speaks for it
         elif self._halted is None:
             try:
@@ -477,10 +473,17 @@ class CommandPipeline:
 
     # -- refusals too fast to record one by one ---------------------------------------------------
 
-    def _recorded_alone(self, ticket: Ticket, reason: Reason) -> bool:
+    def _counted_not_recorded(self, ticket: Ticket, reason: Reason) -> bool:
+        """Is this refusal past its sender's allowance? Then it is counted for the summary."""
         if reason not in SUPPRESSIBLE or self._stopping:
-            return True  # step-up and budget refusals, and any while stopping: always recorded
-        return self.noise.admit(self._sender(ticket), ticket.judged_at.timestamp())
+            return False  # step-up and budget refusals, and any while stopping: always recorded
+        sender, now = self._sender(ticket), ticket.judged_at.timestamp()
+        if self.noise.admit(sender, now):
+            return False
+        if self.noise.suppress(sender, str(reason), now):
+            loop = asyncio.get_running_loop()
+            self._summaries[sender] = loop.call_later(self.noise.window_s, self._summarise, sender)
+        return True
 
     def _sender(self, ticket: Ticket) -> str:
         """Whose allowance a refusal uses: a known app's own, or the one all unknown share."""
@@ -493,13 +496,6 @@ class CommandPipeline:
             except Exception:  # noqa: BLE001 - the refusal being recorded may be this failure's
                 log.debug("sender lookup failed; counted as unknown", app=ticket.app_id)
         return UNKNOWN_SENDER
-
-    def _count_suppressed(self, ticket: Ticket, reason: Reason) -> None:
-        sender = self._sender(ticket)
-        if self.noise.suppress(sender, str(reason), ticket.judged_at.timestamp()):
-            loop = asyncio.get_running_loop()
-            handle = loop.call_later(self.noise.window_s, self._summarise, sender)
-            self._summaries[sender] = handle
 
     def _summarise(self, sender: str) -> None:
         """Record (and alert) the run of refusals counted for `sender`."""
