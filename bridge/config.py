@@ -206,6 +206,12 @@ class MqttConfig(Section):
     reconnect_min_s: Number = Field(default=1.0, gt=0, le=60)
     reconnect_max_s: Number = Field(default=60.0, gt=0, le=3600)
 
+    @property
+    def own_logins(self) -> tuple[str, ...]:
+        """The bridge's own broker usernames: never an app's id (an app under one of them
+        would get the daemon's access, and revoking it would delete the daemon's login)."""
+        return tuple(name for name in (self.username, self.admin_username) if name)
+
 
 class AccountConfig(Section):
     provider: Literal["fordconnect", "fordconnect-query"] = "fordconnect"
@@ -353,6 +359,8 @@ class Settings(BaseSettings):
             problems.append(
                 _problem(("apps", name, "home_assistant"), "only one app can be Home Assistant")
             )
+        problems.extend(_topic_problems(self.mqtt))
+        problems.extend(_login_problems(self))
         problems.extend(_order_problems(self))
         if problems:
             raise ValidationError.from_exception_data("Settings", problems)
@@ -466,6 +474,31 @@ class YamlDocumentSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(_yaml_document.get())
+
+
+def _topic_problems(mqtt: MqttConfig) -> list[InitErrorDetails]:
+    """The bridge's topics and Home Assistant's discovery topics must not contain each other:
+    the Home Assistant app may read everything under the discovery prefix, which would then
+    include location and every app's results whatever its scopes."""
+    base, prefix = mqtt.base_topic.split("/"), [mqtt.discovery_prefix]
+    if base[:1] != prefix:
+        return []
+    return [
+        _problem(
+            ("mqtt", "base_topic"),
+            f"must not be {mqtt.discovery_prefix!r} or under it (mqtt.discovery_prefix): "
+            "Home Assistant's discovery topics would include the car's own",
+        )
+    ]
+
+
+def _login_problems(settings: Settings) -> list[InitErrorDetails]:
+    taken = {name.lower(): name for name in settings.mqtt.own_logins}
+    return [
+        _problem(("apps", app_id), f"{taken[app_id.lower()]!r} is the bridge's own broker login")
+        for app_id in settings.apps
+        if app_id.lower() in taken
+    ]
 
 
 def _problem(loc: tuple[str, ...], message: str) -> InitErrorDetails:

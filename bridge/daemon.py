@@ -43,7 +43,7 @@ from bridge.commands.recover import unfinished
 from bridge.commands.results import error_text
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.errors import AuditError, BrokerError, StateError
+from bridge.errors import AuditError, BrokerError, ConfigError, StateError
 from bridge.events import Alert, AlertKind
 from bridge.logs import get_logger
 from bridge.metrics import (
@@ -280,13 +280,28 @@ class Daemon:
             alerts=self.alerts,
             enforcement=enforcement,
             clock=self.clock,
-            reserved_ids=RESERVED_APP_IDS,
+            reserved_ids=(*RESERVED_APP_IDS, *self.settings.mqtt.own_logins),
         )
         self.registry.migrate()
+        self._refuse_login_clash()
         # Broker I/O (dynsec round trips) stays off the event loop.
         await asyncio.to_thread(self._start_registry)
         if enforcement.hint:
             log.info("broker enforcement", mode=enforcement.mode, hint=enforcement.hint)
+
+    def _refuse_login_clash(self) -> None:
+        """An app registered under the bridge's own broker login (before that name was the
+        login) would be given the daemon's broker identity, and revoking it would delete it."""
+        logins = {name.lower(): name for name in self.settings.mqtt.own_logins}
+        clash = next((app.id for app in self.registry.list() if app.id.lower() in logins), None)
+        if clash is not None:
+            raise ConfigError(
+                [
+                    f"mqtt.username / mqtt.admin_username: {clash!r} is also the id of a connected "
+                    "app; give the bridge another broker login (revoking the app would delete "
+                    "the broker login they share)"
+                ]
+            )
 
     def _start_registry(self) -> None:
         self.registry.enforcement.start()

@@ -170,14 +170,13 @@ def _registry(settings: Settings) -> Iterator[tuple[AppRegistry, CollectingAlert
     )
     enforcement = build_enforcement(settings.mqtt, state_dir=settings.state_dir)
     alerts = CollectingAlerts()
-    reserved = [n for n in (settings.mqtt.username, settings.mqtt.admin_username) if n]
     registry = AppRegistry(
         store=store,
         audit=audit,
         alerts=alerts,
         enforcement=enforcement,
         clock=_now,
-        reserved_ids=reserved,
+        reserved_ids=settings.mqtt.own_logins,
     )
     try:
         audit.open()

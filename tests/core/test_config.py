@@ -102,6 +102,24 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
         ('state_dir: ""\n', "state_dir: Value error, give a directory"),
         # Failed only when the first alert was sent.
         ("alerts:\n  webhook_url: ftp://x\n", "alerts.webhook_url: Value error, 'ftp://x' is not"),
+        # Home Assistant's app may read the discovery prefix: the car's topics must be elsewhere.
+        (
+            "mqtt:\n  base_topic: homeassistant/ownerlink\n",
+            "mqtt.base_topic: must not be 'homeassistant' or under it",
+        ),
+        (
+            "mqtt:\n  base_topic: cars\n  discovery_prefix: cars\n",
+            "mqtt.base_topic: must not be 'cars' or under it",
+        ),
+        # An app under the daemon's login would get its access, and its revocation delete it.
+        (
+            "mqtt:\n  username: Bridge\napps:\n  bridge: {scopes: [read:status]}\n",
+            "apps.bridge: 'Bridge' is the bridge's own broker login",
+        ),
+        (
+            "mqtt:\n  admin_username: boss\napps:\n  boss: {scopes: [read:status]}\n",
+            "apps.boss: 'boss' is the bridge's own broker login",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -25,7 +25,7 @@ from bridge.config import Settings
 from bridge.daemon import Anchor, Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
-from bridge.errors import StateError
+from bridge.errors import AccessError, ConfigError, StateError
 from bridge.simulator import FaultKind, SimClock, Simulator, serve_in_thread
 from bridge.store import DB_NAME, Store
 from tests.conftest import BrokerAddress
@@ -452,6 +452,30 @@ async def test_a_replaced_state_database_stops_the_start_before_anything_runs(
     again = Daemon(settings)
     await again.start()
     await again.stop()
+
+
+async def test_the_bridges_broker_login_is_never_an_apps_id(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The daemon's registry (the owner page's) refuses an app under the bridge's broker login,
+    and a start where such an app was registered before the name became the login stops
+    (exit 2), saying which keys to change: the two would share one broker identity."""
+    document = document_for(tmp_path, sim[1], broker, base_topic)
+    await login(Settings(**document))
+    running = Daemon(Settings(**{**document, "mqtt": {**document["mqtt"], "username": "Hub"}}))
+    await running.start()
+    try:
+        with pytest.raises(AccessError, match="reserved"):
+            running.registry.add("hub", scopes=["read:status"])
+        running.registry.add("garage", scopes=["read:status"])
+    finally:
+        await running.stop()
+
+    clashing = Settings(**{**document, "mqtt": {**document["mqtt"], "username": "garage"}})
+    refused = Daemon(clashing)
+    with pytest.raises(ConfigError, match=r"mqtt.username .*'garage' is also the id of a"):
+        await refused.start()
+    await refused.stop()
 
 
 async def _until(check: Any, within_s: float = 10.0) -> None:
