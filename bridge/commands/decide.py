@@ -150,6 +150,18 @@ def _permission(cmd: ParsedCommand, app: App | None, supported: frozenset[Operat
     return None
 
 
+def still_entitled(app: App | None, scope: Scope) -> _Refusal:
+    """Checked again just before a command that waited in its vehicle's queue goes to the car:
+    the owner may have revoked or disabled its app, or withdrawn the scope, meanwhile."""
+    if app is None:
+        return Reason.UNKNOWN_APP, "the app was revoked while its command waited"
+    if not app.enabled:
+        return Reason.APP_DISABLED, "the app was disabled while its command waited"
+    if scope not in app.scopes:
+        return Reason.SCOPE_MISSING, f"{scope} was withdrawn while the command waited"
+    return None
+
+
 def _limits(*, rate_ok: bool, budget_ok: bool) -> _Refusal:
     if not rate_ok:
         return Reason.RATE_LIMITED, "too many commands this minute"

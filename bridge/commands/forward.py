@@ -5,6 +5,10 @@ because "LOCK then UNLOCK" must not arrive as "UNLOCK then LOCK". Provider error
 endings here (see `results.ending_for_error`); the forwarder never retries: a command that may
 have reached the car is reported `timed_out`, never sent twice.
 
+A job that had to wait behind another is checked again (`recheck`) when its turn comes: a
+command for a car busy with a slow one may wait up to the command timeout, and its app may be
+revoked meanwhile. A job sent at once was checked a moment before.
+
 A job may carry `ready`, its decision record still being flushed to disk: the provider's request
 waits for it at the door (`bridge.providers.barrier`), so the flush overlaps the preparation, and
 a command whose record never becomes durable is not sent at all.
@@ -53,6 +57,7 @@ class Job(Generic[T]):
     ticket: T
     ready: Durable | None = None  # the decision record's flush, when it is still under way
     sent: bool = False  # the provider was called: the car may have it
+    waited: bool = False  # queued behind another job for the same vehicle
     accepted: bool = False  # the provider said the car has it
 
 
@@ -67,7 +72,8 @@ IN_FLIGHT = Ending(CommandStatus.TIMED_OUT, Reason.SHUTTING_DOWN, "the bridge st
 
 
 class Forwarder(Generic[T]):
-    """Per-vehicle queues. `on_accepted(job)` when the car has it, `on_done(job, ending)` once."""
+    """Per-vehicle queues. `on_accepted(job)` when the car has it, `on_done(job, ending)` once;
+    `recheck(job)`, for a job that waited, ends it unsent when it returns an ending."""
 
     def __init__(
         self,
@@ -75,15 +81,20 @@ class Forwarder(Generic[T]):
         timeout_s: float,
         on_accepted: Callable[[Job[T]], None],
         on_done: Callable[[Job[T], Ending], None],
+        recheck: Callable[[Job[T]], Ending | None] = lambda _job: None,
     ) -> None:
         self.timeout_s = timeout_s
         self.on_accepted = on_accepted
         self.on_done = on_done
+        self.recheck = recheck
         self._workers: dict[str, _Worker[T]] = {}
+        self._busy: set[str] = set()  # vehicles whose worker is at the car
 
     def enqueue(self, job: Job[T]) -> None:
         """Queue behind the vehicle's earlier commands; never blocks."""
-        self._worker(job.vehicle).queue.put_nowait(job)
+        worker = self._worker(job.vehicle)
+        job.waited = job.vehicle in self._busy or not worker.queue.empty()
+        worker.queue.put_nowait(job)
 
     async def stop(self) -> None:
         """End queued jobs as not sent and cancel the ones in flight (they end `timed_out`)."""
@@ -109,12 +120,24 @@ class Forwarder(Generic[T]):
     async def _run(self, queue: asyncio.Queue[Job[T]]) -> None:
         while True:
             job = await queue.get()
+            self._busy.add(job.vehicle)
             try:
-                ending = await self._call(job)
+                ending = self._checked_again(job) or await self._call(job)
             except asyncio.CancelledError:
                 self._done(job, IN_FLIGHT)
                 raise
+            finally:
+                self._busy.discard(job.vehicle)
             self._done(job, ending)
+
+    def _checked_again(self, job: Job[T]) -> Ending | None:
+        if not job.waited:
+            return None
+        try:
+            return self.recheck(job)
+        except Exception as exc:  # unsure whether it may still go: it does not
+            log.exception("command re-check failed", vehicle=job.vehicle)
+            return Ending(CommandStatus.REJECTED, Reason.INTERNAL_ERROR, f"re-check failed: {exc}")
 
     def _done(self, job: Job[T], ending: Ending) -> None:
         try:

@@ -31,6 +31,7 @@ from bridge.commands.decide import (
     StepUpCheck,
     StepUpStatus,
     decide,
+    still_entitled,
 )
 from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
@@ -152,7 +153,10 @@ class CommandPipeline:
         self.noise = RefusalRecords(commands.refusals_recorded_per_minute)
         self._summaries: dict[str, asyncio.TimerHandle] = {}  # sender → its summary, scheduled
         self.forwarder: Forwarder[Ticket] = Forwarder(
-            timeout_s=commands.timeout_s, on_accepted=self._accepted, on_done=self._complete
+            timeout_s=commands.timeout_s,
+            on_accepted=self._accepted,
+            on_done=self._complete,
+            recheck=self._still_allowed,
         )
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._halted: Reason | None = None
@@ -527,10 +531,26 @@ class CommandPipeline:
             self._alert(ticket, Reason.AUDIT_UNAVAILABLE)
             self._finish(ticket, CommandStatus.REJECTED, Reason.AUDIT_UNAVAILABLE, error_text(exc))
             return
+        ticket.scope = decision.scope
         route = self.vehicles[cmd.vehicle]
         self.forwarder.enqueue(Job(cmd.vehicle, route, cmd.operation, ticket, ready=pending))
 
     # -- after forwarding ------------------------------------------------------------------------
+
+    def _still_allowed(self, job: Job[Ticket]) -> Ending | None:
+        """A command that waited behind another for its car: is its app still entitled to it?
+        (Revoked, disabled or without the scope now: it ends `rejected`, never sent.)"""
+        ticket = job.ticket
+        if ticket.app is OWNER_APP or ticket.app_id is None or ticket.scope is None:
+            return None
+        try:
+            app = self._current(ticket.app_id, ticket.granted)
+        except StateError as exc:
+            return Ending(CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE, error_text(exc))
+        refusal = still_entitled(app, ticket.scope)
+        if refusal is None:
+            return None
+        return Ending(CommandStatus.REJECTED, *refusal)
 
     def _accepted(self, job: Job[Ticket]) -> None:
         self._publish(job.ticket, CommandStatus.ACCEPTED, Reason.OK, "")

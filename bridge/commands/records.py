@@ -33,6 +33,7 @@ class Ticket:
     # hold (the owner may have consented to less than the app has). None: the app's own.
     granted: frozenset[Scope] | None = None
     decided: bool = False  # its command.decision record is in the audit log
+    scope: Scope | None = None  # the scope an allowed command was decided on
     # When its checks ran, when that was later than `received_at`: a command that waited for the
     # start-up check is judged (its age above all) at the moment it is taken, not when it came.
     checked_at: datetime | None = None

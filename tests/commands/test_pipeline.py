@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -362,6 +363,60 @@ async def test_commands_for_one_vehicle_run_one_at_a_time_in_order(tmp_path: Pat
     assert rig.provider.executed == [("car-1", Operation.LOCK)]
     gate.set()
     await asyncio.gather(first, second)
+    assert [op for _, op in rig.provider.executed] == [Operation.LOCK, Operation.HORN_LIGHTS]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda apps: apps.pop("garage"), Reason.UNKNOWN_APP),
+        (
+            lambda apps: apps.update(garage=dataclasses.replace(apps["garage"], enabled=False)),
+            Reason.APP_DISABLED,
+        ),
+        (
+            lambda apps: apps.update(
+                garage=dataclasses.replace(apps["garage"], scopes=frozenset({Scope.COMMAND_LOCK}))
+            ),
+            Reason.SCOPE_MISSING,
+        ),
+    ],
+    ids=["revoked", "disabled", "scope-withdrawn"],
+)
+async def test_a_command_waiting_behind_another_is_not_sent_once_its_app_lost_the_right(
+    tmp_path: Path, change: Any, reason: Reason
+) -> None:
+    """Queued behind a slow command, it is checked again when its turn comes: revoked,
+    disabled or without the scope by then, it ends rejected, audited, and never reaches the car."""
+    gate = asyncio.Event()
+    garage = App("garage", "Garage", frozenset({Scope.COMMAND_LOCK, Scope.COMMAND_HORN_LIGHTS}), T0)
+    apps = DictApps(App("ha", "HA", frozenset(Scope), T0), garage)
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(gate=gate), lookup=apps)
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    second = rig.pipeline.submit(rig.inbound("garage", "horn_lights", "PRESS"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    change(apps.apps)
+    gate.set()
+    done = await second
+    await first
+    assert [op for _, op in rig.provider.executed] == [Operation.LOCK]
+    assert (done.status, done.reason) == (CommandStatus.REJECTED, reason)
+    outcome = [r for r in rig.records() if r["kind"] == "command.outcome"][-1]
+    assert (outcome["app"], outcome["status"], outcome["reason"]) == ("garage", "rejected", reason)
+
+
+async def test_a_waiting_command_whose_app_still_holds_the_scope_is_sent(tmp_path: Path) -> None:
+    """The re-check lets through what is still allowed: both commands reach the car in order."""
+    gate = asyncio.Event()
+    rig = await make_rig(tmp_path / "state", provider=FakeProvider(gate=gate))
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    second = rig.pipeline.submit(rig.inbound("ha", "horn_lights", "PRESS"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    assert (await second).status is CommandStatus.SUCCEEDED
+    await first
     assert [op for _, op in rig.provider.executed] == [Operation.LOCK, Operation.HORN_LIGHTS]
 
 
