@@ -121,7 +121,12 @@ class WebhookSender:
     async def _post(self, client: httpx.AsyncClient, document: dict[str, Any]) -> str | None:
         """None when delivered; otherwise why not (prefixed `final` when a retry cannot help)."""
         try:
-            response = await client.post(self._url, json=document)
+            # httpx's timeout bounds each read, not the request: an endpoint sending its answer
+            # a byte at a time would hold this sender, and every alert after it, indefinitely.
+            async with asyncio.timeout(self._timeout):
+                response = await client.post(self._url, json=document)
+        except TimeoutError:
+            return "timed out"
         except httpx.HTTPError as exc:
             return type(exc).__name__
         if response.is_success:

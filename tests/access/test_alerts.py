@@ -127,3 +127,33 @@ async def test_alerts_raised_before_start_are_delivered(hook: Hook) -> None:
     [seen] = await attempts(hook, 1)
     await webhook.stop()
     assert seen["body"]["app"] == "nr1"
+
+
+async def test_a_webhook_answering_a_byte_at_a_time_is_given_up_at_the_timeout() -> None:
+    """`timeout_s` is a deadline for the whole request, not per read: an endpoint trickling its
+    answer is abandoned after it, and the next alert is sent rather than held behind it."""
+    arrived: list[float] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.append(time.monotonic())
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+        for _ in range(20):  # each byte well inside the timeout; the whole answer far beyond it
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"x")
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    webhook = WebhookSender(url=f"http://127.0.0.1:{port}/hook", timeout_s=0.5, retries=0)
+    await webhook.start()
+    start = time.monotonic()
+    webhook.submit(alert(1).as_document())
+    webhook.submit(alert(2).as_document())
+    while len(arrived) < 2 and time.monotonic() - start < 10:
+        await asyncio.sleep(0.02)
+    await webhook.stop(drain_timeout_s=0.1)
+    server.close()
+    assert len(arrived) == 2 and arrived[1] - start < 2.0  # 4 s of trickle, cut at 0.5 s
+    assert webhook.failed >= 1
