@@ -409,7 +409,9 @@ class Daemon:
         self._descriptions = {v.slug: self._describe(v) for v in self._vehicles}
         for description in self._descriptions.values():
             self.discovery.add_vehicle(description)
-        self.discovery.clear_forgotten()  # vehicles taken out of the config while we were stopped
+        # Vehicles taken out of the config while we were stopped: their entities, and their
+        # retained state (the last position above all) that any client could still read.
+        self.discovery.clear_forgotten(on_forgotten=self.publisher.forget_vehicle)
         if self.audit_problem is None:
             self._check_anchor()
         self.registry.subscribe(self._on_registry_change)

@@ -247,14 +247,16 @@ class DiscoveryManager:
         self._earlier = self._load()
         self._sync(_BRIDGE)
 
-    def clear_forgotten(self) -> None:
+    def clear_forgotten(self, on_forgotten: Callable[[str], None] | None = None) -> None:
         """Clear what an earlier run left for vehicles not added this time (call once every
-        configured vehicle has been added)."""
+        configured vehicle has been added); `on_forgotten(slug)` clears the rest of theirs."""
         earlier, self._earlier = self._earlier or {}, {}
         for key, previous in sorted(earlier.items()):
-            if key in self._published or key in self._vehicles or key == _COMPLETE:
+            if key in self._published or key in self._vehicles or key in (_COMPLETE, _BRIDGE):
                 continue
             self._clear(key, previous)
+            if on_forgotten is not None:
+                on_forgotten(key)
         # Only now does the record cover every key: a start that died half-way through its
         # first sync must not leave a partial record that later starts would trust.
         self._remember(_COMPLETE, [])

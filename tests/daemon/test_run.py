@@ -287,6 +287,42 @@ async def test_a_restart_clears_vehicles_taken_out_of_the_config_and_nothing_mor
     )
 
 
+async def test_a_restart_clears_the_retained_state_of_vehicles_taken_out_of_the_config(
+    tmp_path: Path, broker: BrokerAddress, base_topic: str
+) -> None:
+    """A vehicle taken out of the config loses its retained status, location and the rest at
+    the next start, so no client finds a sold car's last position; the kept one keeps its own."""
+    simulator = Simulator(vehicles=2, seed=5, auto_consent=True, admin=True)
+    with serve_in_thread(simulator) as url:
+        document, _prefix = await _discovery_document(tmp_path, url, broker, base_topic)
+        ids = _sim_vehicle_ids(Settings(**document))
+        document["vehicles"] = {
+            "kept": {"account": "sim", "id": ids[0]},
+            "sold": {"account": "sim", "id": ids[1]},
+        }
+        document["apps"]["tracker"] = {"scopes": ["read:status", "read:location"]}
+        running = Daemon(Settings(**document))
+        await running.start()
+        listener = Listener(broker, f"{base_topic}/+/+")
+        await _until(
+            lambda: (
+                {f"{base_topic}/{v}/location" for v in ("kept", "sold")}
+                <= listener.retained.keys() | {t for t, _ in listener.live}
+            ),
+            30,
+        )
+        await running.stop()
+        await listener.close()
+        document["vehicles"] = {"kept": document["vehicles"]["kept"]}
+        await _run_once(Settings(**document), f"{base_topic}/#", broker)
+        after = Listener(broker, f"{base_topic}/+/+")
+        await after.close()
+    left = {topic.split("/")[1] for topic, payload in after.retained.items() if payload}
+    assert left == {"bridge", "kept"}, (
+        f"retained after the vehicle left the config: {after.retained.keys()}"
+    )
+
+
 async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:
