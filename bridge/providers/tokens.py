@@ -2,23 +2,32 @@
 
 Each account's tokens live in `<state_dir>/tokens/<account>.json` (0600, replaced atomically). A
 refresh token Ford rotates is written to disk *before* the new access token is handed out: if we
-crashed after using it but before saving it, the owner would have to log in again. A refresh that
-ends in `invalid_grant` sets `relogin_needed` in the file, raises one alert, and from then on every
-call fails fast with ReauthRequired, without touching the network, until a new login.
+crashed after using it but before saving it, the owner would have to log in again.
+
+The daemon and a CLI command may refresh the same account at the same moment. Ford rotates the
+refresh token for whichever arrives first and answers the other `invalid_grant`, so a refresh holds
+an exclusive `flock` on `<account>.lock` from re-reading the file until the answer is saved: the
+second process then finds the first one's tokens and uses them. A refresh that still ends in
+`invalid_grant` adopts newer tokens another process saved meanwhile; only when there are none does
+it set `relogin_needed` in the file, raise one alert, and from then on every call fails fast with
+ReauthRequired, without touching the network, until a new login.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import LoginError, ReauthRequired, StateError
+from bridge.errors import LoginError, ProviderUnavailable, ReauthRequired, StateError
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.files import read_private, write_private_atomic
 from bridge.logs import get_logger, register_secret
@@ -31,6 +40,11 @@ REFRESH_AHEAD_S = 60.0
 # A login the owner has not finished within this time is abandoned (Ford's codes expire sooner).
 LOGIN_TTL_S = 15 * 60
 FILE_VERSION = 1
+# Another process holds an account's lock for one token request, which times out within 120 s
+# (the largest `request_timeout_s`); a lock held much longer belongs to a process that hangs.
+LOCK_WAIT_S = 150.0
+# Waiting retries a non-blocking lock at this interval, so the event loop never blocks on it.
+LOCK_RETRY_S = 0.05
 
 log = get_logger(__name__)
 
@@ -68,6 +82,23 @@ class TokenStore:
 
     def login_path(self, account: str) -> Path:
         return self.directory / f"{account}.login.json"
+
+    def lock_path(self, account: str) -> Path:
+        return self.directory / f"{account}.lock"
+
+    @asynccontextmanager
+    async def exclusive(self, account: str) -> AsyncIterator[None]:
+        """Hold the account's lock file against every other process (and manager) using it.
+
+        Closing the descriptor releases the lock, also when the waiting task is cancelled.
+        """
+        path = self.lock_path(account)
+        fd = self._open_lock(path)
+        try:
+            await _acquire(fd, path)
+            yield
+        finally:
+            os.close(fd)
 
     def load(self, account: str) -> StoredTokens | None:
         """The account's tokens, or None before the first login."""
@@ -130,10 +161,44 @@ class TokenStore:
         return doc
 
     def _write(self, path: Path, doc: dict[str, Any]) -> None:
+        self._private_directory()
+        write_private_atomic(path, json.dumps(doc, indent=2).encode())
+
+    def _private_directory(self) -> None:
         # 0700: the directory listing already tells which accounts exist.
         ensure_private_dir(self.directory)
         self.directory.chmod(0o700)
-        write_private_atomic(path, json.dumps(doc, indent=2).encode())
+
+    def _open_lock(self, path: Path) -> int:
+        self._private_directory()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask; be exact like the others
+        return fd
+
+
+async def _acquire(fd: int, path: Path) -> None:
+    """Take the lock, retrying without blocking: the holder may be a task on this very loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LOCK_WAIT_S
+    while not _try_lock(fd, path):
+        if loop.time() >= deadline:
+            raise ProviderUnavailable(
+                f"{path}: another process has held it for {LOCK_WAIT_S:.0f} s; retrying later"
+            )
+        await asyncio.sleep(LOCK_RETRY_S)
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise StateError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+    return True
 
 
 class TokenManager:
@@ -181,7 +246,8 @@ class TokenManager:
     async def complete_login(self, login: LoginRequest, code: str) -> None:
         """Exchange the code from the owner's redirect and store the tokens (clears the flag)."""
         issued = await self._oauth.exchange_code(code, code_verifier=login.code_verifier)
-        async with self._lock:
+        # Under the file lock too: a refresh in the daemon then saves before us, never after.
+        async with self._lock, self._store.exclusive(self.account):
             self._tokens = StoredTokens.issued(issued, self._clock())
             self._store.save(self.account, self._tokens)
         log.info("provider.login_stored", account=self.account)
@@ -212,14 +278,25 @@ class TokenManager:
 
     async def _refresh(self, tokens: StoredTokens, rejected: str | None = None) -> StoredTokens:
         """New tokens from the refresh token, unless the file already has usable newer ones."""
-        tokens = self._adopt_newer_file(tokens)
-        if self._fresh(tokens) and tokens.access_token != rejected:
-            return tokens
+        # Held from the re-read to the save: a second process waits, then re-reads our answer
+        # instead of spending the refresh token Ford is rotating for us.
+        async with self._store.exclusive(self.account):
+            tokens = self._adopt_newer_file(tokens)
+            if self._fresh(tokens) and tokens.access_token != rejected:
+                return tokens
+            return await self._renew(tokens)
+
+    async def _renew(self, tokens: StoredTokens) -> StoredTokens:
+        """One refresh at the token endpoint, persisted before it is handed out."""
         if tokens.refresh_token is None:
             raise ReauthRequired(
                 f"account {self.account} has no refresh token; run `ownerlink login {self.account}`"
             )
-        renewed = await self._renew(tokens, tokens.refresh_token)
+        try:
+            issued = await self._oauth.refresh(tokens.refresh_token)
+        except InvalidGrant as exc:
+            return self._after_invalid_grant(tokens, exc)
+        renewed = StoredTokens.issued(issued, self._clock())
         # Persist first: a rotated refresh token that only lived in memory dies with the process.
         self._store.save(self.account, renewed)
         self._tokens = renewed
@@ -231,17 +308,18 @@ class TokenManager:
         )
         return renewed
 
-    async def _renew(self, tokens: StoredTokens, refresh_token: str) -> StoredTokens:
-        """One refresh at the token endpoint; invalid_grant ends this login for good."""
-        try:
-            issued = await self._oauth.refresh(refresh_token)
-        except InvalidGrant as exc:
-            self._mark_relogin(tokens)
-            raise ReauthRequired(
-                f"account {self.account}: Ford refused the refresh token; "
-                f"run `ownerlink login {self.account}`"
-            ) from exc
-        return StoredTokens.issued(issued, self._clock())
+    def _after_invalid_grant(self, sent: StoredTokens, exc: InvalidGrant) -> StoredTokens:
+        """Ford refused `sent`'s refresh token. A process that refreshed without the lock (an
+        Ownerlink from before it) may have rotated it a moment ago: its saved tokens are alive."""
+        newer = self._adopt_newer_file(sent)
+        if newer.refresh_token != sent.refresh_token:
+            log.info("provider.token_adopted_after_refusal", account=self.account)
+            return newer
+        self._mark_relogin(sent)
+        raise ReauthRequired(
+            f"account {self.account}: Ford refused the refresh token; "
+            f"run `ownerlink login {self.account}`"
+        ) from exc
 
     def _adopt_newer_file(self, tokens: StoredTokens) -> StoredTokens:
         """Another process (the CLI beside the daemon) may have refreshed and rotated already."""

@@ -69,7 +69,7 @@ class FakeFord:
     issued: int = 0
     expires_in: int = 1200
     rotate: bool = True
-    token_error: httpx.Response | None = None
+    token_error: httpx.Response | Responder | None = None
 
     def on(self, method: str, path: str, *answers: httpx.Response | Responder) -> None:
         self.routes[(method, path)] = list(answers)
@@ -85,6 +85,8 @@ class FakeFord:
         return answer(request) if callable(answer) else answer
 
     def _token(self, request: httpx.Request) -> httpx.Response:
+        if callable(self.token_error):
+            return self.token_error(request)
         if self.token_error is not None:
             return self.token_error
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}

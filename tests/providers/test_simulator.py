@@ -283,7 +283,7 @@ async def test_three_accounts_side_by_side(
     assert q_ev.status.battery_level_pct is not None and q_ice.status.battery_level_pct is None
     assert q_ev.status.odometer_km == v1_ev.status.odometer_km
     assert q_ice.status.odometer_km == v1_ice.status.odometer_km
-    files = sorted(p.name for p in TokenStore(tmp_path).directory.iterdir())
+    files = sorted(p.name for p in TokenStore(tmp_path).directory.glob("*.json"))
     assert files == ["fleet.json", "q-ev.json", "q-ice.json"]
     for account in accounts.values():
         assert {acct for acct, _ in account.gate.charges} == {account.parts.tokens.account}

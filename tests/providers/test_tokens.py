@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,9 @@ from bridge.events import AlertKind
 from bridge.providers.base import CallKind
 from bridge.providers.oauth import LoginRequest
 from bridge.providers.tokens import StoredTokens, TokenStore
-from tests.providers.support import V1, VEHICLE, ok, rig, seed_tokens
+from bridge.simulator import serve_in_thread
+from tests.providers.simulated import connect, log_in, make_sim, sim_account, sim_settings
+from tests.providers.support import V1, VEHICLE, FakeClock, ok, rig, seed_tokens
 
 PATH = f"/api/fordconnect/vehicles/v1/{VEHICLE}"
 URL = f"{V1}/{VEHICLE}"
@@ -80,12 +83,14 @@ async def test_a_rotated_refresh_token_is_on_disk_before_it_is_used(tmp_path: Pa
 
 
 async def test_token_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
-    """The token file is readable by its owner only, and so is the tokens directory."""
+    """The token file and its lock file are readable by their owner only, and so is the
+    tokens directory."""
     r = rig(tmp_path)
     r.clock.now += 3600
     await r.parts.tokens.access_token()
     store = TokenStore(tmp_path)
     assert _mode(store.path("acct")) == 0o600
+    assert _mode(store.directory / "acct.lock") == 0o600
     assert _mode(store.directory) == 0o700
     await r.parts.api.aclose()
 
@@ -209,4 +214,98 @@ async def test_tokens_rotated_by_another_process_are_adopted_not_refreshed(tmp_p
     await r.parts.api.call("GET", URL, kind=CallKind.READ)
     assert r.ford.token_requests() == []
     assert r.ford.api_requests()[-1].headers["Authorization"] == "Bearer access-from-cli-secretish"
+    await r.parts.api.aclose()
+
+
+async def test_the_daemon_and_the_cli_refreshing_at_once_keep_the_login(tmp_path: Path) -> None:
+    """Two managers (daemon, CLI) finding the token expired at once over real HTTP: one refresh at
+    the simulator, both use its token, and the file keeps the login (no flag, no alert)."""
+    with serve_in_thread(make_sim()) as base:
+        settings = sim_settings(tmp_path, {"home": sim_account(base)})
+        owner = connect(settings, "home", None)
+        await log_in(owner, None)
+        later = FakeClock(time.time() + 3600)  # both see the access token expired
+        daemon, cli = (connect(settings, "home", None, clock=later) for _ in range(2))
+        got = await asyncio.gather(
+            daemon.parts.tokens.access_token(), cli.parts.tokens.access_token()
+        )
+        for account in (owner, daemon, cli):
+            await account.parts.provider.aclose()
+    assert got[0] == got[1]
+    assert (daemon.gate.kinds() + cli.gate.kinds()).count(CallKind.TOKEN) == 1
+    stored = TokenStore(tmp_path).load("home")
+    assert stored is not None and not stored.relogin_needed and stored.access_token == got[0]
+    assert daemon.alerts.alerts == cli.alerts.alerts == []
+
+
+# Another process mid-refresh: holds the account's lock until told to save its tokens (or, should
+# the waiting side never let it run, gives up after 10 s without saving).
+LOCK_HOLDER = textwrap.dedent("""
+    import fcntl, os, pathlib, select, sys
+    from bridge.providers.tokens import StoredTokens, TokenStore
+    state_dir, expires_at, obtained_at = pathlib.Path(sys.argv[1]), *map(float, sys.argv[2:])
+    fd = os.open(state_dir / "tokens" / "acct.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    if select.select([sys.stdin], [], [], 10)[0]:
+        TokenStore(state_dir).save("acct", StoredTokens(
+            "access-from-cli-secretish", "refresh-from-cli-secretish", expires_at,
+            obtained_at=obtained_at))
+""")
+
+
+async def test_a_refresh_waits_for_another_process_and_uses_its_tokens(tmp_path: Path) -> None:
+    """While another process holds the account's lock, a refresh waits with the event loop free,
+    then uses the tokens that process saved instead of spending the refresh token again."""
+    r = rig(tmp_path)
+    r.clock.now += 3600
+    times = (str(r.clock.now + 1200), str(r.clock.now))
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOCK_HOLDER,
+        str(tmp_path),
+        *times,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    assert await holder.stdout.readline() == b"locked\n"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(r.parts.tokens.access_token())
+    await asyncio.sleep(0.3)  # nothing to await: this checks that nothing happens meanwhile
+    assert loop.time() - started < 2, "the event loop was blocked while the lock was held"
+    assert not waiting.done() and r.ford.token_requests() == []
+    holder.stdin.write(b"save\n")
+    await holder.stdin.drain()
+    assert await holder.wait() == 0
+    assert await waiting == "access-from-cli-secretish"
+    assert r.ford.token_requests() == []
+    await r.parts.api.aclose()
+
+
+async def test_a_refused_refresh_adopts_tokens_another_process_saved(tmp_path: Path) -> None:
+    """invalid_grant because a process without the lock rotated the refresh token a moment
+    earlier: its saved tokens are used, the file is not flagged and no alert is raised."""
+    r = rig(tmp_path)
+    r.clock.now += 3600
+
+    def rotated_elsewhere(request: httpx.Request) -> httpx.Response:
+        seed_tokens(
+            tmp_path,
+            "acct",
+            access="access-from-cli-secretish",
+            refresh="refresh-from-cli-secretish",
+            expires_at=r.clock.now + 1200,
+            obtained_at=r.clock.now,
+        )
+        return ok({"error": "invalid_grant"}, 400)
+
+    r.ford.token_error = rotated_elsewhere
+    assert await r.parts.tokens.access_token() == "access-from-cli-secretish"
+    assert r.alerts.alerts == []
+    stored = TokenStore(tmp_path).load("acct")
+    assert stored is not None and not stored.relogin_needed
+    assert stored.refresh_token == "refresh-from-cli-secretish"
     await r.parts.api.aclose()
