@@ -23,6 +23,7 @@ from bridge.errors import LoginError, ProviderUnavailable, ReauthRequired
 from bridge.logs import get_logger, register_secret
 from bridge.providers.base import CallKind
 from bridge.providers.http import Edge, check_status, error_detail, json_object
+from bridge.providers.values import number
 
 V1_AUTHORIZE_URL = "https://fordconnect.cv.ford.com/common/login/"
 # Token endpoints are URLs, not secrets (S105 reads "TOKEN" in the name).
@@ -221,29 +222,24 @@ def _is_invalid_grant(response: httpx.Response) -> bool:
     return isinstance(body, dict) and body.get("error") == "invalid_grant"
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-# Without any lifetime in the answer, assume Ford's documented 20 minutes for an access token.
+# Without a usable lifetime in the answer, assume Ford's documented 20 minutes for an access token.
 _DEFAULT_ACCESS_LIFETIME_S = 20 * 60
 
 
 def _expires_at(doc: dict[str, Any], now: float) -> float:
-    expires_in = _number(doc.get("expires_in"))
-    if expires_in is not None:
+    """When the access token dies. A lifetime that is NaN, infinite or not positive counts as
+    missing: with such an expiry every request would refresh first (and the tokens are fine)."""
+    expires_in = number(doc.get("expires_in"))
+    if expires_in is not None and expires_in > 0:
         return now + expires_in
-    expires_on = _number(doc.get("expires_on"))
-    return expires_on if expires_on is not None else now + _DEFAULT_ACCESS_LIFETIME_S
+    expires_on = number(doc.get("expires_on"))
+    if expires_on is not None and expires_on > now:
+        return expires_on
+    return now + _DEFAULT_ACCESS_LIFETIME_S
 
 
 def _refresh_expires_at(doc: dict[str, Any], now: float) -> float | None:
-    lifetime = _number(doc.get("refresh_token_expires_in"))
+    lifetime = number(doc.get("refresh_token_expires_in"))
     return None if lifetime is None else now + lifetime
 
 

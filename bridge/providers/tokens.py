@@ -34,8 +34,8 @@ from bridge.logs import get_logger, register_secret
 from bridge.providers.oauth import InvalidGrant, LoginRequest, OAuthClient, TokenSet
 from bridge.store import ensure_private_dir
 
-# Refresh this long before the access token expires, so a request never leaves with a token that
-# dies in flight (Ford's access tokens live 20 minutes).
+# Refresh this long before the access token expires (at most half its lifetime), so a request
+# never leaves with a token that dies in flight (Ford's access tokens live 20 minutes).
 REFRESH_AHEAD_S = 60.0
 # A login the owner has not finished within this time is abandoned (Ford's codes expire sooner).
 LOGIN_TTL_S = 15 * 60
@@ -274,7 +274,12 @@ class TokenManager:
         return tokens
 
     def _fresh(self, tokens: StoredTokens) -> bool:
-        return tokens.access_token is not None and tokens.expires_at - self._ahead > self._clock()
+        if tokens.access_token is None:
+            return False
+        # At most half the lifetime ahead: a token living under two minutes would otherwise be
+        # stale as soon as it arrives, and every request would refresh first.
+        ahead = min(self._ahead, (tokens.expires_at - tokens.obtained_at) / 2)
+        return tokens.expires_at - ahead > self._clock()
 
     async def _refresh(self, tokens: StoredTokens, rejected: str | None = None) -> StoredTokens:
         """New tokens from the refresh token, unless the file already has usable newer ones."""

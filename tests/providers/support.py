@@ -67,7 +67,7 @@ class FakeFord:
     routes: dict[tuple[str, str], list[httpx.Response | Responder]] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
     issued: int = 0
-    expires_in: int = 1200
+    expires_in: float | str = 1200
     rotate: bool = True
     token_error: httpx.Response | Responder | None = None
 

@@ -123,6 +123,18 @@ async def test_exchange_code_sends_the_verifier_and_client_credentials(tmp_path:
     await r.parts.api.aclose()
 
 
+@pytest.mark.parametrize("expires_in", ["NaN", "Infinity", "1e400", -30, 0])
+async def test_an_unusable_token_lifetime_counts_as_ford_s_20_minutes(
+    tmp_path: Path, expires_in: float | str
+) -> None:
+    """A stated lifetime that is not a finite positive number is taken as the documented 20 min."""
+    r = rig(tmp_path, logged_in=False)
+    r.ford.expires_in = expires_in
+    tokens = await r.parts.oauth.exchange_code("the-code", code_verifier=None)
+    assert tokens.expires_at == r.clock.now + 20 * 60
+    await r.parts.api.aclose()
+
+
 async def test_query_token_requests_ask_for_offline_access(tmp_path: Path) -> None:
     """Query token requests carry `scope=<client_id> offline_access openid`."""
     r = rig(tmp_path, "fordconnect-query", logged_in=False)

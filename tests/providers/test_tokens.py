@@ -52,6 +52,36 @@ async def test_a_token_with_time_left_is_used_as_is(tmp_path: Path) -> None:
     await r.parts.api.aclose()
 
 
+@pytest.mark.parametrize("expires_in", ["NaN", "Infinity", -5, 0, 30])
+async def test_one_refresh_serves_the_next_requests_whatever_lifetime_is_stated(
+    tmp_path: Path, expires_in: float | str
+) -> None:
+    """A token answer whose lifetime is not a finite positive number, or under a minute, still
+    lets one refresh serve the requests after it instead of a refresh before each."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.ford.expires_in = expires_in
+    r.clock.now += 3600
+    for _ in range(5):
+        await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.gate.kinds() == [CallKind.TOKEN] + [CallKind.READ] * 5
+    await r.parts.api.aclose()
+
+
+async def test_a_short_lived_token_is_refreshed_after_half_its_lifetime(tmp_path: Path) -> None:
+    """A 30 s token is used for its first 15 s and refreshed once less than half of it is left."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.ford.expires_in = 30
+    r.clock.now += 3600
+    await r.parts.tokens.access_token()
+    r.clock.now += 14
+    assert await r.parts.tokens.access_token() == "access-0001-secretish"
+    r.clock.now += 2
+    assert await r.parts.tokens.access_token() == "access-0002-secretish"
+    await r.parts.api.aclose()
+
+
 async def test_concurrent_requests_share_one_refresh(tmp_path: Path) -> None:
     """Ten requests finding the token stale at once cause exactly one refresh."""
     r = rig(tmp_path)
