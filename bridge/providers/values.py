@@ -31,7 +31,7 @@ def number(value: Any) -> float | None:
         value = value.strip()
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # Overflow: a JSON integer past 1.8e308
         return None
     return result if math.isfinite(result) else None
 
@@ -71,9 +71,9 @@ def iso_time(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # Overflow: an offset moving it past year 9999 or before 1
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def v1_time(value: Any) -> datetime | None:

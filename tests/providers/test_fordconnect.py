@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,21 @@ def test_v1_charging_words_are_corrected_by_the_plug(
     status = {"chargingStatus": {"value": charging}, "plugStatus": {"value": plugged}}
     state = vehicle_to_state({"vehicleStatus": status}, VEHICLE)
     assert state.status.charging is expected
+
+
+async def test_a_number_too_large_for_a_float_is_unknown_not_a_failed_read(
+    tmp_path: Path,
+) -> None:
+    """An odometer sent as a 401-digit integer reads as unknown; the rest of the read holds."""
+    r = rig(tmp_path)
+    body = json.dumps(VEHICLE_DOC).replace('"odometer": 500.0', '"odometer": 1' + "0" * 400)
+    assert "0" * 400 in body
+    r.ford.on(
+        "GET", P, httpx.Response(200, text=body, headers={"content-type": "application/json"})
+    )
+    state = await provider(r).read(VEHICLE)
+    assert state.status.odometer_km is None and state.status.range_km == 304.0
+    await r.parts.api.aclose()
 
 
 def test_v1_unknowns_strings_and_nulls_never_raise() -> None:

@@ -89,6 +89,14 @@ def test_no_metrics_at_all_is_an_all_unknown_state() -> None:
     assert state.updated_at == datetime(2025, 8, 15, 21, 53, 6, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+def test_a_time_outside_the_utc_range_is_unknown(full: dict[str, Any], stamp: str) -> None:
+    """A timestamp whose offset moves it past year 9999 or before year 1 in UTC is unknown."""
+    full["updateTime"] = stamp
+    state = telemetry_to_state(full, "car")
+    assert state.updated_at is None and state.status.fuel_level_pct is not None
+
+
 # Metric → the normalised fields that must go unknown without it (and nothing else may change).
 DEPENDS = {
     "fuelLevel": {"status.fuel_level_pct"},
@@ -165,9 +173,13 @@ def test_numbers_sent_as_strings_are_accepted(full: dict[str, Any]) -> None:
     assert state.health.tyre_pressures_kpa["front_left"] == 240.0
 
 
-@pytest.mark.parametrize("garbage", ["n/a", "", "NaN", "inf", True, [], {}])
+HUGE = pytest.param(10**400, id="10**400")  # a JSON integer float() cannot hold
+
+
+@pytest.mark.parametrize("garbage", ["n/a", "", "NaN", "inf", True, [], {}, HUGE, "1e400"])
 def test_unparseable_numbers_are_unknown(full: dict[str, Any], garbage: Any) -> None:
-    """Strings that are not numbers, booleans and containers are unknown numbers."""
+    """Strings that are not numbers, booleans, containers and numbers too large for a float are
+    unknown numbers."""
     full["metrics"]["fuelLevel"]["value"] = garbage
     assert telemetry_to_state(full, "car").status.fuel_level_pct is None
 
