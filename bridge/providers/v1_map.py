@@ -6,6 +6,7 @@ Missing or unrecognised fields are "unknown", never errors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -228,7 +229,9 @@ def _tyres(s: Mapping[str, Any]) -> dict[str, float]:
         if wheel is None or value is None:
             continue
         unit = (text(entry.get("unit")) or "kPa").lower()
-        out[wheel.lower()] = round(value * PSI_TO_KPA, 1) if unit == "psi" else value
+        kpa = round(value * PSI_TO_KPA, 1) if unit == "psi" else value
+        if math.isfinite(kpa):  # a psi figure near float's limit converts to infinity
+            out[wheel.lower()] = kpa
     return out
 
 

@@ -412,6 +412,16 @@ async def test_a_number_too_large_for_a_float_is_unknown_not_a_failed_read(
     await r.parts.api.aclose()
 
 
+def test_a_psi_pressure_too_large_to_convert_is_unknown_not_infinity() -> None:
+    """A psi figure that would be infinite in kPa is left out (JSON has no infinity)."""
+    pressures = [
+        {"vehicleWheel": "FRONT_LEFT", "value": 1.7e308, "unit": "psi"},
+        {"vehicleWheel": "FRONT_RIGHT", "value": 35.0, "unit": "psi"},
+    ]
+    state = vehicle_to_state({"vehicleStatus": {"tirePressure": pressures}}, VEHICLE)
+    assert state.health.tyre_pressures_kpa == {"front_right": 241.3}
+
+
 def test_v1_unknowns_strings_and_nulls_never_raise() -> None:
     """Unknown enum words, numbers as strings and nulls in a v1 document map leniently."""
     vehicle = {
