@@ -66,8 +66,17 @@ class OAuthError(Exception):
 
 def pkce_challenge(verifier: str) -> str:
     """The S256 code challenge for `verifier` (RFC 7636)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    # UTF-8, not ASCII: a verifier outside ASCII is only a wrong one (invalid_grant), not a 500.
+    digest = hashlib.sha256(verifier.encode("utf-8", "surrogatepass")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _same(presented: str, expected: str) -> bool:
+    """Constant-time equality of two strings, as bytes: compare_digest raises TypeError for str
+    with non-ASCII characters, which would turn a wrong client id or secret into a 500."""
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class AuthServer:
@@ -99,11 +108,9 @@ class AuthServer:
         return f"{prefix}.{self._rng.getrandbits(192):048x}"
 
     def client_matches(self, client_id: str, client_secret: str | None = None) -> bool:
-        if not hmac.compare_digest(client_id, self.client.client_id):
+        if not _same(client_id, self.client.client_id):
             return False
-        return client_secret is None or hmac.compare_digest(
-            client_secret, self.client.client_secret
-        )
+        return client_secret is None or _same(client_secret, self.client.client_secret)
 
     # -- consent ---------------------------------------------------------------------------
 
@@ -143,7 +150,7 @@ class AuthServer:
             raise OAuthError(400, "invalid_grant", "redirect_uri does not match the authorization")
         if code.challenge is not None:
             verifier = form.get("code_verifier", "")
-            if not hmac.compare_digest(pkce_challenge(verifier), code.challenge):
+            if not _same(pkce_challenge(verifier), code.challenge):
                 raise OAuthError(400, "invalid_grant", "the PKCE code_verifier does not match")
         return self.issue_tokens(code.account_id, code.scope, now)
 

@@ -27,7 +27,16 @@ class Session:
 
     def csrf_ok(self, presented: str | None) -> bool:
         """Constant-time check of the token a form sent back."""
-        return bool(presented) and hmac.compare_digest(self.csrf, str(presented))
+        if not presented:
+            return False
+        # As bytes: compare_digest raises TypeError for str with non-ASCII characters, which
+        # made a form posted with `csrf=é` a 500 rather than the 403 of any other wrong token.
+        return hmac.compare_digest(self.csrf.encode(), _utf8(str(presented)))
+
+
+def _utf8(text: str) -> bytes:
+    # A lone surrogate cannot be encoded strictly; it is still only a wrong token.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def hash_id(raw: str) -> str:

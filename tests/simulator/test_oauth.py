@@ -115,6 +115,20 @@ async def test_pkce_with_the_wrong_verifier_is_invalid_grant(client: httpx.Async
     assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
 
 
+async def test_non_ascii_credentials_and_verifiers_are_refused_not_errors(
+    client: httpx.AsyncClient,
+) -> None:
+    """A client id, secret or verifier outside ASCII is just wrong: 400 or 401, never a 500."""
+    verifier = await exchange(client, await get_code(client), code_verifier="\u00e9" * 50)
+    assert verifier.status_code == 400 and verifier.json()["error"] == "invalid_grant"
+    secret = await exchange(client, await get_code(client), client_secret="s\u00e9cret")
+    assert secret.status_code == 401 and secret.json()["error"] == "invalid_client"
+    client_id = await exchange(client, await get_code(client), client_id="\u2603")
+    assert client_id.status_code == 401 and client_id.json()["error"] == "invalid_client"
+    page = await client.get("/oauth/authorize", params=authorize_params(client_id="\u2603"))
+    assert page.status_code == 400
+
+
 async def test_pkce_without_a_verifier_is_invalid_grant(client: httpx.AsyncClient) -> None:
     """A code issued with a challenge cannot be redeemed without a verifier."""
     code = await get_code(client)

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.web.conftest import ClientFactory
 from tests.web.support import (
@@ -121,6 +122,20 @@ async def test_csrf_token_of_another_session_is_refused(
     response = await first.post("/apps", data={"csrf": stolen, "app_id": "x1", "scope": []})
     assert response.status_code == 403
     assert harness.registry.get("x1") is None
+
+
+@pytest.mark.parametrize(
+    "token", ["\u00e9", "caf\u00e9-\u2603", "\U0001f600" * 43], ids=["accent", "mixed", "emoji"]
+)
+async def test_a_non_ascii_csrf_token_is_refused_not_an_error(
+    owner: httpx.AsyncClient, harness: Harness, token: str
+) -> None:
+    """A token with characters outside ASCII is just a wrong token: 403, nothing changed."""
+    response = await owner.post("/apps", data={"csrf": token, "app_id": "x2", "scope": []})
+    assert response.status_code == 403
+    assert harness.registry.get("x2") is None
+    login_form = await owner.post("/login", data={"csrf": token, "password": OWNER_PASSWORD})
+    assert login_form.status_code == 403
 
 
 async def test_login_form_itself_needs_its_csrf_token(client: httpx.AsyncClient) -> None:

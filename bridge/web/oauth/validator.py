@@ -83,7 +83,9 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             return False
         if request.client_id and request.client_id != client_id:
             return False  # Basic and body disagree: refuse rather than guess
-        if not hmac.compare_digest(digest(secret), client.secret_hash):
+        # Both are hex digests, but as bytes like every other comparison here: compare_digest
+        # raises TypeError for str with non-ASCII characters.
+        if not hmac.compare_digest(digest(secret).encode(), client.secret_hash.encode()):
             return False
         request.client = client
         request.client_id = client_id
