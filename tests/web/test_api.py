@@ -161,7 +161,8 @@ async def test_unlock_needs_a_step_up_code(
 async def test_command_needs_the_scope_on_the_token_not_only_the_app(
     owner: httpx.AsyncClient, rest: RestClient, harness: Harness
 ) -> None:
-    """The app holds command:unlock, but a token consented without it cannot unlock."""
+    """The app holds command:unlock, but a token consented without it cannot unlock (the
+    pipeline refuses it, so the refusal is on record)."""
     headers = await token(owner, rest, "command:lock")
     response = await owner.post(
         "/api/v1/vehicles/family-car/commands/lock", json={"action": "UNLOCK"}, headers=headers
@@ -169,6 +170,8 @@ async def test_command_needs_the_scope_on_the_token_not_only_the_app(
     assert response.status_code == 403
     assert response.json()["error"] == "insufficient_scope"
     assert harness.pipeline.forwarded == []
+    decisions = [r["reason"] for r in harness.audit.items if r["kind"] == "command.decision"]
+    assert decisions == ["scope_missing"]
 
 
 async def test_malformed_command_bodies_are_422(owner: httpx.AsyncClient, rest: RestClient) -> None:

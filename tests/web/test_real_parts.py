@@ -21,7 +21,7 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline
 from bridge.commands.stepup import StepUp
 from bridge.config import CommandsConfig, Settings, StepUpConfig
-from bridge.events import CollectingAlerts
+from bridge.events import AlertKind, CollectingAlerts
 from bridge.model import (
     CommandOutcome,
     CommandStatus,
@@ -82,6 +82,7 @@ class Daemon:
     provider: RecordingProvider
     state_dir: Path
     clock: MutableClock
+    alerts: CollectingAlerts
 
     def audit_records(self) -> list[dict[str, Any]]:
         text = (self.state_dir / "audit" / "audit.jsonl").read_text()
@@ -132,7 +133,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     set_owner_password(store, OWNER_PASSWORD, now=clock())
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-        yield Daemon(client, registry, provider, state_dir, clock)
+        yield Daemon(client, registry, provider, state_dir, clock, alerts)
     await pipeline.stop()
     audit.close()
     store.close()
@@ -219,6 +220,34 @@ async def test_a_token_without_the_scope_cannot_command_however_the_action_is_sp
     locked = await owner.post(url, json={"action": "lock"}, headers=headers)
     assert locked.json()["status"] == "succeeded", locked.text
     assert daemon.provider.executed == [Operation.LOCK]
+
+
+async def test_a_rest_command_refused_for_its_scope_is_recorded_and_alerted_as_over_mqtt(
+    daemon: Daemon,
+) -> None:
+    """The pipeline decides a scope refusal: a `command.decision` record and an alert, and the
+    app still gets 403 insufficient_scope naming the scope, with the command's result."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["command:lock", "command:unlock"])
+    headers = bearer((await tokens_for(owner, owner, rest, "command:lock"))["access_token"])
+    url = "/api/v1/vehicles/family-car/commands/lock"
+    refused = await owner.post(url, json={"action": "UNLOCK", "id": "u-1"}, headers=headers)
+    assert refused.status_code == 403
+    body = refused.json()
+    assert (body["error"], body["reason"], body["id"]) == (
+        "insufficient_scope",
+        "scope_missing",
+        "u-1",
+    )
+    assert 'scope="command:unlock"' in refused.headers["www-authenticate"]
+    decisions = [r for r in daemon.audit_records() if r["kind"] == "command.decision"]
+    assert [(d["id"], d["reason"], d["source"]) for d in decisions] == [
+        ("u-1", "scope_missing", "api")
+    ]
+    refusals = [a for a in daemon.alerts.alerts if a.kind == AlertKind.COMMAND_REFUSED]
+    assert [a.app for a in refusals] == ["dash"]
+    assert daemon.provider.executed == []
 
 
 async def test_a_refused_command_over_its_limit_says_when_to_retry(daemon: Daemon) -> None:

@@ -46,12 +46,17 @@ class Principal:
     def require(self, scope: Scope) -> None:
         """Raise 403 insufficient_scope unless the token carries `scope`."""
         if scope not in self.scopes:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"this call needs the {scope.value} scope",
-                {"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope.value}"'},
-            )
+            raise insufficient_scope(scope)
+
+
+def insufficient_scope(scope: Scope) -> ApiError:
+    """RFC 6750's answer to a token without `scope`: 403, naming the scope in the challenge."""
+    return ApiError(
+        403,
+        "insufficient_scope",
+        f"this call needs the {scope.value} scope",
+        {"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope.value}"'},
+    )
 
 
 def _invalid_token(description: str) -> ApiError:

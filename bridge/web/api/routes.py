@@ -14,7 +14,7 @@ from bridge.commands.parse import action_word
 from bridge.commands.reasons import Reason
 from bridge.model import OPERATIONS, Command, CommandStatus, Scope, VehicleState
 from bridge.mqtt.publisher import health_document, location_document, status_document
-from bridge.web.api.auth import ApiError, Caller, Principal
+from bridge.web.api.auth import ApiError, Caller, insufficient_scope
 from bridge.web.context import ctx
 from bridge.web.ports import VehicleView
 
@@ -73,7 +73,11 @@ COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": CommandResult, "description": "accepted by the car, or timed out waiting"},
     400: {**_RESULT_OR_ERROR, "description": "refused: malformed body or unknown action"},
     401: {"model": ErrorBody},
-    403: {**_RESULT_OR_ERROR, "description": "refused: scope, step-up code"},
+    403: {
+        **_RESULT_OR_ERROR,
+        "description": "refused: step-up code; or the scope (the result with error "
+        "insufficient_scope)",
+    },
     404: {**_RESULT_OR_ERROR, "description": "unknown vehicle"},
     409: {"model": CommandResult, "description": "refused: command id already used"},
     422: {"model": ErrorBody},
@@ -127,8 +131,8 @@ async def location(request: Request, vehicle: VehicleSlug, caller: Caller) -> di
 async def command(
     request: Request, vehicle: VehicleSlug, command: Command, body: CommandRequest, caller: Caller
 ) -> JSONResponse:
-    """Run a command through the pipeline; the token must carry its scope."""
-    _require_command_scope(caller, command, body.action)
+    """Run a command through the pipeline, which decides on the scopes of both the app and the
+    token (`granted`): a command refused for its scope is recorded and alerted as over MQTT."""
     result = await ctx(request).pipeline.submit_api(
         caller.app.id,
         vehicle,
@@ -140,8 +144,21 @@ async def command(
     )
     doc = result.as_document()
     status = result_status(doc)
+    if doc.get("reason") == Reason.SCOPE_MISSING:
+        return _scope_refusal(doc, command, body.action)
     headers = _retry_after(request, str(doc.get("reason"))) if status == 429 else None
     return JSONResponse(doc, status_code=status, headers=headers)
+
+
+def _scope_refusal(doc: dict[str, Any], command: Command, action: str) -> JSONResponse:
+    """403 insufficient_scope as RFC 6750 has it (error fields and the challenge naming the
+    scope), on the command's result document, so a client reading either finds its answer."""
+    scope = _command_scope(command, action)
+    if scope is None:  # the pipeline knew the operation; this lookup reads the action as it does
+        return JSONResponse(doc, status_code=403)
+    error = insufficient_scope(scope)
+    body = {"error": error.error, "error_description": error.description, **doc}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def _retry_after(request: Request, reason: str) -> dict[str, str]:
@@ -156,15 +173,12 @@ def _retry_after(request: Request, reason: str) -> dict[str, str]:
     return {"Retry-After": str(int(seconds))}
 
 
-def _require_command_scope(caller: Principal, command: Command, action: str) -> None:
-    """The token, not just the app, must carry the command's scope: the owner may have consented
-    to less than the app holds. Unknown actions go on, for the pipeline to refuse and audit.
-    The action is looked up as the pipeline will read it (`lock` is LOCK); the pipeline checks
-    the token's scopes again (`granted`), so a lookup that missed could not let it through."""
+def _command_scope(command: Command, action: str) -> Scope | None:
+    """The scope the command needs, with the action read as the pipeline reads it (`lock` is
+    LOCK); None for an action the command does not take."""
     word = action_word(action)
     entry = OPERATIONS.get((command, word)) if word is not None else None
-    if entry is not None:
-        caller.require(entry[1])
+    return entry[1] if entry is not None else None
 
 
 # A refused command answers with the status that tells a client what to do next.
