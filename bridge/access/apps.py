@@ -117,6 +117,16 @@ class AppRegistry:
         row = self._table.home_assistant()
         return row.app if row else None
 
+    def scope_mark(self) -> int:
+        """Where the history of scope changes stands now; `scopes_since` reads on from here."""
+        return self._table.scope_mark()
+
+    def scopes_since(self, app_id: str, mark: int) -> builtins.list[frozenset[Scope]]:
+        """What the app held after each change of its scopes since `scope_mark()` gave `mark`,
+        oldest first, whichever process made them: a moment when the app held nothing of some
+        set shows here even if the scopes were given back since."""
+        return self._table.scopes_since(app_id, mark)
+
     def pending(self) -> dict[str, str | None]:
         """App ids whose broker identity is behind the registry, with the last error."""
         out = {r.app.id: r.sync_error for r in self._table.all() if r.pending_sync}

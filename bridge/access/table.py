@@ -5,6 +5,10 @@ applied, so a change made while a sync was running is never marked as done by mi
 `app_removals` remembers revoked apps (until the broker has forgotten them too, and afterwards
 so that revoking twice gets a clear answer), and
 `app_changes` lets another process (the daemon) notice changes made by `ownerlink apps`.
+`app_scope_history` keeps what each app held after every change of its scopes, whichever process
+made it: the OAuth server ends a grant once every scope it carries was withdrawn, even when they
+came back before the app was next heard from (the change feed above is trimmed and names no
+scopes, so it cannot tell).
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ MIGRATIONS = [
         kind TEXT NOT NULL,
         origin TEXT NOT NULL
     )
+    """,
+    """
+    CREATE TABLE app_scope_history (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        app_id TEXT NOT NULL,
+        scopes TEXT NOT NULL
+    );
+    CREATE INDEX app_scope_history_app ON app_scope_history (app_id, seq)
     """,
 ]
 
@@ -225,9 +237,16 @@ class AppTable:
             (*fields.values(), int(broker), app_id),
         )
         self._record(conn, app_id, kind)
+        if "scopes" in fields:
+            conn.execute(
+                "INSERT INTO app_scope_history (app_id, scopes) VALUES (?, ?)",
+                (app_id, fields["scopes"]),
+            )
 
     def delete(self, conn: sqlite3.Connection, app_id: str, requested_at: datetime) -> None:
         conn.execute("DELETE FROM apps WHERE id = ?", (app_id,))
+        # Its tokens die with it (a client is tied to one registration), so its history may go.
+        conn.execute("DELETE FROM app_scope_history WHERE app_id = ?", (app_id,))
         conn.execute(
             "INSERT OR REPLACE INTO app_removals (app_id, requested_at, broker_done) "
             "VALUES (?, ?, 0)",
@@ -277,6 +296,19 @@ class AppTable:
             (seq, self._origin),
         )
         return [(int(r["seq"]), str(r["app_id"]), str(r["kind"])) for r in rows]
+
+    def scope_mark(self) -> int:
+        """The newest entry of the scope history (0 for none)."""
+        rows = self._store.query("SELECT COALESCE(MAX(seq), 0) AS seq FROM app_scope_history")
+        return int(rows[0]["seq"])
+
+    def scopes_since(self, app_id: str, mark: int) -> list[frozenset[Scope]]:
+        """What the app held after each change of its scopes newer than `mark`, oldest first."""
+        rows = self._store.query(
+            "SELECT scopes FROM app_scope_history WHERE app_id = ? AND seq > ? ORDER BY seq",
+            (app_id, mark),
+        )
+        return [frozenset(Scope(s) for s in json.loads(r["scopes"])) for r in rows]
 
     def last_change(self) -> int:
         rows = self._store.query("SELECT COALESCE(MAX(seq), 0) AS seq FROM app_changes")

@@ -67,6 +67,16 @@ class Registry(Protocol):
 
     def revoke(self, app_id: str, *, actor: str = "owner") -> None: ...
 
+    def scope_mark(self) -> int:
+        """Where the history of scope changes stands now (to pass to `scopes_since` later)."""
+        ...
+
+    def scopes_since(self, app_id: str, mark: int) -> Sequence[frozenset[Scope]]:
+        """What the app held after each change of its scopes since `mark`, oldest first, made
+        by any process: shows a moment when every scope of a grant was withdrawn even once
+        they have been given back."""
+        ...
+
     def set_enabled(self, app_id: str, enabled: bool, *, actor: str = "owner") -> App:
         """Pause or resume the app without deleting it; audited as app.enabled / app.disabled
         (nothing is written when it already is as asked)."""

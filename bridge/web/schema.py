@@ -70,6 +70,12 @@ OAUTH_STEPS = (
     );
     CREATE INDEX oauth_tokens_grant ON oauth_tokens (grant_id)
     """,
+    # Where the registry's scope history stood when a code or token was issued: a grant ends
+    # once every scope it carries has been withdrawn since, even if given back before its use.
+    """
+    ALTER TABLE oauth_codes ADD COLUMN scope_mark INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE oauth_tokens ADD COLUMN scope_mark INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 

@@ -316,3 +316,41 @@ def test_the_command_path_sees_another_process_change_at_once(tmp_path: Path) ->
     cli.registry.add("nr", scopes=["read:status"])  # the same id again, from scratch
     again = daemon.registry.current("nr")
     assert again is not None and again.scopes == frozenset({Scope.READ_STATUS})
+
+
+def test_scope_history_keeps_what_the_app_held_after_each_change(tmp_path: Path) -> None:
+    """Every scope change is kept with what the app held after it, for any process to read
+    later: a moment with nothing held is not lost when the scopes come back before anyone looks
+    (the OAuth server ends a grant for it). Other apps' changes are not mixed in."""
+    daemon = make_harness(tmp_path, FakeEnforcement())
+    cli = make_harness(tmp_path, FakeEnforcement())
+    cli.registry.add("nr", scopes=["read:status", "read:health"])
+    cli.registry.add("other", scopes=["read:status"])
+    mark = daemon.registry.scope_mark()
+    cli.registry.withdraw("nr", ["read:health"])
+    cli.registry.withdraw("other", ["read:status"])
+    cli.registry.withdraw("nr", ["read:status"])
+    cli.registry.grant("nr", ["read:status"])
+    assert daemon.registry.scopes_since("nr", mark) == [
+        frozenset({Scope.READ_STATUS}),
+        frozenset(),
+        frozenset({Scope.READ_STATUS}),
+    ]
+    later = daemon.registry.scope_mark()
+    assert later > mark
+    assert daemon.registry.scopes_since("nr", later) == []
+    cli.registry.grant("nr", ["read:health"])
+    assert daemon.registry.scopes_since("nr", later) == [
+        frozenset({Scope.READ_STATUS, Scope.READ_HEALTH})
+    ]
+
+
+def test_revoking_an_app_forgets_its_scope_history(h: Harness) -> None:
+    """A revoked app's tokens are dead with it; the same id added again starts a new history."""
+    h.registry.add("nr", scopes=["read:status", "read:health"])
+    h.registry.withdraw("nr", ["read:health"])
+    h.registry.revoke("nr")
+    assert h.registry.scopes_since("nr", 0) == []
+    h.registry.add("nr", scopes=["read:status"])
+    h.registry.withdraw("nr", ["read:status"])
+    assert h.registry.scopes_since("nr", 0) == [frozenset()]

@@ -87,6 +87,9 @@ class FakeRegistry:
         self.clock = clock
         self.apps: dict[str, App] = {}
         self.touched: list[str] = []
+        # (sequence number, app id, what it held after a change of its scopes)
+        self.history: list[tuple[int, str, frozenset[Scope]]] = []
+        self.changes = 0
 
     def add(
         self,
@@ -135,20 +138,34 @@ class FakeRegistry:
         wanted = frozenset(Scope(s) for s in scopes)
         self._location(wanted, allow_location)
         app = replace(self._known(app_id), scopes=self._known(app_id).scopes | wanted)
-        self.apps[app_id] = app
+        self._changed(app)
         self.audit.append("app.scopes_granted", app=app_id, scopes=sorted(wanted), actor=actor)
         return app
 
     def withdraw(self, app_id: str, scopes: Iterable[Scope | str], *, actor: str = "owner") -> App:
         gone = frozenset(Scope(s) for s in scopes)
         app = replace(self._known(app_id), scopes=self._known(app_id).scopes - gone)
-        self.apps[app_id] = app
+        self._changed(app)
         self.audit.append("app.scopes_withdrawn", app=app_id, scopes=sorted(gone), actor=actor)
         return app
+
+    def _changed(self, app: App) -> None:
+        if app.scopes != self.apps[app.id].scopes:
+            self.changes += 1
+            self.history.append((self.changes, app.id, app.scopes))
+        self.apps[app.id] = app
+
+    def scope_mark(self) -> int:
+        return self.changes
+
+    def scopes_since(self, app_id: str, mark: int) -> list[frozenset[Scope]]:
+        return [held for seq, owner, held in self.history if owner == app_id and seq > mark]
 
     def revoke(self, app_id: str, *, actor: str = "owner") -> None:
         self._known(app_id)
         del self.apps[app_id]
+        # As the registry does: its tokens die with it, a new app of that id starts afresh.
+        self.history = [entry for entry in self.history if entry[1] != app_id]
         self.audit.append("app.revoked", app=app_id, actor=actor)
 
     def set_enabled(self, app_id: str, enabled: bool, *, actor: str = "owner") -> App:
@@ -179,6 +196,8 @@ class FakeRegistry:
 
     def set(self, app: App) -> None:
         """Test helper: replace an app's record directly."""
+        if app.id in self.apps:
+            self._changed(app)
         self.apps[app.id] = app
 
 

@@ -58,7 +58,14 @@ def fuzz_target(state_dir: Path) -> tuple[Harness, dict[str, str]]:
     grant = store.new_grant("fuzz", scopes, now=now)
     token = secrets.token_urlsafe(32)
     store.save_token(
-        token, kind="access", grant_id=grant, client_id="fuzz", scopes=scopes, now=now, ttl_s=3600
+        token,
+        kind="access",
+        grant_id=grant,
+        client_id="fuzz",
+        scopes=scopes,
+        scope_mark=harness.registry.scope_mark(),
+        now=now,
+        ttl_s=3600,
     )
     return harness, {"Authorization": f"Bearer {token}"}
 

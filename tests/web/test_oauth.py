@@ -248,6 +248,78 @@ async def test_with_every_consented_scope_withdrawn_a_refresh_is_refused(
     assert again.status_code == 400
 
 
+async def test_a_scope_given_back_does_not_revive_a_grant_whose_app_was_idle(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The grant ends when its last scope is withdrawn, not when the app next calls: after the
+    owner gives the scope back, its refresh and access tokens stay dead until a new consent."""
+    tokens = await tokens_for(owner, client, rest, "read:health")
+    harness.registry.withdraw("dash", ["read:health"])
+    harness.clock.advance(60)  # the app does not call meanwhile
+    harness.registry.grant("dash", ["read:health"])
+    page = await owner.get("/apps/dash")
+    assert re.search(r"Active grants</dt>\s*<dd>0<", page.text), "the page still counts it"
+    refused = await refresh(client, rest, tokens["refresh_token"])
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    me = await client.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    assert me.status_code == 401
+    data = {"token": tokens["access_token"], **rest.auth()}
+    assert (await client.post("/oauth/introspect", data=data)).json() == {"active": False}
+    ended = [r for r in harness.audit.items if r["kind"] == "oauth.revoked"]
+    assert [r["reason"] for r in ended] == ["scopes_withdrawn"]
+    assert (await tokens_for(owner, client, rest, "read:health"))["scope"] == "read:health"
+
+
+@pytest.mark.parametrize("given_back", [False, True], ids=["withdrawn", "given-back"])
+async def test_a_code_is_refused_once_every_consented_scope_was_withdrawn(
+    owner: httpx.AsyncClient,
+    rest: RestClient,
+    client: httpx.AsyncClient,
+    harness: Harness,
+    given_back: bool,
+) -> None:
+    """The owner withdrew everything the code was consented for before the app exchanged it:
+    invalid_grant, whether or not the scope is back by then, and no token is issued."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge, "read:health")
+    harness.registry.withdraw("dash", ["read:health"])
+    if given_back:
+        harness.registry.grant("dash", ["read:health"])
+    refused = await exchange(client, rest, code, verifier)
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    assert harness.store.query("SELECT COUNT(*) FROM oauth_tokens")[0][0] == 0
+
+
+async def test_a_code_exchanged_after_a_partial_withdrawal_carries_only_what_is_held(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Some of the consented scopes withdrawn before the exchange: the tokens, and the
+    response's `scope`, carry only the ones the app still holds."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge, "read:status read:health")
+    harness.registry.withdraw("dash", ["read:health"])
+    response = await exchange(client, rest, code, verifier)
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "read:status"
+    stored = harness.store.query("SELECT DISTINCT scopes FROM oauth_tokens")
+    assert [row[0] for row in stored] == ["read:status"]
+
+
+async def test_scopes_withdrawn_in_turn_but_never_all_at_once_keep_the_grant(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A partial withdrawal only narrows: with one consented scope held at every moment, the
+    grant lives on, and a refresh after both came back carries both."""
+    tokens = await tokens_for(owner, client, rest, "read:status read:health")
+    harness.registry.withdraw("dash", ["read:health"])
+    harness.registry.grant("dash", ["read:health"])
+    harness.registry.withdraw("dash", ["read:status"])
+    harness.registry.grant("dash", ["read:status"])
+    rotated = await refresh(client, rest, tokens["refresh_token"])
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["scope"] == "read:health read:status"
+
+
 async def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(
     owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
 ) -> None:

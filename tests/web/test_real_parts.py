@@ -21,7 +21,7 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline
 from bridge.commands.stepup import StepUp
 from bridge.config import CommandsConfig, Settings, StepUpConfig
-from bridge.events import AlertKind, CollectingAlerts
+from bridge.events import AlertKind, CollectingAlerts, CollectingAudit
 from bridge.model import (
     CommandOutcome,
     CommandStatus,
@@ -276,6 +276,36 @@ async def test_revoking_in_the_real_registry_ends_rest_access(daemon: Daemon) ->
         await owner.get("/api/v1/me", headers=bearer(tokens["access_token"]))
     ).status_code == 401
     assert (await refresh(owner, rest, tokens["refresh_token"])).status_code == 401
+
+
+async def test_a_grant_ended_by_another_process_stays_ended_when_the_scope_comes_back(
+    daemon: Daemon,
+) -> None:
+    """`ownerlink apps` (another process, its own connection) withdraws the app's only consented
+    scope and grants it back while the app is idle: the web side never heard of the moment in
+    between, yet the refresh token is refused and the access token is dead."""
+    owner = daemon.client
+    await login(owner)
+    rest = await add_rest_app(owner, "dash", ["read:status"])
+    tokens = await tokens_for(owner, owner, rest)
+    cli_store = Store.open(daemon.state_dir)
+    cli = AppRegistry(
+        store=cli_store,
+        audit=CollectingAudit(),
+        alerts=CollectingAlerts(),
+        enforcement=NoEnforcement(),
+        clock=daemon.clock,
+    )
+    cli.migrate()
+    cli.withdraw("dash", ["read:status"])
+    cli.grant("dash", ["read:status"])
+    cli_store.close()
+    refused = await refresh(owner, rest, tokens["refresh_token"])
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    me = await owner.get("/api/v1/me", headers=bearer(tokens["access_token"]))
+    assert me.status_code == 401
+    ended = [r for r in daemon.audit_records() if r["kind"] == "oauth.revoked"]
+    assert [r["reason"] for r in ended] == ["scopes_withdrawn"]
 
 
 async def test_a_disabled_apps_token_says_disabled_and_works_again_once_enabled(

@@ -2,7 +2,8 @@
 
 A token's effective scopes are the ones the owner consented to *and* the app still holds in the
 registry, looked up on every request: withdrawing a scope or revoking the app takes effect on the
-very next call, without waiting for the token to expire.
+very next call, without waiting for the token to expire. Once every scope of the token has been
+withdrawn its grant is over, even if a scope has been given back since.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def _app_for(context: WebContext, token: str) -> tuple[App, frozenset[Scope]]:
         raise _invalid_token("the app is disabled; the owner can enable it again")
     if app is None or client is None or not client.belongs_to(app):
         raise _invalid_token("the app has been revoked")
+    if context.oauth.validator.withdrawn(stored):
+        raise _invalid_token("every scope of this grant was withdrawn; ask the owner again")
     granted = frozenset(_SCOPES[s] for s in stored.scopes.split() if s in _SCOPES)
     return app, granted & app.scopes
 

@@ -109,12 +109,13 @@ async def authorize(request: Request) -> Response:
     if isinstance(checked, Response):
         return checked
     context = ctx(request)
+    mark = context.registry.scope_mark()  # before the app's scopes are read (see authorize)
     allowed = _allowed(context, checked.client_id)
     chosen = sorted({str(s) for s in form.getlist("scope")} & allowed & set(checked.scopes))
     if form.get("decision") != "allow" or not chosen:
         context.audit.append("oauth.consent", app=checked.client_id, decision="denied", scopes=[])
         return RedirectResponse(checked.denied(), status_code=303)
     uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
-    headers, _body, _status = context.oauth.authorize(uri, request.headers, chosen)
+    headers, _body, _status = context.oauth.authorize(uri, request.headers, chosen, scope_mark=mark)
     context.audit.append("oauth.consent", app=checked.client_id, decision="granted", scopes=chosen)
     return RedirectResponse(headers["Location"], status_code=303)

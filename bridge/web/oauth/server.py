@@ -135,10 +135,19 @@ class OAuthServer:
             scopes=tuple(str(s) for s in scopes),
         )
 
-    def authorize(self, uri: str, headers: Mapping[str, str], scopes: list[str]) -> OAuthResponse:
-        """Issue a code for the scopes the owner left ticked; the response redirects to the app."""
+    def authorize(
+        self, uri: str, headers: Mapping[str, str], scopes: list[str], *, scope_mark: int
+    ) -> OAuthResponse:
+        """Issue a code for the scopes the owner left ticked; the response redirects to the app.
+        `scope_mark`: the registry's scope mark, read before the scopes were checked against
+        the app's (a withdrawal after it counts against the code)."""
         out_headers, body, status = self.server.create_authorization_response(
-            uri, "GET", None, dict(headers), scopes=scopes
+            uri,
+            "GET",
+            None,
+            dict(headers),
+            scopes=scopes,
+            credentials={"ownerlink_mark": scope_mark},
         )
         return out_headers, body, status
 
@@ -181,6 +190,12 @@ class OAuthServer:
         return (
             client if client is not None and client.belongs_to(self.registry.get(app_id)) else None
         )
+
+    def active_grants(self, app_id: str) -> int:
+        """How many grants still hold a live token (for the owner page): a grant whose scopes
+        were all withdrawn is not counted, though the app has not tried it since."""
+        live = self.store.live_tokens(app_id, now=self._now())
+        return len({token.grant_id for token in live if not self.validator.ended(token)})
 
     def remove_client(self, app_id: str) -> None:
         """Remove REST access: the client goes and every token it holds stops working."""

@@ -2,13 +2,16 @@
 
 A *grant* is one consent: the code it started from, and every access and refresh token issued
 from it, belong to it. Revoking the grant (refresh-token reuse, code reuse, RFC 7009 revocation
-of a refresh token, removing the client) ends all of them at once.
+of a refresh token, removing the client, every scope it carries withdrawn) ends all of them at
+once. Codes and tokens keep the registry's scope mark of their issue, from which on the
+withdrawals that count against them are read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,6 +67,7 @@ class Code:
     expires_at: float
     used_at: float | None
     grant_id: int | None
+    scope_mark: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class Token:
     expires_at: float
     used_at: float | None
     revoked: bool
+    scope_mark: int
 
 
 class OAuthStore:
@@ -140,7 +145,7 @@ class OAuthStore:
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, scopes, challenge, "
-                "challenge_method, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "challenge_method, expires_at, scope_mark) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     digest(code),
                     record.client_id,
@@ -149,13 +154,14 @@ class OAuthStore:
                     record.challenge,
                     record.challenge_method,
                     record.expires_at,
+                    record.scope_mark,
                 ),
             )
 
     def code(self, code: str) -> Code | None:
         rows = self.store.query(
             "SELECT client_id, redirect_uri, scopes, challenge, challenge_method, expires_at, "
-            "used_at, grant_id FROM oauth_codes WHERE code_hash = ?",
+            "used_at, grant_id, scope_mark FROM oauth_codes WHERE code_hash = ?",
             (digest(code),),
         )
         return Code(*rows[0]) if rows else None
@@ -186,6 +192,7 @@ class OAuthStore:
         grant_id: int,
         client_id: str,
         scopes: str,
+        scope_mark: int,
         now: float,
         ttl_s: float,
     ) -> None:
@@ -193,32 +200,23 @@ class OAuthStore:
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO oauth_tokens (token_hash, kind, grant_id, client_id, scopes, "
-                "issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (digest(token), kind, grant_id, client_id, scopes, now, now + ttl_s),
+                "scope_mark, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (digest(token), kind, grant_id, client_id, scopes, scope_mark, now, now + ttl_s),
             )
 
     def token(self, token: str) -> Token | None:
         """A stored token by its value, with its grant's revocation folded in."""
+        rows = self.store.query(f"{_SELECT_TOKENS} WHERE t.token_hash = ?", (digest(token),))
+        return _token(rows[0]) if rows else None
+
+    def live_tokens(self, client_id: str, *, now: float) -> list[Token]:
+        """The client's unexpired, unrevoked, unused tokens (of grants not revoked)."""
         rows = self.store.query(
-            "SELECT t.token_hash, t.kind, t.grant_id, t.client_id, t.scopes, t.issued_at, "
-            "t.expires_at, t.used_at, (t.revoked_at IS NOT NULL OR g.revoked_at IS NOT NULL) "
-            "FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id WHERE t.token_hash = ?",
-            (digest(token),),
+            f"{_SELECT_TOKENS} WHERE t.client_id = ? AND g.revoked_at IS NULL "
+            "AND t.revoked_at IS NULL AND t.used_at IS NULL AND t.expires_at > ?",
+            (client_id, now),
         )
-        if not rows:
-            return None
-        row = rows[0]
-        return Token(
-            token_hash=row[0],
-            kind=row[1],
-            grant_id=int(row[2]),
-            client_id=row[3],
-            scopes=row[4],
-            issued_at=float(row[5]),
-            expires_at=float(row[6]),
-            used_at=row[7],
-            revoked=bool(row[8]),
-        )
+        return [_token(row) for row in rows]
 
     def mark_used(self, token_hash: str, *, now: float) -> None:
         """A rotated refresh token: kept (not deleted) so that presenting it again is noticed."""
@@ -246,12 +244,24 @@ class OAuthStore:
             )
             return cur.rowcount > 0
 
-    def active_grants(self, client_id: str, *, now: float) -> int:
-        """How many grants still hold an unexpired, unrevoked token (for the owner page)."""
-        rows = self.store.query(
-            "SELECT COUNT(DISTINCT g.id) FROM oauth_grants g JOIN oauth_tokens t "
-            "ON t.grant_id = g.id WHERE g.client_id = ? AND g.revoked_at IS NULL "
-            "AND t.revoked_at IS NULL AND t.used_at IS NULL AND t.expires_at > ?",
-            (client_id, now),
-        )
-        return int(rows[0][0])
+
+_SELECT_TOKENS = (
+    "SELECT t.token_hash, t.kind, t.grant_id, t.client_id, t.scopes, t.issued_at, t.expires_at, "
+    "t.used_at, (t.revoked_at IS NOT NULL OR g.revoked_at IS NOT NULL), t.scope_mark "
+    "FROM oauth_tokens t JOIN oauth_grants g ON g.id = t.grant_id"
+)
+
+
+def _token(row: sqlite3.Row) -> Token:
+    return Token(
+        token_hash=row[0],
+        kind=row[1],
+        grant_id=int(row[2]),
+        client_id=row[3],
+        scopes=row[4],
+        issued_at=float(row[5]),
+        expires_at=float(row[6]),
+        used_at=row[7],
+        revoked=bool(row[8]),
+        scope_mark=int(row[9]),
+    )

@@ -4,7 +4,10 @@ oauthlib does the protocol (parameter parsing, error responses, PKCE maths); thi
 its questions. The rules that are ours: every client is a registry app that must still be enabled;
 PKCE is required of every client, S256 only; redirect URIs match exactly; codes live 60 seconds
 and work once (a second use revokes what the first one produced); refresh tokens rotate on every
-use, and presenting a rotated one again revokes the whole grant (RFC 9700 §4.14).
+use, and presenting a rotated one again revokes the whole grant (RFC 9700 §4.14). A code or token
+is good only for the scopes the app still holds, and not at all once every scope it carries has
+been withdrawn, at any moment since it was issued: the registry's scope history says so whichever
+process withdrew them, so giving a scope back later never revives a grant without new consent.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from oauthlib.oauth2 import RequestValidator
 from bridge.events import AuditSink
 from bridge.model import Scope
 from bridge.web.netguard import ip_allowed, parse_ip
-from bridge.web.oauth.store import Client, Code, OAuthStore, digest, scopes_text
+from bridge.web.oauth.store import Client, Code, OAuthStore, Token, digest, scopes_text
 from bridge.web.ports import Clock, Registry
 
 CODE_TTL_S = 60
@@ -156,13 +159,18 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             expires_at=self._now() + CODE_TTL_S,
             used_at=None,
             grant_id=None,
+            # Read by the consent route before it checked the app's scopes (OAuthServer.authorize).
+            scope_mark=int(request.ownerlink_mark),
         )
         self.store.save_code(code["code"], record)
 
     def validate_code(
         self, client_id: str, code: str, client: Any, request: Request, *a: Any, **kw: Any
     ) -> bool:
-        """A live code of this client; a second use revokes what the first made."""
+        """A live code of this client, for the consented scopes the app still holds (none left,
+        now or at any moment since the consent: invalid_grant); a second use revokes what the
+        first made."""
+        mark = self.registry.scope_mark()  # first: a withdrawal after it is seen next time
         stored = self.store.code(code)
         if stored is None or stored.client_id != client_id:
             return False
@@ -171,9 +179,15 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             return False
         if stored.expires_at <= self._now():
             return False
-        request.scopes = stored.scopes.split()
+        if self._lost_all(stored.client_id, stored.scopes, stored.scope_mark):
+            return False
+        held = self._still_held(stored.client_id, stored.scopes)
+        if not held:
+            return False
+        request.scopes = held
         request.user = OWNER
         request.ownerlink_code = stored
+        request.ownerlink_mark = mark
         return True
 
     def _code_reused(self, stored: Code) -> None:
@@ -221,12 +235,14 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         scopes = scopes_text(request.scopes)
         grant_id = self._grant_for(request, scopes, now)
         client_id = request.client.client_id
+        mark = int(request.ownerlink_mark)  # read before the scopes were (validate_*)
         self.store.save_token(
             token["access_token"],
             kind="access",
             grant_id=grant_id,
             client_id=client_id,
             scopes=scopes,
+            scope_mark=mark,
             now=now,
             ttl_s=float(token["expires_in"]),
         )
@@ -237,6 +253,7 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
                 grant_id=grant_id,
                 client_id=client_id,
                 scopes=scopes,
+                scope_mark=mark,
                 now=now,
                 ttl_s=self.refresh_ttl_s,
             )
@@ -254,27 +271,37 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
     def validate_refresh_token(
         self, refresh_token: str, client: Any, request: Request, *a: Any, **kw: Any
     ) -> bool:
-        """A live, unused refresh token of this client; reuse revokes its grant."""
+        """A live, unused refresh token of this client; reuse revokes its grant, and so does
+        every scope it carries having been withdrawn since it was issued."""
+        mark = self.registry.scope_mark()  # first: a withdrawal after it is seen next time
         stored = self.store.token(refresh_token)
         if stored is None or stored.kind != "refresh" or stored.client_id != client.client_id:
             return False
         if stored.used_at is not None:
             self._refresh_reused(stored.grant_id, stored.client_id)
             return False
-        if stored.revoked or stored.expires_at <= self._now():
-            return False
-        if not self._still_held(stored.client_id, stored.scopes):
-            # Every scope the owner consented to has been withdrawn since: the grant ends, so a
-            # scope given back later does not revive it without the owner's consent again.
-            if self.store.revoke_grant(stored.grant_id, reason="scopes_withdrawn", now=self._now()):
-                self.audit.append(
-                    "oauth.revoked",
-                    app=stored.client_id,
-                    grant=stored.grant_id,
-                    reason="scopes_withdrawn",
-                )
+        if stored.revoked or stored.expires_at <= self._now() or self.withdrawn(stored):
             return False
         request.ownerlink_refresh = stored
+        request.ownerlink_mark = mark
+        return True
+
+    def ended(self, stored: Token) -> bool:
+        """True when every scope `stored` carries has been withdrawn from the app at some moment
+        since it was issued, given back since or not (the owner must consent again)."""
+        return self._lost_all(stored.client_id, stored.scopes, stored.scope_mark)
+
+    def withdrawn(self, stored: Token) -> bool:
+        """`ended`, and if so its grant revoked (once, audited) so that it stays so."""
+        if not self.ended(stored):
+            return False
+        if self.store.revoke_grant(stored.grant_id, reason="scopes_withdrawn", now=self._now()):
+            self.audit.append(
+                "oauth.revoked",
+                app=stored.client_id,
+                grant=stored.grant_id,
+                reason="scopes_withdrawn",
+            )
         return True
 
     def _refresh_reused(self, grant_id: int, client_id: str) -> None:
@@ -287,6 +314,15 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         # scope, in the token or in the response's `scope`.
         stored = self.store.token(refresh_token)
         return self._still_held(stored.client_id, stored.scopes) if stored else []
+
+    def _lost_all(self, client_id: str, scopes: str, mark: int) -> bool:
+        """True when the app held none of `scopes` at some moment since `mark`, now included.
+        Disabling is a pause, not a withdrawal (client authentication refuses it meanwhile),
+        and a revoked app's tokens die with its client, so neither counts here."""
+        app = self.registry.get(client_id)
+        moments = [*self.registry.scopes_since(client_id, mark), *([app.scopes] if app else [])]
+        carried = set(scopes.split())
+        return any(not carried & {scope.value for scope in held} for held in moments)
 
     def _still_held(self, client_id: str, scopes: str) -> list[str]:
         """The scopes of `scopes` the app holds now (none when it is gone or disabled)."""
@@ -324,6 +360,8 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         if stored is None or stored.client_id != request.client.client_id:
             return None
         if stored.revoked or stored.used_at is not None or stored.expires_at <= self._now():
+            return None
+        if self.withdrawn(stored):
             return None
         return {
             # What a call with the token may do now (the API checks the app's scopes each time).

@@ -168,7 +168,7 @@ async def _app_page(
         400 if problem else 200,
         app=app,
         client=context.oauth.client_of(app.id),
-        grants=context.oauth.store.active_grants(app.id, now=context.clock().timestamp()),
+        grants=context.oauth.active_grants(app.id),
         activity=activity.get(app.id, []),
         flash=_take_flash(request),
         default_rate=context.settings.commands.rate_limit_per_minute,
