@@ -43,7 +43,7 @@ from bridge.commands.recover import unfinished
 from bridge.commands.results import error_text
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.errors import AuditError, BrokerError, ConfigError, StateError
+from bridge.errors import AuditError, BrokerError, ConfigError, ProviderError, StateError
 from bridge.events import Alert, AlertKind
 from bridge.logs import get_logger
 from bridge.metrics import (
@@ -328,7 +328,11 @@ class Daemon:
     async def _build_providers(self) -> None:
         gate = CountingGate(self.budget, self.metrics)
         built = build_providers(
-            self.settings, gate=gate, alerts=self.alerts, transport=self.transport
+            self.settings,
+            gate=gate,
+            alerts=self.alerts,
+            transport=self.transport,
+            on_refused=self._refused,
         )
         self.providers: dict[str, Provider] = {
             name: CountingProvider(provider, self.metrics) for name, provider in built.items()
@@ -380,6 +384,7 @@ class Daemon:
             budget_ok=self._command_budget_ok,
             on_command_done=self._confirm,
             delivery=self.delivery,
+            on_refused=self._refused,
         )
         if self.audit_problem is not None:
             self.pipeline.halt(Reason.AUDIT_TAMPERED)
@@ -654,6 +659,10 @@ class Daemon:
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)
+
+    def _refused(self, account: str, error: ProviderError) -> None:
+        """A 429 or 403 on the command path reaches the same account guard as a read's."""
+        self.poller.refused(account, error)
 
     @property
     def vehicles(self) -> list[BridgedVehicle]:

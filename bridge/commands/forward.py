@@ -3,7 +3,9 @@
 One at a time per vehicle because the car itself handles one remote command at a time, and
 because "LOCK then UNLOCK" must not arrive as "UNLOCK then LOCK". Provider errors become
 endings here (see `results.ending_for_error`); the forwarder never retries: a command that may
-have reached the car is reported `timed_out`, never sent twice.
+have reached the car is reported `timed_out`, never sent twice. A 429 on a command's request ends
+here too, so the forwarder hands it to `on_refused` for the account's guard (polling must wait out
+its Retry-After like a read's).
 
 A job that had to wait behind another is checked again (`recheck`) when its turn comes: a
 command for a car busy with a slow one may wait up to the command timeout, and its app may be
@@ -24,10 +26,11 @@ from typing import Generic, TypeVar
 
 from bridge.commands.reasons import Reason
 from bridge.commands.results import Ending, ending_for_error, ending_for_outcome
+from bridge.errors import RateLimited
 from bridge.logs import get_logger
 from bridge.model import CommandStatus, Operation
 from bridge.providers.barrier import Durable, held_until
-from bridge.providers.base import Provider
+from bridge.providers.base import OnRefused, Provider
 
 # Beyond the configured command timeout, how long before we give up on a provider call that never
 # returns. The provider should have timed out first; this only guards against a hung worker.
@@ -82,11 +85,13 @@ class Forwarder(Generic[T]):
         on_accepted: Callable[[Job[T]], None],
         on_done: Callable[[Job[T], Ending], None],
         recheck: Callable[[Job[T]], Ending | None] = lambda _job: None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.on_accepted = on_accepted
         self.on_done = on_done
         self.recheck = recheck
+        self.on_refused = on_refused
         self._workers: dict[str, _Worker[T]] = {}
         self._busy: set[str] = set()  # vehicles whose worker is at the car
 
@@ -162,5 +167,12 @@ class Forwarder(Generic[T]):
                     # before the decision that led to it is on disk.
                     await job.ready.durable()
         except Exception as exc:  # noqa: BLE001 - every provider failure becomes an ending
+            self._refused(job, exc)
             return ending_for_error(exc, accepted=job.accepted)
         return ending_for_outcome(outcome)
+
+    def _refused(self, job: Job[T], exc: Exception) -> None:
+        """A 429 stops here, so the account's guard hears of it from us. A 403 to a command's
+        request is not passed on: it may be the car's remote-start allowance, not the account."""
+        if isinstance(exc, RateLimited) and self.on_refused is not None:
+            self.on_refused(job.route.provider.account, exc)

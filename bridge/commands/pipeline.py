@@ -55,6 +55,7 @@ from bridge.events import AlertSink, CommandAudit
 from bridge.logs import get_logger
 from bridge.model import App, CommandStatus, Scope
 from bridge.mqtt.topics import MAX_LEVEL, CommandTopic, Publish, PublishSink, Topics
+from bridge.providers.base import OnRefused
 
 __all__ = ["CommandPipeline", "InboundCommand", "VehicleRoute"]
 
@@ -131,6 +132,7 @@ class CommandPipeline:
         on_command_done: OnCommandDone | None = None,
         new_id: Callable[[], str] | None = None,
         delivery: ResultSender | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.topics = topics
         self.commands = commands
@@ -157,6 +159,7 @@ class CommandPipeline:
             on_accepted=self._accepted,
             on_done=self._complete,
             recheck=self._still_allowed,
+            on_refused=on_refused,
         )
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._halted: Reason | None = None

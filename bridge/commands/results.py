@@ -120,7 +120,14 @@ def ending_for_outcome(outcome: CommandOutcome) -> Ending:
 
 
 # Causes a provider may give for a verdict it could not get (CommandOutcome.cause).
-_CAUSES = frozenset({Reason.BUDGET_EXHAUSTED.value, Reason.NOT_FOUND.value})
+_CAUSES = frozenset(
+    {
+        Reason.BUDGET_EXHAUSTED.value,
+        Reason.NOT_FOUND.value,
+        Reason.PROVIDER_RATE_LIMITED.value,
+        Reason.FORBIDDEN.value,
+    }
+)
 
 
 def error_text(problem: BaseException | str) -> str:

@@ -189,6 +189,16 @@ class Poller:
         if not slot.running:  # a running poll re-plans when it finishes
             self._plan(slot)
 
+    def refused(self, account: str, error: ProviderError) -> None:
+        """A 429 or 403 met where nothing raised it to the poller (a command's status poll or
+        request): the account's guard takes it as it takes a read's, and the account's vehicles
+        are planned again around the block (a 403 also raises the suspension alert)."""
+        if account not in self._guards or not self._held_back(account, error, self._clock()):
+            return
+        for slot in self._slots.values():
+            if slot.ref.account == account and not slot.running:  # a running poll re-plans
+                self._plan(slot)
+
     def resume(self, account: str) -> None:
         """The owner logged in again (or an operator says go): poll the account's vehicles now."""
         self._guards[account].reset()
@@ -269,13 +279,19 @@ class Poller:
             slot.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("poll.skipped", vehicle=slot.slug, error=slot.last_error)
             return
-        self._succeeded(slot, state, self._clock())
+        if state is not None:
+            self._succeeded(slot, state, self._clock())
 
-    async def _read(self, slot: _Slot, *, confirming: bool) -> VehicleState:
+    async def _read(self, slot: _Slot, *, confirming: bool) -> VehicleState | None:
+        """The vehicle's state, or None when the refresh before it ran into a block."""
         provider = self._providers[slot.ref.account]
         plan = slot.plan
         if plan is not None and plan.refresh:
             await self._refresh(slot, provider)
+            # Its status polls may have met a 429 or 403 (reported through `refused`, not raised):
+            # then nothing more goes to the account before the block lifts.
+            if self._guards[slot.ref.account].block(self._clock()) is not None:
+                return None
         if confirming:
             with self._budget.reads_as_commands():
                 return await provider.read(slot.ref.vehicle_id)
@@ -323,17 +339,26 @@ class Poller:
         log.info("poll.failed", vehicle=slot.slug, error=slot.last_error)
         if isinstance(exc, BudgetExhausted):
             return  # our own refusal: the plan waits for the budget (no failure, no alert here)
-        if isinstance(exc, RateLimited):
-            guard.on_rate_limited(now, exc.retry_after)
-        elif isinstance(exc, Forbidden):
-            self._suspended(slot, now)
-        elif isinstance(exc, ReauthRequired):
+        if self._held_back(slot.ref.account, exc, now):
+            return
+        if isinstance(exc, ReauthRequired):
             self._reauth(slot.ref.account, now)
         else:
             guard.on_failure(now, type(exc).__name__)
 
-    def _suspended(self, slot: _Slot, now: datetime) -> None:
-        guard = self._guards[slot.ref.account]
+    def _held_back(self, account: str, exc: ProviderError, now: datetime) -> bool:
+        """Feed a 429 (Retry-After) or a 403 (suspension) to the account's guard; False for any
+        other error. Reads and the command path (`refused`) both come through here."""
+        if isinstance(exc, RateLimited):
+            self._guards[account].on_rate_limited(now, exc.retry_after)
+        elif isinstance(exc, Forbidden):
+            self._suspended(account, now)
+        else:
+            return False
+        return True
+
+    def _suspended(self, account: str, now: datetime) -> None:
+        guard = self._guards[account]
         already = guard.block(now)
         block = guard.on_suspended(now, self._config.suspension_pause_s)
         if already is not None and already.mode is Mode.SUSPENDED:
@@ -341,10 +366,10 @@ class Poller:
         self._alerts.emit(
             Alert(
                 kind=AlertKind.ACCOUNT_SUSPENDED,
-                message=f"the provider refuses account {slot.ref.account} (403); polling "
+                message=f"the provider refuses account {account} (403); polling "
                 f"pauses until {block.until.isoformat()}",
                 ts=now,
-                account=slot.ref.account,
+                account=account,
                 details={"until": block.until.isoformat()},
             )
         )

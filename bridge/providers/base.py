@@ -6,6 +6,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from bridge.errors import ProviderError
 from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 
 
@@ -41,6 +42,11 @@ class FreeGate:
 
 # Called once the provider has accepted a command, with its command id (for an `accepted` result).
 OnAccepted = Callable[[str], Awaitable[None]]
+
+# Told of a 429 (RateLimited) or 403 (Forbidden) that whoever met it turned into an outcome instead
+# of raising it on (a command's status poll, the forwarder), with the account it came from: the
+# account's guard must hear of it as it hears of a read's, or polling would carry on regardless.
+OnRefused = Callable[[str, ProviderError], None]
 
 
 class Provider(Protocol):

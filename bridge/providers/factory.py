@@ -14,7 +14,7 @@ import httpx
 from bridge.config import AccountConfig, Settings
 from bridge.events import AlertSink
 from bridge.providers.barrier import hold_request
-from bridge.providers.base import CallGate, Provider
+from bridge.providers.base import CallGate, OnRefused, Provider
 from bridge.providers.fordconnect import V1_BASE_URL, FordConnectProvider, v1_headers
 from bridge.providers.fordconnect_query import QUERY_BASE_URL, FordConnectQueryProvider
 from bridge.providers.http import AuthorizedApi, Edge
@@ -49,11 +49,19 @@ def build_providers(
     alerts: AlertSink,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
+    on_refused: OnRefused | None = None,
 ) -> dict[str, Provider]:
-    """A Provider per `accounts:` entry, keyed by account name. Nothing touches the network yet."""
+    """A Provider per `accounts:` entry, keyed by account name. Nothing touches the network yet.
+    `on_refused` hears of the 429s and 403s a command's status polls meet (see OnRefused)."""
     return {
         name: build_account(
-            settings, name, gate=gate, alerts=alerts, transport=transport, clock=clock
+            settings,
+            name,
+            gate=gate,
+            alerts=alerts,
+            transport=transport,
+            clock=clock,
+            on_refused=on_refused,
         ).provider
         for name in settings.accounts
     }
@@ -67,6 +75,7 @@ def build_account(
     alerts: AlertSink,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
+    on_refused: OnRefused | None = None,
 ) -> AccountParts:
     """The provider, token manager and OAuth client of one account, sharing one HTTP client."""
     config = settings.accounts[name]
@@ -85,10 +94,17 @@ def build_account(
     )
     headers = v1_headers(config.application_id) if config.provider == "fordconnect" else {}
     api = AuthorizedApi(edge=edge, tokens=tokens, headers=headers)
-    return AccountParts(_provider(settings, name, config, api), api, tokens, oauth)
+    provider = _provider(settings, name, config, api, on_refused)
+    return AccountParts(provider, api, tokens, oauth)
 
 
-def _provider(settings: Settings, name: str, config: AccountConfig, api: AuthorizedApi) -> Provider:
+def _provider(
+    settings: Settings,
+    name: str,
+    config: AccountConfig,
+    api: AuthorizedApi,
+    on_refused: OnRefused | None,
+) -> Provider:
     if config.provider == "fordconnect-query":
         return FordConnectQueryProvider(
             name, api=api, base_url=config.api_base_url or QUERY_BASE_URL
@@ -100,6 +116,7 @@ def _provider(settings: Settings, name: str, config: AccountConfig, api: Authori
         poll_interval_s=settings.commands.status_poll_interval_s,
         command_timeout_s=settings.commands.timeout_s,
         horn_lights_extension=is_extension_server(config.api_base_url),
+        on_refused=on_refused,
     )
 
 

@@ -2,7 +2,9 @@
 
 A command is a POST answered with a command id; the car's verdict comes from polling
 `GET …/{command}/{commandId}` until it leaves PENDINGRESPONSE. A command whose verdict never
-arrives may still have run on the car, so it ends `timed_out`, never `failed`.
+arrives may still have run on the car, so it ends `timed_out`, never `failed`. A 429 or 403 on a
+status poll ends the following at once (no call before Retry-After, none to a refused account) and
+is handed to `on_refused`, since nothing raises it to the poller.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from bridge.errors import (
     BudgetExhausted,
+    Forbidden,
     NotFound,
     ProviderError,
     ProviderUnavailable,
@@ -29,7 +32,7 @@ from bridge.model import (
     VehicleInfo,
     VehicleState,
 )
-from bridge.providers.base import CallKind, OnAccepted
+from bridge.providers.base import CallKind, OnAccepted, OnRefused
 from bridge.providers.http import AuthorizedApi
 from bridge.providers.v1_map import list_entry_to_info, vehicle_to_state
 from bridge.providers.values import dig, text
@@ -90,6 +93,7 @@ class FordConnectProvider:
         horn_lights_extension: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.account = account
         self._api = api
@@ -99,6 +103,7 @@ class FordConnectProvider:
         self._horn_lights = horn_lights_extension
         self._clock = clock
         self._sleep = sleep
+        self._on_refused = on_refused
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         """The consent's vehicles; details are fetched where the list lacks the powertrain."""
@@ -181,12 +186,16 @@ class FordConnectProvider:
             # The command is with the car already; a hiccup on the status poll changes nothing.
             log.info("provider.command_poll_retry", command_id=command_id, error=str(exc))
             return None, self._poll_interval
-        except RateLimited as exc:
-            return None, max(self._poll_interval, exc.retry_after)
+        except (RateLimited, Forbidden) as exc:
+            # Waiting out Retry-After here would leave the owner without a result for minutes
+            # (and a shorter wait would break it): the verdict is lost, the account's guard is
+            # told, and the confirmation read after the block shows what the car did.
+            if self._on_refused is not None:
+                self._on_refused(self.account, exc)
+            return _lost(exc, command_id), 0.0
         except (NotFound, BudgetExhausted) as exc:
             # An expired command id (401/3000) or no budget left to ask: the verdict is lost.
-            cause = "budget_exhausted" if isinstance(exc, BudgetExhausted) else "not_found"
-            return CommandOutcome(CommandStatus.TIMED_OUT, _reason(exc), command_id, cause), 0.0
+            return _lost(exc, command_id), 0.0
         return _outcome_of(answer, command_id), self._poll_interval
 
     async def aclose(self) -> None:
@@ -225,6 +234,21 @@ def _failure_reason(answer: dict[str, Any]) -> str:
         if reason := text(value):
             return reason
     return "the car reported the command failed"
+
+
+# Why a status poll could not get the verdict, as the result's reason word (CommandOutcome.cause).
+_LOST_CAUSES: tuple[tuple[type[ProviderError], str], ...] = (
+    (BudgetExhausted, "budget_exhausted"),
+    (RateLimited, "provider_rate_limited"),
+    (Forbidden, "forbidden"),
+    (NotFound, "not_found"),
+)
+
+
+def _lost(exc: ProviderError, command_id: str) -> CommandOutcome:
+    """The command's verdict is out of reach: timed_out (it may have run), saying why."""
+    cause = next((word for kind, word in _LOST_CAUSES if isinstance(exc, kind)), None)
+    return CommandOutcome(CommandStatus.TIMED_OUT, _reason(exc), command_id, cause)
 
 
 def _reason(exc: ProviderError) -> str:

@@ -28,7 +28,7 @@ from bridge.model import (
     VehicleState,
 )
 from bridge.mqtt.topics import Publish, Topics
-from bridge.providers.base import OnAccepted
+from bridge.providers.base import OnAccepted, OnRefused
 from bridge.store import Store
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -169,6 +169,7 @@ async def make_rig(
     clock: FakeClock | None = None,
     lookup: AppLookup | None = None,
     delivery: ResultSender | None = None,
+    on_refused: OnRefused | None = None,
 ) -> Rig:
     """Build and start a pipeline on `state_dir` (reusing it models a restart)."""
     clock = clock or FakeClock()
@@ -201,6 +202,7 @@ async def make_rig(
         budget_ok=budget_ok,
         on_command_done=confirmed.append,
         delivery=delivery,
+        on_refused=on_refused,
     )
     await pipeline.start()
     return Rig(

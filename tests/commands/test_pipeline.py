@@ -461,6 +461,30 @@ async def test_provider_errors_map_to_outcomes(
     assert len(rig.provider.executed) == 1  # never retried
 
 
+@pytest.mark.parametrize(
+    ("error", "handed_on"),
+    [
+        (RateLimited("429", retry_after=300), True),
+        (Forbidden("remote start allowance used"), False),
+        (ProviderUnavailable("502"), False),
+    ],
+)
+async def test_a_429_on_a_commands_request_is_handed_on_for_the_accounts_guard(
+    tmp_path: Path, error: Exception, handed_on: bool
+) -> None:
+    """A 429 to a command's request ends at the forwarder, which hands it on with the account
+    (polling must wait out its Retry-After); a 403 there may be the remote-start allowance, and
+    other errors are no refusal, so neither is handed on."""
+    refused: list[tuple[str, Exception]] = []
+    rig = await make_rig(
+        tmp_path / "state",
+        provider=FakeProvider(error=error, accept=False),
+        on_refused=lambda account, exc: refused.append((account, exc)),
+    )
+    await rig.send("ha", "lock", "LOCK")
+    assert refused == ([("acct", error)] if handed_on else [])
+
+
 async def test_provider_outcomes_pass_through(tmp_path: Path) -> None:
     """A provider's own failed/timed_out outcome is the result."""
     outcome = CommandOutcome(CommandStatus.FAILED, "car said no", "p-1")
@@ -476,11 +500,18 @@ async def test_provider_outcomes_pass_through(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("cause", "reason"),
-    [(None, "timeout"), ("budget_exhausted", "budget_exhausted"), ("not_found", "not_found")],
+    [
+        (None, "timeout"),
+        ("budget_exhausted", "budget_exhausted"),
+        ("not_found", "not_found"),
+        ("provider_rate_limited", "provider_rate_limited"),
+        ("forbidden", "forbidden"),
+    ],
 )
 async def test_an_unknown_verdict_says_why(tmp_path: Path, cause: str | None, reason: str) -> None:
     """Accepted, then no verdict: `timed_out`, and the reason says whether the car was silent or
-    the bridge could not ask (its budget spent, the command id expired)."""
+    the bridge could not ask (its budget spent, the command id expired, a 429 or 403 on the
+    status poll)."""
     outcome = CommandOutcome(CommandStatus.TIMED_OUT, "status unknown", "p-1", cause)
     rig = await make_rig(tmp_path / "state", provider=FakeProvider(outcome=outcome))
     result = await rig.send("ha", "lock", "LOCK")

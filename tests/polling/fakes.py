@@ -59,6 +59,9 @@ class FakeProvider:
         self.script: Script = script or (lambda now: parked(START - timedelta(hours=1)))
         self.reads: list[datetime] = []
         self.queue: deque[VehicleState | Exception] = deque()
+        # Run inside `execute`, as a real provider meets (and reports) a status poll's answer.
+        self.while_executing: Callable[[], None] | None = None
+        self.executed: list[datetime] = []
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         return [VehicleInfo("v1")]
@@ -79,6 +82,10 @@ class FakeProvider:
         self, vehicle_id: str, operation: Operation, *, on_accepted: OnAccepted | None = None
     ) -> CommandOutcome:
         self._gate.charge(self.account, CallKind.COMMAND)
+        self.executed.append(self._clock())
+        if self.while_executing is not None:
+            self.while_executing()
+            return CommandOutcome(CommandStatus.TIMED_OUT, cause="provider_rate_limited")
         return CommandOutcome(CommandStatus.SUCCEEDED)
 
     async def aclose(self) -> None:

@@ -143,6 +143,50 @@ async def test_a_suspension_pauses_the_account_and_alerts_once(harness: Harness)
     assert harness.reads_between(pause, pause + 3600) >= 1
 
 
+async def test_a_429_on_the_command_path_holds_polling_until_retry_after(harness: Harness):
+    """A 429 met by a command (handed to `refused`) blocks the account like a read's 429: the
+    confirmation read and every other read wait until Retry-After has passed."""
+    await harness.run_for(60)
+    harness.poller.refused("acct", RateLimited("429", retry_after=1800))
+    harness.poller.request_confirmation("car")  # as the daemon does when the command ends
+    assert harness.docs[-1]["mode"] == Mode.BACKING_OFF.value
+    await harness.run_for(3600)
+    assert harness.reads_between(60, 60 + 1800) == 0
+    assert harness.reads_between(60 + 1800, 60 + 1800 + 60) == 1  # then the confirmation read
+    assert harness.budget.usage("acct", harness.clock()).hour.commands == 1
+
+
+async def test_a_403_on_the_command_path_suspends_polling_and_alerts_once(harness: Harness):
+    """A 403 met by a command's status poll pauses the account for suspension_pause_s, with one
+    suspension alert, just as a 403 on a read does."""
+    pause = PollingConfig().suspension_pause_s
+    await harness.run_for(60)
+    harness.poller.refused("acct", Forbidden("403"))
+    harness.poller.refused("acct", Forbidden("403"))
+    await harness.run_for(pause)
+    assert harness.reads_between(60, 60 + pause) == 0
+    assert [a.kind for a in harness.alerts.alerts] == [AlertKind.ACCOUNT_SUSPENDED]
+
+
+async def test_a_refresh_whose_status_poll_is_rate_limited_is_not_followed_by_a_read(
+    tmp_path: Path,
+):
+    """A scheduled refresh whose status poll meets a 429 (reported, not raised) is not followed
+    by the read it came for: nothing goes to the account before Retry-After."""
+    h = build(tmp_path, config=PollingConfig(scheduled_refresh_interval_s=3600))
+    h.provider.while_executing = lambda: h.poller.refused(
+        "acct", RateLimited("429", retry_after=600)
+    )
+    await h.poller.start()
+    try:
+        await h.run_for(2400)
+    finally:
+        await h.poller.stop()
+    [refreshed] = h.provider.executed
+    after = [t for t in h.provider.reads if t >= refreshed]
+    assert after and after[0] >= refreshed + timedelta(seconds=600)
+
+
 async def test_repeated_failures_back_off_and_then_recover(harness: Harness):
     """5xx for an hour: retries thin out (breaker), the last state stays, and polling recovers."""
     await harness.run_for(1)  # one good read first

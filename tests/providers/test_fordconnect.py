@@ -10,7 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.errors import Forbidden, ProviderUnavailable, ReauthRequired, Unsupported
+from bridge.errors import (
+    Forbidden,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    ReauthRequired,
+    Unsupported,
+)
 from bridge.model import (
     ChargingState,
     CommandStatus,
@@ -82,8 +89,15 @@ VEHICLE_DOC: dict[str, Any] = {
 }
 
 
-def provider(r: Rig, *, horn: bool = False, timeout: float = 30.0) -> FordConnectProvider:
-    """A v1 provider on the rig with a fake clock, so polling takes no real time."""
+def provider(
+    r: Rig,
+    *,
+    horn: bool = False,
+    timeout: float = 30.0,
+    refused: list[tuple[str, ProviderError]] | None = None,
+) -> FordConnectProvider:
+    """A v1 provider on the rig with a fake clock, so polling takes no real time; the 429s and
+    403s its status polls meet are collected in `refused`."""
     return FordConnectProvider(
         "acct",
         api=r.parts.api,
@@ -93,6 +107,7 @@ def provider(r: Rig, *, horn: bool = False, timeout: float = 30.0) -> FordConnec
         horn_lights_extension=horn,
         clock=r.clock,
         sleep=r.clock.sleep,
+        on_refused=None if refused is None else lambda account, exc: refused.append((account, exc)),
     )
 
 
@@ -271,20 +286,47 @@ async def test_a_command_that_stays_pending_times_out_never_fails(tmp_path: Path
 
 
 async def test_poll_hiccups_are_retried_within_the_deadline(tmp_path: Path) -> None:
-    """A 503 or a 429 while polling does not end the command; the next poll can complete it."""
+    """A 503 while polling does not end the command; the next poll can complete it."""
     r = rig(tmp_path)
     r.ford.on("POST", f"{P}/lock", accepted())
-    r.ford.on(
-        "GET",
-        f"{P}/lock/cmd-1",
-        ok({}, 503),
-        ok({}, 429, **{"Retry-After": "5"}),
-        polled("COMPLETED"),
-    )
+    r.ford.on("GET", f"{P}/lock/cmd-1", ok({}, 503), polled("COMPLETED"))
     start = r.clock.now
     outcome = await provider(r).execute(VEHICLE, Operation.LOCK)
     assert outcome.status is CommandStatus.SUCCEEDED
-    assert r.clock.now - start == pytest.approx(2 + 2 + 5)  # the 429 stretched one pause
+    assert r.clock.now - start == pytest.approx(2 + 2)
+    await r.parts.api.aclose()
+
+
+async def test_a_429_on_a_status_poll_ends_the_command_and_nothing_follows(
+    tmp_path: Path,
+) -> None:
+    """A 429 (Retry-After 300) on a status poll: timed_out at once, no further call however
+    near the deadline, and the 429 is handed on for the account's guard."""
+    r = rig(tmp_path)
+    r.ford.on("POST", f"{P}/lock", accepted())
+    r.ford.on("GET", f"{P}/lock/cmd-1", ok({}, 429, **{"Retry-After": "300"}), polled("COMPLETED"))
+    refused: list[tuple[str, ProviderError]] = []
+    outcome = await provider(r, refused=refused).execute(VEHICLE, Operation.LOCK)
+    assert (outcome.status, outcome.cause) == (CommandStatus.TIMED_OUT, "provider_rate_limited")
+    assert [req.method for req in r.ford.api_requests()] == ["POST", "GET"]
+    [(account, error)] = refused
+    assert account == "acct"
+    assert isinstance(error, RateLimited)
+    assert error.retry_after == 300
+    await r.parts.api.aclose()
+
+
+async def test_a_403_on_a_status_poll_is_timed_out_and_handed_on(tmp_path: Path) -> None:
+    """A 403 on a status poll after acceptance: timed_out (the car may have acted), never
+    failed, no further call, and the refusal is handed on for the account's guard."""
+    r = rig(tmp_path)
+    r.ford.on("POST", f"{P}/lock", accepted())
+    r.ford.on("GET", f"{P}/lock/cmd-1", ok({"error": {"details": "suspended"}}, 403))
+    refused: list[tuple[str, ProviderError]] = []
+    outcome = await provider(r, refused=refused).execute(VEHICLE, Operation.LOCK)
+    assert (outcome.status, outcome.cause) == (CommandStatus.TIMED_OUT, "forbidden")
+    assert len(r.ford.api_requests()) == 2
+    assert [type(error) for _, error in refused] == [Forbidden]
     await r.parts.api.aclose()
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.errors import LoginError, ReauthRequired, Unsupported
+from bridge.errors import LoginError, ProviderError, RateLimited, ReauthRequired, Unsupported
 from bridge.events import AlertKind
 from bridge.model import CommandStatus, LockState, Operation, Powertrain
 from bridge.providers.base import CallKind
 from bridge.providers.oauth import InvalidGrant, parse_redirect
 from bridge.providers.tokens import TokenStore
-from bridge.simulator import Simulator, Timings
+from bridge.simulator import Limits, Simulator, Timings
 from tests.providers.simulated import (
     SimAccount,
     asgi,
@@ -200,6 +200,30 @@ async def test_a_command_without_a_verdict_in_time_is_timed_out(tmp_path: Path) 
     outcome = await account.parts.provider.execute(sim.vehicles[1].vehicle_id, Operation.LOCK)
     assert outcome.status is CommandStatus.TIMED_OUT
     assert [e.command for e in sim.vehicles[1].executed] == ["lock"]  # it did reach the car
+    await account.parts.provider.aclose()
+
+
+async def test_a_status_poll_over_the_rate_limit_ends_the_command_and_is_handed_on(
+    tmp_path: Path,
+) -> None:
+    """The simulator's per-minute limit answers the second status poll 429: the lock (which
+    reached the car) ends timed_out at once, nothing more is sent, and the 429 is handed on."""
+    sim = make_sim(limits=Limits(per_minute=2), timings=Timings(command_delay_s=30))
+    transport = asgi(sim)
+    refused: list[tuple[str, ProviderError]] = []
+    settings = sim_settings(tmp_path, {"home": sim_account(BASE)})
+    account = connect(
+        settings, "home", transport, on_refused=lambda name, exc: refused.append((name, exc))
+    )
+    await log_in(account, transport, vehicle="all")
+    car = sim.vehicles[1]
+    outcome = await account.parts.provider.execute(car.vehicle_id, Operation.LOCK)
+    assert (outcome.status, outcome.cause) == (CommandStatus.TIMED_OUT, "provider_rate_limited")
+    assert [e.command for e in car.executed] == ["lock"]
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as admin:
+        [meter] = (await admin.get("/sim/accounts")).json()["accounts"]
+    assert (meter["calls"], meter["throttled"]) == (3, 1)  # POST, a pending poll, the 429
+    assert [(name, type(exc)) for name, exc in refused] == [("home", RateLimited)]
     await account.parts.provider.aclose()
 
 
