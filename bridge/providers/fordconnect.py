@@ -43,6 +43,13 @@ API_VERSION = "2020-06-01"
 PENDING = "PENDINGRESPONSE"
 # The simulator's horn-and-lights extension; Ford's v1 has no such command.
 HORN_LIGHTS_PATH = "x-sim/hornLights"
+# Every status poll is a call from the account's budget (40 an hour by default). A car that has not
+# answered in the first seconds is asleep or out of coverage and takes tens of seconds, so the
+# pause doubles from `status_poll_interval_s` up to this…
+MAX_POLL_PAUSE_S = 30.0
+# …and one command spends at most this many status polls: with the defaults (2 s, 120 s) they
+# land 2, 6, 14, 30, 60, 90 and 120 s after the POST, where polling every 2 s spent 60 calls.
+MAX_STATUS_POLLS = 8
 
 # Operation → (POST path segment, GET path segment for its status).
 COMMAND_PATHS: dict[Operation, tuple[str, str]] = {
@@ -165,41 +172,53 @@ class FordConnectProvider:
         return await self._follow(f"{self._base}/{vehicle_id}/{poll_path}/{command_id}", command_id)
 
     async def _follow(self, url: str, command_id: str) -> CommandOutcome:
-        """Poll the command's status until it is final or the deadline passes."""
+        """Poll the command's status, backing off, until it is final, the deadline passes or the
+        command has spent its status polls; the confirmation read then shows what the car did."""
         deadline = self._clock() + self._timeout
-        pause = self._poll_interval
-        while True:
+        for pause in status_poll_pauses(self._poll_interval):
             await self._sleep(min(pause, max(0.0, deadline - self._clock())))
-            outcome, pause = await self._poll(url, command_id)
+            outcome = await self._poll(url, command_id)
             if outcome is not None:
                 return outcome
             if self._clock() >= deadline:
                 return CommandOutcome(
                     CommandStatus.TIMED_OUT, "no verdict from the car in time", command_id
                 )
+        return CommandOutcome(
+            CommandStatus.TIMED_OUT,
+            f"no verdict from the car after {MAX_STATUS_POLLS} status polls",
+            command_id,
+        )
 
-    async def _poll(self, url: str, command_id: str) -> tuple[CommandOutcome | None, float]:
-        """One status poll: the final outcome if there is one, and the pause before the next."""
+    async def _poll(self, url: str, command_id: str) -> CommandOutcome | None:
+        """One status poll: the final outcome if there is one (None: ask again later)."""
         try:
             answer = await self._api.call("GET", url, kind=CallKind.COMMAND)
         except ProviderUnavailable as exc:
             # The command is with the car already; a hiccup on the status poll changes nothing.
             log.info("provider.command_poll_retry", command_id=command_id, error=str(exc))
-            return None, self._poll_interval
+            return None
         except (RateLimited, Forbidden) as exc:
             # Waiting out Retry-After here would leave the owner without a result for minutes
             # (and a shorter wait would break it): the verdict is lost, the account's guard is
             # told, and the confirmation read after the block shows what the car did.
             if self._on_refused is not None:
                 self._on_refused(self.account, exc)
-            return _lost(exc, command_id), 0.0
+            return _lost(exc, command_id)
         except (NotFound, BudgetExhausted) as exc:
             # An expired command id (401/3000) or no budget left to ask: the verdict is lost.
-            return _lost(exc, command_id), 0.0
-        return _outcome_of(answer, command_id), self._poll_interval
+            return _lost(exc, command_id)
+        return _outcome_of(answer, command_id)
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+
+def status_poll_pauses(interval_s: float) -> tuple[float, ...]:
+    """The wait before each of a command's status polls: `interval_s`, doubling, at most
+    `MAX_POLL_PAUSE_S` (or the interval, if that is longer); `MAX_STATUS_POLLS` of them."""
+    cap = max(interval_s, MAX_POLL_PAUSE_S)
+    return tuple(min(interval_s * 2.0**n, cap) for n in range(MAX_STATUS_POLLS))
 
 
 def _outcome_of(answer: dict[str, Any], command_id: str | None) -> CommandOutcome | None:

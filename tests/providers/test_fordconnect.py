@@ -30,7 +30,11 @@ from bridge.model import (
     VehicleInfo,
 )
 from bridge.providers.base import CallKind
-from bridge.providers.fordconnect import FordConnectProvider
+from bridge.providers.fordconnect import (
+    MAX_STATUS_POLLS,
+    FordConnectProvider,
+    status_poll_pauses,
+)
 from bridge.providers.fordconnect_query import FordConnectQueryProvider
 from bridge.providers.v1_map import vehicle_to_state
 from tests.providers.support import V1, VEHICLE, Rig, ok, rig
@@ -281,8 +285,35 @@ async def test_a_command_that_stays_pending_times_out_never_fails(tmp_path: Path
     outcome = await provider(r, timeout=30).execute(VEHICLE, Operation.LOCK)
     assert outcome.status is CommandStatus.TIMED_OUT
     assert r.clock.now - start == pytest.approx(30)
-    assert len(r.ford.api_requests()) == 1 + 15  # one poll every 2 s for 30 s
+    assert len(r.ford.api_requests()) == 1 + 4  # polls 2, 6, 14 and 30 s after the POST
     await r.parts.api.aclose()
+
+
+async def test_status_polls_back_off_and_stop_at_the_cap(tmp_path: Path) -> None:
+    """Status polls double their pause from the interval up to 30 s, and a command spends at
+    most MAX_STATUS_POLLS of them, however long its timeout: then it is timed_out."""
+    r = rig(tmp_path)
+    polled_at: list[float] = []
+
+    def pending(request: httpx.Request) -> httpx.Response:
+        polled_at.append(r.clock.now)
+        return polled("PENDINGRESPONSE")
+
+    r.ford.on("POST", f"{P}/lock", accepted())
+    r.ford.on("GET", f"{P}/lock/cmd-1", pending)
+    start = r.clock.now
+    outcome = await provider(r, timeout=600).execute(VEHICLE, Operation.LOCK)
+    assert outcome.status is CommandStatus.TIMED_OUT
+    assert f"after {MAX_STATUS_POLLS} status polls" in outcome.reason
+    assert [t - start for t in polled_at] == [2, 6, 14, 30, 60, 90, 120, 150]
+    await r.parts.api.aclose()
+
+
+def test_status_poll_pauses_start_at_the_configured_interval() -> None:
+    """A tiny configured interval (tests, the benchmark) stays tiny at first; a long one is kept."""
+    assert status_poll_pauses(0.02)[:3] == (0.02, 0.04, 0.08)
+    assert status_poll_pauses(2.0) == (2, 4, 8, 16, 30, 30, 30, 30)
+    assert set(status_poll_pauses(40.0)) == {40.0}
 
 
 async def test_poll_hiccups_are_retried_within_the_deadline(tmp_path: Path) -> None:
@@ -293,7 +324,7 @@ async def test_poll_hiccups_are_retried_within_the_deadline(tmp_path: Path) -> N
     start = r.clock.now
     outcome = await provider(r).execute(VEHICLE, Operation.LOCK)
     assert outcome.status is CommandStatus.SUCCEEDED
-    assert r.clock.now - start == pytest.approx(2 + 2)
+    assert r.clock.now - start == pytest.approx(2 + 4)
     await r.parts.api.aclose()
 
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bridge.config import BudgetConfig, Settings
 from bridge.errors import LoginError, ProviderError, RateLimited, ReauthRequired, Unsupported
-from bridge.events import AlertKind
+from bridge.events import AlertKind, CollectingAlerts
 from bridge.model import CommandStatus, LockState, Operation, Powertrain
+from bridge.polling.budget import Budget
 from bridge.providers.base import CallKind
+from bridge.providers.factory import build_account
+from bridge.providers.fordconnect import FordConnectProvider
 from bridge.providers.oauth import InvalidGrant, parse_redirect
 from bridge.providers.tokens import TokenStore
 from bridge.simulator import Limits, Simulator, Timings
+from bridge.store import Store
 from tests.providers.simulated import (
+    V1_PATH,
     SimAccount,
     asgi,
     connect,
@@ -26,7 +33,7 @@ from tests.providers.simulated import (
     sim_account,
     sim_settings,
 )
-from tests.providers.support import FakeClock
+from tests.providers.support import FakeClock, RecordingGate
 
 BASE = "http://sim.test"
 
@@ -225,6 +232,50 @@ async def test_a_status_poll_over_the_rate_limit_ends_the_command_and_is_handed_
     assert (meter["calls"], meter["throttled"]) == (3, 1)  # POST, a pending poll, the 429
     assert [(name, type(exc)) for name, exc in refused] == [("home", RateLimited)]
     await account.parts.provider.aclose()
+
+
+async def test_a_command_the_car_never_answers_leaves_reads_for_the_hour(tmp_path: Path) -> None:
+    """With the default status-poll settings (2 s, 120 s), a lock the sleeping car never answers
+    spends seven status polls (2, 6, 14, 30, 60, 90, 120 s), not sixty, and ends timed_out with
+    reads left in the hour's budget."""
+    sim = make_sim(timings=Timings(command_delay_s=3600))
+    transport = asgi(sim)
+    clock = FakeClock()
+    store = Store.open(tmp_path / "db")
+    budget = Budget(
+        store=store,
+        config=BudgetConfig(),
+        alerts=CollectingAlerts(),
+        clock=lambda: datetime.fromtimestamp(clock.now, UTC),
+    )
+    budget.start()
+    settings = Settings(state_dir=tmp_path, accounts={"home": sim_account(BASE)})
+    parts = build_account(
+        settings, "home", gate=budget, alerts=CollectingAlerts(), transport=transport, clock=clock
+    )
+    await log_in(
+        SimAccount(parts, RecordingGate(), CollectingAlerts(), settings.accounts["home"]),
+        transport,
+        vehicle="all",
+    )
+    provider = FordConnectProvider(
+        "home",
+        api=parts.api,
+        base_url=BASE + V1_PATH,
+        poll_interval_s=settings.commands.status_poll_interval_s,
+        command_timeout_s=settings.commands.timeout_s,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    start = clock.now
+    outcome = await provider.execute(sim.vehicles[1].vehicle_id, Operation.LOCK)
+    assert outcome.status is CommandStatus.TIMED_OUT
+    assert clock.now - start == pytest.approx(120)
+    usage = budget.usage("home")
+    assert usage.hour.commands == 1 + 7
+    assert usage.reads_left == usage.hour.read_share - usage.hour.tokens
+    await parts.api.aclose()
+    store.close()
 
 
 async def test_charging_a_combustion_car_is_unsupported(
