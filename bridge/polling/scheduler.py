@@ -304,9 +304,11 @@ class Poller:
         log.info("poll.refreshed", vehicle=slot.slug, status=outcome.status.value)
 
     def _succeeded(self, slot: _Slot, state: VehicleState, now: datetime) -> None:
-        self._guards[slot.ref.account].on_success()
         was = slot.track.activity
         slot.track = observe(slot.track, state, now=now, tuning=self._tuning)
+        # Only a state the poller could fold in clears the breaker: one it chokes on is counted
+        # as a failure (in _run), and resetting first would retry it every 30 s for good.
+        self._guards[slot.ref.account].on_success()
         if was is Activity.PARKED and slot.track.activity in ACTIVE:
             self._started(slot, state.updated_at or now)
         slot.last_success_at = now
@@ -388,26 +390,42 @@ class Poller:
         if self._stopping:
             return
         now = self._clock()
-        account = slot.ref.account
-        guard = self._guards[account]
-        usage = self._budget.usage(account, now)
-        plan = next_poll(
-            replace(slot.track, confirm_pending=slot.confirm),
-            now=now,
-            budget=usage,
-            config=self._config,
-            vehicles=self._vehicles_of(account),
-            prior=self._prior_of(slot, now),
-            block=guard.block(now),
-            tuning=self._tuning,
-        )
+        usage: BudgetUsage | None = None
+        try:
+            usage = self._budget.usage(slot.ref.account, now)
+            plan = self._next_plan(slot, now, usage)
+        except Exception:  # a vehicle left without a next poll would never be polled again
+            log.exception("poll.plan_failed", vehicle=slot.slug)
+            plan = self._fallback_plan(now)
         if not_before is not None and plan.at < not_before:
             plan = replace(plan, at=not_before)
         slot.plan = plan
         # A partial of the coroutine function (not a lambda): APScheduler awaits only those.
         job = functools.partial(self._run, slot.slug)
         self._timer.schedule(slot.slug, self._wake_at(slot, plan.at), job)
-        self._on_budget(slot.slug, budget_document(usage, plan))
+        if usage is not None:
+            self._on_budget(slot.slug, budget_document(usage, plan))
+
+    def _next_plan(self, slot: _Slot, now: datetime, usage: BudgetUsage) -> PollPlan:
+        account = slot.ref.account
+        return next_poll(
+            replace(slot.track, confirm_pending=slot.confirm),
+            now=now,
+            budget=usage,
+            config=self._config,
+            vehicles=self._vehicles_of(account),
+            prior=self._prior_of(slot, now),
+            block=self._guards[account].block(now),
+            tuning=self._tuning,
+        )
+
+    def _fallback_plan(self, now: datetime) -> PollPlan:
+        """When planning itself failed (a bug, nonsense in the state it plans from): look again
+        after the longest parked interval; the guard and the budget still have their say when
+        that poll runs."""
+        return PollPlan(
+            now + timedelta(seconds=self._config.parked_max_interval_s), Mode.BACKING_OFF
+        )
 
     def _wake_at(self, slot: _Slot, at: datetime) -> datetime:
         """The plan, or earlier if the data turns stale first (availability must flip on time)."""

@@ -94,7 +94,7 @@ def build_account(
     )
     headers = v1_headers(config.application_id) if config.provider == "fordconnect" else {}
     api = AuthorizedApi(edge=edge, tokens=tokens, headers=headers)
-    provider = _provider(settings, name, config, api, on_refused)
+    provider = _provider(settings, name, config, api, on_refused=on_refused, clock=clock)
     return AccountParts(provider, api, tokens, oauth)
 
 
@@ -103,11 +103,18 @@ def _provider(
     name: str,
     config: AccountConfig,
     api: AuthorizedApi,
+    *,
     on_refused: OnRefused | None,
+    clock: Callable[[], float],
 ) -> Provider:
+    # Upload stamps more than a day ahead of `clock` are refused as a wrong car clock. A simulator
+    # may run faster than real time (the demo runs at 60x), so its stamps are only checked
+    # against the year 2000. The command deadline keeps its own monotonic clock.
+    extension = is_extension_server(config.api_base_url)
+    wall_clock = None if extension else clock
     if config.provider == "fordconnect-query":
         return FordConnectQueryProvider(
-            name, api=api, base_url=config.api_base_url or QUERY_BASE_URL
+            name, api=api, base_url=config.api_base_url or QUERY_BASE_URL, wall_clock=wall_clock
         )
     return FordConnectProvider(
         name,
@@ -115,8 +122,9 @@ def _provider(
         base_url=config.api_base_url or V1_BASE_URL,
         poll_interval_s=settings.commands.status_poll_interval_s,
         command_timeout_s=settings.commands.timeout_s,
-        horn_lights_extension=is_extension_server(config.api_base_url),
+        horn_lights_extension=extension,
         on_refused=on_refused,
+        wall_clock=wall_clock,
     )
 
 

@@ -34,6 +34,7 @@ from bridge.model import (
 )
 from bridge.providers.base import CallKind, OnAccepted, OnRefused
 from bridge.providers.http import AuthorizedApi
+from bridge.providers.stamps import epoch_time
 from bridge.providers.v1_map import list_entry_to_info, vehicle_to_state
 from bridge.providers.values import dig, text
 
@@ -101,6 +102,7 @@ class FordConnectProvider:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         on_refused: OnRefused | None = None,
+        wall_clock: Callable[[], float] | None = time.time,
     ) -> None:
         self.account = account
         self._api = api
@@ -111,6 +113,9 @@ class FordConnectProvider:
         self._clock = clock
         self._sleep = sleep
         self._on_refused = on_refused
+        # Epoch seconds: what a car's upload stamp is checked against (None: only that it is
+        # after 2000, for a simulator whose clock may run ahead of ours).
+        self._wall_clock = wall_clock
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         """The consent's vehicles; details are fetched where the list lacks the powertrain."""
@@ -130,7 +135,8 @@ class FordConnectProvider:
 
     async def read(self, vehicle_id: str) -> VehicleState:
         """One `GET /{id}`: details, status and location as the car last uploaded them."""
-        return vehicle_to_state(await self._vehicle(vehicle_id), vehicle_id)
+        vehicle = await self._vehicle(vehicle_id)
+        return vehicle_to_state(vehicle, vehicle_id, now=epoch_time(self._wall_clock))
 
     async def _vehicle(self, vehicle_id: str) -> dict[str, Any]:
         doc = await self._api.call("GET", f"{self._base}/{vehicle_id}", kind=CallKind.READ)

@@ -7,6 +7,8 @@ it to label the state. Commands do not exist on this API.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +17,7 @@ from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 from bridge.providers.base import CallKind, OnAccepted
 from bridge.providers.http import AuthorizedApi
 from bridge.providers.query_map import garage_to_info, telemetry_to_state, vehicle_id_of
+from bridge.providers.stamps import epoch_time
 from bridge.providers.values import dig, text
 
 QUERY_BASE_URL = "https://api.vehicle.ford.com/fcon-query/v1"
@@ -30,12 +33,16 @@ class FordConnectQueryProvider:
         api: AuthorizedApi,
         base_url: str = QUERY_BASE_URL,
         read_alerts: bool = False,
+        wall_clock: Callable[[], float] | None = time.time,
     ) -> None:
         self.account = account
         self._api = api
         self._base = base_url.rstrip("/")
         # Health alerts are a second call per read; off unless the budget can afford it.
         self._read_alerts = read_alerts
+        # Epoch seconds: what a car's upload stamp is checked against (None: only that it is
+        # after 2000, for a simulator whose clock may run ahead of ours).
+        self._wall_clock = wall_clock
 
     async def list_vehicles(self) -> list[VehicleInfo]:
         """The one vehicle this consent covers, from `garage` (its VIN is never carried over)."""
@@ -51,7 +58,7 @@ class FordConnectQueryProvider:
     async def read(self, vehicle_id: str) -> VehicleState:
         """The latest telemetry, normalised; with `read_alerts` also the health alerts."""
         doc = await self._api.call("GET", f"{self._base}/telemetry", kind=CallKind.READ)
-        state = telemetry_to_state(doc, vehicle_id)
+        state = telemetry_to_state(doc, vehicle_id, now=epoch_time(self._wall_clock))
         if not self._read_alerts:
             return state
         alerts = await self._alerts()

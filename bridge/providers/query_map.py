@@ -7,6 +7,7 @@ has never seen becomes "unknown" (None or the enum's UNKNOWN), never an error.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from bridge.model import (
@@ -22,6 +23,7 @@ from bridge.model import (
     VehicleInfo,
     VehicleState,
 )
+from bridge.providers.stamps import plausible_upload
 from bridge.providers.values import dig, iso_time, lookup, number, text, token
 
 LOCKS = {
@@ -84,13 +86,16 @@ POWERTRAINS = {
 ALL_DOORS = "ALLDOORS"  # folded like values.token
 
 
-def telemetry_to_state(doc: Mapping[str, Any], vehicle_id: str) -> VehicleState:
-    """The normalised state of one telemetry document; `updated_at` is the car's last upload."""
+def telemetry_to_state(
+    doc: Mapping[str, Any], vehicle_id: str, *, now: datetime | None = None
+) -> VehicleState:
+    """The normalised state of one telemetry document; `updated_at` is the car's last upload,
+    unknown when implausible (before 2000, or more than a day after `now`)."""
     metrics = doc.get("metrics")
     m: Mapping[str, Any] = metrics if isinstance(metrics, Mapping) else {}
     return VehicleState(
         vehicle_id=vehicle_id,
-        updated_at=iso_time(doc.get("updateTime")),
+        updated_at=plausible_upload(iso_time(doc.get("updateTime")), now),
         status=_status(m),
         health=_health(m),
         location=_location(m),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from bridge.model import (
@@ -24,6 +25,7 @@ from bridge.model import (
     VehicleState,
 )
 from bridge.providers.query_map import IGNITION, LOCKS, OPENINGS, POWERTRAINS
+from bridge.providers.stamps import plausible_upload
 from bridge.providers.values import dig, flag, lookup, number, text, token, v1_time
 
 PSI_TO_KPA = 6.894757
@@ -101,8 +103,11 @@ def list_entry_to_info(doc: Mapping[str, Any]) -> VehicleInfo | None:
     )
 
 
-def vehicle_to_state(vehicle: Mapping[str, Any], vehicle_id: str) -> VehicleState:
-    """The `vehicle` object of `GET /{id}` → VehicleState; `lastUpdated` is UTC."""
+def vehicle_to_state(
+    vehicle: Mapping[str, Any], vehicle_id: str, *, now: datetime | None = None
+) -> VehicleState:
+    """The `vehicle` object of `GET /{id}` → VehicleState; `lastUpdated` is UTC, and unknown
+    when implausible (before 2000, or more than a day after `now`)."""
     details = vehicle.get("vehicleDetails")
     status = vehicle.get("vehicleStatus")
     d: Mapping[str, Any] = details if isinstance(details, Mapping) else {}
@@ -110,7 +115,7 @@ def vehicle_to_state(vehicle: Mapping[str, Any], vehicle_id: str) -> VehicleStat
     electric = lookup(vehicle.get("engineType"), POWERTRAINS, Powertrain.UNKNOWN)
     return VehicleState(
         vehicle_id=vehicle_id,
-        updated_at=v1_time(vehicle.get("lastUpdated")),
+        updated_at=plausible_upload(v1_time(vehicle.get("lastUpdated")), now),
         status=_status(d, s, electric),
         health=_health(d, s),
         location=_location(vehicle.get("vehicleLocation")),

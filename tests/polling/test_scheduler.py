@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,58 @@ async def test_a_full_disk_skips_polls_without_calling_the_car_and_recovers(tmp_
         store.full = False
         await h.run_for(3600)
         assert h.provider.reads and h.states
+    finally:
+        await h.poller.stop()
+
+
+class UnreadableStore(Store):
+    """The real store, whose plain reads (the budget's usage, which planning asks for) fail while
+    `broken` is set, as on a failing SD card; writes in a transaction still work."""
+
+    broken = False
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        if self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        with super().locked() as conn:
+            yield conn
+
+
+async def test_a_planning_failure_falls_back_to_a_poll_after_the_parked_maximum(tmp_path: Path):
+    """When planning raises, the error is logged and the vehicle is polled again after
+    parked_max_interval_s, every time: it always has a next poll, and none comes sooner."""
+    store = UnreadableStore.open(tmp_path)
+    h = build(tmp_path, store=store)
+    await h.poller.start()
+    try:
+        await h.run_for(1)
+        store.broken = True
+        await h.run_for(3 * 3600)
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(h.provider.reads)]
+        assert gaps[1:] == [PollingConfig().parked_max_interval_s] * 2  # the first was planned
+        assert h.timer.next_at() is not None
+        store.broken = False
+        await h.run_for(3600)
+        assert h.docs[-1]["mode"] == Mode.PARKED.value  # planned by the policy again
+    finally:
+        await h.poller.stop()
+
+
+async def test_a_far_future_upload_time_never_stops_polling(tmp_path: Path):
+    """A state stamped in year 9999 (a car with its clock wrong, had it reached the poller)
+    makes planning overflow once the upload rhythm locks: the vehicle is still polled, backing
+    off as after any other bug, and never left without a next poll."""
+    base = datetime(9999, 12, 31, 23, 56, tzinfo=UTC)
+    h = build(tmp_path)
+    reads = itertools.count(1)
+    h.provider.script = lambda now: driving(base + timedelta(seconds=min(60 * next(reads), 239)))
+    await h.poller.start()
+    try:
+        await h.timer.run_until(h.clock() + timedelta(hours=6))
+        assert h.timer.next_at() is not None
+        assert h.clock() - h.provider.reads[-1] <= timedelta(hours=2.5)  # the breaker's longest
+        assert 5 <= len(h.provider.reads) <= 30  # polled on, and not in a loop
     finally:
         await h.poller.stop()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from bridge.events import CollectingAlerts
 from bridge.model import Operation, Powertrain, VehicleInfo
@@ -12,7 +15,7 @@ from bridge.providers.base import FreeGate
 from bridge.providers.factory import build_providers, is_extension_server
 from bridge.providers.fordconnect import FordConnectProvider
 from bridge.providers.fordconnect_query import FordConnectQueryProvider
-from tests.providers.support import account_config, settings_for
+from tests.providers.support import V1, VEHICLE, account_config, ok, rig, settings_for
 
 
 async def test_one_provider_per_account_keyed_by_name(tmp_path: Path) -> None:
@@ -64,3 +67,21 @@ async def test_fords_default_urls_mean_no_extension(tmp_path: Path) -> None:
     ops = providers["home"].supported_operations(VehicleInfo("v", powertrain=Powertrain.EV))
     assert Operation.HORN_LIGHTS not in ops and Operation.START_CHARGE in ops
     await providers["home"].aclose()
+
+
+@pytest.mark.parametrize(
+    ("base", "kept"),
+    [("https://api.mps.ford.com/api/fordconnect/vehicles/v1", False), (V1, True)],
+)
+async def test_an_upload_stamp_days_ahead_is_refused_from_ford_only(
+    tmp_path: Path, base: str, kept: bool
+) -> None:
+    """Ford's upload stamp three days ahead of our clock is a wrong car clock: unknown. Another
+    host (a simulator, which may run faster than real time) is only held to after 2000."""
+    r = rig(tmp_path, api_base_url=base)
+    ahead = datetime.fromtimestamp(r.clock.now, UTC).replace(microsecond=0) + timedelta(days=3)
+    doc = {"vehicle": {"lastUpdated": ahead.strftime("%m-%d-%Y %H:%M:%S")}}
+    r.ford.on("GET", f"{urlsplit(base).path}/{VEHICLE}", ok(doc))
+    state = await r.parts.provider.read(VEHICLE)
+    assert state.updated_at == (ahead if kept else None)
+    await r.parts.api.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -493,6 +494,40 @@ def test_a_psi_pressure_too_large_to_convert_is_unknown_not_infinity() -> None:
     ]
     state = vehicle_to_state({"vehicleStatus": {"tirePressure": pressures}}, VEHICLE)
     assert state.health.tyre_pressures_kpa == {"front_right": 241.3}
+
+
+@pytest.mark.parametrize(
+    ("last_updated", "known"),
+    [
+        ("06-15-2021 14:01:02", True),
+        ("12-31-9999 23:56:00", False),  # a car with its clock wrong
+        ("01-01-1970 00:00:00", False),  # an unset clock
+    ],
+)
+async def test_a_read_turns_an_implausible_last_updated_into_unknown(
+    tmp_path: Path, last_updated: str, known: bool
+) -> None:
+    """A v1 read whose lastUpdated is before 2000 or more than a day ahead of the provider's wall
+    clock has no upload time (unknown); the rest of the state is mapped as usual."""
+    r = rig(tmp_path)
+    doc = copy.deepcopy(VEHICLE_DOC)
+    doc["vehicle"]["lastUpdated"] = last_updated
+    r.ford.on("GET", P, ok(doc))
+    state = await provider(r).read(VEHICLE)
+    assert (state.updated_at is not None) is known
+    assert state.status.lock is LockState.LOCKED
+    await r.parts.api.aclose()
+
+
+def test_v1_upload_time_is_checked_against_the_clock_it_is_seen_at() -> None:
+    """More than a day after `now` is unknown; a few hours ahead (clocks disagree) is kept."""
+    seen = datetime(2021, 6, 15, 12, 0, tzinfo=UTC)
+    ahead = vehicle_to_state({"lastUpdated": "06-15-2021 20:00:00"}, VEHICLE, now=seen)
+    assert ahead.updated_at == datetime(2021, 6, 15, 20, 0, tzinfo=UTC)
+    assert (
+        vehicle_to_state({"lastUpdated": "06-17-2021 12:00:00"}, VEHICLE, now=seen).updated_at
+        is None
+    )
 
 
 def test_v1_unknowns_strings_and_nulls_never_raise() -> None:

@@ -97,6 +97,27 @@ def test_a_time_outside_the_utc_range_is_unknown(full: dict[str, Any], stamp: st
     assert state.updated_at is None and state.status.fuel_level_pct is not None
 
 
+SEEN_AT = datetime(2025, 8, 15, 22, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("update_time", "expected"),
+    [
+        ("2025-08-15T21:53:06Z", datetime(2025, 8, 15, 21, 53, 6, tzinfo=UTC)),
+        ("2025-08-16T20:00:00Z", datetime(2025, 8, 16, 20, 0, tzinfo=UTC)),  # clocks disagree
+        ("2025-08-17T22:00:00Z", None),  # two days ahead of ours
+        ("9999-12-31T23:56:00Z", None),
+        ("1970-01-01T00:00:00Z", None),  # an unset clock
+        ("0001-01-01T00:00:00Z", None),
+    ],
+)
+def test_an_implausible_update_time_is_unknown(update_time: str, expected: datetime | None) -> None:
+    """An upload stamp before 2000 or more than a day ahead of `now` becomes unknown, not state
+    the poller would plan from; one a little ahead (clocks disagree) is kept."""
+    doc = {"updateTime": update_time, "metrics": {}}
+    assert telemetry_to_state(doc, "car", now=SEEN_AT).updated_at == expected
+
+
 # Metric → the normalised fields that must go unknown without it (and nothing else may change).
 DEPENDS = {
     "fuelLevel": {"status.fuel_level_pct"},
