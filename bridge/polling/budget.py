@@ -34,14 +34,16 @@ shortcut is taken only while the mirror shows `HEADROOM` calls left in both wind
 mirror can be behind by the calls other processes made since the daemon's last transaction (each
 transaction looks); nearer the limit the command pays for its exact transaction. A crash before
 the row is written loses nothing: the command's decision has no outcome record, and at start the
-daemon charges every such command whose record no row names (`charge_interrupted`).
+daemon charges every such command whose record no row names (`charge_interrupted`). Until its row
+is written such a call is *in flight*: it is kept apart as well as in the mirror, and put back
+into every mirror reloaded from SQLite meanwhile (a reload reads only rows, and would drop it).
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -259,6 +261,16 @@ class _Ledger:
         if call.kind is not CallKind.COMMAND:
             self.shared.append(call.ts)
 
+    def insert(self, call: Call) -> None:
+        """Add a call that may be older than the newest one held (an in-flight call put back
+        after a reload brought in rows another process wrote since)."""
+        at = bisect_right(self.times, call.ts)
+        self.calls.insert(at, call)
+        self.times.insert(at, call.ts)
+        if call.kind is not CallKind.COMMAND:
+            insort(self.shared, call.ts)
+        self.max_seen = max(self.max_seen, call.ts)
+
     def forget_before(self, now: float) -> None:
         """Drop calls the day window no longer holds (SQLite keeps them until the next prune)."""
         gone = inside_from(self.times, DAY_S, now)
@@ -299,6 +311,9 @@ class Budget:
         self._clock = clock
         self._exhausted: set[str] = set()
         self._ledgers: dict[str, _Ledger] = {}
+        # Calls taken on their record whose rows are not written yet, per account: no reload
+        # from SQLite can see them, so each reload puts them back (see `_ledger`).
+        self._in_flight: dict[str, list[Call]] = {}
         self._version: int | None = None  # PRAGMA data_version when the mirror was last valid
 
     def start(self) -> None:
@@ -373,6 +388,7 @@ class Budget:
             call = Call(now, kind)
             ledger.add(call)
             ledger.max_seen = now
+            self._in_flight.setdefault(account, []).append(call)
         return partial(self._write_taken, account, call, record)
 
     def _write_taken(self, account: str, call: Call, record: int) -> None:
@@ -380,12 +396,25 @@ class Budget:
         try:
             with self._store.transaction() as conn:
                 _insert(conn, account, call, record)
-                # If another process wrote since we looked, this reloads the mirror, this row
-                # included; if not, the mirror has held the call since it was taken.
+                # From here SQLite holds it: a reload (below, if another process wrote since we
+                # looked) reads its row, and must not count it a second time.
+                self._landed(account, call)
                 self._ledger(conn, account)
         except sqlite3.Error as exc:
-            # The call went out and the mirror has it; only other processes will not see it.
+            # The call went out; only other processes will not see it. Kept in flight, so every
+            # reload of the mirror still counts it (rebuilt now, in case one read the lost row).
+            with self._store.locked():
+                flying = self._in_flight.setdefault(account, [])
+                if not any(c is call for c in flying):
+                    flying.append(call)
+                    self._ledgers.pop(account, None)
             log.exception("budget.write_failed", account=account, error=str(exc))
+
+    def _landed(self, account: str, call: Call) -> None:
+        """`call`'s row is written: it is no longer in flight (the same object, not an equal
+        call: two calls may share a time and a kind)."""
+        flying = self._in_flight.get(account, [])
+        self._in_flight[account] = [c for c in flying if c is not call]
 
     def charge_interrupted(self, account: str, at: datetime, record: int) -> bool:
         """At start, after a crash: charge a command whose decision record (`record`, made `at`)
@@ -433,6 +462,12 @@ class Budget:
             for call in _load(conn, account):
                 ledger.add(call)
                 ledger.max_seen = max(ledger.max_seen, call.ts)
+            # Rows are only what has landed: calls still in flight are counted all the same (one
+            # whose row could not be written stays in flight until it leaves the day window).
+            flying = [c for c in self._in_flight.get(account, ()) if c.ts + DAY_S > ledger.max_seen]
+            self._in_flight[account] = flying
+            for call in flying:
+                ledger.insert(call)
         return ledger
 
     def _retry_at(self, ledger: _Ledger, kind: CallKind, now: float) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -257,6 +259,66 @@ def test_a_call_another_process_makes_before_the_commit_is_not_lost(tmp_path: Pa
     assert daemon.usage("a").hour.commands == 1
     store_a.close()
     store_b.close()
+
+
+def test_a_command_in_flight_survives_a_reload_and_the_limit_holds(tmp_path: Path):
+    """Another process commits while a command taken on its record is in flight (its row not yet
+    written): the reload of the daemon's mirror keeps counting it, so later charges stop at the
+    hour's limit, and once its row is written it is counted once, here and elsewhere."""
+    clock = FakeClock()
+    limit = HEADROOM + 4
+    config = BudgetConfig(calls_per_day=100, calls_per_hour=limit, command_reserve_pct=0)
+    store_a, daemon = open_budget(tmp_path, config, clock)
+    store_b, cli = open_budget(tmp_path, config, clock)
+    daemon.charge("a", CallKind.READ)  # the daemon's mirror is loaded
+    commit = daemon.charge("a", CallKind.COMMAND, record=1)  # the command's POST is in flight
+    assert commit is not None
+    cli.charge("a", CallKind.READ)  # `ownerlink status` beside the daemon
+    admitted = charge_until_refused(daemon, CallKind.COMMAND)  # status polls, meanwhile
+    assert admitted == limit - 3
+    commit()  # the POST is done: its row is written
+    rows = store_a.query("SELECT COUNT(*) FROM budget_calls WHERE account = 'a'")[0][0]
+    assert rows == limit
+    with pytest.raises(BudgetExhausted):
+        cli.charge("a", CallKind.READ)  # a write by the CLI: the daemon's mirror reloads again
+    assert daemon.usage("a").used_hour == cli.usage("a").used_hour == limit
+    store_a.close()
+    store_b.close()
+
+
+def test_a_command_whose_row_cannot_be_written_is_still_counted(tmp_path: Path):
+    """If writing a taken command's row fails, the call (which went out) stays counted in this
+    process, through every later reload of the mirror."""
+    clock = FakeClock()
+    config = BudgetConfig(calls_per_day=100, calls_per_hour=50)
+    store = FailingWritesStore.open(tmp_path)
+    daemon = Budget(store=store, config=config, alerts=CollectingAlerts(), clock=clock)
+    daemon.start()
+    store_b, cli = open_budget(tmp_path, config, clock)
+    daemon.charge("a", CallKind.READ)
+    commit = daemon.charge("a", CallKind.COMMAND, record=1)
+    assert commit is not None
+    store.failing = True
+    commit()  # logged, not raised: the request is done either way
+    store.failing = False
+    cli.charge("a", CallKind.READ)
+    assert daemon.usage("a").used_hour == 3
+    assert cli.usage("a").used_hour == 2  # the row never reached SQLite
+    store.close()
+    store_b.close()
+
+
+class FailingWritesStore(Store):
+    """The real store, whose write transactions fail (as on a full disk) while `failing` is set."""
+
+    failing = False
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.failing:
+            raise sqlite3.OperationalError("database or disk is full")
+        with super().transaction() as conn:
+            yield conn
 
 
 def test_a_command_a_crash_interrupted_is_charged_once(tmp_path: Path):
