@@ -32,7 +32,7 @@ from bridge.logs import get_logger
 from bridge.model import Operation, VehicleState
 from bridge.polling.breaker import AccountGuard, BreakerConfig
 from bridge.polling.budget import Budget, BudgetUsage
-from bridge.polling.clock import Clock, utc_now
+from bridge.polling.clock import Clock, local_zone, utc_now
 from bridge.polling.history import KEEP, ActivityHistory
 from bridge.polling.policy import (
     ACTIVE,
@@ -146,8 +146,10 @@ class Poller:
         self._timer: Timer = timer or ApsTimer(clock=clock)
         self._tuning = tuning or Tuning()
         self._history = history
-        # Local time decides which hours are "night"; the daemon's own zone unless told.
-        self._tz: tzinfo = tz or datetime.now().astimezone().tzinfo or UTC
+        # Local time decides which hours are "night": the system's named zone unless told, so the
+        # hours follow daylight saving time (looked up at start: it reads /etc/localtime).
+        self._given_tz = tz
+        self._tz: tzinfo = tz or UTC
         rng = rng or random.Random()
         self._slots = {
             slug: _Slot(slug, VehicleRef(account, vid), PollInput())
@@ -166,6 +168,7 @@ class Poller:
     async def start(self) -> None:
         """Start the timer and plan each vehicle's first poll (on the running event loop)."""
         self._started_at = self._clock()
+        self._tz = self._given_tz or local_zone()
         self._timer.start(self._missed)
         slots = list(self._slots.values())
         offsets = first_poll_offsets([slot.ref.account for slot in slots])

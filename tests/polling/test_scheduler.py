@@ -65,8 +65,9 @@ def build(
     budget: BudgetConfig | None = None,
     config: PollingConfig | None = None,
     store: Store | None = None,
+    start: datetime = START,
 ) -> Harness:
-    clock = SimTime()
+    clock = SimTime(start)
     store = store or Store.open(tmp_path)
     alerts = CollectingAlerts()
     ledger = Budget(store=store, config=budget or BudgetConfig(), alerts=alerts, clock=clock)
@@ -348,6 +349,39 @@ async def test_a_far_future_upload_time_never_stops_polling(tmp_path: Path):
         assert h.timer.next_at() is not None
         assert h.clock() - h.provider.reads[-1] <= timedelta(hours=2.5)  # the breaker's longest
         assert 5 <= len(h.provider.reads) <= 30  # polled on, and not in a loop
+    finally:
+        await h.poller.stop()
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process runs in Europe/Berlin (TZ), as a daemon started without `tz=` would."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("night", "mode"),
+    [
+        (datetime(2027, 1, 15, 3, 30, tzinfo=UTC), Mode.SLEEPING),  # 04:30 CET: night
+        (datetime(2027, 7, 15, 3, 30, tzinfo=UTC), Mode.PARKED),  # 05:30 CEST: morning
+    ],
+)
+async def test_night_hours_follow_daylight_saving_time(
+    tmp_path: Path, berlin: None, night: datetime, mode: Mode
+):
+    """Without `tz=` the poller's hours are the system zone's with its DST rules, whatever the
+    offset when it started: 03:30 UTC is still night in a Berlin winter (a car parked for hours
+    sleeps) and already morning in summer (it does not)."""
+    h = build(tmp_path, start=night)
+    h.provider.script = lambda now: parked(night - timedelta(hours=4))
+    await h.poller.start()
+    try:
+        await h.run_for(1)
+        assert h.docs[-1]["mode"] == mode.value
     finally:
         await h.poller.stop()
 
