@@ -4,32 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from bridge.errors import StateError
 
 
 def write_private_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically: temp file (mode 0600), fsync, rename, fsync the dir.
+    """Replace `path` with `data` atomically: own temp file (0600), fsync, rename, fsync the dir.
 
     A crash at any point leaves either the old file or the new one, never a torn mix; the secret
-    is never readable by other users, not even for the moment between create and chmod.
+    is never readable by other users, not even for the moment between create and chmod. Each
+    writer has a temp file of its own: two processes replacing one file (the daemon refreshing
+    tokens while `ownerlink login` stores new ones) must never write into the same one.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; be exact
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # mkstemp creates the file 0600 and O_EXCL under a name no other writer can have.
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    tmp = Path(name)
+    try:
+        _fill(fd, data, mode)
         tmp.replace(path)
         fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _fill(fd: int, data: bytes, mode: int) -> None:
+    """Write all of `data` to the open temp file, set its mode, fsync it and close it."""
+    try:
+        os.fchmod(fd, mode)  # mkstemp's 0600 is right for secrets; broker files want 0640
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]  # a write may be short (a signal, a full pipe)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,36 @@ def test_private_atomic_write(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(StateError, match="chmod 600"):
         read_private(path)
+
+
+def _keep_writing(path: Path, data: bytes, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        write_private_atomic(path, data)
+
+
+def test_two_writers_of_one_file_never_show_a_reader_a_torn_file(tmp_path: Path) -> None:
+    """Two processes replacing the same file (the daemon refreshing tokens while `ownerlink
+    login` stores new ones) each write their own temp file: a reader sees one version whole."""
+    path, versions = tmp_path / "ford.json", (b"A" * 200_000, b"B" * 200_000)
+    write_private_atomic(path, versions[0])
+    spawn = multiprocessing.get_context("spawn")
+    writers = [spawn.Process(target=_keep_writing, args=(path, v, 1.5)) for v in versions]
+    for writer in writers:
+        writer.start()
+    seen = set()
+    while any(writer.is_alive() for writer in writers):
+        seen.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    assert seen <= {hashlib.sha256(v).hexdigest() for v in versions}
+    assert [p.name for p in tmp_path.iterdir()] == ["ford.json"]  # no temp file left behind
+
+
+def test_a_failed_replacement_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    """When the rename fails (here the target is a directory), the error is a StateError and
+    the temp file is removed."""
+    target = tmp_path / "secret.json"
+    (target / "inside").mkdir(parents=True)
+    with pytest.raises(StateError, match="cannot write"):
+        write_private_atomic(target, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.json"]
