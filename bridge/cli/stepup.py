@@ -68,15 +68,24 @@ def _now() -> datetime:
 
 def enroll_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    secret = stepup.enroll(settings.state_dir, force=args.force)
+    # The audit log is opened first: if it cannot be written, the old secret stays as it is
+    # (replaced unaudited, the owner's authenticator would stop working with no new QR shown).
     with _audit(settings) as audit:
-        audit.append("stepup.enrolled", replaced=bool(args.force), actor="owner")
+        secret = stepup.enroll(settings.state_dir, force=args.force)
+        try:
+            audit.append("stepup.enrolled", replaced=bool(args.force), actor="owner")
+        finally:
+            # Once written, the new secret is shown even if its record failed: the old one is gone.
+            _show_enrolment(secret)
+    return 0
+
+
+def _show_enrolment(secret: str) -> None:
     uri = stepup.provisioning_uri(secret)
     print("Scan this with your authenticator app (or enter the URI below by hand):\n")
     _print_qr(uri)
     print(f"\n{uri}\n")
     print("Sensitive commands (unlock, remote start) now need the 6-digit code it shows.")
-    return 0
 
 
 def _print_qr(uri: str) -> None:

@@ -127,6 +127,24 @@ def test_clearing_a_lockout_with_an_unusable_audit_log_clears_nothing(
     assert "lockout_cleared" not in log_file.read_text()
 
 
+def test_re_enrolling_with_an_unusable_audit_log_keeps_the_old_secret(tmp_path: Path) -> None:
+    """`enroll --force` replaces the secret only when its audit record can be written: else the
+    owner's authenticator would stop working with no new QR code shown and nothing audited."""
+    state = tmp_path / "state"
+    assert main(["stepup", "enroll", "--state-dir", str(state)]) == 0
+    secret = load_secret(state)
+    log_file = audit_directory(state) / "audit.jsonl"
+    log_file.chmod(0)
+    try:
+        done = run_unprivileged(tmp_path, "stepup", "enroll", "--force", "--state-dir", str(state))
+    finally:
+        log_file.chmod(0o600)
+    assert_one_error_line(done, f"permission denied: {log_file}")
+    assert load_secret(state) == secret
+    assert "otpauth://" not in done.stdout
+    assert log_file.read_text().count("stepup.enrolled") == 1
+
+
 # -- ownerlink command, against the simulator over HTTP ---------------------------------------
 
 
