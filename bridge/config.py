@@ -12,7 +12,7 @@ import re
 import ssl
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit
@@ -68,10 +68,33 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 
 
 def _web_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    """An http(s) URL every user of it can parse and connect to: a bad port or host found later
+    was a traceback in `run`, `doctor`, `login` or an alert's delivery. The value is never
+    quoted back: a webhook's query or user info may hold its token."""
+    problem = _web_url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
+
+
+def _web_url_problem(value: str) -> str | None:
+    if any(char.isspace() or not char.isprintable() for char in value):
+        return "the URL contains a space or a control character"
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an IPv6 address whose bracket is not closed
+        return "not a valid URL (check its host, and the brackets around an IPv6 address)"
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        return "not an http:// or https:// URL"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "the URL's port must be a number from 1 to 65535"
+    if not parts.hostname or _host_problem(parts.hostname) is not None:
+        return "the URL's host is not a host name or an IP address"
+    return None
 
 
 WebUrl = Annotated[str, AfterValidator(_web_url)]
@@ -86,6 +109,10 @@ def _some_path(value: Path) -> Path:
 
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+# A name to resolve: Docker's service names may hold underscores, which host names may not.
+NETWORK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+# Digits and dots only: an IPv4 address or nothing (httpx refuses `999.1.1.1`, no DNS name is so).
+NUMERIC_NAME = re.compile(r"^[0-9.]+$")
 
 
 def _host_name(value: str) -> str:
@@ -95,6 +122,31 @@ def _host_name(value: str) -> str:
 
 
 HostName = Annotated[str, AfterValidator(_host_name)]
+
+
+def _host_problem(value: str) -> str | None:
+    """Why `value` is neither an IP address nor a host name, or None."""
+    try:
+        ip_address(value)
+    except ValueError:
+        if NETWORK_NAME.match(value) and not NUMERIC_NAME.match(value):
+            return None
+        return "not a host name or an IP address"
+    return None
+
+
+def _network_host(value: str) -> str:
+    """A host to connect to or listen on: `192.168.1.10:1883` or `mqtt://broker` failed only at
+    the first connection, and an empty one meant whatever the library made of it."""
+    if _host_problem(value) is not None:
+        raise ValueError(
+            f"{value!r} is not a host name or an IP address "
+            "(write it without scheme, port, path or brackets; the port has its own key)"
+        )
+    return value
+
+
+NetworkHost = Annotated[str, AfterValidator(_network_host)]
 
 
 def _not_bool(value: Any) -> Any:
@@ -187,7 +239,7 @@ def _unreadable(path: Path) -> str | None:
 
 
 class MqttConfig(Section):
-    host: str = "127.0.0.1"
+    host: NetworkHost = "127.0.0.1"
     port: Integer = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
@@ -218,10 +270,10 @@ class AccountConfig(Section):
     client_id: str
     client_secret: SecretStr
     application_id: str | None = None
-    redirect_uri: str = "http://127.0.0.1:8742/callback"
-    authorize_url: str | None = None
-    token_url: str | None = None
-    api_base_url: str | None = None
+    redirect_uri: WebUrl = "http://127.0.0.1:8742/callback"
+    authorize_url: WebUrl | None = None
+    token_url: WebUrl | None = None
+    api_base_url: WebUrl | None = None
     use_pkce: bool = True
     request_timeout_s: Number = Field(default=15.0, gt=0, le=120)
 
@@ -290,7 +342,7 @@ class AlertsConfig(Section):
 
 class WebConfig(Section):
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: NetworkHost = "127.0.0.1"
     port: Integer = Field(default=8088, ge=0, le=65535)
     allow_cidrs: tuple[Cidr, ...] = ("127.0.0.0/8", "::1/128")
     tls_cert: Path | None = None
@@ -298,7 +350,7 @@ class WebConfig(Section):
     session_minutes: Integer = Field(default=60, ge=1, le=7 * 24 * 60)
     access_token_ttl_s: Integer = Field(default=600, ge=60, le=3600)
     refresh_token_ttl_s: Integer = Field(default=30 * DAY, ge=HOUR, le=YEAR)
-    public_url: str | None = None
+    public_url: WebUrl | None = None
     # Public host names the page answers to besides addresses, bare names and local names.
     allowed_hosts: tuple[HostName, ...] = ()
     # Home Assistant Supervisor addresses whose Ingress proxy serves the page under its prefix.

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -101,7 +102,50 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
         # Accepted as the current directory before (the file system's root under systemd).
         ('state_dir: ""\n', "state_dir: Value error, give a directory"),
         # Failed only when the first alert was sent.
-        ("alerts:\n  webhook_url: ftp://x\n", "alerts.webhook_url: Value error, 'ftp://x' is not"),
+        ("alerts:\n  webhook_url: ftp://x\n", "alerts.webhook_url: Value error, not an http://"),
+        # Each passed `config check`, then was a traceback (or a restart loop) in a command.
+        ('web:\n  public_url: "http://[::1"\n', "web.public_url: Value error, not a valid URL"),
+        (
+            "accounts:\n  ford: {client_id: i, client_secret: s, token_url: 'http://127.0.0.1:80a/x'}\n",
+            "accounts.ford.token_url: Value error, the URL's port must be a number from 1 to 65535",
+        ),
+        (
+            "accounts:\n  ford: {client_id: i, client_secret: s, redirect_uri: 'http://127.0.0.1:99999/cb'}\n",
+            "accounts.ford.redirect_uri: Value error, the URL's port must be a number",
+        ),
+        (
+            "accounts:\n  ford: {client_id: i, client_secret: s, api_base_url: 'https://x:99999/v1'}\n",
+            "accounts.ford.api_base_url: Value error, the URL's port must be a number",
+        ),
+        (
+            "accounts:\n  ford: {client_id: i, client_secret: s, authorize_url: 'https://'}\n",
+            "accounts.ford.authorize_url: Value error, not an http:// or https:// URL",
+        ),
+        (
+            "alerts:\n  webhook_url: 'http://h:99999/'\n",
+            "alerts.webhook_url: Value error, the URL's p",
+        ),
+        ("alerts:\n  webhook_url: 'http://h:0/'\n", "alerts.webhook_url: Value error, the URL's p"),
+        (
+            "alerts:\n  webhook_url: 'http://a b/'\n",
+            "alerts.webhook_url: Value error, the URL conta",
+        ),
+        (
+            "alerts:\n  webhook_url: 'http://999.1.1.1/'\n",
+            "alerts.webhook_url: Value error, the URL's h",
+        ),
+        (
+            "alerts:\n  webhook_url: 'http://h!x/'\n",
+            "alerts.webhook_url: Value error, the URL's host",
+        ),
+        ('mqtt:\n  host: ""\n', "mqtt.host: Value error, '' is not a host name or an IP address"),
+        (
+            'mqtt:\n  host: "192.168.1.10:1883"\n',
+            "mqtt.host: Value error, '192.168.1.10:1883' is not a host name or an IP address",
+        ),
+        ("mqtt:\n  host: mqtt://broker\n", "mqtt.host: Value error, 'mqtt://broker' is not a"),
+        ("mqtt:\n  host: '[::1]'\n", "mqtt.host: Value error, '[::1]' is not a host name"),
+        ("web:\n  host: ''\n", "web.host: Value error, '' is not a host name or an IP address"),
         # Home Assistant's app may read the discovery prefix: the car's topics must be elsewhere.
         (
             "mqtt:\n  base_topic: homeassistant/ownerlink\n",
@@ -125,6 +169,63 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
     """Each kind of bad value is reported as `path.to.key: what is wrong`."""
     assert any(line.startswith(expected) for line in problems_for(tmp_path, text))
+
+
+GOOD_URLS = [
+    "http://127.0.0.1:8765/oauth/token",
+    "https://api.mps.ford.com/api/fordconnect/vehicles/v1",
+    "http://[::1]:8088/",
+    "https://[fe80::1%25eth0]/x",
+    "https://user:pass@hooks.example/x?token=abc#frag",
+    "http://localhost",
+    "https://ownerlink.home.arpa:8443/prefix/",
+]
+
+
+@pytest.mark.parametrize("url", GOOD_URLS)
+def test_good_urls_are_accepted_and_every_url_user_can_parse_them(tmp_path: Path, url: str) -> None:
+    """Valid URLs pass for every URL key, and what passes is what urllib and httpx both take
+    (the daemon's HTTP client, the login listener and the host guard)."""
+    import httpx
+
+    account = {"client_id": "i", "client_secret": "s"}
+    for key in ("redirect_uri", "authorize_url", "token_url", "api_base_url"):
+        account[key] = url
+    document = {"accounts": {"ford": account}, "alerts": {"webhook_url": url}}
+    document["web"] = {"public_url": url}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    settings = load_config(path)
+    assert settings.alerts.webhook_url == settings.web.public_url == url
+    parts = urlsplit(url)
+    assert parts.hostname and 0 < (parts.port or 80) <= 65535
+    assert httpx.URL(url).host
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "::1", "core-mosquitto", "mqtt_broker", "broker.home.arpa", "h"]
+)
+def test_hosts_are_names_or_addresses(tmp_path: Path, host: str) -> None:
+    """A host name or an IP address (IPv6 without brackets) is a host for mqtt and web."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"mqtt": {"host": host}, "web": {"host": host}}))
+    settings = load_config(path)
+    assert settings.mqtt.host == settings.web.host == host
+
+
+def test_a_bad_url_is_never_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A webhook URL's query or user info may hold its token: the error names the key only."""
+    url = "https://user:hunter2@hooks.example:99999/x?token=s3cr3t"
+    problems = problems_for(tmp_path, f"alerts:\n  webhook_url: '{url}'\n")
+    assert problems == [
+        "alerts.webhook_url: Value error, the URL's port must be a number from 1 to 65535"
+    ]
+    monkeypatch.setenv("OWNERLINK_ALERTS__WEBHOOK_URL", "ftp://hooks.example/x?token=s3cr3t")
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE)
+    assert caught.value.problems == [
+        "alerts.webhook_url: Value error, not an http:// or https:// URL"
+    ]
 
 
 def test_tls_files_that_are_not_what_they_claim_name_their_key(tmp_path: Path) -> None:
@@ -396,6 +497,8 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
         ("polling: {stale_after_s: .inf}\n", {}, "polling.stale_after_s: Input should be"),
         ("{}\n", {"OWNERLINK_MQTT": "notjson"}, "mqtt: OWNERLINK_MQTT is not valid JSON"),
         ("{}\n", {"OWNERLINK_WEB__ALLOW_CIDRS": "x"}, "web.allow_cidrs: OWNERLINK_WEB__ALLOW"),
+        ('web: {public_url: "http://[::1"}\n', {}, "web.public_url: Value error, not a valid URL"),
+        ("{}\n", {"OWNERLINK_MQTT__HOST": "192.168.1.10:1883"}, "mqtt.host: Value error"),
     ],
 )
 def test_config_check_refuses_with_one_line(
