@@ -201,11 +201,19 @@ class TlsConfig(Section):
         return self
 
 
+# The keys of the CA bundle, the certificate and its private key, as the section names them.
+TLS_KEYS = ("ca_file", "cert_file", "key_file")
+
+
 def _tls_file_problems(
-    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+    keys: tuple[str, str, str] = TLS_KEYS,
 ) -> list[tuple[str, str]]:
     """(key, what is wrong) for each TLS file that cannot be used as configured."""
-    for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+    ca_key, cert_key, key_key = keys
+    for name, path in zip(keys, (ca_file, cert_file, key_file), strict=True):
         if path is not None and (problem := _unreadable(path)) is not None:
             return [(name, problem)]
     context = ssl.create_default_context()
@@ -213,15 +221,15 @@ def _tls_file_problems(
         try:
             context.load_verify_locations(cafile=ca_file)
         except ssl.SSLError as exc:
-            return [("ca_file", f"{ca_file} holds no usable CA certificate ({_why(exc)})")]
+            return [(ca_key, f"{ca_file} holds no usable CA certificate ({_why(exc)})")]
     if key_file is not None and cert_file is None:
-        return [("key_file", "set cert_file too (the client certificate this key belongs to)")]
+        return [(key_key, f"set {cert_key} too (the certificate this key belongs to)")]
     if cert_file is not None:
         try:
             context.load_cert_chain(cert_file, key_file)
         except ssl.SSLError as exc:
-            what = "with key_file" if key_file is not None else "(its key in the same file)"
-            return [("cert_file", f"cannot load {cert_file} {what}: {_why(exc)}")]
+            what = f"with {key_key}" if key_file is not None else "(its key in the same file)"
+            return [(cert_key, f"cannot load {cert_file} {what}: {_why(exc)}")]
     return []
 
 
@@ -362,6 +370,21 @@ class WebConfig(Section):
     login_totp: bool = False
     # REST reads per app per minute (commands are limited by the pipeline, commands.*).
     api_reads_per_minute: Integer = Field(default=60, ge=1, le=6000)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> WebConfig:
+        """Load the page's certificate and key as the server will: half a pair or an unreadable
+        file is a configuration error naming its key, not an exit once `run` has started.
+        Checked even with the page disabled: `run --metrics-only` serves with them too."""
+        problems = [_problem((name,), problem) for name, problem in self._tls_problems()]
+        if problems:
+            raise ValidationError.from_exception_data("WebConfig", problems)
+        return self
+
+    def _tls_problems(self) -> list[tuple[str, str]]:
+        if self.tls_cert is not None and self.tls_key is None:
+            return [("tls_key", "set it too (the private key of web.tls_cert), or neither")]
+        return _tls_file_problems(None, self.tls_cert, self.tls_key, ("", "tls_cert", "tls_key"))
 
 
 class LoggingConfig(Section):

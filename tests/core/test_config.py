@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,6 +245,41 @@ def test_tls_files_that_are_not_what_they_claim_name_their_key(tmp_path: Path) -
     unused = tmp_path / "off.yaml"
     unused.write_text("mqtt:\n  tls: {enabled: false, ca_file: /nonexistent/ca.pem}\n")
     assert load_config(unused).mqtt.tls.enabled is False  # TLS off: the files are not read
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    request = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost"
+    subprocess.run(
+        ["openssl", *request.split(), "-days", "1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+def test_the_pages_certificate_and_key_are_checked_at_load(tmp_path: Path) -> None:
+    """web.tls_cert and web.tls_key: both or neither, readable and a pair, each problem naming
+    its key when the config loads (they were found only once `run` had started)."""
+    cert, key = _self_signed(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a certificate\n")
+    cases = {
+        f"web: {{tls_cert: {cert}}}": "web.tls_key: set it",
+        f"web: {{tls_key: {key}}}": "web.tls_key: set tls_cert too",
+        f"web: {{tls_cert: /nonexistent/c.pem, tls_key: {key}}}": "web.tls_cert: cannot read",
+        f"web: {{tls_cert: {cert}, tls_key: /nonexistent/k.pem}}": "web.tls_key: cannot read",
+        f"web: {{tls_cert: {notes}, tls_key: {key}}}": f"web.tls_cert: cannot load {notes} with",
+        f"web: {{enabled: false, tls_cert: {cert}}}": "web.tls_key: set it",  # metrics-only
+    }
+    for text, expected in cases.items():
+        assert problems_for(tmp_path, text + "\n")[0].startswith(expected), text
+    good = tmp_path / "good.yaml"
+    good.write_text(f"web: {{tls_cert: {cert}, tls_key: {key}}}\n")
+    assert load_config(good).web.tls_key == key
 
 
 def _is_number(annotation: Any) -> bool:
@@ -499,6 +535,7 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
         ("{}\n", {"OWNERLINK_WEB__ALLOW_CIDRS": "x"}, "web.allow_cidrs: OWNERLINK_WEB__ALLOW"),
         ('web: {public_url: "http://[::1"}\n', {}, "web.public_url: Value error, not a valid URL"),
         ("{}\n", {"OWNERLINK_MQTT__HOST": "192.168.1.10:1883"}, "mqtt.host: Value error"),
+        ("web: {tls_cert: /nonexistent/cert.pem}\n", {}, "web.tls_key: set it too"),
     ],
 )
 def test_config_check_refuses_with_one_line(

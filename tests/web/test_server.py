@@ -46,9 +46,10 @@ async def test_port_in_use_is_a_config_error_naming_the_key(tmp_path: Path) -> N
 
 
 async def test_half_configured_tls_is_a_config_error(tmp_path: Path) -> None:
-    """A certificate without its key (or the reverse) is refused before binding."""
+    """A certificate without its key (or the reverse) is refused before binding (loading the
+    config refuses it first; this is the server's own guard for a config built otherwise)."""
     harness = build_harness(tmp_path / "s")
-    config = WebConfig(port=0, tls_cert=tmp_path / "cert.pem")
+    config = WebConfig.model_construct(port=0, tls_cert=tmp_path / "cert.pem")
     with pytest.raises(ConfigError, match=r"tls_key"):
         await WebServer(harness.app, config).start()
     harness.store.close()
