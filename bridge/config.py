@@ -500,19 +500,44 @@ class EnvironmentSource(EnvSettingsSource):
             raise _NotJson(self._not_json_problem(field_name, field, value, exc)) from exc
 
     def __call__(self) -> dict[str, Any]:
+        problems = list(self._unusable_variables())
+        if problems:
+            raise ConfigError(problems)
         try:
-            return super().__call__()
+            values = super().__call__()
         except SettingsError as exc:
             if isinstance(exc.__cause__, _NotJson):
                 raise ConfigError([exc.__cause__.problem]) from exc
             raise
+        # JSON may spell what the variable's bytes could not (a "\ud800" escape).
+        problems = [f"{line} (in the environment)" for line in _unusable_values(values, (), set())]
+        if problems:
+            raise ConfigError(problems)
+        return values
+
+    def _unusable_variables(self) -> Iterator[str]:
+        """Settings variables whose value is not UTF-8 (`$(printf 'pw\\xff')`): Python carries such
+        bytes as lone surrogates, which pass every check and then fail with a traceback at first
+        use (the broker login, a log line), as the YAML file's are refused by _unusable_values."""
+        prefix = self.env_prefix.lower()
+        for variable, text in sorted(self.env_vars.items()):
+            if not variable.startswith(prefix) or text is None or variable.upper() in NOT_SETTINGS:
+                continue
+            key = self._key_of(variable)
+            if key.split(".")[0] in self.settings_cls.model_fields and not _encodable(text):
+                # The value itself is never echoed: it may hold a secret.
+                yield f"{key}: {variable.upper()} is not valid UTF-8 text"
+
+    def _key_of(self, variable: str) -> str:
+        """The dotted key a (lower-cased) variable names: ownerlink_mqtt__host → mqtt.host."""
+        nesting = self.env_nested_delimiter or "__"
+        return variable[len(self.env_prefix) :].replace(nesting.lower(), ".")
 
     def _not_json_problem(
         self, name: str, field: FieldInfo | None, value: Any, exc: Exception
     ) -> str:
         variable = self._variable_for(name, value)
-        nesting = self.env_nested_delimiter or "__"
-        key = variable[len(self.env_prefix) :].replace(nesting.lower(), ".")
+        key = self._key_of(variable)
         if isinstance(exc, json.JSONDecodeError):
             reason = exc.msg  # says what is wrong without quoting the value
         else:

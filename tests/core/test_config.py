@@ -432,6 +432,33 @@ def test_environment_json_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.web.allow_cidrs, settings.mqtt.host) == (("10.0.0.0/8",), "env")
 
 
+def test_environment_value_that_is_not_utf8_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bytes that are not UTF-8 (`$(printf 'pw\\xff')`) reach Python as lone surrogates and
+    failed with a traceback at first use; now the variable is named, its value never shown."""
+    monkeypatch.setenv("OWNERLINK_MQTT__PASSWORD", "pw\udcff")
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE)
+    assert caught.value.problems == [
+        "mqtt.password: OWNERLINK_MQTT__PASSWORD is not valid UTF-8 text"
+    ]
+    monkeypatch.delenv("OWNERLINK_MQTT__PASSWORD")
+    monkeypatch.setenv("OWNERLINK_MQTT", '{"password": "pw\\ud800"}')  # the JSON escape
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE)
+    assert caught.value.problems == [
+        "mqtt.password: contains a NUL byte or an invalid character (in the environment)"
+    ]
+
+
+def test_a_variable_that_is_no_setting_may_hold_any_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only settings are checked: the environment is shared with other tools."""
+    monkeypatch.setenv("OWNERLINK_NOT_A_SETTING", "x\udcff")
+    monkeypatch.setenv("OTHER_TOOL", "x\udcff")
+    assert load_config(EXAMPLE).mqtt.host == "127.0.0.1"
+
+
 def test_unknown_environment_variables_are_named_with_the_likely_fix() -> None:
     """A variable that names no setting is a warning for `config check`; one underscore where
     a section needs two gets the fix. The config file's own variable is not a setting."""
@@ -536,6 +563,11 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
         ('web: {public_url: "http://[::1"}\n', {}, "web.public_url: Value error, not a valid URL"),
         ("{}\n", {"OWNERLINK_MQTT__HOST": "192.168.1.10:1883"}, "mqtt.host: Value error"),
         ("web: {tls_cert: /nonexistent/cert.pem}\n", {}, "web.tls_key: set it too"),
+        (
+            "{}\n",
+            {"OWNERLINK_MQTT__PASSWORD": "pw\udcff"},
+            "mqtt.password: OWNERLINK_MQTT__PASSWORD is not valid UTF-8 text",
+        ),
     ],
 )
 def test_config_check_refuses_with_one_line(
