@@ -3,6 +3,7 @@
 OwnerlinkError
 ├── ConfigError              fix the configuration (exit status 2)
 ├── StateError               the state directory or database is unusable
+│   └── StateDatabaseError   SQLite refused: a full disk, held by another process, a damaged file
 ├── ProviderError            something went wrong talking to the car maker
 │   ├── ReauthRequired       the owner must log in again; do not retry
 │   ├── RateLimited          back off for `retry_after` seconds
@@ -22,6 +23,8 @@ OwnerlinkError
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class OwnerlinkError(Exception):
     """Base of every error Ownerlink raises on purpose."""
@@ -37,6 +40,12 @@ class ConfigError(OwnerlinkError):
 
 class StateError(OwnerlinkError):
     """The state directory, database or a state file is unusable."""
+
+
+class StateDatabaseError(StateError, sqlite3.OperationalError):
+    """The state database refused a read or a write: a full disk, another process holding it
+    too long, a damaged file. Also a sqlite3.OperationalError, so code that handles the
+    driver's own error (the budget: a call it cannot record is not made) still does."""
 
 
 class ProviderError(OwnerlinkError):

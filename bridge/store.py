@@ -6,6 +6,7 @@ the store records how far each part has got, so parts evolve independently and a
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from bridge.audit.chain import DIRECTORY as AUDIT_DIRECTORY
 from bridge.audit.chain import head_mark
-from bridge.errors import StateError
+from bridge.errors import StateDatabaseError, StateError
 
 DB_NAME = "ownerlink.db"
 
@@ -68,7 +69,7 @@ class Store:
                 "CREATE TABLE IF NOT EXISTS state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+            raise StateDatabaseError(database_problem(self.path, exc, "open")) from exc
         self.path.chmod(0o600)
         self._conn = conn
         self.created = created
@@ -101,44 +102,93 @@ class Store:
         """Apply the part's migrations that have not run yet, each in its own transaction."""
         if not part.replace("_", "").isalnum():
             raise StateError(f"bad schema part name {part!r}")
-        with self._lock:
+        with self._lock, self._errors():
             row = self.conn.execute(
                 "SELECT version FROM schema_versions WHERE part = ?", (part,)
             ).fetchone()
             done = row[0] if row else 0
             for version, sql in enumerate(steps[done:], start=done + 1):
-                # executescript commits whatever is open first, so each step carries its own
-                # BEGIN/COMMIT and the version bump rides in the same transaction.
-                self.conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{sql};\n"
-                    f"INSERT INTO schema_versions (part, version) VALUES ('{part}', {version}) "
-                    "ON CONFLICT(part) DO UPDATE SET version = excluded.version;\nCOMMIT;"
-                )
+                self._apply(part, version, sql)
+
+    def _apply(self, part: str, version: int, sql: str) -> None:
+        # executescript commits whatever is open first, so each step carries its own
+        # BEGIN/COMMIT and the version bump rides in the same transaction.
+        try:
+            self.conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql};\n"
+                f"INSERT INTO schema_versions (part, version) VALUES ('{part}', {version}) "
+                "ON CONFLICT(part) DO UPDATE SET version = excluded.version;\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            # A statement that failed (a full disk) leaves the script's transaction open.
+            self._rollback()
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT under the lock; rolled back if the block raises."""
-        with self._lock:
+        """BEGIN IMMEDIATE … COMMIT under the lock; rolled back if the block or the commit fails."""
+        with self._lock, self._errors():
             conn = self.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def locked(self) -> Iterator[sqlite3.Connection]:
         """The connection under the lock, outside any transaction: for a few reads in a row."""
-        with self._lock:
+        with self._lock, self._errors():
             yield self.conn
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, self._errors():
             cur = self.conn.execute(sql, params)
             cur.row_factory = sqlite3.Row
             return list(cur.fetchall())
+
+    def _rollback(self) -> None:
+        """End the open transaction, if any. Its own failure is not the one worth reporting: a
+        failed COMMIT (a full disk) may or may not have ended the transaction already."""
+        if self._conn is not None and self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors of the environment become StateDatabaseError, saying what to do; a
+        constraint or a mistake in our SQL (IntegrityError, ProgrammingError) stays as it is."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if isinstance(exc, StateError) or not _environmental(exc):
+                raise
+            raise StateDatabaseError(database_problem(self.path, exc)) from exc
+
+
+def _environmental(exc: sqlite3.Error) -> bool:
+    # A damaged or foreign file raises the DatabaseError base class itself.
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def database_problem(path: Path, exc: sqlite3.Error, doing: str = "use") -> str:
+    """One line on what stopped the state database at `path`, and what to do about it."""
+    code = getattr(exc, "sqlite_errorname", None) or ""
+    if code.startswith("SQLITE_FULL"):
+        return f"the disk holding the state database {path} is full: free some space, then retry"
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            f"another process holds the state database {path} (the daemon or another ownerlink "
+            "command, busy for more than 5 s): try again, or stop that process first"
+        )
+    if code.startswith("SQLITE_READONLY"):
+        return (
+            f"cannot write the state database {path}: run ownerlink as the user that owns the "
+            "state directory (e.g. sudo -u ownerlink ownerlink …)"
+        )
+    return f"cannot {doing} state database {path}: {exc}"
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
+import sqlite3
 import stat
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import structlog
+import yaml
 
+from bridge.cli import main
 from bridge.errors import StateError
 from bridge.files import read_private, write_private_atomic
 from bridge.store import Store
@@ -79,3 +85,81 @@ def test_a_failed_replacement_leaves_the_old_file_and_no_temp_file(tmp_path: Pat
     with pytest.raises(StateError, match="cannot write"):
         write_private_atomic(target, b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.json"]
+
+
+def test_a_full_disk_is_a_state_error_that_says_so_and_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """SQLite's "database or disk is full" (here a page limit, as an SD card fills up) comes
+    out of a transaction and a migration as StateError saying what to do; once there is room
+    again the same store works (the failed transaction was rolled back)."""
+    store = Store.open(tmp_path)
+    store.migrate("demo", ["CREATE TABLE t (x BLOB)"])
+    pages = store.query("PRAGMA page_count")[0][0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StateError, match=r"is full: free some space"), store.transaction() as c:
+        c.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    with pytest.raises(StateError, match=r"is full: free some space"):
+        store.migrate("more", ["CREATE TABLE u (y INTEGER)", "CREATE TABLE v (z INTEGER)"])
+    store.conn.execute("PRAGMA max_page_count = 1000000")
+    store.migrate("more", ["CREATE TABLE u (y INTEGER)", "CREATE TABLE v (z INTEGER)"])
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    assert store.query("SELECT count(*) FROM t")[0][0] == 1
+
+
+def test_a_database_held_by_another_process_is_a_state_error_that_says_so(tmp_path: Path) -> None:
+    """A lock held past the busy timeout ends writes, migrations and opening with a StateError
+    naming the cause; it is still the driver's OperationalError for code that handles that."""
+    store = Store.open(tmp_path)
+    store.migrate("demo", ["CREATE TABLE t (x INTEGER)"])
+    store.conn.execute("PRAGMA busy_timeout = 50")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    try:
+        for attempt in (
+            lambda: store.migrate("more", ["CREATE TABLE u (y INTEGER)"]),
+            lambda: store.set_meta("k", "v"),
+        ):
+            with pytest.raises(StateError, match="another process holds the state database"):
+                attempt()
+        with pytest.raises(sqlite3.OperationalError, match="another process holds"):
+            store.set_meta("k", "v")
+    finally:
+        other.close()
+    store.set_meta("k", "v")
+    assert store.query("SELECT count(*) FROM t")[0][0] == 0
+    with pytest.raises(StateError, match=r"cannot use state database .*: no such table"):
+        store.query("SELECT * FROM nowhere")
+
+
+def test_the_cli_reports_a_held_database_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`apps add` and `owner set-password` with the database held by another process: one
+    `error:` line saying what to do and exit 1, no traceback, nothing changed."""
+    config = tmp_path / "config.yaml"  # no broker: alerts are only logged
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "s"), "mqtt": {"port": 1}}))
+    assert main(["apps", "list", "--config", str(config)]) == 0  # creates the database
+    capsys.readouterr()
+    other = sqlite3.connect(tmp_path / "s" / "ownerlink.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough owner password\n"))
+    try:
+        for argv in (
+            ["apps", "add", "nr", "--scopes", "read:status"],
+            ["owner", "set-password", "--password-stdin"],
+        ):
+            status = main([*argv, "--config", str(config)])
+            err = capsys.readouterr().err
+            assert status == 1, err
+            assert "Traceback" not in err
+            (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+            assert "another process holds the state database" in line
+        assert main(["apps", "list", "--config", str(config)]) == 0  # readers still read
+        other.close()
+        assert "nr" not in capsys.readouterr().out
+    finally:
+        other.close()
+        structlog.reset_defaults()  # the CLI pointed logging at this test's captured stderr
