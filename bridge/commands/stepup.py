@@ -86,9 +86,25 @@ def enroll(state_dir: Path, *, force: bool = False) -> str:
 
 
 def load_secret(state_dir: Path) -> str | None:
-    """The enrolled secret, or None when step-up was never enrolled."""
-    data = read_private(secret_path(state_dir))
-    return data.decode("ascii").strip() if data else None
+    """The enrolled secret, or None when step-up was never enrolled. A file that holds no
+    usable secret (damaged, or edited by hand) is a StateError saying how to re-enrol: read
+    as "enrolled", it failed every code and `stepup code` with a traceback."""
+    path = secret_path(state_dir)
+    data = read_private(path)
+    if data is None:
+        return None
+    try:
+        secret = data.decode("ascii").strip()
+        # pyotp's own decoding: base32 in any case, padding optional, long enough.
+        usable = bool(pyotp.TOTP(secret).byte_secret())
+    except ValueError:  # UnicodeDecodeError and binascii.Error are ValueErrors
+        usable = False
+    if not usable:
+        raise StateError(
+            f"{path} holds no usable step-up secret (damaged or edited): run "
+            "`ownerlink stepup enroll --force` and scan the new QR code"
+        )
+    return secret
 
 
 def _secret_id(secret: str) -> str:

@@ -10,9 +10,10 @@ probed with httpx by the CLI, so this package, which talks to the broker, keeps 
 paho/httpx line; what the CLI learned arrives here as plain `HttpAnswer` data.
 
 Layout: `model` (Check and shared wording), `config`, `state` (directory, private files,
-database, step-up lockouts), `broker` (TCP, TLS, CONNACK, enforcement; the only module importing
-paho), `logins` (tokens), `provider` (pure judgements of the CLI's answers) and `records` (budget
-and audit). The names below are the package's public face: import them from `bridge.doctor`.
+database, step-up secret and lockouts), `broker` (TCP, TLS, CONNACK, enforcement; the only module
+importing paho), `logins` (tokens), `provider` (pure judgements of the CLI's answers) and
+`records` (budget and audit). The names below are the package's public face: import them from
+`bridge.doctor`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from bridge.doctor.state import (
     check_state,
     check_state_dir,
     check_stepup_lockouts,
+    check_stepup_secret,
     private_files,
 )
 
@@ -91,6 +93,7 @@ __all__ = [
     "check_state",
     "check_state_dir",
     "check_stepup_lockouts",
+    "check_stepup_secret",
     "check_tokens",
     "failed",
     "judge_budget",

@@ -1,4 +1,4 @@
-"""State directory checks: its owner and mode, the private files, the database, step-up lockouts."""
+"""State directory checks: owner and mode, private files, database, step-up secret and lockouts."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from typing import Any
 
 from bridge.audit.log import audit_directory
 from bridge.audit.witness import replaced_by_mark
-from bridge.commands.stepup import secret_path
+from bridge.commands.stepup import load_secret, secret_path
 from bridge.doctor.model import AS_DAEMON_USER, Check, failed, passed, plural, warning
+from bridge.errors import StateError
 from bridge.store import BORN_AT_AUDIT_HEAD, DB_NAME
 
 PRIVATE_MODE_BITS = 0o077  # group and others: nothing
@@ -31,6 +32,7 @@ def check_state(state_dir: Path, *, uid: int, now: datetime) -> list[Check]:
         directory,
         check_private_files(state_dir),
         check_database(database),
+        check_stepup_secret(state_dir),
         check_stepup_lockouts(database, now),
     ]
 
@@ -147,6 +149,28 @@ DB_FIX = (
     "keep them as evidence; the daemon then starts a new database and a new audit chain, but "
     "registered apps, budget history and step-up state are lost (a new database beside the old "
     "audit log is refused, as it would quietly undo revocations)"
+)
+
+
+def check_stepup_secret(state_dir: Path) -> Check:
+    """The step-up secret, once enrolled, is one the authenticator's codes can match: a damaged
+    file refused every unlock, while `stepup status` still said "enrolled"."""
+    name, path = "step-up secret", secret_path(state_dir)
+    try:
+        enrolled = load_secret(state_dir) is not None
+    except StateError as exc:
+        loose = bool(_mode(path) & PRIVATE_MODE_BITS)
+        return failed(name, str(exc), f"chmod 600 {path}" if loose else REENROL_FIX)
+    except OSError as exc:
+        return failed(name, f"cannot read {path}: {exc.strerror}", AS_DAEMON_USER)
+    if not enrolled:
+        return passed(name, "not enrolled (`ownerlink stepup enroll` when you want unlock)")
+    return passed(name, f"{path}: enrolled")
+
+
+REENROL_FIX = (
+    "run: ownerlink stepup enroll --force, and scan the new QR code with your authenticator "
+    "(the old entry stops working)"
 )
 
 

@@ -16,6 +16,7 @@ from bridge.audit.verify import verify
 from bridge.cli import main
 from bridge.cli.command import action_name
 from bridge.commands.stepup import code_at, load_secret, secret_path
+from bridge.files import write_private_atomic
 from bridge.simulator import Limits, Simulator, serve_in_thread
 from tests.audit.helpers import assert_one_error_line, run_unprivileged
 from tests.commands.e2e import now
@@ -64,6 +65,27 @@ def test_code_prints_the_current_code(tmp_path: Path, capsys: pytest.CaptureFixt
     secret = load_secret(state)
     assert secret is not None
     assert code == 0 and out.strip() == code_at(secret, now())
+
+
+@pytest.mark.parametrize("content", [b"not base32!\n", "geheimnis-\u00e9".encode(), b""])
+def test_a_damaged_secret_is_one_error_line_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    """`stepup code` and `stepup status` with a secret file no code can match: one line naming
+    the file and `stepup enroll --force`, exit 1 (they ended in a traceback, and status said
+    "enrolled"); `enroll --force` then repairs it."""
+    state = tmp_path / "state"
+    assert run(capsys, "stepup", "enroll", "--state-dir", str(state))[0] == 0
+    write_private_atomic(secret_path(state), content)
+    for action in ("code", "status"):
+        code, out, err = run(capsys, "stepup", action, "--state-dir", str(state))
+        assert (code, out) == (1, ""), err
+        assert err == (
+            f"error: {secret_path(state)} holds no usable step-up secret (damaged or edited): "
+            "run `ownerlink stepup enroll --force` and scan the new QR code\n"
+        )
+    assert run(capsys, "stepup", "enroll", "--force", "--state-dir", str(state))[0] == 0
+    assert run(capsys, "stepup", "code", "--state-dir", str(state))[0] == 0
 
 
 def test_lockouts_of_unknown_apps_are_refused(

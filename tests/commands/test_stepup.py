@@ -24,6 +24,7 @@ from bridge.commands.stepup import (
 from bridge.config import StepUpConfig
 from bridge.errors import StateError
 from bridge.events import AlertKind, CollectingAlerts
+from bridge.files import write_private_atomic
 from bridge.store import Store
 from tests.commands.fakes import T0
 
@@ -220,6 +221,31 @@ def test_enroll_writes_a_private_secret_and_refuses_to_overwrite(state_dir: Path
     with pytest.raises(StateError, match="--force"):
         enroll(state_dir)
     assert enroll(state_dir, force=True) != secret
+
+
+@pytest.mark.parametrize(
+    "content", [b"not base32!\n", "geheimnis-\u00e9".encode(), b"", b" \n", b"ABCDEFGH"]
+)
+def test_a_damaged_secret_is_a_state_error_not_an_enrolment(
+    state_dir: Path, content: bytes
+) -> None:
+    """A secret file TOTP cannot use is refused when loaded, naming the file and the fix, so a
+    command is refused as state-unavailable instead of failing inside the code check."""
+    enroll(state_dir)
+    write_private_atomic(secret_path(state_dir), content)
+    fix = "run `ownerlink stepup enroll --force`"
+    with pytest.raises(StateError, match=f"{secret_path(state_dir)} holds no usable .*{fix}"):
+        load_secret(state_dir)
+    stepup, _ = make(state_dir)
+    with pytest.raises(StateError, match="holds no usable step-up secret"):
+        stepup.assess("ha", "123456", T0)
+
+
+def test_a_secret_in_lower_case_or_without_padding_is_still_usable(state_dir: Path) -> None:
+    """What pyotp accepts is accepted: base32 in any case, padding left out."""
+    secret = pyotp.random_base32(length=34)
+    write_private_atomic(secret_path(state_dir.parent), secret.lower().encode() + b"\n")
+    assert load_secret(state_dir.parent) == secret.lower()
 
 
 def test_provisioning_uri_names_the_issuer(state_dir: Path) -> None:

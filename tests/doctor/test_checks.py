@@ -11,11 +11,12 @@ import pytest
 from bridge import doctor
 from bridge.cli.doctor import ASCII_MARKS, http_date, print_report, summary
 from bridge.commands.decide import StepUpCheck, StepUpStatus
-from bridge.commands.stepup import StepUp
+from bridge.commands.stepup import StepUp, enroll, secret_path
 from bridge.config import MqttConfig, StepUpConfig
 from bridge.doctor import Check, Connack, HttpAnswer
 from bridge.errors import BudgetExhausted, Forbidden, RateLimited, ReauthRequired
 from bridge.events import CollectingAlerts
+from bridge.files import write_private_atomic
 from bridge.providers.tokens import StoredTokens
 from bridge.store import DB_NAME, Store
 
@@ -170,7 +171,21 @@ def test_a_state_directory_without_files_is_fine(tmp_path: Path) -> None:
     """A fresh 0700 directory: no secrets yet, no database yet (a warning), nothing failing."""
     tmp_path.chmod(0o700)
     found = doctor.check_state(tmp_path, uid=tmp_path.stat().st_uid, now=NOW)
-    assert [c.ok for c in found] == [True, True, None, True]
+    assert [c.ok for c in found] == [True, True, None, True, True]
+
+
+@pytest.mark.parametrize("content", [b"not base32!\n", "geheimnis-\u00e9".encode(), b"", b"ABC\n"])
+def test_a_damaged_stepup_secret_fails_with_the_re_enrolment(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A secret file no authenticator code can match (not base32, not ASCII, empty, cut short)
+    fails, naming the file and `stepup enroll --force`; an enrolled one passes."""
+    write_private_atomic(secret_path(tmp_path), content)
+    check = doctor.check_stepup_secret(tmp_path)
+    assert check.ok is False and str(secret_path(tmp_path)) in check.detail
+    assert check.fix is not None and "ownerlink stepup enroll --force" in check.fix
+    enroll(tmp_path, force=True)
+    assert doctor.check_stepup_secret(tmp_path).detail.endswith("enrolled")
 
 
 # -- output ---------------------------------------------------------------------------------------
