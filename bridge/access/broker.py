@@ -142,18 +142,24 @@ def daemon_identity(mqtt: MqttConfig) -> DaemonIdentity | None:
     return DaemonIdentity(username=mqtt.username, password=password)
 
 
+def acl_directory(mqtt: MqttConfig, state_dir: Path) -> Path:
+    """Where acl-file mode writes the broker's password and ACL files: `mqtt.acl_dir`, else
+    `<state_dir>/mosquitto` (the daemon, `ownerlink apps` and doctor must agree)."""
+    return mqtt.acl_dir or state_dir / ACL_SUBDIR
+
+
 def build_enforcement(
     mqtt: MqttConfig, *, state_dir: Path | None = None, timeout_s: float = 5.0
 ) -> Enforcement:
     """The back-end `mqtt.enforcement` names; raises ConfigError if its settings are missing.
 
-    acl-file writes to `mqtt.acl_dir`, else to `<state_dir>/mosquitto`.
+    acl-file writes to `acl_directory(mqtt, state_dir)`.
     """
     topics = Topics(base=mqtt.base_topic, discovery_prefix=mqtt.discovery_prefix)
     if mqtt.enforcement == "dynsec":
         return _build_dynsec(mqtt, topics, timeout_s)
     if mqtt.enforcement == "acl-file":
-        directory = mqtt.acl_dir or (state_dir / ACL_SUBDIR if state_dir else None)
+        directory = acl_directory(mqtt, state_dir) if state_dir else mqtt.acl_dir
         if directory is None:
             raise ConfigError(["mqtt.acl_dir: required when mqtt.enforcement is acl-file"])
         from bridge.access.aclfile import AclFileEnforcement

@@ -127,7 +127,7 @@ def run_checks(
     clock = probes.clock
     checks = [doctor.check_config(settings, config_path)]
     checks += doctor.check_state(settings.state_dir, uid=probes.uid, now=clock())
-    broker = doctor.check_broker(settings.mqtt, timeout_s=timeout_s)
+    broker = doctor.check_broker(settings.mqtt, timeout_s=timeout_s, state_dir=settings.state_dir)
     checks += broker
     store = TokenStore(settings.state_dir)
     tokens = {name: doctor.check_tokens(name, store, clock()) for name in settings.accounts}

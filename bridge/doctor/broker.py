@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import SecretStr
 
 from bridge.access.aclfile import ACL_FILE, USERS_FILE
+from bridge.access.broker import acl_directory
 from bridge.access.control import Connection, DynsecControl, DynsecReply
 from bridge.config import MqttConfig
 from bridge.doctor.model import Check, failed, passed, warning
@@ -23,7 +24,7 @@ from bridge.errors import BrokerError
 from bridge.mqtt.client import tls_context
 
 
-def check_broker(mqtt: MqttConfig, *, timeout_s: float) -> list[Check]:
+def check_broker(mqtt: MqttConfig, *, timeout_s: float, state_dir: Path) -> list[Check]:
     """Reachable, TLS, the daemon's login, then enforcement; stops where later steps cannot work."""
     reach = check_broker_reachable(mqtt, timeout_s=timeout_s)
     if not reach.ok:
@@ -32,7 +33,7 @@ def check_broker(mqtt: MqttConfig, *, timeout_s: float) -> list[Check]:
     if tls.ok is False:
         return [reach, tls]
     login = judge_connack(probe_connack(mqtt, timeout_s=timeout_s), mqtt)
-    return [reach, tls, login, check_enforcement(mqtt, timeout_s=timeout_s)]
+    return [reach, tls, login, check_enforcement(mqtt, timeout_s=timeout_s, state_dir=state_dir)]
 
 
 def check_broker_reachable(mqtt: MqttConfig, *, timeout_s: float) -> Check:
@@ -245,12 +246,12 @@ def _not_authorised(mqtt: MqttConfig, who: str) -> Check:
     )
 
 
-def check_enforcement(mqtt: MqttConfig, *, timeout_s: float) -> Check:
+def check_enforcement(mqtt: MqttConfig, *, timeout_s: float, state_dir: Path) -> Check:
     """The mode in mqtt.enforcement actually works on this broker."""
     if mqtt.enforcement == "dynsec":
         return check_dynsec(mqtt, timeout_s=timeout_s)
     if mqtt.enforcement == "acl-file":
-        return check_acl_files(mqtt)
+        return check_acl_files(mqtt, state_dir=state_dir)
     return warning(
         "broker enforcement",
         "mode none: any client the broker lets in can read vehicle state and publish to command "
@@ -313,16 +314,12 @@ def _dynsec_fix(message: str) -> str:
     return _DYNSEC_ADMIN_FIX if "refused" in message else _DYNSEC_PLUGIN_FIX
 
 
-def check_acl_files(mqtt: MqttConfig) -> Check:
-    """The rendered password and ACL files exist (and hold the daemon's login)."""
+def check_acl_files(mqtt: MqttConfig, *, state_dir: Path) -> Check:
+    """The rendered password and ACL files exist where the daemon writes them (mqtt.acl_dir, else
+    `<state_dir>/mosquitto`) and hold the daemon's login."""
     name = "broker enforcement"
-    if mqtt.acl_dir is None:
-        return failed(
-            name,
-            "mode acl-file, but mqtt.acl_dir is not set",
-            "set mqtt.acl_dir to the folder Mosquitto reads its password and ACL files from",
-        )
-    users, acl = mqtt.acl_dir / USERS_FILE, mqtt.acl_dir / ACL_FILE
+    directory = acl_directory(mqtt, state_dir)
+    users, acl = directory / USERS_FILE, directory / ACL_FILE
     missing = [str(p) for p in (users, acl) if not p.is_file()]
     if missing:
         return failed(name, f"mode acl-file: {', '.join(missing)} missing", _ACL_RENDER_FIX)

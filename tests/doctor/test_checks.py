@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge import doctor
+from bridge.access.aclfile import ACL_FILE, USERS_FILE
 from bridge.cli.doctor import ASCII_MARKS, http_date, print_report, summary
 from bridge.commands.decide import StepUpCheck, StepUpStatus
 from bridge.commands.stepup import StepUp, enroll, secret_path
@@ -147,6 +148,21 @@ def test_online_errors_map_to_advice(error: Exception, ok: bool | None, words: s
     """--online: each provider error becomes the check an owner can act on."""
     check = doctor.judge_online("home", error, 0)  # type: ignore[arg-type]
     assert check.ok is ok and check.fix is not None and words in check.fix
+
+
+def test_acl_file_mode_looks_where_the_daemon_writes_without_acl_dir(tmp_path: Path) -> None:
+    """Without mqtt.acl_dir the files are checked in `<state_dir>/mosquitto`, the daemon's and
+    the docs' default (doctor said "mqtt.acl_dir is not set"); mqtt.acl_dir, when set, wins."""
+    mqtt = MqttConfig(enforcement="acl-file", username="ownerlink")
+    missing = doctor.check_acl_files(mqtt, state_dir=tmp_path)
+    assert missing.ok is False and "not set" not in missing.detail
+    assert str(tmp_path / "mosquitto" / USERS_FILE) in missing.detail
+    (tmp_path / "mosquitto").mkdir()
+    (tmp_path / "mosquitto" / USERS_FILE).write_text("ownerlink:$7$hash\n")
+    (tmp_path / "mosquitto" / ACL_FILE).write_text("user ownerlink\n")
+    assert doctor.check_acl_files(mqtt, state_dir=tmp_path).ok is True
+    elsewhere = MqttConfig(enforcement="acl-file", username="ownerlink", acl_dir=tmp_path / "x")
+    assert doctor.check_acl_files(elsewhere, state_dir=tmp_path).ok is False
 
 
 # -- state ----------------------------------------------------------------------------------------
