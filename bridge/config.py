@@ -92,7 +92,7 @@ def _web_url_problem(value: str) -> str | None:
         port = 0
     if port == 0:
         return "the URL's port must be a number from 1 to 65535"
-    if not parts.hostname or _host_problem(parts.hostname) is not None:
+    if not parts.hostname or host_problem(parts.hostname) is not None:
         return "the URL's host is not a host name or an IP address"
     return None
 
@@ -124,7 +124,7 @@ def _host_name(value: str) -> str:
 HostName = Annotated[str, AfterValidator(_host_name)]
 
 
-def _host_problem(value: str) -> str | None:
+def host_problem(value: str) -> str | None:
     """Why `value` is neither an IP address nor a host name, or None."""
     try:
         ip_address(value)
@@ -138,7 +138,7 @@ def _host_problem(value: str) -> str | None:
 def _network_host(value: str) -> str:
     """A host to connect to or listen on: `192.168.1.10:1883` or `mqtt://broker` failed only at
     the first connection, and an empty one meant whatever the library made of it."""
-    if _host_problem(value) is not None:
+    if host_problem(value) is not None:
         raise ValueError(
             f"{value!r} is not a host name or an IP address "
             "(write it without scheme, port, path or brackets; the port has its own key)"

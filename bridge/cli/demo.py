@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from bridge.cli.common import host_and_port, integer_in, number_in
+from bridge.cli.simulate import MAX_SPEED, MAX_VEHICLES
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
@@ -17,10 +20,16 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="keep state here (default: a temporary directory, removed at exit)",
     )
-    parser.add_argument("--vehicles", type=int, default=2, metavar="N", help="simulated vehicles")
+    parser.add_argument(
+        "--vehicles",
+        type=integer_in(1, MAX_VEHICLES),
+        default=2,
+        metavar="N",
+        help="simulated vehicles",
+    )
     parser.add_argument(
         "--speed",
-        type=float,
+        type=number_in(0, MAX_SPEED),
         default=60.0,
         metavar="X",
         help="simulated seconds per real second (default 60)",
@@ -28,13 +37,14 @@ def register(sub: Any) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated world")
     parser.add_argument(
         "--broker",
-        default="127.0.0.1:1883",
+        type=host_and_port,
+        default=("127.0.0.1", 1883),
         metavar="HOST:PORT",
         help="use this broker if it accepts anonymous clients, else start one",
     )
     parser.add_argument(
         "--web-port",
-        type=int,
+        type=integer_in(0, 65535),
         default=8088,
         metavar="PORT",
         help="owner page port (0 picks a free one)",
@@ -45,11 +55,8 @@ def register(sub: Any) -> None:
 def demo_command(args: argparse.Namespace) -> int:
     from bridge import logs
     from bridge.demo.run import DemoOptions, run_demo
-    from bridge.errors import ConfigError
 
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError([f"--broker: expected HOST:PORT, got {args.broker!r}"])
+    host, port = args.broker
     logs.configure("warning", "console")
     return run_demo(
         DemoOptions(
@@ -58,7 +65,7 @@ def demo_command(args: argparse.Namespace) -> int:
             speed=args.speed,
             seed=args.seed,
             broker_host=host,
-            broker_port=int(port),
+            broker_port=port,
             web_port=args.web_port,
         )
     )

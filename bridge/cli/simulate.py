@@ -7,14 +7,28 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
+from bridge.cli.common import host, integer_in, number_in
+
+# Limits of the options: wider than any use, narrow enough that nothing overflows (a speed of
+# 1e9 passes the year 9999 within minutes) or exhausts memory.
+MAX_SPEED = 86_400.0  # a simulated day per real second
+MAX_VEHICLES = 1000
+MAX_TOKEN_LIFETIME_S = 365 * 86_400.0
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("simulate", help="run the built-in FordConnect-compatible simulator")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8765, help="port to listen on")
-    parser.add_argument("--vehicles", type=int, default=2, metavar="N", help="fleet size")
+    parser.add_argument("--host", type=host, default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=integer_in(1, 65535), default=8765, help="port to listen on")
     parser.add_argument(
-        "--speed", type=float, default=1.0, metavar="X", help="simulated seconds per real second"
+        "--vehicles", type=integer_in(1, MAX_VEHICLES), default=2, metavar="N", help="fleet size"
+    )
+    parser.add_argument(
+        "--speed",
+        type=number_in(0, MAX_SPEED),
+        default=1.0,
+        metavar="X",
+        help="simulated seconds per real second",
     )
     parser.add_argument("--seed", type=int, default=1, metavar="S", help="seed of the world")
     parser.add_argument(
@@ -44,7 +58,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--application-id", default="sim-app-id")
     parser.add_argument(
         "--token-lifetime",
-        type=float,
+        type=number_in(0, MAX_TOKEN_LIFETIME_S, unit="seconds"),
         default=1200.0,
         metavar="SECONDS",
         help="access-token lifetime in simulated seconds",

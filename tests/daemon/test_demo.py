@@ -210,3 +210,39 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--speed", "0"),
+        ("--speed", "inf"),
+        ("--speed", "-5"),
+        ("--vehicles", "-1"),
+        ("--broker", "127.0.0.1:99999"),
+        ("--broker", "127.0.0.1:"),
+        ("--broker", "127.0.0.1"),
+        ("--broker", ":1883"),
+        ("--web-port", "70000"),
+    ],
+)
+def test_a_bad_demo_option_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """Refused before anything starts: exit 2 naming the option, no traceback."""
+    from bridge.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["demo", f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"argument {option}:" in err and "Traceback" not in err
+
+
+def test_the_demo_broker_may_be_an_ipv6_address() -> None:
+    """`--broker [::1]:1883` is a host and a port, as HOST:PORT reads for IPv6."""
+    from bridge.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--broker", "[::1]:1884"])
+    assert args.broker == ("::1", 1884)
+    assert build_parser().parse_args(["demo"]).broker == ("127.0.0.1", 1883)

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from bridge.cli import simulate
+from bridge.cli import main, simulate
 from bridge.simulator import ManualClock, Simulator, serve_in_thread
 from bridge.simulator.server import uvicorn_config
 from tests.simulator.support import (
@@ -98,6 +98,35 @@ def test_simulate_command_parses_its_options() -> None:
     )
     sim = simulate.build_simulator(args)
     assert len(sim.vehicles) == 5 and sim.admin and sim.auth.client.client_id == "c"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--port", "70000"),  # OverflowError from the socket before
+        ("--port", "0"),
+        ("--port", "http"),
+        ("--speed", "inf"),
+        ("--speed", "nan"),
+        ("--speed", "0"),
+        ("--speed", "1e9"),  # past the year 9999 within minutes
+        ("--vehicles", "-1"),
+        ("--vehicles", "0"),
+        ("--token-lifetime", "inf"),
+        ("--token-lifetime", "0"),
+        ("--host", ""),
+        ("--host", "127.0.0.1:80"),
+    ],
+)
+def test_a_bad_simulate_option_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """Each of these started the simulator or ended in a traceback: now exit 2 naming it."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["simulate", f"{option}={value}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"argument {option}:" in err and "Traceback" not in err
 
 
 def free_port() -> int:
