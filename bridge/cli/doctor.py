@@ -32,7 +32,7 @@ from bridge import doctor
 from bridge.audit.anchor import fetch_head
 from bridge.audit.ring import unavailable as ring_unavailable
 from bridge.audit.verify import Head
-from bridge.cli.common import add_common, settings_from
+from bridge.cli.common import add_common, number_in, settings_from
 from bridge.config import AccountConfig, Settings, find_config_path
 from bridge.doctor import Check, HttpAnswer
 from bridge.errors import BrokerError, ProviderError
@@ -67,27 +67,15 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        # More than 0: 0 would fail every probe at once; the socket library refuses a negative
+        # or huge timeout with a traceback.
+        type=number_in(0, MAX_TIMEOUT_S, unit="seconds"),
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"seconds to wait for each broker or provider answer (default {DEFAULT_TIMEOUT_S:g})",
     )
     add_common(parser)
     parser.set_defaults(func=doctor_command)
-
-
-def _seconds(text: str) -> float:
-    """More than 0 and at most MAX_TIMEOUT_S seconds: 0 would fail every probe at once, and the
-    socket library refuses a negative or huge timeout with a traceback."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (0 < value <= MAX_TIMEOUT_S):  # also refuses nan
-        raise argparse.ArgumentTypeError(
-            f"must be more than 0 and at most {MAX_TIMEOUT_S:g} seconds, not {text}"
-        )
-    return value
 
 
 @dataclass(frozen=True, slots=True)

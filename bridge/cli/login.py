@@ -14,7 +14,7 @@ import time
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from bridge.cli.common import add_common, settings_from
+from bridge.cli.common import add_common, number_in, settings_from
 from bridge.config import Settings
 from bridge.errors import ConfigError, LoginError, ProviderError
 from bridge.events import CollectingAlerts
@@ -24,6 +24,8 @@ from bridge.providers.oauth import LoginRequest, parse_redirect, start_login
 from bridge.providers.tokens import TokenStore
 
 DEFAULT_LISTEN_TIMEOUT_S = 300.0
+# Long enough to sign in on a phone; -1 or nan gave up at once, a huge value waited for ever.
+MAX_LISTEN_TIMEOUT_S = 3600.0
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 # How long one browser connection may take to send its request line and headers.
 REQUEST_READ_TIMEOUT_S = 10.0
@@ -52,10 +54,10 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number_in(0, MAX_LISTEN_TIMEOUT_S, unit="seconds"),
         default=DEFAULT_LISTEN_TIMEOUT_S,
         metavar="S",
-        help="with --listen: give up after S seconds (default 300)",
+        help="with --listen: give up after S seconds (default 300, at most 3600)",
     )
     parser.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     add_common(parser)

@@ -32,10 +32,16 @@ def register(sub: Any) -> None:
     setpw.set_defaults(func=set_password_command)
 
 
+NOT_TEXT = "the password is not UTF-8 text; nothing was changed"
+
+
 def read_password(from_stdin: bool) -> str:
     """The new password: stdin's first line, or typed twice at a prompt that does not echo."""
     if from_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
+        try:
+            return _text(sys.stdin.readline().rstrip("\r\n"))
+        except UnicodeDecodeError:  # a strict locale decodes stdin strictly
+            raise AccessError(NOT_TEXT) from None
     if not sys.stdin.isatty():
         # Without a terminal getpass would read stdin, echoing, and fail at its end.
         raise AccessError("no terminal to type the password at: use --password-stdin in scripts")
@@ -47,9 +53,21 @@ def read_password(from_stdin: bool) -> str:
 
 def _prompt(text: str) -> str:
     try:
-        return getpass.getpass(text)
+        return _text(getpass.getpass(text))
     except EOFError:  # Ctrl-D at the prompt
         raise AccessError("no password typed; nothing was changed") from None
+    except UnicodeDecodeError:
+        raise AccessError(NOT_TEXT) from None
+
+
+def _text(password: str) -> str:
+    """Refuse bytes that are not UTF-8: Python reads them as lone surrogates (most locales),
+    which the password hash cannot encode, a traceback after the password was accepted."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AccessError(NOT_TEXT) from None
+    return password
 
 
 def set_password_command(args: argparse.Namespace) -> int:
