@@ -9,6 +9,9 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.12-slim
 LABEL org.opencontainers.image.title="ownerlink" \
       org.opencontainers.image.description="Owner-authorised access to your connected car over MQTT"
+# OWNERLINK_STATE_DIR is the /data volume. Unlike a systemd unit's Environment=, every process in
+# the container sees it (the daemon, `docker compose run`, `docker exec`), so they share one state;
+# it wins over state_dir in /config/config.yaml (the add-on drops it when that file sets one).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OWNERLINK_CONFIG=/config/config.yaml \

@@ -94,6 +94,59 @@ def test_the_install_guide_makes_what_the_unit_needs() -> None:
     assert "DynamicUser" not in guide and "systemd-run" not in guide
 
 
+def _unit_setting(unit: str, key: str) -> str:
+    (value,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}=")]
+    return value
+
+
+def test_the_config_file_alone_sets_the_state_directory() -> None:
+    """The unit sets no OWNERLINK_* variable: one there overrode the file's state_dir for the
+    daemon only, while commands run by hand (`sudo -u ownerlink ownerlink …`) used the file's.
+    The directory it makes writable is the example's and the default state_dir."""
+    from bridge.config import Settings, load_config
+
+    unit = (ROOT / "systemd" / "ownerlink.service").read_text()
+    settings = [line for line in unit.splitlines() if line.startswith("Environment=OWNERLINK_")]
+    assert settings == []
+    made = Path("/var/lib") / _unit_setting(unit, "StateDirectory")
+    assert load_config(ROOT / "config.example.yaml").state_dir == made
+    assert Settings.model_fields["state_dir"].default == made
+
+
+def _shell_lines(markdown: str) -> list[str]:
+    """The lines of the document's ```sh blocks, continuation lines joined."""
+    lines, inside = [], False
+    for line in markdown.replace("\\\n", " ").splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```sh"
+        elif inside:
+            lines.append(line.split("  #")[0].strip())
+    return lines
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/install-raspberry-pi.md"])
+def test_the_config_is_installed_where_the_daemon_can_read_it(document: str) -> None:
+    """Each `install … /etc/ownerlink/config.yaml` works on a fresh machine (its folder made
+    first, or -D) and gives the file 0640 to the group the unit runs as."""
+    unit = (ROOT / "systemd" / "ownerlink.service").read_text()
+    group = _unit_setting(unit, "Group")
+    lines = _shell_lines((ROOT / document).read_text())
+    installs = [
+        n
+        for n, line in enumerate(lines)
+        if "install " in line and line.endswith(" /etc/ownerlink/config.yaml")
+    ]
+    assert installs, f"{document} installs no config"
+    for n in installs:
+        words = lines[n].split()
+        folder_made = "-D" in words or any(
+            line.endswith(" /etc/ownerlink") and (" -d " in line or "mkdir" in line)
+            for line in lines[:n]
+        )
+        assert folder_made, f"{document}: {lines[n]!r} runs before /etc/ownerlink exists"
+        assert "-m 0640" in lines[n] and f"-g {group}" in lines[n], lines[n]
+
+
 def test_addon_manifest_is_valid() -> None:
     """The add-on manifest parses and names the architectures and options Home Assistant needs."""
     manifest = yaml.safe_load((ROOT / "ha-addon" / "config.yaml").read_text())
