@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from bridge.errors import AccessError, AuditError
+from bridge.errors import AccessError, AuditError, StateError
 from bridge.web.api.auth import ApiError
 from bridge.web.guards import CsrfRejected, LoginRequired
 from bridge.web.render import page
@@ -65,6 +65,12 @@ async def audit_down(request: Request, exc: Exception) -> Response:
     return error_response(request, 503, "audit_unavailable", "the audit log cannot be written")
 
 
+async def state_damaged(request: Request, exc: Exception) -> Response:
+    # Fail closed, and say why: the message names the file and the command that mends it (a
+    # damaged step-up secret, say, must not let a login through without its code).
+    return error_response(request, 503, "state_unavailable", str(exc))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     name = HTTP_ERROR_NAMES.get(exc.status_code, "http_error")
@@ -85,5 +91,6 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CsrfRejected, csrf_rejected)
     app.add_exception_handler(AccessError, access_error)
     app.add_exception_handler(AuditError, audit_down)
+    app.add_exception_handler(StateError, state_damaged)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

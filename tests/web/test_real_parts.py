@@ -378,3 +378,16 @@ async def test_disabling_on_the_page_goes_through_the_real_registry(daemon: Daem
         ("app.enabled", "dash", "web"),
     ]
     assert verify(daemon.state_dir / "audit").ok
+
+
+async def test_a_damaged_step_up_secret_is_a_clear_503_on_the_security_page(
+    daemon: Daemon,
+) -> None:
+    """A step-up secret that cannot be read answers 503 naming the mend, never a crash."""
+    await login(daemon.client)
+    path = daemon.state_dir / "stepup.secret"
+    path.write_text("not base32!\n")
+    path.chmod(0o600)
+    answer = await daemon.client.get("/security")
+    assert answer.status_code == 503
+    assert "ownerlink stepup enroll --force" in answer.text
