@@ -174,5 +174,9 @@ class Forwarder(Generic[T]):
     def _refused(self, job: Job[T], exc: Exception) -> None:
         """A 429 stops here, so the account's guard hears of it from us. A 403 to a command's
         request is not passed on: it may be the car's remote-start allowance, not the account."""
-        if isinstance(exc, RateLimited) and self.on_refused is not None:
+        if not isinstance(exc, RateLimited) or self.on_refused is None:
+            return
+        try:
             self.on_refused(job.route.provider.account, exc)
+        except Exception:  # the worker must outlive the guard's trouble, or the vehicle goes deaf
+            log.exception("could not pass a 429 on to the account's guard", vehicle=job.vehicle)

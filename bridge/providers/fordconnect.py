@@ -208,13 +208,20 @@ class FordConnectProvider:
             # Waiting out Retry-After here would leave the owner without a result for minutes
             # (and a shorter wait would break it): the verdict is lost, the account's guard is
             # told, and the confirmation read after the block shows what the car did.
-            if self._on_refused is not None:
-                self._on_refused(self.account, exc)
+            self._tell_guard(exc)
             return _lost(exc, command_id)
         except (NotFound, BudgetExhausted) as exc:
             # An expired command id (401/3000) or no budget left to ask: the verdict is lost.
             return _lost(exc, command_id)
         return _outcome_of(answer, command_id)
+
+    def _tell_guard(self, exc: RateLimited | Forbidden) -> None:
+        if self._on_refused is None:
+            return
+        try:
+            self._on_refused(self.account, exc)
+        except Exception:  # the command's own ending must not turn into an internal error
+            log.exception("could not pass a refusal on to the account's guard")
 
     async def aclose(self) -> None:
         await self._api.aclose()

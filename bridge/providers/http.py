@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ from bridge.providers.barrier import held_record
 from bridge.providers.base import CallGate, CallKind
 
 DEFAULT_RETRY_AFTER_S = 60.0
+MAX_RETRY_AFTER_S = 24 * 3600.0
 # Error text from the server ends up in exception messages and logs; keep it short and scrubbed.
 _MAX_DETAIL = 200
 
@@ -170,19 +172,26 @@ def json_object(response: httpx.Response) -> dict[str, Any]:
 
 
 def retry_after_s(response: httpx.Response, now: float | None = None) -> float:
-    """Seconds from `Retry-After` (delta-seconds or an HTTP date), else a cautious default."""
+    """Seconds from `Retry-After` (delta-seconds or an HTTP date), else a cautious default;
+    never more than a day (`inf` or a year 9999 date would overflow every date computed from it,
+    and no rate limit lasts that long)."""
     raw = response.headers.get("Retry-After", "").strip()
     if not raw:
         return DEFAULT_RETRY_AFTER_S
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError):
+        seconds = _until_date(raw, time.time() if now is None else now)
+    if not math.isfinite(seconds):
         return DEFAULT_RETRY_AFTER_S
-    return max(0.0, when - (time.time() if now is None else now))
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+
+
+def _until_date(raw: str, now: float) -> float:
+    try:
+        return parsedate_to_datetime(raw).timestamp() - now
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_RETRY_AFTER_S
 
 
 def error_detail(response: httpx.Response) -> str:

@@ -485,6 +485,24 @@ async def test_a_429_on_a_commands_request_is_handed_on_for_the_accounts_guard(
     assert refused == ([("acct", error)] if handed_on else [])
 
 
+async def test_a_guard_that_fails_to_take_a_429_leaves_the_vehicles_commands_running(
+    tmp_path: Path,
+) -> None:
+    """Trouble passing a 429 on to the account's guard ends nothing but that command: the
+    vehicle's next command still runs and gets its result."""
+
+    def broken_guard(_account: str, _exc: Exception) -> None:
+        raise OverflowError("date value out of range")
+
+    provider = FakeProvider(error=RateLimited("429", retry_after=60), accept=False)
+    rig = await make_rig(tmp_path / "state", provider=provider, on_refused=broken_guard)
+    first = await rig.send("ha", "lock", "LOCK")
+    provider.error = None
+    second = await rig.send("ha", "lock", "LOCK")
+    assert first.reason == Reason.PROVIDER_RATE_LIMITED
+    assert second.status is CommandStatus.SUCCEEDED
+
+
 async def test_provider_outcomes_pass_through(tmp_path: Path) -> None:
     """A provider's own failed/timed_out outcome is the result."""
     outcome = CommandOutcome(CommandStatus.FAILED, "car said no", "p-1")

@@ -30,7 +30,7 @@ from bridge.model import (
     Powertrain,
     VehicleInfo,
 )
-from bridge.providers.base import CallKind
+from bridge.providers.base import CallKind, OnRefused
 from bridge.providers.fordconnect import (
     MAX_STATUS_POLLS,
     FordConnectProvider,
@@ -100,6 +100,7 @@ def provider(
     horn: bool = False,
     timeout: float = 30.0,
     refused: list[tuple[str, ProviderError]] | None = None,
+    on_refused: OnRefused | None = None,
 ) -> FordConnectProvider:
     """A v1 provider on the rig with a fake clock, so polling takes no real time; the 429s and
     403s its status polls meet are collected in `refused`."""
@@ -112,7 +113,9 @@ def provider(
         horn_lights_extension=horn,
         clock=r.clock,
         sleep=r.clock.sleep,
-        on_refused=None if refused is None else lambda account, exc: refused.append((account, exc)),
+        on_refused=on_refused
+        if refused is None
+        else lambda account, exc: refused.append((account, exc)),
     )
 
 
@@ -345,6 +348,22 @@ async def test_a_429_on_a_status_poll_ends_the_command_and_nothing_follows(
     assert account == "acct"
     assert isinstance(error, RateLimited)
     assert error.retry_after == 300
+    await r.parts.api.aclose()
+
+
+async def test_a_guard_failing_on_a_status_polls_429_still_ends_the_command_timed_out(
+    tmp_path: Path,
+) -> None:
+    """If handing the 429 on fails, the command still ends as the 429 says, not as an error."""
+    r = rig(tmp_path)
+    r.ford.on("POST", f"{P}/lock", accepted())
+    r.ford.on("GET", f"{P}/lock/cmd-1", ok({}, 429, **{"Retry-After": "300"}))
+
+    def broken_guard(_account: str, _exc: ProviderError) -> None:
+        raise OverflowError("date value out of range")
+
+    outcome = await provider(r, on_refused=broken_guard).execute(VEHICLE, Operation.LOCK)
+    assert (outcome.status, outcome.cause) == (CommandStatus.TIMED_OUT, "provider_rate_limited")
     await r.parts.api.aclose()
 
 

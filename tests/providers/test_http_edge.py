@@ -53,6 +53,23 @@ def test_retry_after_accepts_an_http_date() -> None:
     assert retry_after_s(response, now=1445412480.0) == 30.0
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("inf", 60.0),
+        ("nan", 60.0),
+        ("1e12", 86400.0),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 86400.0),
+        ("-5", 0.0),
+    ],
+)
+def test_retry_after_is_finite_and_at_most_a_day(header: str, seconds: float) -> None:
+    """An infinite, absurd or far-future Retry-After is bounded: every date computed from it
+    (the account's block, the next poll) must stay representable."""
+    response = httpx.Response(429, headers={"Retry-After": header})
+    assert retry_after_s(response, now=1445412480.0) == seconds
+
+
 async def test_403_is_forbidden_with_the_servers_reason(tmp_path: Path) -> None:
     """A 403 raises Forbidden whose message carries the reason (remote-start allowance)."""
     body = {"error": {"code": 403, "title": "Forbidden", "details": "remote start limit reached"}}
