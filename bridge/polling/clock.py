@@ -45,12 +45,24 @@ def _zone_named(value: str) -> ZoneInfo | None:
 
 
 def _zone_of_file(path: Path) -> ZoneInfo | None:
-    """The zone in a TZif file, named after its link target when it is one into a zoneinfo tree."""
+    """The zone in a TZif file, named after its link target when it is one into a zoneinfo tree
+    Python knows; else read from the file itself (a private tree, a name tzdata lacks)."""
+    return _zone_named_by_link(path) or _zone_read_from(path)
+
+
+def _zone_named_by_link(path: Path) -> ZoneInfo | None:
     try:
         target = str(path.readlink()) if path.is_symlink() else ""
         if _ZONEINFO_DIR in target:
             return ZoneInfo(target.rsplit(_ZONEINFO_DIR, 1)[1])
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    return None
+
+
+def _zone_read_from(path: Path) -> ZoneInfo | None:
+    try:
         with path.open("rb") as tzif:
             return ZoneInfo.from_file(tzif, key=str(path))
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+    except (ValueError, OSError):
         return None

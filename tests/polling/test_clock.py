@@ -54,6 +54,18 @@ def test_a_copied_localtime_file_keeps_its_dst_rules(tmp_path: Path) -> None:
     assert offsets(local_zone({}, localtime)) == BERLIN
 
 
+def test_a_link_into_a_zone_tree_python_does_not_know_is_read_from_the_file(
+    tmp_path: Path,
+) -> None:
+    """/etc/localtime linking to a name no zone database has (a private tree): its contents."""
+    home = tmp_path / "etc" / "zoneinfo" / "Local" / "Home"
+    home.parent.mkdir(parents=True)
+    shutil.copyfile(ZONES / "Europe" / "Berlin", home)
+    localtime = tmp_path / "localtime"
+    localtime.symlink_to(home)
+    assert offsets(local_zone({}, localtime)) == BERLIN
+
+
 @pytest.mark.parametrize("tz", ["CET-1CEST,M3.5.0,M10.5.0/3", "Nowhere/Atlantis", ""])
 def test_a_tz_that_names_no_zone_falls_back_to_the_current_offset(tz: str, tmp_path: Path) -> None:
     """A POSIX rule, an unknown name or an empty TZ is no zone here: the current fixed offset
