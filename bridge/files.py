@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from bridge.errors import StateError
+
+# A writer is done with its temp file within seconds; one older than this was left by a crash.
+STALE_TEMP_S = 600.0
 
 
 def write_private_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -32,6 +37,17 @@ def write_private_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    _sweep_leftovers(path)
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove temp files of `path` a crashed writer left (they may hold a secret): any older
+    than a writer could still be busy with."""
+    cutoff = time.time() - STALE_TEMP_S
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
 
 
 def _fill(fd: int, data: bytes, mode: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import multiprocessing
+import os
 import sqlite3
 import stat
 import sys
@@ -52,6 +53,20 @@ def test_private_atomic_write(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(StateError, match="chmod 600"):
         read_private(path)
+
+
+def test_a_temp_file_a_crashed_writer_left_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A temp file older than any writer could still be using (a crash left it, with a secret
+    in it) goes at the next write of that file; a young one (a writer at work) stays."""
+    path = tmp_path / "ford.json"
+    old, young = tmp_path / ".ford.json.abc123.tmp", tmp_path / ".ford.json.def456.tmp"
+    for leftover in (old, young):
+        leftover.write_bytes(b"refresh-token")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    write_private_atomic(path, b"new")
+    assert not old.exists() and young.exists()
+    assert read_private(path) == b"new"
 
 
 def _keep_writing(path: Path, data: bytes, seconds: float) -> None:
