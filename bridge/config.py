@@ -100,6 +100,26 @@ def _web_url_problem(value: str) -> str | None:
 WebUrl = Annotated[str, AfterValidator(_web_url)]
 
 
+def _redirect_uri(value: str) -> str:
+    """What Ford redirects the owner's browser to after login: an http(s) URL as `_web_url`
+    checks it, or an app's own scheme (`myapp://callback`) pasted back by hand."""
+    try:
+        scheme = urlsplit(value).scheme
+    except ValueError:
+        scheme = ""
+    plain = all(char.isprintable() and not char.isspace() for char in value)
+    custom = _APP_SCHEME.fullmatch(scheme) and value.startswith(f"{scheme}://")
+    if plain and custom and scheme not in {"http", "https"}:
+        return value
+    return _web_url(value)
+
+
+_APP_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+RedirectUri = Annotated[str, AfterValidator(_redirect_uri)]
+
+
 def _some_path(value: Path) -> Path:
     # YAML's `state_dir: ""` reads as Path(""), which is the current directory: under systemd,
     # the root of the file system.
@@ -226,15 +246,31 @@ def _tls_file_problems(
         return [(key_key, f"set {cert_key} too (the certificate this key belongs to)")]
     if cert_file is not None:
         try:
-            context.load_cert_chain(cert_file, key_file)
-        except ssl.SSLError as exc:
+            # No pass phrase: without one OpenSSL would prompt on the terminal (a daemon has
+            # none), and nothing at run time could answer it either.
+            context.load_cert_chain(cert_file, key_file, password=_no_pass_phrase)
+        except (ssl.SSLError, OSError) as exc:
+            if key_file is not None and _encrypted(key_file):
+                return [(key_key, f"{key_file} is encrypted; give a key without a pass phrase")]
             what = f"with {key_key}" if key_file is not None else "(its key in the same file)"
             return [(cert_key, f"cannot load {cert_file} {what}: {_why(exc)}")]
     return []
 
 
-def _why(exc: ssl.SSLError) -> str:
-    return str(exc.reason or exc.strerror or exc)
+def _no_pass_phrase() -> bytes:
+    return b""
+
+
+def _encrypted(key_file: Path) -> bool:
+    try:
+        head = key_file.read_bytes()[:4096]
+    except OSError:
+        return False
+    return b"ENCRYPTED" in head
+
+
+def _why(exc: ssl.SSLError | OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
 
 
 def _unreadable(path: Path) -> str | None:
@@ -278,7 +314,7 @@ class AccountConfig(Section):
     client_id: str
     client_secret: SecretStr
     application_id: str | None = None
-    redirect_uri: WebUrl = "http://127.0.0.1:8742/callback"
+    redirect_uri: RedirectUri = "http://127.0.0.1:8742/callback"
     authorize_url: WebUrl | None = None
     token_url: WebUrl | None = None
     api_base_url: WebUrl | None = None

@@ -11,9 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from bridge.errors import AccessError, AuditError, StateError
+from bridge.logs import get_logger
 from bridge.web.api.auth import ApiError
 from bridge.web.guards import CsrfRejected, LoginRequired
 from bridge.web.render import page
+
+log = get_logger(__name__)
 
 HTTP_ERROR_NAMES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
 API_PREFIXES = ("/api/", "/oauth/token", "/oauth/revoke", "/oauth/introspect")
@@ -65,10 +68,16 @@ async def audit_down(request: Request, exc: Exception) -> Response:
     return error_response(request, 503, "audit_unavailable", "the audit log cannot be written")
 
 
+STATE_DAMAGED = (
+    "The bridge cannot read its state. On the bridge, `ownerlink doctor` says what to mend."
+)
+
+
 async def state_damaged(request: Request, exc: Exception) -> Response:
-    # Fail closed, and say why: the message names the file and the command that mends it (a
-    # damaged step-up secret, say, must not let a login through without its code).
-    return error_response(request, 503, "state_unavailable", str(exc))
+    # Fail closed (a damaged step-up secret must not let a login through without its code). The
+    # detail names files and paths: it goes to the log, not to whoever asked.
+    log.error("state unavailable", path=request.url.path, error=str(exc))
+    return error_response(request, 503, "state_unavailable", STATE_DAMAGED)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

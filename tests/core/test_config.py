@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from bridge.config import Settings, field_docs, load_config
 from bridge.errors import ConfigError
@@ -280,6 +281,38 @@ def test_the_pages_certificate_and_key_are_checked_at_load(tmp_path: Path) -> No
     good = tmp_path / "good.yaml"
     good.write_text(f"web: {{tls_cert: {cert}, tls_key: {key}}}\n")
     assert load_config(good).web.tls_key == key
+
+
+def test_an_encrypted_key_is_named_without_a_prompt(tmp_path: Path) -> None:
+    """A key with a pass phrase is a config error naming web.tls_key (exit 2 territory), never a
+    prompt on the terminal or an OSError traceback under systemd."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "enc.crt", tmp_path / "enc.key"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-subj", "/CN=x", "-days", "1"),
+            *("-passout", "pass:secret", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    text = f"web: {{tls_cert: {cert}, tls_key: {key}}}\n"
+    assert problems_for(tmp_path, text)[0].startswith(f"web.tls_key: {key} is encrypted")
+
+
+def test_a_redirect_uri_may_use_an_apps_own_scheme() -> None:
+    """Ford redirects to whatever the developer registered: `myapp://…` (pasted back by hand)
+    is accepted; a URL with no scheme or a bad http one is still refused."""
+    account = {"client_id": "i", "client_secret": "s"}
+    for uri in ("fordapp://userauthorized", "https://localhost:3000"):
+        accounts = {"ford": {**account, "redirect_uri": uri}}
+        assert Settings.model_validate({"accounts": accounts}).accounts["ford"].redirect_uri == uri
+    for uri in ("localhost:8080/cb", "http://127.0.0.1:99999/cb", "my app://x"):
+        with pytest.raises(ValidationError):
+            Settings.model_validate({"accounts": {"ford": {**account, "redirect_uri": uri}}})
 
 
 def _is_number(annotation: Any) -> bool:

@@ -380,14 +380,18 @@ async def test_disabling_on_the_page_goes_through_the_real_registry(daemon: Daem
     assert verify(daemon.state_dir / "audit").ok
 
 
-async def test_a_damaged_step_up_secret_is_a_clear_503_on_the_security_page(
+async def test_a_damaged_step_up_secret_is_shown_and_replaced_on_the_security_page(
     daemon: Daemon,
 ) -> None:
-    """A step-up secret that cannot be read answers 503 naming the mend, never a crash."""
+    """A step-up secret that cannot be read shows as damaged, and the page replaces it (through
+    Ingress it is the owner's only tool); nothing answers a 500."""
     await login(daemon.client)
     path = daemon.state_dir / "stepup.secret"
     path.write_text("not base32!\n")
     path.chmod(0o600)
-    answer = await daemon.client.get("/security")
-    assert answer.status_code == 503
-    assert "ownerlink stepup enroll --force" in answer.text
+    shown = await daemon.client.get("/security")
+    assert shown.status_code == 200 and "damaged" in shown.text
+    form = {"csrf": csrf_of(shown.text), "password": OWNER_PASSWORD}
+    assert (await daemon.client.post("/security/stepup", data=form)).status_code == 303
+    assert "enrolled" in (await daemon.client.get("/security")).text
+    assert path.read_text() != "not base32!\n"

@@ -6,12 +6,15 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+from starlette.requests import Request
 
+from bridge.errors import StateError
 from bridge.events import CollectingAudit
 from bridge.web.api.access_log import AccessLog
 from bridge.web.api.routes import result_status
 from bridge.web.charts import AXIS, HEIGHT, budget_svg
 from bridge.web.guards import safe_next
+from bridge.web.handlers import state_damaged
 from bridge.web.netguard import allowed_hosts, host_allowed, host_of, ip_allowed, parse_ip
 from bridge.web.oauth.server import redirect_uri_problem
 from bridge.web.pages.security import masked_webhook
@@ -176,3 +179,13 @@ def test_access_log_writes_first_of_a_kind_and_summarises_repeats() -> None:
     assert audit.records[-1]["repeats"] == [
         {"route": "/r", "vehicle": "car", "status": 200, "count": 1}
     ]
+
+
+async def test_a_state_failure_answers_503_without_paths_or_detail() -> None:
+    """What cannot be read is named in the log, not to whoever asked: the answer says only
+    where to look (`ownerlink doctor`), for API clients and pages alike."""
+    scope = {"type": "http", "method": "POST", "path": "/oauth/token", "headers": []}
+    answer = await state_damaged(Request(scope), StateError("cannot use /srv/state/ownerlink.db"))
+    assert answer.status_code == 503
+    body = bytes(answer.body).decode()
+    assert "state_unavailable" in body and "ownerlink doctor" in body and "/srv" not in body

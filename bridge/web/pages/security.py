@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from bridge.errors import AccessError
+from bridge.errors import AccessError, StateError
 from bridge.web.context import ctx
 from bridge.web.guards import OwnerSession, checked_form, owner_ip, set_session_cookie
 from bridge.web.passwords import owner_password_hash, set_owner_password, verify_password
@@ -43,10 +43,19 @@ def _security_page(
         status,
         error=error,
         flash=flash,
-        enrolled=context.stepup.enrolled(),
+        stepup=_stepup_status(request),
         login_totp=context.settings.web.login_totp,
         webhook=masked_webhook(context.settings.alerts.webhook_url),
     )
+
+
+def _stepup_status(request: Request) -> str:
+    """enrolled, not_enrolled, or damaged: a secret file that cannot be read is still one the
+    owner must be able to replace here (through Ingress this page is their only tool)."""
+    try:
+        return "enrolled" if ctx(request).stepup.enrolled() else "not_enrolled"
+    except StateError:
+        return "damaged"
 
 
 @router.get("/security")
@@ -91,7 +100,7 @@ async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
     )
     if refused is not None:
         return refused
-    replaced = context.stepup.enrolled()
+    replaced = _stepup_status(request) != "not_enrolled"
     uri = context.stepup.enroll()
     # The same kind as `ownerlink stepup enroll` writes: one question ("when was the second
     # factor changed?") has one answer, whichever way it was changed.
