@@ -78,7 +78,7 @@ def _web_url(value: str) -> str:
 
 
 def _web_url_problem(value: str) -> str | None:
-    if any(char.isspace() or not char.isprintable() for char in value):
+    if not _plain(value):
         return "the URL contains a space or a control character"
     try:
         parts = urlsplit(value)
@@ -107,11 +107,15 @@ def _redirect_uri(value: str) -> str:
         scheme = urlsplit(value).scheme
     except ValueError:
         scheme = ""
-    plain = all(char.isprintable() and not char.isspace() for char in value)
     custom = _APP_SCHEME.fullmatch(scheme) and value.startswith(f"{scheme}://")
-    if plain and custom and scheme not in {"http", "https"}:
+    if custom and scheme not in {"http", "https"} and _plain(value):
         return value
     return _web_url(value)
+
+
+def _plain(value: str) -> bool:
+    """No spaces or control characters: a URL that holds one is mistyped or pasted with junk."""
+    return all(char.isprintable() and not char.isspace() for char in value)
 
 
 _APP_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -307,6 +311,10 @@ class MqttConfig(Section):
         """The bridge's own broker usernames: never an app's id (an app under one of them
         would get the daemon's access, and revoking it would delete the daemon's login)."""
         return tuple(name for name in (self.username, self.admin_username) if name)
+
+    def own_login(self, app_id: str) -> str | None:
+        """The bridge's own login that `app_id` names (broker-style, ignoring case), or None."""
+        return next((name for name in self.own_logins if name.lower() == app_id.lower()), None)
 
 
 class AccountConfig(Section):
@@ -629,11 +637,11 @@ def _topic_problems(mqtt: MqttConfig) -> list[InitErrorDetails]:
 
 
 def _login_problems(settings: Settings) -> list[InitErrorDetails]:
-    taken = {name.lower(): name for name in settings.mqtt.own_logins}
+    clashes = ((app_id, settings.mqtt.own_login(app_id)) for app_id in settings.apps)
     return [
-        _problem(("apps", app_id), f"{taken[app_id.lower()]!r} is the bridge's own broker login")
-        for app_id in settings.apps
-        if app_id.lower() in taken
+        _problem(("apps", app_id), f"{login!r} is the bridge's own broker login")
+        for app_id, login in clashes
+        if login is not None
     ]
 
 

@@ -292,8 +292,8 @@ class Daemon:
     def _refuse_login_clash(self) -> None:
         """An app registered under the bridge's own broker login (before that name was the
         login) would be given the daemon's broker identity, and revoking it would delete it."""
-        logins = {name.lower(): name for name in self.settings.mqtt.own_logins}
-        clash = next((app.id for app in self.registry.list() if app.id.lower() in logins), None)
+        mqtt = self.settings.mqtt
+        clash = next((app.id for app in self.registry.list() if mqtt.own_login(app.id)), None)
         if clash is not None:
             raise ConfigError(
                 [
