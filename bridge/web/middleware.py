@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bridge.errors import AuditError
+from bridge.logs import get_logger
 from bridge.web.api.access_log import AccessLog
 from bridge.web.ingress import prefix_of
 from bridge.web.netguard import client_ip
+
+log = get_logger(__name__)
 
 # No scripts at all, styles and images from us only, never framed (clickjacking the consent page
 # or the revoke button), no referrer (URLs can carry OAuth state). Inline SVG needs nothing more.
@@ -62,7 +68,13 @@ class SecurityHeaders:
 
 class ApiAccessAudit:
     """Records every /api/v1 request (apart from the OpenAPI document) in the access log, with
-    the app the bearer token belonged to, the matched route and the final status."""
+    the app the bearer token belonged to, the matched route and the final status.
+
+    The record is made when the response's status is known and before the response leaves: a
+    read whose record cannot be written is answered 503 `audit_unavailable` instead, so no
+    vehicle data goes out unaudited while the log is down. A command's answer still goes out:
+    the pipeline has already recorded (or, with the log down, refused) the command itself, and
+    hiding its result would only invite a retry of something that may have run."""
 
     def __init__(
         self, app: ASGIApp, *, access_log: AccessLog, touch: Callable[[str], None]
@@ -76,20 +88,38 @@ class ApiAccessAudit:
         if scope["type"] != "http" or not path.startswith("/api/v1/") or path.endswith(".json"):
             await self.app(scope, receive, send)
             return
-        status = 500  # if the app dies before answering, that is what the client sees
+        started = refused = False
+        reading = scope.get("method") in ("GET", "HEAD")
 
-        async def remember(message: Message) -> None:
-            nonlocal status
+        async def record_first(message: Message) -> None:
+            nonlocal started, refused
             if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
+                started = True
+                try:
+                    seen = self._record(scope, int(message["status"]))
+                except AuditError as exc:
+                    log.warning("api access record not written", error=str(exc))
+                    if reading:
+                        refused = True
+                        await _unaudited(scope, receive, send)
+                        return
+                    seen = None
+                await send(message)
+                if seen is not None:
+                    self.touch(seen)
+            elif not refused:
+                await send(message)
 
         try:
-            await self.app(scope, receive, remember)
-        finally:
-            self._record(scope, status)
+            await self.app(scope, receive, record_first)
+        except BaseException:
+            if not started:  # the app died before answering: the client sees a 500
+                with contextlib.suppress(AuditError):
+                    self._record(scope, 500)
+            raise
 
-    def _record(self, scope: Scope, status: int) -> None:
+    def _record(self, scope: Scope, status: int) -> str | None:
+        """Account for the request; the app to mark as seen, if it is time to."""
         route = scope.get("route")
         state = scope.get("state") or {}
         params = scope.get("path_params") or {}
@@ -103,5 +133,10 @@ class ApiAccessAudit:
             status=status,
         )
         # "Last seen" needs minute precision at most: one registry write per app per minute.
-        if opened and app_id and status < 400:
-            self.touch(app_id)
+        return str(app_id) if opened and app_id and status < 400 else None
+
+
+async def _unaudited(scope: Scope, receive: Receive, send: Send) -> None:
+    """What cannot be audited is not served (the owner page's answer to the same failure)."""
+    body = {"error": "audit_unavailable", "error_description": "the audit log cannot be written"}
+    await JSONResponse(body, 503)(scope, receive, send)

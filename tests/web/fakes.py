@@ -11,7 +11,7 @@ from typing import Any
 
 import pyotp
 
-from bridge.errors import AccessError
+from bridge.errors import AccessError, AuditWriteError
 from bridge.model import (
     OPERATIONS,
     App,
@@ -46,8 +46,11 @@ class MemoryAudit:
         self.clock = clock
         self.items: list[dict[str, Any]] = []
         self.broken = False
+        self.unwritable = False  # as the real log after a write or fsync error
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if self.unwritable:
+            raise AuditWriteError("simulated fsync error")
         record = {
             "seq": len(self.items) + 1,
             "ts": self.clock().isoformat(),

@@ -212,6 +212,25 @@ async def test_every_access_is_audited_and_repeats_are_summarised(
     assert harness.registry.touched == ["dash"]
 
 
+async def test_no_vehicle_data_goes_out_while_its_access_cannot_be_audited(
+    owner: httpx.AsyncClient, rest: RestClient, harness: Harness
+) -> None:
+    """With the audit log down, a read is answered 503 audit_unavailable, without the data, and
+    so is every later one of the same kind: none is taken for a repeat of a record never made."""
+    headers = await token(owner, rest, "read:status read:location")
+    harness.audit.unwritable = True
+    for _ in range(2):
+        for path in ("/status", "/location"):
+            response = await owner.get(f"/api/v1/vehicles/family-car{path}", headers=headers)
+            assert response.status_code == 503
+            assert response.json()["error"] == "audit_unavailable"
+            assert "lat" not in response.text and "lock" not in response.text
+    harness.audit.unwritable = False
+    served = await owner.get("/api/v1/vehicles/family-car/status", headers=headers)
+    assert served.status_code == 200
+    assert [r["status"] for r in harness.audit.items if r["kind"] == "api.access"] == [200]
+
+
 async def test_openapi_document_covers_the_api_and_not_the_owner_pages(
     client: httpx.AsyncClient,
 ) -> None:

@@ -57,7 +57,6 @@ class AccessLog:
         if key in window.seen:
             window.repeats[key] += 1
             return opened
-        window.seen.add(key)
         self.audit.append(
             "api.access",
             app=app,
@@ -68,6 +67,9 @@ class AccessLog:
             status=status,
             decision="allowed" if status < 400 else "denied",
         )
+        # Only once it is written: a kind whose record failed is not a repeat of anything, and
+        # the next request of that kind must try (and, while the log is down, fail) again.
+        window.seen.add(key)
         return opened
 
     def flush(self, *, everything: bool = False) -> None:
