@@ -63,6 +63,7 @@ class WebContext:
     templates: Jinja2Templates
     once: OnceBox = field(default_factory=OnceBox)
     read_limits: SlidingWindow = field(default_factory=SlidingWindow)
+    token_limits: SlidingWindow = field(default_factory=SlidingWindow)  # tokens issued, per client
     setup: SetupCode = field(default_factory=SetupCode)
 
     @property

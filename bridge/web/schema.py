@@ -76,6 +76,10 @@ OAUTH_STEPS = (
     ALTER TABLE oauth_codes ADD COLUMN scope_mark INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE oauth_tokens ADD COLUMN scope_mark INTEGER NOT NULL DEFAULT 0
     """,
+    # Expired tokens are swept as new ones are stored (OAuthStore.save_token).
+    """
+    CREATE INDEX oauth_tokens_expiry ON oauth_tokens (expires_at)
+    """,
 )
 
 

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from bridge.web.oauth.endpoints import TOKENS_PER_MINUTE
 from tests.web.conftest import ClientFactory
 from tests.web.oauth_helpers import (
     REDIRECT,
@@ -24,7 +25,7 @@ from tests.web.oauth_helpers import (
     refresh,
     tokens_for,
 )
-from tests.web.support import Harness, csrf_of, page_csrf
+from tests.web.support import Harness, csrf_of, login, page_csrf
 
 SCOPES = ["read:status", "read:health", "read:location", "command:lock", "command:unlock"]
 
@@ -334,6 +335,32 @@ async def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(
     ).status_code == 401
     assert (await refresh(client, rest, newer["refresh_token"])).status_code == 400
     assert "oauth.refresh_reused" in harness.audit.kinds()
+
+
+async def test_an_app_refreshing_in_a_loop_gets_429_and_cannot_grow_the_database(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Token responses are limited per client (each stores new rows), and expired tokens are
+    swept as new ones are stored: the table holds what is live, not every token ever issued."""
+    token = (await tokens_for(owner, client, rest))["refresh_token"]
+    statuses = []
+    for _ in range(TOKENS_PER_MINUTE + 2):
+        response = await refresh(client, rest, token)
+        statuses.append(response.status_code)
+        token = response.json().get("refresh_token", token)
+    assert statuses == [200] * (TOKENS_PER_MINUTE - 1) + [429] * 3  # the exchange was one
+    assert (await refresh(client, rest, token)).headers["retry-after"] == "60"
+    # Refused requests for a public client's id do not use up the client's allowance.
+    public = await add_rest_app(owner, "pub", ["read:status"], kind="public")
+    for _ in range(TOKENS_PER_MINUTE + 1):
+        assert (await refresh(client, public, "stolen-nothing")).status_code == 400
+    assert (await tokens_for(owner, client, public))["access_token"]
+    harness.clock.advance(harness.settings.web.refresh_token_ttl_s + 1)
+    await login(owner)
+    fresh = await tokens_for(owner, client, rest)
+    rows = harness.store.query("SELECT count(*) AS n FROM oauth_tokens")[0]["n"]
+    assert rows == 2  # the newest access and refresh token, nothing expired
+    assert (await refresh(client, rest, fresh["refresh_token"])).status_code == 200
 
 
 async def test_revoking_a_refresh_token_ends_its_access_tokens(

@@ -7,20 +7,28 @@ app's IP allowlist to client authentication.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qs, unquote_plus
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from bridge.model import Scope
-from bridge.web.context import ctx
+from bridge.web.context import WebContext, ctx
 from bridge.web.oauth.server import OAuthResponse
 from bridge.web.oauth.validator import PEER_HEADER
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
 
 _FORM = "application/x-www-form-urlencoded"
+# Token responses (code exchanges and refreshes) per client per minute. A well-behaved client
+# needs one every ten minutes; each response stores new tokens, so one refreshing in a loop must
+# not be able to grow the state database as fast as it can send.
+TOKENS_PER_MINUTE = 10
 
 
 def _form_body(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -67,15 +75,43 @@ async def _call(request: Request, endpoint: str) -> Response:
     headers = {k: v for k, v in request.headers.items() if k.lower() != PEER_HEADER.lower()}
     headers[PEER_HEADER] = request.client.host if request.client else ""
     uri = str(request.url)
+    limited = _issuer_key(context, headers, body) if endpoint == "token" else None
+    now = context.clock().timestamp()
+    if limited is not None and not context.token_limits.allows(limited, TOKENS_PER_MINUTE, now):
+        text = f"at most {TOKENS_PER_MINUTE} token responses a minute"
+        error = {"error": "rate_limited", "error_description": text}
+        return JSONResponse(error, status_code=429, headers={"Retry-After": "60"})
     handler = getattr(context.oauth, endpoint)
     out: OAuthResponse = handler(uri, body, headers)
     out_headers, out_body, status = out
+    if limited is not None and status == 200:
+        context.token_limits.record(limited, now)
     if status == 401:
         out_headers = _client_challenge(out_headers)
     # A revocation answers with an empty body; JSON clients still expect a JSON document.
     return Response(
         out_body or "{}", status_code=status, headers=out_headers, media_type="application/json"
     )
+
+
+def _issuer_key(context: WebContext, headers: Mapping[str, str], body: str) -> str | None:
+    """The registered client a token request names (HTTP Basic, else the body's client_id),
+    whose token responses are counted; None for a name that is no client. Only tokens actually
+    issued count: a stranger who knows a public client's id cannot use up its allowance."""
+    client_id: str | None = None
+    auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+    if auth.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        client_id = unquote_plus(decoded.partition(":")[0])
+    else:
+        named = parse_qs(body).get("client_id")
+        client_id = named[0] if named else None
+    if not client_id or context.oauth.store.client(client_id) is None:
+        return None
+    return client_id
 
 
 def _client_challenge(headers: dict[str, str]) -> dict[str, str]:

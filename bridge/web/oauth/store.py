@@ -196,8 +196,13 @@ class OAuthStore:
         now: float,
         ttl_s: float,
     ) -> None:
-        """Store an access or refresh token (hashed) in its grant."""
+        """Store an access or refresh token (hashed) in its grant.
+
+        Expired tokens are deleted first: each refresh adds rows, and without the sweep an app
+        refreshing in a loop would grow the state database without end. An expired token is
+        worthless (a used refresh token is kept until then, for reuse detection)."""
         with self.store.transaction() as conn:
+            conn.execute("DELETE FROM oauth_tokens WHERE expires_at <= ?", (now,))
             conn.execute(
                 "INSERT INTO oauth_tokens (token_hash, kind, grant_id, client_id, scopes, "
                 "scope_mark, issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
