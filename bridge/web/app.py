@@ -26,7 +26,7 @@ from bridge.web.context import WebContext
 from bridge.web.handlers import add_error_handlers
 from bridge.web.ingress import Ingress
 from bridge.web.loginlimit import LoginLimiter
-from bridge.web.middleware import ApiAccessAudit, SecurityHeaders
+from bridge.web.middleware import ApiAccessAudit, BodyLimit, SecurityHeaders
 from bridge.web.netguard import AllowlistMiddleware, HostGuard, allowed_hosts
 from bridge.web.oauth import consent, endpoints
 from bridge.web.oauth.server import OAuthServer
@@ -109,6 +109,7 @@ def create_web_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HostGuard, hosts=allowed_hosts(web.allowed_hosts, web.public_url))
     app.add_middleware(Ingress, trusted=web.ingress_from)
+    app.add_middleware(BodyLimit)
     app.add_middleware(AllowlistMiddleware, allow_cidrs=web.allow_cidrs)
     return app
 

@@ -18,7 +18,12 @@ from bridge.web.render import page
 
 log = get_logger(__name__)
 
-HTTP_ERROR_NAMES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+HTTP_ERROR_NAMES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 API_PREFIXES = ("/api/", "/oauth/token", "/oauth/revoke", "/oauth/introspect")
 
 

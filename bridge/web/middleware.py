@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.errors import AuditError
@@ -64,6 +65,43 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+# Every form and token request here is a few hundred bytes (a page's longest form, ten redirect
+# URIs, is a few kilobytes). Starlette reads a body whole into memory, so without a cap anyone the
+# address allowlist lets in could send hundreds of megabytes before any login or token check.
+MAX_BODY_BYTES = 64 * 1024
+TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
+
+
+class BodyLimit:
+    """Refuses (413) a request body over MAX_BODY_BYTES: by its Content-Length before reading
+    anything, or, sent in chunks without one, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            await PlainTextResponse(TOO_LARGE, 413)(scope, receive, send)
+            return
+        read = 0
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > self.max_bytes:
+                # Raised inside the handler reading the body: answered by the error handlers.
+                raise HTTPException(413, TOO_LARGE)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class ApiAccessAudit:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from bridge.web.middleware import MAX_BODY_BYTES
 from tests.web.conftest import ClientFactory
 from tests.web.support import (
     BASE_URL,
@@ -206,6 +208,27 @@ async def test_login_asks_for_the_totp_code_when_configured(tmp_path: Path) -> N
         assert harness.audit.items[-1]["reason"] == "wrong_code"
         assert (await login(client, code=harness.stepup.code())).status_code == 303
     harness.store.close()
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read_whole(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """No login, token or API request needs more than a few kilobytes: a larger body is 413,
+    whether it declares its length or comes in chunks without one, before any check runs."""
+    big = b"x=" + b"a" * MAX_BODY_BYTES
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for path in ("/login", "/oauth/token", "/api/v1/vehicles/family-car/commands/lock"):
+        declared = await client.post(path, content=big, headers=form)
+        assert declared.status_code == 413, path
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(big), 4096):
+                yield big[start : start + 4096]
+
+        streamed = await client.post(path, content=chunks(), headers=form)
+        assert streamed.status_code == 413, (path, streamed.text)
+    assert "owner.login" not in harness.audit.kinds()
+    assert (await login(client)).status_code == 303  # ordinary forms are well within it
 
 
 async def test_addresses_outside_the_web_allowlist_get_403(client_for: ClientFactory) -> None:
