@@ -48,6 +48,11 @@ def cookie_name(secure: bool) -> str:
     return "__Host-ownerlink" if secure else "ownerlink_session"
 
 
+# Anonymous sessions (the login form's CSRF token) kept at most; older ones are forgotten, and a
+# login form that old is answered "reload the page".
+MAX_ANONYMOUS = 100
+
+
 class Sessions:
     """Creates, finds and ends sessions in the `web_sessions` table."""
 
@@ -74,6 +79,15 @@ class Sessions:
                 "VALUES (?, ?, ?, ?, ?)",
                 (session.id_hash, session.csrf, int(owner), now.timestamp(), session.expires_at),
             )
+            if not owner:
+                # Anyone the address allowlist admits makes one per cookie-less GET /login: keep
+                # only the newest, or a loop of such requests would fill the disk.
+                conn.execute(
+                    "DELETE FROM web_sessions WHERE owner = 0 AND id_hash NOT IN "
+                    "(SELECT id_hash FROM web_sessions WHERE owner = 0 "
+                    "ORDER BY created_at DESC, rowid DESC LIMIT ?)",
+                    (MAX_ANONYMOUS,),
+                )
         return raw, session
 
     def load(self, raw: str | None) -> Session | None:

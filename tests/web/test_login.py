@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bridge.web.middleware import MAX_BODY_BYTES
+from bridge.web.sessions import MAX_ANONYMOUS
 from tests.web.conftest import ClientFactory
 from tests.web.support import (
     BASE_URL,
@@ -186,6 +187,21 @@ async def test_session_ids_are_stored_hashed_and_rotated_at_login(
     assert before != after
     rows = harness.store.query("SELECT id_hash FROM web_sessions")
     assert all(after not in row["id_hash"] and before not in row["id_hash"] for row in rows)
+
+
+async def test_cookie_less_visits_cannot_fill_the_session_table(
+    owner: httpx.AsyncClient, client_for: ClientFactory, harness: Harness
+) -> None:
+    """Every cookie-less GET /login stores an anonymous session for its form's CSRF token; a
+    loop of them keeps only the newest, and never touches the owner's session."""
+    stranger = client_for()
+    for _ in range(MAX_ANONYMOUS + 50):
+        stranger.cookies.clear()
+        assert (await stranger.get("/login")).status_code == 200
+    anonymous = harness.store.query("SELECT count(*) AS n FROM web_sessions WHERE owner = 0")
+    assert anonymous[0]["n"] == MAX_ANONYMOUS
+    assert (await owner.get("/apps")).status_code == 200
+    assert (await login(stranger)).status_code == 303  # the newest form still works
 
 
 async def test_logout_ends_the_session(owner: httpx.AsyncClient, harness: Harness) -> None:
