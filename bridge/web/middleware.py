@@ -104,6 +104,9 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+OPENAPI_PATH = "/api/v1/openapi.json"  # the API's description, not an access to anything
+
+
 class ApiAccessAudit:
     """Records every /api/v1 request (apart from the OpenAPI document) in the access log, with
     the app the bearer token belonged to, the matched route and the final status.
@@ -123,7 +126,7 @@ class ApiAccessAudit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
-        if scope["type"] != "http" or not path.startswith("/api/v1/") or path.endswith(".json"):
+        if scope["type"] != "http" or not path.startswith("/api/v1/") or path == OPENAPI_PATH:
             await self.app(scope, receive, send)
             return
         started = refused = False

@@ -210,6 +210,11 @@ async def test_every_access_is_audited_and_repeats_are_summarised(
     assert summary["summary"] is True
     assert summary["repeats"][0]["count"] == 2
     assert harness.registry.touched == ["dash"]
+    # Only the OpenAPI document is left out, not whatever else a caller names `….json`.
+    await owner.get("/api/v1/openapi.json", headers=headers)
+    await owner.post("/api/v1/vehicles/family-car/commands/lock.json", json={}, headers=headers)
+    routes = [r.get("route") for r in harness.audit.items if r["kind"] == "api.access"]
+    assert routes[-1] == "/api/v1/vehicles/{vehicle}/commands/{command}"
 
 
 async def test_no_vehicle_data_goes_out_while_its_access_cannot_be_audited(
