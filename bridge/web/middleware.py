@@ -131,9 +131,10 @@ class ApiAccessAudit:
             return
         started = refused = False
         reading = scope.get("method") in ("GET", "HEAD")
+        seen: str | None = None
 
         async def record_first(message: Message) -> None:
-            nonlocal started, refused
+            nonlocal started, refused, seen
             if message["type"] == "http.response.start":
                 started = True
                 try:
@@ -146,8 +147,6 @@ class ApiAccessAudit:
                         return
                     seen = None
                 await send(message)
-                if seen is not None:
-                    self.touch(seen)
             elif not refused:
                 await send(message)
 
@@ -158,6 +157,8 @@ class ApiAccessAudit:
                 with contextlib.suppress(AuditError):
                     self._record(scope, 500)
             raise
+        if seen is not None:  # once the answer is out: marking "last seen" must not hold it up
+            self.touch(seen)
 
     def _record(self, scope: Scope, status: int) -> str | None:
         """Account for the request; the app to mark as seen, if it is time to."""
