@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import errno
+import fcntl
+import os
 import signal
 import sqlite3
 import threading
@@ -66,7 +69,7 @@ from bridge.polling.scheduler import Poller
 from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
 from bridge.providers.tokens import TokenStore
-from bridge.store import Store
+from bridge.store import Store, ensure_private_dir
 from bridge.vehicles import BridgedVehicle, VehicleMemory, resolve_vehicles
 from bridge.views import DaemonVehicles
 
@@ -88,6 +91,8 @@ ANCHOR_FIX = (
     "log aside on purpose (starting over), clear the broker's copy with `ownerlink audit "
     "forget-head` and restart"
 )
+# Held (flock) by the running daemon for its whole life: one daemon per state directory.
+INSTANCE_LOCK = "daemon.lock"
 # App ids the registry refuses: the owner's own identity and the daemon's.
 RESERVED_APP_IDS = ("owner", "ownerlink", "admin")
 
@@ -134,6 +139,7 @@ class Daemon:
         self._vehicles: list[BridgedVehicle] = []
         self._descriptions: dict[str, VehicleDescription] = {}
         self._account_of: dict[str, str] = {}
+        self._instance_lock: int | None = None  # see claim_state_dir
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -213,11 +219,15 @@ class Daemon:
             ring.close()
         if getattr(self, "store", None) is not None:
             self.store.close()
+        lock, self._instance_lock = self._instance_lock, None
+        if lock is not None:
+            os.close(lock)  # the next daemon may start on this state directory
 
     # -- building --------------------------------------------------------------------------------
 
     def _build_state(self) -> None:
         settings = self.settings
+        self._instance_lock = claim_state_dir(settings.state_dir)
         self.store = Store.open(settings.state_dir)
         _warn_if_open_to_others(settings.state_dir)
         replaced = replaced_database(self.store, audit_directory(settings.state_dir))
@@ -667,6 +677,38 @@ class Daemon:
     @property
     def vehicles(self) -> list[BridgedVehicle]:
         return list(self._vehicles)
+
+
+def claim_state_dir(state_dir: Path) -> int:
+    """Take the state directory for this daemon alone, or raise StateError naming the one that
+    has it. Two daemons on one directory would both poll (twice the calls the budget plans for),
+    both refresh the rotating refresh token (logging each other out), and, with different broker
+    client ids, both execute every command sent without an id. The lock goes with the process,
+    so a daemon killed with `kill -9` leaves nothing to clean up. Returns the descriptor to keep
+    open."""
+    ensure_private_dir(state_dir)
+    path = state_dir / INSTANCE_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateError(f"state_dir: cannot open {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise StateError(f"state_dir: cannot lock {path}: {exc.strerror or exc}") from exc
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise StateError(
+            f"another ownerlink daemon{who} is running with state_dir {state_dir}: stop it "
+            "first (two daemons on one state directory would poll and refresh tokens twice, "
+            "and could run a command twice)"
+        ) from None
+    with contextlib.suppress(OSError):  # the pid is only a hint for the message above
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _mtime(path: Path) -> float | None:
