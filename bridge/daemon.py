@@ -395,6 +395,7 @@ class Daemon:
             on_command_done=self._confirm,
             delivery=self.delivery,
             on_refused=self._refused,
+            provider_hold=self._provider_hold,
         )
         if self.audit_problem is not None:
             self.pipeline.halt(Reason.AUDIT_TAMPERED)
@@ -666,6 +667,18 @@ class Daemon:
     def _command_budget_ok(self, vehicle: str) -> bool:
         account = self._account_of.get(vehicle)
         return account is not None and self.budget.admits(account)
+
+    def _provider_hold(self, vehicle: str) -> str | None:
+        """Why no command may go to this vehicle's account now: a 429's Retry-After ahead."""
+        account = self._account_of.get(vehicle)
+        poller = getattr(self, "poller", None)
+        until = None if account is None or poller is None else poller.retry_after(account)
+        if until is None:
+            return None
+        return (
+            "the car maker asked for no calls before "
+            f"{until.isoformat(timespec='seconds')} (Retry-After)"
+        )
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)

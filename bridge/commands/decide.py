@@ -103,14 +103,16 @@ def decide(
     rate_ok: bool,
     budget_ok: bool,
     stepup: StepUpCheck,
+    provider_hold: str | None = None,
 ) -> Decision:
-    """Allow or refuse `cmd`; `now` is when the command was received."""
+    """Allow or refuse `cmd`; `now` is when the command was received. `provider_hold` says why
+    the car maker must not be called now (a 429's Retry-After not yet passed), or is None."""
     needs = requires_stepup(cmd.operation, cmd.scope, policy.stepup_scopes)
     refusal = (
         _freshness(cmd, now, policy)
         or _identity(app, vehicle_known=vehicle_known, seen_id=seen_id)
         or _permission(cmd, app, supported)
-        or _limits(rate_ok=rate_ok, budget_ok=budget_ok)
+        or _limits(rate_ok=rate_ok, budget_ok=budget_ok, provider_hold=provider_hold)
         or (_second_factor(stepup) if needs else None)
     )
     if refusal is None:
@@ -162,11 +164,13 @@ def still_entitled(app: App | None, scope: Scope) -> _Refusal:
     return None
 
 
-def _limits(*, rate_ok: bool, budget_ok: bool) -> _Refusal:
+def _limits(*, rate_ok: bool, budget_ok: bool, provider_hold: str | None = None) -> _Refusal:
     if not rate_ok:
         return Reason.RATE_LIMITED, "too many commands this minute"
     if not budget_ok:
         return Reason.BUDGET_EXHAUSTED, "the account's API budget is spent"
+    if provider_hold is not None:
+        return Reason.PROVIDER_RATE_LIMITED, provider_hold
     return None
 
 

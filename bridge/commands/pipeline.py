@@ -61,6 +61,8 @@ __all__ = ["CommandPipeline", "InboundCommand", "VehicleRoute"]
 
 Clock = Callable[[], datetime]
 BudgetCheck = Callable[[str], bool]  # vehicle slug → may a command be spent on it now?
+# Vehicle slug → why its account must not be called now (a 429's Retry-After), or None.
+ProviderHold = Callable[[str], str | None]
 OnCommandDone = Callable[[str], Awaitable[None] | None]  # vehicle slug → confirm with one read
 
 log = get_logger(__name__)
@@ -133,6 +135,7 @@ class CommandPipeline:
         new_id: Callable[[], str] | None = None,
         delivery: ResultSender | None = None,
         on_refused: OnRefused | None = None,
+        provider_hold: ProviderHold | None = None,
     ) -> None:
         self.topics = topics
         self.commands = commands
@@ -146,6 +149,7 @@ class CommandPipeline:
         self.alerts = alerts
         self.clock = clock
         self.budget_ok = budget_ok or (lambda _vehicle: True)
+        self.provider_hold = provider_hold or (lambda _vehicle: None)
         self.on_command_done = on_command_done
         self.new_id = new_id or (lambda: uuid.uuid4().hex)
         # Final results for MQTT apps go through `delivery` when there is one, so a result a
@@ -412,6 +416,7 @@ class CommandPipeline:
             seen_id=bool(cmd.id and app and self.ids.seen(app.id, cmd.id, epoch)),
             rate_ok=app is None or self.rates.allows(app, cmd.vehicle, epoch),
             budget_ok=route is None or self.budget_ok(cmd.vehicle),
+            provider_hold=None if route is None else self.provider_hold(cmd.vehicle),
         )
         decision = decided(stepup=NOT_ASSESSED)
         if app is None or decision.reason not in STEPUP_REASONS:
@@ -544,6 +549,9 @@ class CommandPipeline:
         """A command that waited behind another for its car: is its app still entitled to it?
         (Revoked, disabled or without the scope now: it ends `rejected`, never sent.)"""
         ticket = job.ticket
+        hold = self.provider_hold(job.vehicle)
+        if hold is not None:  # the command before it met a 429: nothing goes before Retry-After
+            return Ending(CommandStatus.REJECTED, Reason.PROVIDER_RATE_LIMITED, hold)
         if ticket.app is OWNER_APP or ticket.app_id is None or ticket.scope is None:
             return None
         try:

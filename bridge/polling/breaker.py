@@ -40,6 +40,9 @@ class AccountGuard:
         self.reauth_required = False
         self._reauth_looks = 0
         self._block: Block | None = None
+        # The car maker's own Retry-After, kept apart from the block (which the breaker may make
+        # longer): commands honour this one only (see `retry_after_until`).
+        self._retry_after: datetime | None = None
 
     @property
     def circuit_open(self) -> bool:
@@ -51,11 +54,19 @@ class AccountGuard:
             return self._block
         return None
 
+    def retry_after_until(self, now: datetime) -> datetime | None:
+        """Until when the car maker asked for no calls at all (its last 429's Retry-After), if
+        that is still ahead of `now`. Commands wait for this; reads wait for `block`."""
+        if self._retry_after is not None and self._retry_after > now:
+            return self._retry_after
+        return None
+
     def on_success(self) -> None:
         self.failures = 0
         self.reauth_required = False
         self._reauth_looks = 0
         self._block = None
+        self._retry_after = None
 
     def on_failure(self, now: datetime, reason: str) -> Block:
         """5xx, timeout or nonsense: wait longer after each consecutive failure."""
@@ -65,6 +76,9 @@ class AccountGuard:
     def on_rate_limited(self, now: datetime, retry_after: float) -> Block:
         """429: never call before Retry-After; a storm of them also trips the breaker."""
         self.failures += 1
+        until = now + timedelta(seconds=retry_after)
+        if self._retry_after is None or until > self._retry_after:
+            self._retry_after = until
         wait = max(retry_after, self._delay() if self.circuit_open else 0.0)
         return self._hold(now + timedelta(seconds=wait), Mode.BACKING_OFF, "rate_limited")
 

@@ -202,6 +202,12 @@ class Poller:
             if slot.ref.account == account and not slot.running:  # a running poll re-plans
                 self._plan(slot)
 
+    def retry_after(self, account: str) -> datetime | None:
+        """Until when the account's last 429 asked for no calls at all (None once it passed, or
+        for an account this poller does not know): the command path sends nothing before."""
+        guard = self._guards.get(account)
+        return None if guard is None else guard.retry_after_until(self._clock())
+
     def resume(self, account: str) -> None:
         """The owner logged in again (or an operator says go): poll the account's vehicles now."""
         self._guards[account].reset()

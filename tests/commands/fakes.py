@@ -170,6 +170,7 @@ async def make_rig(
     lookup: AppLookup | None = None,
     delivery: ResultSender | None = None,
     on_refused: OnRefused | None = None,
+    provider_hold: Callable[[str], str | None] | None = None,
 ) -> Rig:
     """Build and start a pipeline on `state_dir` (reusing it models a restart)."""
     clock = clock or FakeClock()
@@ -203,6 +204,7 @@ async def make_rig(
         on_command_done=confirmed.append,
         delivery=delivery,
         on_refused=on_refused,
+        provider_hold=provider_hold,
     )
     await pipeline.start()
     return Rig(

@@ -406,6 +406,38 @@ async def test_a_command_waiting_behind_another_is_not_sent_once_its_app_lost_th
     assert (outcome["app"], outcome["status"], outcome["reason"]) == ("garage", "rejected", reason)
 
 
+async def test_no_command_goes_to_the_car_maker_before_its_retry_after(tmp_path: Path) -> None:
+    """While the account's last 429 asks for no calls, a new command is refused on the record
+    (its id stays free for a retry) and one queued behind the throttled command is not sent."""
+    gate = asyncio.Event()
+    hold: list[str] = []
+    again = '{"action": "LOCK", "id": "again"}'
+    rig = await make_rig(
+        tmp_path / "state",
+        provider=FakeProvider(gate=gate),
+        provider_hold=lambda _vehicle: hold[0] if hold else None,
+    )
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    queued = rig.pipeline.submit(rig.inbound("ha", "horn_lights", "PRESS"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    hold.append("no calls before 12:00 (Retry-After)")  # the first one's answer was a 429
+    gate.set()
+    await first
+    done = await queued
+    assert (done.status, done.reason) == (CommandStatus.REJECTED, Reason.PROVIDER_RATE_LIMITED)
+    fresh = await rig.pipeline.submit(rig.inbound("ha", "lock", again))
+    assert (fresh.status, fresh.reason) == (CommandStatus.REJECTED, Reason.PROVIDER_RATE_LIMITED)
+    assert fresh.detail == "no calls before 12:00 (Retry-After)"
+    assert [op for _, op in rig.provider.executed] == [Operation.LOCK]
+    decision = [r for r in rig.records() if r["kind"] == "command.decision"][-1]
+    assert (decision["id"], decision["decision"]) == ("again", "refused")
+
+    hold.clear()  # Retry-After passed: the same id is taken
+    later = await rig.pipeline.submit(rig.inbound("ha", "lock", again))
+    assert later.status is CommandStatus.SUCCEEDED
+
+
 async def test_a_waiting_command_whose_app_still_holds_the_scope_is_sent(tmp_path: Path) -> None:
     """The re-check lets through what is still allowed: both commands reach the car in order."""
     gate = asyncio.Event()

@@ -84,3 +84,19 @@ def test_reauth_waits_with_rarer_and_rarer_looks_until_reset():
     assert max(looks) == BreakerConfig().reauth_max_s
     g.reset()
     assert (g.reauth_required, g.block(NOW)) == (False, None)
+
+
+def test_commands_wait_for_the_retry_after_alone_not_the_breakers_longer_wait():
+    """`retry_after_until` is the car maker's own Retry-After (the latest of them), even once a
+    storm of 429s has opened the breaker for reads; a success forgets it."""
+    g = guard()
+    for _ in range(5):
+        g.on_rate_limited(NOW, 30)
+    assert g.block(NOW + timedelta(seconds=31)) is not None  # reads: the breaker's long wait
+    assert g.retry_after_until(NOW) == NOW + timedelta(seconds=30)
+    assert g.retry_after_until(NOW + timedelta(seconds=30)) is None
+    g.on_rate_limited(NOW, 120)
+    g.on_rate_limited(NOW, 10)  # a shorter one later never shortens the one in force
+    assert g.retry_after_until(NOW) == NOW + timedelta(seconds=120)
+    g.on_success()
+    assert g.retry_after_until(NOW) is None

@@ -187,6 +187,7 @@ _REJECTION_STATUS: dict[str, int] = {
     Reason.DUPLICATE_ID: 409,
     Reason.RATE_LIMITED: 429,
     Reason.BUDGET_EXHAUSTED: 429,
+    Reason.PROVIDER_RATE_LIMITED: 429,  # refused unsent: the car maker's Retry-After is ahead
     Reason.STEPUP_LOCKED_OUT: 429,
     Reason.MALFORMED: 400,
     Reason.UNKNOWN_ACTION: 400,
