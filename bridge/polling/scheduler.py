@@ -22,6 +22,7 @@ from bridge.config import PollingConfig
 from bridge.errors import (
     BudgetExhausted,
     Forbidden,
+    NotFound,
     ProviderError,
     RateLimited,
     ReauthRequired,
@@ -98,6 +99,7 @@ class _Slot:
     prior: ActivityPrior | None = None
     prior_at: datetime | None = None
     observed_since: datetime | None = None
+    missing: int = 0  # reads in a row the car maker answered "no such vehicle" (NotFound)
 
 
 def budget_document(usage: BudgetUsage, plan: PollPlan) -> dict[str, Any]:
@@ -212,6 +214,8 @@ class Poller:
         """The owner logged in again (or an operator says go): poll the account's vehicles now."""
         self._guards[account].reset()
         for slot in self._slots.values():
+            if slot.ref.account == account:
+                slot.missing = 0  # the new consent may include it
             if slot.ref.account == account and not slot.running:
                 slot.plan = None
                 slot.track = replace(slot.track, last_poll_at=None)  # "look now" to the policy
@@ -322,6 +326,7 @@ class Poller:
             self._started(slot, state.updated_at or now)
         slot.last_success_at = now
         slot.last_error = None
+        slot.missing = 0
         self._on_state(slot.slug, state)
         self._set_online(slot, online=True)
 
@@ -350,6 +355,14 @@ class Poller:
         log.info("poll.failed", vehicle=slot.slug, error=slot.last_error)
         if isinstance(exc, BudgetExhausted):
             return  # our own refusal: the plan waits for the budget (no failure, no alert here)
+        if isinstance(exc, NotFound):
+            # This vehicle is not (or no longer) in the account's consent, or its id is wrong:
+            # its own trouble, not the account's. Fed to the account's guard, it blocked every
+            # car of the account, and it won the race for each reopening, so they were never
+            # read again. It goes offline and is looked at ever more rarely (`_vehicle_wait`).
+            slot.missing += 1
+            self._set_online(slot, online=False)
+            return
         if self._held_back(slot.ref.account, exc, now):
             return
         if isinstance(exc, ReauthRequired):
@@ -417,7 +430,7 @@ class Poller:
 
     def _next_plan(self, slot: _Slot, now: datetime, usage: BudgetUsage) -> PollPlan:
         account = slot.ref.account
-        return next_poll(
+        plan = next_poll(
             replace(slot.track, confirm_pending=slot.confirm),
             now=now,
             budget=usage,
@@ -427,6 +440,22 @@ class Poller:
             block=self._guards[account].block(now),
             tuning=self._tuning,
         )
+        wait = self._vehicle_wait(slot)
+        if wait is not None and wait > plan.at and plan.mode is not Mode.CONFIRMING:
+            return PollPlan(wait, Mode.BACKING_OFF)
+        return plan
+
+    def _vehicle_wait(self, slot: _Slot) -> datetime | None:
+        """When a vehicle the car maker does not know may be asked again: the shortest parked
+        interval after the first "not found", doubling with each one, at most the sleeping
+        interval (a car added back to the consent is found again within that)."""
+        if not slot.missing or slot.track.last_poll_at is None:
+            return None
+        cfg = self._config
+        seconds = min(
+            cfg.sleeping_interval_s, cfg.parked_min_interval_s * 2.0 ** (slot.missing - 1)
+        )
+        return slot.track.last_poll_at + timedelta(seconds=seconds)
 
     def _fallback_plan(self, now: datetime) -> PollPlan:
         """When planning itself failed (a bug, nonsense in the state it plans from): look again

@@ -150,3 +150,52 @@ async def test_an_hour_of_5xx_is_backed_off_and_recovered_from(run: Run):
     assert run.reads_between(2, 4) >= 2
     assert run.within_budget()
     assert run.poller.status("car")["failures"] == 0
+
+
+async def test_a_vehicle_the_account_cannot_read_costs_little_and_holds_back_no_other(
+    tmp_path: Path,
+):
+    """A configured vehicle the car maker answers "not found" for (taken out of the consent, a
+    wrong id) is offline and looked at ever more rarely, and its failures are its own: the
+    account's other car is polled as if it were not there."""
+    world = SimWorld(seed=3, start=START, state_dir=tmp_path, vehicles=2)
+    car, gone = (v.vehicle_id for v in world.sim.vehicles)
+    world.add_account(ACCOUNT, car)  # the consent covers the first car only
+    store = Store.open(tmp_path / "db")
+    budget = Budget(store=store, config=BudgetConfig(), alerts=world.alerts, clock=world.now)
+    budget.start()
+    provider = world.provider(ACCOUNT, CountingGate(budget, world.now))
+    asked: list[str] = []
+    real_read = provider.read
+
+    async def read(vehicle_id: str) -> Any:
+        asked.append(vehicle_id)
+        return await real_read(vehicle_id)
+
+    provider.read = read  # type: ignore[method-assign]
+    availability: dict[str, list[bool]] = {"car": [], "gone": []}
+    poller = Poller(
+        providers={ACCOUNT: provider},
+        vehicles={"car": (ACCOUNT, car), "gone": (ACCOUNT, gone)},
+        budget=budget,
+        config=PollingConfig(),
+        on_state=lambda slug, state: None,
+        on_availability=lambda slug, online: availability[slug].append(online),
+        on_budget=lambda slug, doc: None,
+        alerts=world.alerts,
+        clock=world.now,
+        timer=world.timer,
+        tz=UTC,
+    )
+    await poller.start()
+    try:
+        await world.timer.run_until(START + timedelta(hours=24))
+        assert not world.timer.errors
+        assert availability == {"car": [True], "gone": [False]}
+        # Ever more rarely, up to the sleeping interval: a handful a day, not one a quarter hour.
+        assert asked.count(gone) <= 12
+        assert poller.status("car")["failures"] == 0
+        assert poller.status("car")["blocked_until"] is None
+    finally:
+        await poller.stop()
+        store.close()
