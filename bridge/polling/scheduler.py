@@ -100,6 +100,7 @@ class _Slot:
     prior_at: datetime | None = None
     observed_since: datetime | None = None
     missing: int = 0  # reads in a row the car maker answered "no such vehicle" (NotFound)
+    failures: int = 0  # reads in a row that failed otherwise (5xx, timeout, nonsense)
 
 
 def budget_document(usage: BudgetUsage, plan: PollPlan) -> dict[str, Any]:
@@ -157,6 +158,7 @@ class Poller:
             slug: _Slot(slug, VehicleRef(account, vid), PollInput())
             for slug, (account, vid) in vehicles.items()
         }
+        self._breaker = breaker or BreakerConfig()
         self._guards = {
             account: AccountGuard(config=breaker, rng=rng) for account, _ in vehicles.values()
         }
@@ -215,7 +217,7 @@ class Poller:
         self._guards[account].reset()
         for slot in self._slots.values():
             if slot.ref.account == account:
-                slot.missing = 0  # the new consent may include it
+                slot.missing = slot.failures = 0  # the new consent may include it
             if slot.ref.account == account and not slot.running:
                 slot.plan = None
                 slot.track = replace(slot.track, last_poll_at=None)  # "look now" to the policy
@@ -326,7 +328,7 @@ class Poller:
             self._started(slot, state.updated_at or now)
         slot.last_success_at = now
         slot.last_error = None
-        slot.missing = 0
+        slot.missing = slot.failures = 0
         self._on_state(slot.slug, state)
         self._set_online(slot, online=True)
 
@@ -368,6 +370,10 @@ class Poller:
         if isinstance(exc, ReauthRequired):
             self._reauth(slot.ref.account, now)
         else:
+            # The account's guard backs off the account; the vehicle's own count keeps one car
+            # that always fails (its modem, say) from being polled first at each reopening and
+            # blocking the account again, which left its healthy siblings unread for good.
+            slot.failures += 1
             guard.on_failure(now, type(exc).__name__)
 
     def _held_back(self, account: str, exc: ProviderError, now: datetime) -> bool:
@@ -441,21 +447,31 @@ class Poller:
             tuning=self._tuning,
         )
         wait = self._vehicle_wait(slot)
-        if wait is not None and wait > plan.at and plan.mode is not Mode.CONFIRMING:
-            return PollPlan(wait, Mode.BACKING_OFF)
-        return plan
+        if wait is None or plan.mode is Mode.CONFIRMING:
+            return plan
+        block = self._guards[account].block(now)
+        if block is not None:
+            # Behind the vehicles the block merely held back: they go first when it lifts.
+            wait = max(wait, block.until + timedelta(seconds=START_STAGGER_S))
+        return PollPlan(wait, Mode.BACKING_OFF) if wait > plan.at else plan
 
     def _vehicle_wait(self, slot: _Slot) -> datetime | None:
-        """When a vehicle the car maker does not know may be asked again: the shortest parked
-        interval after the first "not found", doubling with each one, at most the sleeping
-        interval (a car added back to the consent is found again within that)."""
-        if not slot.missing or slot.track.last_poll_at is None:
+        """When a vehicle whose own reads keep failing may be asked again, whatever its
+        account's other vehicles do. "Not found": the shortest parked interval, doubling with
+        each one, at most the sleeping interval (a car added back to the consent is found
+        again within that). Other failures: the breaker's first delay, doubling, at most its
+        longest."""
+        last = slot.track.last_poll_at
+        if last is None or not (slot.missing or slot.failures):
             return None
-        cfg = self._config
-        seconds = min(
-            cfg.sleeping_interval_s, cfg.parked_min_interval_s * 2.0 ** (slot.missing - 1)
-        )
-        return slot.track.last_poll_at + timedelta(seconds=seconds)
+        cfg, breaker = self._config, self._breaker
+        if slot.missing:
+            seconds = min(
+                cfg.sleeping_interval_s, cfg.parked_min_interval_s * 2.0 ** (slot.missing - 1)
+            )
+        else:
+            seconds = min(breaker.max_delay_s, breaker.first_delay_s * 2.0 ** (slot.failures - 1))
+        return last + timedelta(seconds=seconds)
 
     def _fallback_plan(self, now: datetime) -> PollPlan:
         """When planning itself failed (a bug, nonsense in the state it plans from): look again
