@@ -209,7 +209,13 @@ def engine_stop_button(grant: Grant) -> bool:
 
 
 def charge_switch(grant: Grant) -> bool:
-    return grant.electric() and grant.can(Operation.START_CHARGE, Operation.STOP_CHARGE)
+    # A switch cannot carry a step-up code: with step-up on charging it would always be refused.
+    return (
+        grant.electric()
+        and grant.can(Operation.START_CHARGE, Operation.STOP_CHARGE)
+        and not grant.needs_code(Operation.START_CHARGE)
+        and not grant.needs_code(Operation.STOP_CHARGE)
+    )
 
 
 def horn_lights(grant: Grant) -> bool:

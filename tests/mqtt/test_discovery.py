@@ -520,6 +520,19 @@ def test_remote_start_with_step_up_offers_only_stopping() -> None:
     assert (platform, body["payload_press"]) == ("button", "STOP")
 
 
+def test_no_command_entity_is_offered_that_could_only_ever_be_refused_for_want_of_a_code() -> None:
+    """An owner may ask for step-up on any command scope. A switch or a button cannot carry a
+    code, so such a command gets no switch or button (Home Assistant users send it from a script
+    that asks for the code): a charge switch offered then was refused every time it was used."""
+    found = components(
+        build(
+            stepup=STEPUP | {Scope.COMMAND_CHARGE, Scope.COMMAND_HORN_LIGHTS, Scope.COMMAND_REFRESH}
+        )
+    )
+    assert {"charge", "horn_lights", "refresh", "remote_start"}.isdisjoint(found)
+    assert "charge" in components(build(stepup=STEPUP))  # without step-up on charging: offered
+
+
 def test_lock_scope_without_unlock_is_a_lock_button() -> None:
     """Only command:lock granted: a button that locks, and the lock state as a binary sensor."""
     found = components(build(scopes=frozenset({Scope.READ_STATUS, Scope.COMMAND_LOCK})))
