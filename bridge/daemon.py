@@ -57,7 +57,7 @@ from bridge.metrics import (
     Metrics,
     observability_app,
 )
-from bridge.model import Scope, VehicleState
+from bridge.model import Powertrain, Scope, VehicleState
 from bridge.mqtt.client import InboundMessage, MqttClient
 from bridge.mqtt.discovery import VehicleDescription
 from bridge.mqtt.memory import RetainedDiscovery
@@ -373,7 +373,8 @@ class Daemon:
 
     def _build_pipeline(self) -> None:
         self.delivery = ResultDelivery(store=self.store, sink=self.mqtt, topics=self.topics)
-        routes = {
+        # Kept: a car bridged without its details learns what it can do from its first read.
+        self._routes = routes = {
             v.slug: VehicleRoute(
                 provider=self.providers[v.account], vehicle_id=v.vehicle_id, supported=v.operations
             )
@@ -648,6 +649,7 @@ class Daemon:
     def _on_state(self, slug: str, state: VehicleState) -> None:
         self.metrics.polls.labels(slug).inc()
         if slug not in self.vehicles_view.latest:
+            self._learn_from_read(slug, state)
             # The first read tells which doors, windows and tyres this car reports: offer those.
             offered = self._descriptions[slug]
             described = offered.with_positions_from(state)
@@ -660,6 +662,37 @@ class Daemon:
             self.discovery.add_vehicle(described)
         self.vehicles_view.remember(slug, state)
         self.publisher.update(slug, state)
+
+    def _learn_from_read(self, slug: str, state: VehicleState) -> None:
+        """A car bridged from the config alone (the car maker could not list the account at
+        start, and no earlier list was remembered) has no powertrain, model or name: charging
+        was not among what it could do, nor offered to Home Assistant, until a restart. Its
+        first read says what it is (FordConnect v1 does), and from then on what it can do and
+        what Home Assistant is offered follow."""
+        index = next((i for i, v in enumerate(self._vehicles) if v.slug == slug), None)
+        said = state.info
+        if index is None or said is None or said.powertrain is Powertrain.UNKNOWN:
+            return
+        vehicle = self._vehicles[index]
+        if vehicle.info.powertrain is not Powertrain.UNKNOWN:
+            return
+        info = dataclasses.replace(said, vehicle_id=vehicle.vehicle_id)
+        provider = self.providers[vehicle.account]
+        learned = dataclasses.replace(
+            vehicle, info=info, operations=provider.supported_operations(info)
+        )
+        self._vehicles[index] = learned
+        self._routes[slug] = dataclasses.replace(self._routes[slug], supported=learned.operations)
+        offered = self._descriptions[slug]
+        described = VehicleDescription.from_info(
+            slug, info, operations=learned.operations, name=vehicle.name
+        )
+        self._descriptions[slug] = dataclasses.replace(
+            described, doors=offered.doors, windows=offered.windows, tyres=offered.tyres
+        )
+        log.info(
+            "vehicle described by its first read", vehicle=slug, powertrain=str(info.powertrain)
+        )
 
     def _location_allowed(self) -> bool:
         return any(app.has(Scope.READ_LOCATION) for app in self.registry.list())

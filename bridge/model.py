@@ -178,6 +178,9 @@ class VehicleState:
     status: Status = field(default_factory=Status)
     health: Health = field(default_factory=Health)
     location: Location | None = None
+    # What the read says the vehicle is, when its answer says (FordConnect v1's vehicle document
+    # does): how a car bridged without the vehicle list learns its details. Never published.
+    info: VehicleInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

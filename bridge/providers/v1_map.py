@@ -119,6 +119,7 @@ def vehicle_to_state(
         status=_status(d, s, electric),
         health=_health(d, s),
         location=_location(vehicle.get("vehicleLocation")),
+        info=list_entry_to_info({**vehicle, "vehicleId": vehicle_id}),
     )
 
 

@@ -639,3 +639,33 @@ async def test_a_state_directory_open_to_others_is_reported_at_start(
     out = capsys.readouterr()
     assert "state directory open to other users" in out.out + out.err
     assert f"chmod 700 {settings.state_dir}" in out.out + out.err
+
+
+async def test_a_car_first_bridged_during_an_outage_learns_what_it_can_do_from_its_first_read(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The very first start, while the car maker cannot list the account's cars: the car is
+    bridged from the config alone, powertrain unknown. Its first read says it is electric: from
+    then on it can be told to charge, and Home Assistant is offered the charge switch. (Before,
+    charging was refused `unsupported` until a restart, whatever the reads said.)"""
+    simulator, url = sim
+    document = document_for(tmp_path, url, broker, base_topic)
+    await login(Settings(**document))
+    document["vehicles"] = {
+        "car": {"account": "sim", "id": _sim_vehicle_ids(Settings(**document))[0]}
+    }
+    settings = Settings(**document)
+    simulator.faults.rates = {FaultKind.SERVER_ERROR: 1.0}  # no list, and no earlier one
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running.poller.status("car")["last_error"])  # its first poll
+        simulator.faults.rates = {}
+        running.poller.resume("sim")  # no need to wait out the back-off of the failed first poll
+        await _until(lambda: "car" in running.vehicles_view.latest)
+        result = await running.pipeline.submit_owner("car", "charge", "STOP")
+        assert result.reason != "unsupported", result
+        offered = [json.loads(m.payload) for m in running.discovery.current("car") if m.payload]
+        assert any(doc.get("cmps", {}).get("charge", {}).get("p") == "switch" for doc in offered)
+    finally:
+        await running.stop()
