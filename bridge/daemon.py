@@ -57,7 +57,7 @@ from bridge.metrics import (
     Metrics,
     observability_app,
 )
-from bridge.model import Powertrain, Scope, VehicleState
+from bridge.model import Powertrain, Scope, VehicleInfo, VehicleState
 from bridge.mqtt.client import InboundMessage, MqttClient
 from bridge.mqtt.discovery import VehicleDescription
 from bridge.mqtt.memory import RetainedDiscovery
@@ -70,7 +70,7 @@ from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
 from bridge.providers.tokens import TokenStore
 from bridge.store import Store, ensure_private_dir
-from bridge.vehicles import BridgedVehicle, VehicleMemory, resolve_vehicles
+from bridge.vehicles import BridgedVehicle, VehicleMemory, derived_slug, resolve_vehicles
 from bridge.views import DaemonVehicles
 
 log = get_logger(__name__)
@@ -82,6 +82,10 @@ REGISTRY_POLL_S = 0.25
 LOGIN_WATCH_S = 2.0
 # How often the daemon looks for audit records written by another process (one stat each time).
 AUDIT_WATCH_S = 1.0
+# An account that could not be listed at start (no vehicles configured, none remembered) is
+# listed again after this long, then twice as long each time, at most LIST_RETRY_MAX_S.
+LIST_RETRY_S = 60.0
+LIST_RETRY_MAX_S = 3600.0
 # How long the start-up check waits for the broker's retained audit head once subscribed.
 ANCHOR_WAIT_S = 3.0
 # How long to wait before asking again when the broker gave no answer (commands wait meanwhile).
@@ -192,6 +196,7 @@ class Daemon:
         if getattr(self, "_anchor_abort", None) is not None:
             self._anchor_abort.set()
         watches = [getattr(self, name, None) for name in ("_login_watch", "_audit_watch")]
+        watches.extend(getattr(self, "_listings", ()))
         watches.append(getattr(self, "_anchor_check", None))
         for watch in filter(None, watches):
             watch.cancel()
@@ -443,6 +448,10 @@ class Daemon:
             self._on_message(message)
         await self.poller.start()
         self._login_watch = asyncio.get_running_loop().create_task(self._watch_logins())
+        self._listings = [
+            asyncio.get_running_loop().create_task(self._list_later(account))
+            for account in self._unlisted_accounts()
+        ]
         if self.audit_problem is not None:
             self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
             return
@@ -626,6 +635,55 @@ class Daemon:
         log.error("audit log tampered with; commands stopped", problem=self.audit_problem)
         self.pipeline.halt(Reason.AUDIT_TAMPERED)
         self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit.failed, self.clock()))
+
+    def _unlisted_accounts(self) -> list[str]:
+        """With no vehicles configured, the accounts the start bridged no car of: their list
+        was unavailable (an outage at the very first start, nothing remembered)."""
+        if self.settings.vehicles:
+            return []
+        bridged = {v.account for v in self._vehicles}
+        return [account for account in self.settings.accounts if account not in bridged]
+
+    async def _list_later(self, account: str) -> None:
+        """List the account again until it answers, then bridge its cars without a restart.
+        Before, a daemon whose first start fell in an outage bridged nothing until restarted."""
+        provider, delay = self.providers[account], LIST_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LIST_RETRY_MAX_S)
+            try:
+                infos = await provider.list_vehicles()
+            except ProviderError as exc:
+                log.info("vehicle list still unavailable", account=account, error=str(exc))
+                continue
+            if not infos:
+                continue
+            self.vehicle_memory.remember_list(account, infos)
+            for info in infos:
+                self._bridge_later(account, info)
+            log.info("vehicles listed", account=account, n=len(infos))
+            return
+
+    def _bridge_later(self, account: str, info: VehicleInfo) -> None:
+        provider = self.providers[account]
+        vehicle = BridgedVehicle(
+            slug=derived_slug(account, info.vehicle_id),
+            account=account,
+            vehicle_id=info.vehicle_id,
+            info=info,
+            name=None,
+            operations=provider.supported_operations(info),
+        )
+        if vehicle.slug in self._account_of:
+            return
+        self._vehicles.append(vehicle)
+        self._account_of[vehicle.slug] = account
+        self._routes[vehicle.slug] = VehicleRoute(
+            provider=provider, vehicle_id=vehicle.vehicle_id, supported=vehicle.operations
+        )
+        self._descriptions[vehicle.slug] = self._describe(vehicle)
+        self.discovery.add_vehicle(self._descriptions[vehicle.slug])
+        self.poller.add_vehicle(vehicle.slug, account, vehicle.vehicle_id)
 
     def _waiting_for_login(self, account: str) -> bool:
         return any(

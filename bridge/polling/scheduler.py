@@ -153,7 +153,7 @@ class Poller:
         # hours follow daylight saving time (looked up at start: it reads /etc/localtime).
         self._given_tz = tz
         self._tz: tzinfo = tz or UTC
-        rng = rng or random.Random()
+        rng = self._rng = rng or random.Random()
         self._slots = {
             slug: _Slot(slug, VehicleRef(account, vid), PollInput())
             for slug, (account, vid) in vehicles.items()
@@ -188,6 +188,19 @@ class Poller:
         await asyncio.gather(*self._inflight, return_exceptions=True)
 
     # -- what other parts call -----------------------------------------------------------------
+
+    def add_vehicle(self, slug: str, account: str, vehicle_id: str) -> None:
+        """Start polling a vehicle learnt of after start (an account that could not be listed
+        then); its first poll is planned at once."""
+        if slug in self._slots:
+            return
+        slot = self._slots[slug] = _Slot(slug, VehicleRef(account, vehicle_id), PollInput())
+        if account not in self._guards:
+            self._guards[account] = AccountGuard(config=self._breaker, rng=self._rng)
+        self._per_account[account] += 1
+        if self._history is not None:
+            slot.observed_since = self._history.observing(slug, self._clock())
+        self._plan(slot)
 
     def request_confirmation(self, slug: str) -> None:
         """A command was sent to `slug`: read it once soon, charged to the command share."""

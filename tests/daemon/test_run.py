@@ -669,3 +669,38 @@ async def test_a_car_first_bridged_during_an_outage_learns_what_it_can_do_from_i
         assert any(doc.get("cmps", {}).get("charge", {}).get("p") == "switch" for doc in offered)
     finally:
         await running.stop()
+
+
+async def test_cars_of_an_account_that_could_not_be_listed_at_the_first_start_are_bridged_later(
+    tmp_path: Path,
+    sim: tuple[Simulator, str],
+    broker: BrokerAddress,
+    base_topic: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No vehicles configured (every car of the account is bridged) and the very first start
+    falls in an outage: nothing to bridge and no earlier list. The account is listed again
+    until it answers, and its cars are then polled and offered without a restart. (Before, the
+    daemon bridged nothing until it was restarted.)"""
+    import bridge.daemon
+
+    monkeypatch.setattr(bridge.daemon, "LIST_RETRY_S", 0.2)
+    simulator, url = sim
+    settings = settings_for(tmp_path, url, broker, base_topic)
+    await login(settings)
+    simulator.faults.rates = {FaultKind.SERVER_ERROR: 1.0}
+    running = Daemon(settings)
+    await running.start()
+    try:
+        assert running.vehicles == []
+        await asyncio.sleep(0.5)  # a retry or two meets the outage too
+        simulator.faults.rates = {}
+        await _until(
+            lambda: running.vehicles and running.vehicles[0].slug in running.vehicles_view.latest
+        )
+        slug = running.vehicles[0].slug
+        assert running.discovery.current(slug)
+        result = await running.pipeline.submit_owner(slug, "lock", "LOCK")
+        assert result.status.value == "succeeded", result
+    finally:
+        await running.stop()
