@@ -46,7 +46,14 @@ from bridge.commands.recover import unfinished
 from bridge.commands.results import error_text
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
-from bridge.errors import AuditError, BrokerError, ConfigError, ProviderError, StateError
+from bridge.errors import (
+    AuditError,
+    AuditTampered,
+    BrokerError,
+    ConfigError,
+    ProviderError,
+    StateError,
+)
 from bridge.events import Alert, AlertKind
 from bridge.logs import get_logger
 from bridge.metrics import (
@@ -251,15 +258,23 @@ class Daemon:
         self.fsync_ring = open_ring()
         self.audit.use_ring(self.fsync_ring)
         self.audit_problem: str | None = None
+        self._audit_tampered = False  # the problem is damage to the log, not a write error
         self._anchor = Anchor.UNCHECKED
         self._anchor_abort = threading.Event()  # set on stop: the check's thread ends at once
         try:
             self.audit.open()
-        except AuditError as exc:
+        except AuditTampered as exc:
             # Damage other than a torn tail: keep running (state, polling) but take no commands.
-            self.audit_problem = str(exc)
+            self.audit_problem, self._audit_tampered = str(exc), True
             log.error(  # noqa: TRY400 - the problem is the message; a traceback adds nothing
                 "audit log failed verification; commands are refused", problem=str(exc)
+            )
+        except AuditError as exc:
+            # It cannot be opened or repaired (permissions, a read-only or full disk): no
+            # commands either, but no tampering alarm for what is a disk or permission problem.
+            self.audit_problem = str(exc)
+            log.error(  # noqa: TRY400 - the problem is the message; a traceback adds nothing
+                "audit log unusable; commands are refused", problem=str(exc)
             )
 
     def _build_mqtt(self) -> None:
@@ -404,7 +419,8 @@ class Daemon:
             provider_hold=self._provider_hold,
         )
         if self.audit_problem is not None:
-            self.pipeline.halt(Reason.AUDIT_TAMPERED)
+            tampered = self._audit_tampered
+            self.pipeline.halt(Reason.AUDIT_TAMPERED if tampered else Reason.AUDIT_UNAVAILABLE)
         else:
             self.pipeline.hold(Reason.AUDIT_UNCHECKED)  # until _check_anchor has an answer
 
@@ -453,7 +469,8 @@ class Daemon:
             for account in self._unlisted_accounts()
         ]
         if self.audit_problem is not None:
-            self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
+            if self._audit_tampered:
+                self.alerts.emit(Alert(AlertKind.AUDIT_TAMPERED, self.audit_problem, self.clock()))
             return
         # The anchor check goes on in the background (usually a second): commands that come
         # meanwhile wait for it in the pipeline, and nothing else needs to.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -704,3 +707,33 @@ async def test_cars_of_an_account_that_could_not_be_listed_at_the_first_start_ar
         assert result.status.value == "succeeded", result
     finally:
         await running.stop()
+
+
+async def test_an_audit_log_that_cannot_be_opened_at_start_is_no_tampering_alarm(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The audit file cannot be opened for writing at start (made immutable here; a read-only
+    mount, a full disk while repairing a torn tail, wrong ownership): commands are refused
+    `audit_unavailable`, as when a write fails later, and no `audit_tampered` alarm is raised.
+    (Before, the start called it a failed verification and raised one: a false alarm.)"""
+    if shutil.which("chattr") is None or os.geteuid() != 0:
+        pytest.skip("needs chattr and root to make the file immutable")
+    settings = settings_for(tmp_path, sim[1], broker, base_topic)
+    await login(settings)
+    await _run_until_anchored(settings)  # the log exists, intact
+    audit_file = audit_directory(settings.state_dir) / "audit.jsonl"
+    if subprocess.run(["chattr", "+i", str(audit_file)], check=False).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    events = Listener(broker, f"{base_topic}/bridge/event")
+    try:
+        running = Daemon(settings)
+        await running.start()
+        try:
+            result = await running.pipeline.submit_owner(running.vehicles[0].slug, "lock", "LOCK")
+        finally:
+            await running.stop()
+    finally:
+        subprocess.run(["chattr", "-i", str(audit_file)], check=False)
+        await events.close()
+    assert (result.status.value, result.reason) == ("rejected", "audit_unavailable")
+    assert not [p for _, p in events.live if b"audit_tampered" in p]
