@@ -13,8 +13,9 @@ Rules, per account and per window (24 h and 1 h, both sliding):
   reserve, because a command after 20 idle minutes needs a fresh token first.
 
 Time is "effective time": the largest clock reading ever seen for the account, persisted. A clock
-that jumps backwards therefore never frees budget; calls made meanwhile are stamped at the
-remembered time. A forward jump is indistinguishable from the daemon having been stopped that long
+that jumps backwards therefore never frees budget: while it is behind, effective time moves on
+from the last reading that was not, at the pace of the monotonic clock (`_effective`). A forward
+jump is indistinguishable from the daemon having been stopped that long
 and frees what that much elapsed time would free. Effective time is persisted as the newest charged
 call, or the `budget_clock` row where no call was charged (a refusal, a prune).
 
@@ -43,8 +44,9 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from bisect import bisect_right, insort
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -303,8 +305,13 @@ class Budget:
         alerts: AlertSink,
         clock: Clock = utc_now,
         headroom: int = HEADROOM,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._monotonic = monotonic
+        # Per account: the last clock reading that was not behind the effective time, and the
+        # monotonic clock then (see `_effective`).
+        self._anchors: dict[str, tuple[float, float]] = {}
         self._headroom = headroom
         self._config = config
         self._alerts = alerts
@@ -344,7 +351,7 @@ class Budget:
         try:
             with self._store.transaction() as conn:
                 ledger = self._ledger(conn, account)
-                now = max(self._clock().timestamp(), ledger.max_seen)
+                now = self._effective(account, ledger.max_seen)
                 ledger.forget_before(now)
                 fits = ledger.fits(kind, now, self._config)
                 retry_at = now if fits else self._retry_at(ledger, kind, now)
@@ -381,7 +388,7 @@ class Budget:
             ledger = self._ledgers.get(account)
             if ledger is None:
                 return None
-            now = max(self._clock().timestamp(), ledger.max_seen)
+            now = self._effective(account, ledger.max_seen)
             ledger.forget_before(now)
             if not ledger.fits(kind, now, self._config, spare=self._headroom):
                 return None
@@ -447,8 +454,26 @@ class Budget:
         if ledger is None:
             with self._store.locked() as conn:
                 ledger = self._ledger(conn, account)
-        now = max(self._clock().timestamp(), ledger.max_seen)
+        now = self._effective(account, ledger.max_seen)
         return ledger.fits(kind, now, self._config)
+
+    def _effective(self, account: str, max_seen: float) -> float:
+        """Effective time now: the clock, unless it is behind what the account has seen (it was
+        set back). Then not frozen at the largest reading, as it once was (calls piled up at one
+        instant and the windows never slid, so once one was full nothing was admitted until the
+        clock caught up: after a clock set back a day, no poll and no command for a day), but
+        moving on from the last trusted reading at the pace of the monotonic clock, which no
+        clock change moves: a backwards jump still frees nothing that real time did not."""
+        wall, mono = self._clock().timestamp(), self._monotonic()
+        if wall >= max_seen:
+            self._anchors[account] = (wall, mono)
+            return wall
+        anchor = self._anchors.get(account)
+        if anchor is None:  # set back before this process saw a trusted reading: from here on
+            self._anchors[account] = (max_seen, mono)
+            return max_seen
+        trusted, then = anchor
+        return max(max_seen, trusted + max(0.0, mono - then))
 
     def _ledger(self, conn: sqlite3.Connection, account: str) -> _Ledger:
         """The account's mirror, reloaded when another connection has written since we looked."""
@@ -477,10 +502,10 @@ class Budget:
 
     def usage(self, account: str, now: datetime | None = None) -> BudgetUsage:
         """The account's windows at `now` (default: the clock), in effective time; read-only."""
-        reading = (now or self._clock()).timestamp()
         with self._store.locked() as conn:
             ledger = self._ledger(conn, account)
-            at = max(reading, ledger.max_seen)
+            effective = self._effective(account, ledger.max_seen)
+            at = effective if now is None else max(now.timestamp(), effective)
             calls = list(ledger.calls)
         return usage_of(calls, now=at, config=self._config)
 

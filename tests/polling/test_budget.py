@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,11 +39,21 @@ class FakeClock:
 
 
 def open_budget(
-    state_dir: Path, config: BudgetConfig, clock: FakeClock, headroom: int = HEADROOM
+    state_dir: Path,
+    config: BudgetConfig,
+    clock: FakeClock,
+    headroom: int = HEADROOM,
+    monotonic: Callable[[], float] = lambda: 0.0,
 ) -> tuple[Store, Budget]:
+    """A budget on `clock`; the monotonic clock stands still unless one is given."""
     store = Store.open(state_dir)
     budget = Budget(
-        store=store, config=config, alerts=CollectingAlerts(), clock=clock, headroom=headroom
+        store=store,
+        config=config,
+        alerts=CollectingAlerts(),
+        clock=clock,
+        headroom=headroom,
+        monotonic=monotonic,
     )
     budget.start()
     return store, budget
@@ -146,6 +156,36 @@ def test_backwards_clock_jump_frees_nothing(budget_env):
     with pytest.raises(BudgetExhausted):
         budget.charge("a", CallKind.READ)
     assert budget.usage("a").used_hour == 8
+
+
+def test_after_the_clock_is_set_back_the_windows_still_slide_with_real_time(tmp_path: Path):
+    """Set back a day, the clock is behind every call made: the windows then move on at the pace
+    of the monotonic clock from the last trusted reading. Nothing is freed at once, an hour of
+    real time frees the hour's calls as it always would, and the budget works on meanwhile
+    (before, effective time stood still until the clock caught up a day later: once the hour's
+    window was full, no poll and no command for a day)."""
+    clock, real = FakeClock(), [0.0]
+    config = BudgetConfig(calls_per_day=100, calls_per_hour=10, command_reserve_pct=20)
+    store = Store.open(tmp_path)
+    budget = Budget(
+        store=store,
+        config=config,
+        alerts=CollectingAlerts(),
+        clock=clock,
+        monotonic=lambda: real[0],
+    )
+    budget.start()
+    try:
+        assert charge_until_refused(budget, CallKind.READ) == 8
+        clock.ts -= DAY_S  # set back a day; no real time has passed
+        with pytest.raises(BudgetExhausted):
+            budget.charge("a", CallKind.READ)
+        real[0] += HOUR_S + 1  # an hour of real time, the clock still a day behind
+        clock.ts += HOUR_S + 1
+        assert charge_until_refused(budget, CallKind.READ) == 8
+        assert budget.usage("a").used_day == 16  # the day's window still holds every call
+    finally:
+        store.close()
 
 
 def test_confirmation_reads_are_charged_to_the_command_share(budget_env):
@@ -429,6 +469,8 @@ class Run:
     true_now: float = 0.0
     offset: float = 0.0
     max_seen: float = float("-inf")
+    # The budget's last trusted (clock reading, true time), as `Budget._effective` keeps it.
+    anchor: tuple[float, float] | None = None
     forward_jumped: bool = False
     accepted: list[tuple[float, float, CallKind]] = field(default_factory=list)
     refused: list[tuple[float, CallKind]] = field(default_factory=list)
@@ -472,7 +514,11 @@ def play(
     window may be taken on a record's word, and the limits must hold all the same."""
     run = Run()
     clock = FakeClock()
-    store, budget = open_budget(state_dir, config, clock, headroom)
+
+    def monotonic() -> float:
+        return run.true_now  # real time passes with "advance" only, whatever the clock says
+
+    store, budget = open_budget(state_dir, config, clock, headroom, monotonic)
     for action, arg in script:
         clock.ts = EPOCH + run.true_now + run.offset
         if action == "advance":
@@ -482,7 +528,8 @@ def play(
             run.forward_jumped |= float(arg) > 0  # type: ignore[arg-type]
         elif action == "restart":
             store.close()
-            store, budget = open_budget(state_dir, config, clock, headroom)
+            store, budget = open_budget(state_dir, config, clock, headroom, monotonic)
+            run.anchor = None
         else:
             for _ in range(25 if action == "burst" else 1):
                 record = len(run.accepted) + 1 if action == "recorded" else None
@@ -491,10 +538,22 @@ def play(
     return run
 
 
+def effective(run: Run, reading: float) -> float:
+    """The effective time the budget stamps a call with (the model of `Budget._effective`)."""
+    if reading >= run.max_seen:
+        run.anchor = (reading, run.true_now)
+        return reading
+    if run.anchor is None:
+        run.anchor = (run.max_seen, run.true_now)
+        return run.max_seen
+    trusted, then = run.anchor
+    return max(run.max_seen, trusted + max(0.0, run.true_now - then))
+
+
 def attempt(
     budget: Budget, run: Run, reading: float, kind: CallKind, record: int | None = None
 ) -> None:
-    run.max_seen = max(run.max_seen, reading)
+    run.max_seen = effective(run, reading)
     try:
         commit = budget.charge("acct", kind, record=record)
     except BudgetExhausted:
