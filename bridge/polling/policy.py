@@ -186,7 +186,10 @@ def next_poll(
         # Charged to the command share by the caller: neither the read share nor the pace apply.
         return PollPlan(now + timedelta(seconds=tuning.confirm_delay_s), Mode.CONFIRMING)
     if budget.reads_left <= 0:
-        return PollPlan(max(budget.next_free_at, now), Mode.EXHAUSTED)
+        # The wait, not the instant: the budget's effective time runs ahead of `now` while the
+        # clock is behind it (set back), and the poll must come when the wait is over.
+        wait = budget.next_free_at - budget.at
+        return PollPlan(max(now + wait, now), Mode.EXHAUSTED)
     if vehicle.last_poll_at is None:
         return PollPlan(now, Mode.PARKED)  # nothing known yet: look now
     prior = prior or ActivityPrior.default()

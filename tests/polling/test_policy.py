@@ -150,6 +150,17 @@ def test_exhausted_waits_for_the_window_to_free_a_call():
     assert plan.at == budget.next_free_at > NOON
 
 
+def test_exhausted_waits_as_long_as_the_budget_says_even_with_the_clock_set_back():
+    """The budget's effective time runs ahead of a clock that was set back: the poll comes when
+    the wait is over by our clock, not when our clock reaches the budget's instant (a day later
+    after a day-long jump back)."""
+    ahead = NOON + timedelta(days=1)
+    budget = usage(now=ahead, calls=reads(32, end=ahead, spread_s=1800))
+    plan = next_poll(seen(Activity.DRIVING), now=NOON, budget=budget, config=CONFIG)
+    assert plan.mode is Mode.EXHAUSTED
+    assert plan.at - NOON == budget.next_free_at - budget.at > timedelta(0)
+
+
 def test_confirmation_is_read_soon_even_when_reads_are_exhausted():
     """After a command, one read soon: it is charged to the command share, so reads being used
     up does not delay it."""
