@@ -7,7 +7,9 @@ function receives the parsed arguments and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OwnerlinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`ownerlink audit tail | head`): nothing is left to say to it.
+        # Python would also fail flushing stdout at exit, so point it at /dev/null first.
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a descriptor
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 141  # as a command stopped by SIGPIPE, which a shell pipeline expects
     except OSError as exc:
         if exc.filename is None:
             raise  # not about a file the owner can fix: keep the traceback for the bug report

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -220,3 +223,25 @@ def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:
     thread.join(5)
     assert seen == list(range(40))
     assert list(directory.glob("audit.0*.jsonl"))
+
+
+def test_tail_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
+    """`ownerlink audit tail -n 2000 | head -1`: the reader leaves after one line; the command
+    stops as a command killed by SIGPIPE would (141), without a traceback."""
+    state_dir = tmp_path / "state"
+    fill(audit_directory(state_dir), 2000).close()
+    config = tmp_path / "config.yaml"
+    config.write_text("")
+    tail = ["audit", "tail", "-n", "2000", "--state-dir", str(state_dir), "--config", str(config)]
+    reader, writer = os.pipe()
+    with subprocess.Popen(
+        [sys.executable, "-m", "bridge", *tail],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        os.close(writer)
+        with os.fdopen(reader, "rb") as pipe:
+            assert b"command.decision" in pipe.readline()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
