@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -95,17 +96,42 @@ def run(args: argparse.Namespace) -> int:
         sim = build_simulator(args)
     except ValueError as exc:
         raise ConfigError([f"simulate: {exc}"]) from exc
+    # Listen before saying where: a busy port used to print these addresses anyway, then a log
+    # line from uvicorn and exit status 3, while the addresses answered some other program.
+    sock = _listen(args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     print(f"simulator: {len(sim.vehicles)} vehicle(s), speed {args.speed}x, seed {args.seed}")
     print(f"  authorize  {base}/oauth/authorize   token {base}/oauth/token")
     print(f"  v1         {base}/api/fordconnect/vehicles/v1")
     print(f"  query      {base}/fcon-query/v1")
-    print(f"  client_id {args.client_id}, application id {args.application_id}", flush=True)
+    print(f"  client_id {args.client_id}, application id {args.application_id}")
+    print(f"listening on {base} (Ctrl-C stops it)", flush=True)
     # uvicorn's "running on …" and its shutdown lines go through our logging (it installs none).
     logs.configure("info")
     quiet_simulated_drops()
     server = uvicorn.Server(uvicorn_config(sim, host=args.host, port=args.port, log_level="info"))
     # uvicorn shuts down cleanly on Ctrl-C and then re-raises it; stopping is the normal exit.
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port for uvicorn to serve on, or an error line naming them."""
+    from bridge.errors import OwnerlinkError
+
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OwnerlinkError(f"--host: cannot resolve {host!r} ({exc})") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        raise OwnerlinkError(f"cannot listen on {host}:{port}: {why}") from exc
+    return sock

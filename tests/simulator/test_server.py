@@ -158,12 +158,33 @@ def test_simulate_command_serves_until_interrupted() -> None:
                 time.sleep(0.05)  # the child process gives no other readiness signal
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0
-        # uvicorn says where it listens, through our logging.
-        assert "Uvicorn running on" in proc.stdout.read().decode()
+        # It says where it listens, once it does.
+        assert f"listening on http://127.0.0.1:{port}" in proc.stdout.read().decode()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_simulate_on_a_busy_port_says_so_and_claims_no_address() -> None:
+    """Another program on the port: one error line naming it and exit 1. It printed the
+    addresses as if serving, then uvicorn's log line and exit status 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "simulate", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert (
+        done.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_the_simulators_server_leaves_logging_to_us() -> None:
