@@ -123,6 +123,36 @@ def _info(doc: dict[str, Any]) -> VehicleInfo:
     )
 
 
+COVERAGE_FIX = "`ownerlink vehicles` lists the ids each login covers"
+
+
+def coverage_problems(settings: Settings, account: str, listed: list[VehicleInfo]) -> list[str]:
+    """Pure: the account's configured vehicles that its login's list does not cover, one line
+    each naming the key. A mistyped id (or the VIN in its place) was polled in vain every few
+    minutes, at info level; an id-less vehicle on a login with several cars was the first one.
+    Query accounts are left out: their login is the car, whatever id the config gives."""
+    config = settings.accounts.get(account)
+    if config is None or config.provider == "fordconnect-query" or not listed:
+        return []
+    ids = {info.vehicle_id for info in listed}
+    cars = f"{len(listed)} vehicle{'s' * (len(listed) != 1)}"
+    problems = []
+    for alias, vehicle in settings.vehicles.items():
+        if vehicle.account != account:
+            continue
+        if vehicle.id is None and len(listed) > 1:
+            problems.append(
+                f"vehicles.{alias}.id: missing, but account {account}'s login covers {cars}: "
+                "give the id of one"
+            )
+        elif vehicle.id is not None and vehicle.id not in ids:
+            problems.append(
+                f"vehicles.{alias}.id: not the id of any of the {cars} account {account}'s "
+                "login covers (the provider's id, never the VIN)"
+            )
+    return problems
+
+
 async def resolve_vehicles(
     settings: Settings, providers: Mapping[str, Provider], memory: VehicleMemory | None = None
 ) -> list[BridgedVehicle]:
@@ -133,6 +163,9 @@ async def resolve_vehicles(
     what the config says, and its details fill in on later reads.
     """
     listed = {name: await _list(provider, memory) for name, provider in providers.items()}
+    for account, infos in listed.items():
+        for problem in coverage_problems(settings, account, infos):
+            log.warning("vehicle not covered", problem=problem, fix=COVERAGE_FIX)
     if settings.vehicles:
         return [
             _configured(alias, cfg, providers[cfg.account], listed.get(cfg.account, []))

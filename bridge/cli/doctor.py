@@ -46,6 +46,7 @@ from bridge.providers.fordconnect_query import QUERY_BASE_URL
 from bridge.providers.oauth import token_endpoint
 from bridge.providers.tokens import TokenStore
 from bridge.store import Store
+from bridge.vehicles import coverage_problems
 
 # Long enough for a Raspberry Pi on Wi-Fi to reach Ford, short enough that a dead broker or a
 # black-holed route does not make doctor look hung.
@@ -221,7 +222,8 @@ async def _list_once(settings: Settings, account: str, budget: Budget, clock: Cl
         return doctor.judge_online(account, exc, 0)
     finally:
         await parts.provider.aclose()
-    return doctor.judge_online(account, None, len(vehicles))
+    uncovered = coverage_problems(settings, account, vehicles)
+    return doctor.judge_online(account, None, len(vehicles), uncovered)
 
 
 # -- output ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
 from bridge.providers.fordconnect_query import FordConnectQueryProvider
 from bridge.providers.tokens import TokenStore
+from bridge.vehicles import coverage_problems
 
 
 def register(sub: Any) -> None:
@@ -105,13 +106,17 @@ def _configured(
 ) -> dict[str, Any]:
     vehicle = settings.vehicles[alias]
     account = settings.accounts.get(vehicle.account)
-    info = _match(found.vehicles.get(vehicle.account, []), vehicle.id)
+    listed = found.vehicles.get(vehicle.account, [])
+    info = _match(listed, vehicle.id)
+    mine = f"vehicles.{alias}."
+    problems = coverage_problems(settings, vehicle.account, listed)
     return {
         "alias": alias,
         "account": vehicle.account,
         "provider": account.provider if account is not None else None,
         "id": vehicle.id,
         **_describe(info, providers.get(vehicle.account)),
+        "problem": next((p for p in problems if p.startswith(mine)), None),
     }
 
 
@@ -140,6 +145,9 @@ def _print_vehicles(doc: Mapping[str, Any], out: TextIO) -> None:
     if not doc["configured"]:
         print("  (none; add them under `vehicles:` in the config)", file=out)
     for v in doc["configured"]:
+        if v["problem"] is not None:
+            print(f"  {v['alias']}: account {v['account']}; {v['problem']}", file=out)
+            continue
         commands = _commands_text(v["commands"])
         print(
             f"  {v['alias']}: account {v['account']} ({v['provider']}), "

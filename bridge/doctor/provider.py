@@ -90,11 +90,14 @@ def check_clock(answers: Sequence[HttpAnswer]) -> Check:
     )
 
 
-def judge_online(account: str, error: ProviderError | None, vehicles: int) -> Check:
-    """Pure: the outcome of `--online`'s one list-vehicles call."""
+def judge_online(
+    account: str, error: ProviderError | None, vehicles: int, uncovered: Sequence[str] = ()
+) -> Check:
+    """Pure: the outcome of `--online`'s one list-vehicles call; `uncovered` names the configured
+    vehicles the list does not cover (`bridge.vehicles.coverage_problems`)."""
     name = f"online: {account}"
     if error is None:
-        return passed(name, f"listed {plural(vehicles, 'vehicle')}; 1 call charged to the budget")
+        return _listed(name, vehicles, uncovered)
     if isinstance(error, ReauthRequired):
         return failed(name, str(error), relogin(account))
     if isinstance(error, BudgetExhausted):
@@ -117,6 +120,17 @@ def judge_online(account: str, error: ProviderError | None, vehicles: int) -> Ch
         str(error),
         "run doctor again later; if it persists, check the account's "
         "api_base_url and the car maker's status page",
+    )
+
+
+def _listed(name: str, vehicles: int, uncovered: Sequence[str]) -> Check:
+    listed = f"listed {plural(vehicles, 'vehicle')}; 1 call charged to the budget"
+    if not uncovered:
+        return passed(name, listed)
+    return failed(
+        name,
+        f"{listed}; " + "; ".join(uncovered),
+        "set each vehicle's id to one that `ownerlink vehicles` lists for this account",
     )
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
+from bridge.config import Settings, VehicleConfig
 from bridge.model import Powertrain, VehicleInfo
 from bridge.store import Store
-from bridge.vehicles import VehicleMemory
+from bridge.vehicles import VehicleMemory, coverage_problems, resolve_vehicles
+from tests.providers.simulated import asgi, connect, log_in, make_sim, sim_account
 
 MACH_E = VehicleInfo("v-1", make="F", model="Mustang Mach-E", year=2023, powertrain=Powertrain.EV)
 BRONCO = VehicleInfo("v-2", model="Bronco", nickname="Weekend", powertrain=Powertrain.ICE)
@@ -39,3 +43,47 @@ def test_a_damaged_row_reads_as_nothing_remembered(tmp_path: Path) -> None:
         conn.execute("INSERT INTO vehicle_positions VALUES ('car', '{not json')")
     assert memory.vehicle_list("home") is None
     assert memory.positions("car") is None
+
+
+async def test_the_daemon_names_configured_vehicles_the_login_does_not_cover(
+    tmp_path: Path,
+) -> None:
+    """A mistyped id was polled in vain at info level, and an id-less vehicle on a login with
+    three cars silently became the first of them: each is now a warning naming the key."""
+    sim = make_sim()
+    transport = asgi(sim)
+    first = sim.vehicles[0].vehicle_id
+    settings = Settings(
+        state_dir=tmp_path,
+        accounts={"home": sim_account("http://sim")},
+        vehicles={
+            "mache": VehicleConfig(account="home", id=first),
+            "typo": VehicleConfig(account="home", id="0" * 32),
+            "bare": VehicleConfig(account="home"),
+        },
+    )
+    account = connect(settings, "home", transport)
+    await log_in(account, transport)
+    try:
+        with capture_logs() as logs:
+            bridged = await resolve_vehicles(settings, {"home": account.parts.provider})
+    finally:
+        await account.parts.provider.aclose()
+    assert [v.slug for v in bridged] == ["mache", "typo", "bare"]
+    problems = [e["problem"] for e in logs if e["event"] == "vehicle not covered"]
+    assert all(e["log_level"] == "warning" for e in logs if e["event"] == "vehicle not covered")
+    assert problems == [
+        "vehicles.typo.id: not the id of any of the 3 vehicles account home's login covers "
+        "(the provider's id, never the VIN)",
+        "vehicles.bare.id: missing, but account home's login covers 3 vehicles: give the id of one",
+    ]
+
+
+def test_a_query_login_is_its_car_whatever_the_id() -> None:
+    """A Query account's login is one car: no id is needed, and one given is not checked."""
+    query = sim_account("http://sim", "fordconnect-query")
+    settings = Settings(
+        accounts={"q": query},
+        vehicles={"pickup": VehicleConfig(account="q", id="anything")},
+    )
+    assert coverage_problems(settings, "q", [VehicleInfo("q-1")]) == []

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class Install:
     mqtt: dict[str, Any]
     account: dict[str, Any]
     budget: dict[str, Any]
+    vehicles: dict[str, Any] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -57,6 +58,7 @@ class Install:
             "mqtt": self.mqtt,
             "accounts": {"home": self.account},
             "budget": self.budget,
+            "vehicles": self.vehicles,
             "logging": {"level": "error"},
         }
         self.config.write_text(yaml.safe_dump(doc))

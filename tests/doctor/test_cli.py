@@ -107,6 +107,28 @@ def test_online_makes_one_list_call_charged_to_the_budget(install: Install) -> N
     assert "3 of 250 calls used" in found["budget: home"]["detail"]
 
 
+def test_online_fails_for_configured_vehicles_the_login_does_not_cover(install: Install) -> None:
+    """A mistyped id (here the VIN) and an id-less vehicle on a login with three cars passed
+    every check, while the daemon polled the first in vain and bridged the first car for the
+    second. The vehicle naming a listed id is fine; the others are named by key."""
+    install.vehicles = {
+        "mache": {"account": "home", "id": install.sim.vehicles[0].vehicle_id},
+        "typo": {"account": "home", "id": install.sim.vehicles[0].vin},
+        "bare": {"account": "home"},
+    }
+    found = checks(install, "--online")
+    online = found["online: home"]
+    assert found["exit"] == 1 and online["status"] == "fail"
+    assert "vehicles.typo.id: not the id of any of the 3 vehicles" in online["detail"]
+    assert (
+        "vehicles.bare.id: missing, but account home's login covers 3 vehicles"
+        in (online["detail"])
+    )
+    assert "mache" not in online["detail"]
+    assert install.sim.vehicles[0].vin not in json.dumps(found)
+    assert "ownerlink vehicles" in online["fix"]
+
+
 def test_online_skips_an_account_that_is_not_logged_in(install: Install) -> None:
     """--online spends nothing for an account whose tokens already failed the tokens check."""
     TokenStore(install.state_dir).path("home").unlink()

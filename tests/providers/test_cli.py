@@ -305,6 +305,34 @@ def test_vehicles_and_status_after_login(
     assert all(car.vin not in everything for car in sim.vehicles)
 
 
+def test_vehicles_names_a_configured_vehicle_the_login_does_not_cover(
+    tmp_path: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped id and an id-less vehicle on a login with three cars were listed as "commands:
+    unknown until the account is logged in", of an account that was logged in."""
+    _, base = served
+    config = write_config(
+        tmp_path,
+        base,
+        vehicles={"typo": {"account": "home", "id": "0" * 32}, "bare": {"account": "home"}},
+    )
+    main(["login", "home", "--config", str(config), "--print-url", "--no-qr"])
+    location = redirect_of(authorise_url(capsys.readouterr().out), vehicle="all")
+    assert main(["login", "home", "--config", str(config), "--redirect-url", location]) == 0
+    capsys.readouterr()
+
+    assert main(["vehicles", "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "until the account is logged in" not in text
+    assert "typo: account home; vehicles.typo.id: not the id of any of the 3 vehicles" in text
+    assert "bare: account home; vehicles.bare.id: missing, but account home's login covers" in text
+    assert main(["vehicles", "--config", str(config), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    problems = {v["alias"]: v["problem"] for v in listing["configured"]}
+    assert problems["typo"].startswith("vehicles.typo.id: not the id")
+    assert problems["bare"].startswith("vehicles.bare.id: missing")
+
+
 def test_status_of_an_account_that_never_logged_in_is_one_line(
     tmp_path: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
