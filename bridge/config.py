@@ -473,6 +473,7 @@ class Settings(BaseSettings):
                 problems.append(
                     _problem(("vehicles", alias, "account"), f"unknown account {vehicle.account!r}")
                 )
+        problems.extend(_same_car_problems(self))
         assistants = [name for name, app in self.apps.items() if app.home_assistant]
         for name in assistants[1:]:
             problems.append(
@@ -634,6 +635,27 @@ def _topic_problems(mqtt: MqttConfig) -> list[InitErrorDetails]:
             "Home Assistant's discovery topics would include the car's own",
         )
     ]
+
+
+def _same_car_problems(settings: Settings) -> Iterator[InitErrorDetails]:
+    """Two aliases for one car: the same id on one account, two without an id (each means the
+    login's only car), or two on a Query account (its login is one car). Each alias polled it
+    again, from the same budget, and Home Assistant showed the car twice."""
+    first: dict[tuple[str, str | None], str] = {}
+    for alias, vehicle in settings.vehicles.items():
+        account = settings.accounts.get(vehicle.account)
+        query = account is not None and account.provider == "fordconnect-query"
+        car = (vehicle.account, None if query else vehicle.id)
+        if car not in first:
+            first[car] = alias
+            continue
+        if query:
+            why = f"account {vehicle.account} is a Query login, which is one car"
+        elif vehicle.id is None:
+            why = "neither names an id: give each the id of its car"
+        else:
+            why = "the same id on the same account"
+        yield _problem(("vehicles", alias), f"the same car as vehicles.{first[car]} ({why})")
 
 
 def _login_problems(settings: Settings) -> list[InitErrorDetails]:

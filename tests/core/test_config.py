@@ -173,6 +173,46 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> No
     assert any(line.startswith(expected) for line in problems_for(tmp_path, text))
 
 
+V1_ACCOUNT = "  home: {client_id: a, client_secret: b}\n"
+QUERY_ACCOUNT = "  q: {provider: fordconnect-query, client_id: a, client_secret: b}\n"
+
+
+@pytest.mark.parametrize(
+    ("vehicles", "expected"),
+    [
+        (
+            "  a: {account: home, id: 0c697ebfdf5599e3b4538451e24cfc73}\n"
+            "  b: {account: home, id: 0c697ebfdf5599e3b4538451e24cfc73}\n",
+            "vehicles.b: the same car as vehicles.a (the same id on the same account)",
+        ),
+        (
+            "  a: {account: home}\n  b: {account: home}\n",
+            "vehicles.b: the same car as vehicles.a (neither names an id: give each the id of "
+            "its car)",
+        ),
+        (
+            "  a: {account: q}\n  b: {account: q, id: other}\n",
+            "vehicles.b: the same car as vehicles.a (account q is a Query login, which is one car)",
+        ),
+    ],
+)
+def test_one_car_under_two_aliases_is_refused(tmp_path: Path, vehicles: str, expected: str) -> None:
+    """Both aliases were bridged: the car polled twice from one budget and shown twice."""
+    text = f"accounts:\n{V1_ACCOUNT}{QUERY_ACCOUNT}vehicles:\n{vehicles}"
+    assert problems_for(tmp_path, text) == [expected]
+
+
+def test_different_cars_on_one_account_or_one_car_each_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"accounts:\n{V1_ACCOUNT}{QUERY_ACCOUNT}vehicles:\n"
+        "  a: {account: home, id: 0c697ebfdf5599e3b4538451e24cfc73}\n"
+        "  b: {account: home, id: 38d4b8af56ca5975345c36bf8a422a11}\n"
+        "  c: {account: q}\n"
+    )
+    assert sorted(load_config(path).vehicles) == ["a", "b", "c"]
+
+
 GOOD_URLS = [
     "http://127.0.0.1:8765/oauth/token",
     "https://api.mps.ford.com/api/fordconnect/vehicles/v1",
