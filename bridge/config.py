@@ -725,7 +725,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
     problems = list(_unusable_values(data, (), set()))
     if problems:
         raise ConfigError(problems)
-    return data
+    return _without_empty_sections(data, Settings)
+
+
+def _without_empty_sections(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """A section left empty (`mqtt:` with every key under it commented out) reads as YAML null;
+    it means the defaults, as a missing section does, not an error."""
+    out = {}
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        section = field.annotation if field is not None else None
+        if value is None and (_is_section(section) or get_origin(section) is dict):
+            continue
+        nested = isinstance(value, dict) and _is_section(section)
+        out[key] = _without_empty_sections(value, section) if nested else value  # type: ignore[arg-type]
+    return out
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
@@ -827,16 +845,43 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         _yaml_document.reset(token)
 
 
+# pydantic's words for a value of the wrong shape name Python types ("a valid frozenset", "an
+# instance of MqttConfig"); these say what the YAML should look like.
+_SHAPES = {
+    "model_type": "must be a section of `key: value` lines",
+    "dict_type": "must be a section of `name:` entries",
+    "list_type": "must be a list, e.g. [a, b] (one item too needs the brackets)",
+    "tuple_type": "must be a list, e.g. [a, b] (one item too needs the brackets)",
+    "set_type": "must be a list, e.g. [a, b] (one item too needs the brackets)",
+    "frozen_set_type": "must be a list, e.g. [a, b] (one item too needs the brackets)",
+    "path_type": "must be a path",
+}
+# What a name under accounts:, vehicles: or apps: may look like, by its pattern.
+_NAME_RULES = {
+    SLUG_PATTERN: "a-z, 0-9, - and _ (at most 32, starting with a letter or a digit)",
+    APP_ID_PATTERN: "letters, digits, - and _ (at most 64)",
+}
+
+
 def format_errors(exc: ValidationError) -> list[str]:
     """One `path.to.key: what is wrong` line per problem, never echoing a secret value."""
     lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        path = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         elif err["type"] == "missing":
             message = "required key is missing"
+        elif err["type"] in _SHAPES:
+            # Only whether the value is there at all is looked at: it may be a secret.
+            empty = " (it is empty)" if err.get("input") is None else ""
+            message = _SHAPES[err["type"]] + empty
+        elif loc[-1:] == ("[key]",) and err["type"] == "string_pattern_mismatch":
+            loc = loc[:-1]
+            rule = _NAME_RULES.get(str((err.get("ctx") or {}).get("pattern")))
+            message = f"not a usable name: use {rule}" if rule else message
+        path = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{path}: {message}")
     return lines
 

@@ -173,6 +173,37 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> No
     assert any(line.startswith(expected) for line in problems_for(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # pydantic's words named Python types: "a valid frozenset", "instance of VehicleConfig".
+        ("apps:\n  x:\n    scopes: read:status\n", "apps.x.scopes: must be a list, e.g. [a, b]"),
+        ("web:\n  allow_cidrs: 10.0.0.0/8\n", "web.allow_cidrs: must be a list, e.g. [a, b]"),
+        ("vehicles:\n  car:\n", "vehicles.car: must be a section of `key: value` lines (it is "),
+        ("mqtt: [1, 2]\n", "mqtt: must be a section of `key: value` lines"),
+        ("state_dir:\n", "state_dir: must be a path (it is empty)"),
+        ("accounts:\n  Ford: {client_id: a, client_secret: b}\n", "accounts.Ford: not a usable "),
+        ("apps:\n  a.b: {}\n", "apps.a.b: not a usable name: use letters, digits, - and _"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_says_what_the_yaml_should_be(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    problems = problems_for(tmp_path, text)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+    assert not any(word in problems[0] for word in ("frozenset", "tuple", "instance", "[key]"))
+
+
+def test_a_section_left_empty_means_its_defaults(tmp_path: Path) -> None:
+    """`mqtt:` with every key under it commented out is YAML null: it was an error naming
+    pydantic's MqttConfig, where a missing section means the defaults."""
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt:\n  # host: broker\n  tls:\naccounts:\napps:\nvehicles:\nweb:\n")
+    settings = load_config(path)
+    assert settings.mqtt.host == "127.0.0.1" and not settings.mqtt.tls.enabled
+    assert (settings.accounts, settings.apps, settings.vehicles) == ({}, {}, {})
+
+
 V1_ACCOUNT = "  home: {client_id: a, client_secret: b}\n"
 QUERY_ACCOUNT = "  q: {provider: fordconnect-query, client_id: a, client_secret: b}\n"
 
