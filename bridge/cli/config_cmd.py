@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from bridge.cli.common import add_common, cli_overrides
-from bridge.config import find_config_path, load_config, unknown_environment
+from bridge.config import DEFAULT_PATHS, find_config_path, load_config, unknown_environment
 
 
 def register(sub: Any) -> None:
@@ -21,12 +21,23 @@ def register(sub: Any) -> None:
 
 def check_command(args: argparse.Namespace) -> int:
     settings = load_config(args.config, cli_overrides(args))
-    source = find_config_path(args.config) or "(defaults and environment only)"
+    found = find_config_path(args.config)
+    source = found or "(defaults and environment only)"
     print(
         f"config OK: {source} — {len(settings.accounts)} account(s), "
         f"{len(settings.vehicles)} vehicle(s), broker {settings.mqtt.host}:{settings.mqtt.port}, "
         f"state in {settings.state_dir}"
     )
+    # Run in the wrong directory, or before the file is in place, this said only "config OK".
+    if found is None:
+        looked = ", ".join(str(path) for path in DEFAULT_PATHS)
+        print(f"warning: no config file found ({looked}); give one with --config", file=sys.stderr)
+    if not settings.accounts:
+        print(
+            "warning: no accounts configured: the daemon has no car to bridge "
+            "(add one under `accounts:`, see config.example.yaml)",
+            file=sys.stderr,
+        )
     for problem in unknown_environment(os.environ):
         print(f"warning: {problem}", file=sys.stderr)
     return 0

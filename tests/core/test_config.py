@@ -627,15 +627,17 @@ def test_settings_are_frozen() -> None:
         settings.mqtt.port = 1  # type: ignore[misc]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bridge", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=ROOT,
+        cwd=cwd,
         check=False,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -644,6 +646,22 @@ def test_config_check_exits_zero_with_summary() -> None:
     result = run_cli("config", "check", "--config", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config OK")
+
+
+def test_config_check_warns_of_a_missing_file_and_of_no_accounts(tmp_path: Path) -> None:
+    """Run where no config file is, `config check` said only "config OK"; the file or the
+    accounts missing is now said (still exit 0: the environment may carry everything)."""
+    if Path("/etc/ownerlink/config.yaml").is_file():
+        pytest.skip("this machine has a config file where every command looks first")
+    result = run_cli("config", "check", env={"OWNERLINK_CONFIG": ""}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config OK: (defaults and environment only)")
+    assert "warning: no config file found (/etc/ownerlink/config.yaml, config.yaml)" in (
+        result.stderr
+    )
+    assert "warning: no accounts configured" in result.stderr
+    example = run_cli("config", "check", "--config", str(EXAMPLE))
+    assert example.stderr == ""
 
 
 def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
