@@ -65,6 +65,44 @@ def accepts_anonymous(host: str, port: int, timeout_s: float = 2.0) -> bool:
         client.loop_stop()
 
 
+def retained_payload(broker: DemoBroker, topic: str, timeout_s: float = 3.0) -> bytes | None:
+    """The message the broker keeps retained on `topic`, or None (none, or no answer in time).
+    A retained message follows the subscription's acknowledgement at once."""
+    got: list[bytes] = []
+    answered = threading.Event()
+    client_id = f"ownerlink-demo-probe-{secrets.token_hex(3)}"
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+
+    def on_connect(client: paho.Client, _u: object, _f: object, reason: object, _p: object) -> None:
+        client.subscribe(topic, qos=1)
+
+    def on_subscribe(*_args: object) -> None:
+        # Nothing retained: a moment of silence after the acknowledgement.
+        timer = threading.Timer(0.3, answered.set)
+        timer.daemon = True
+        timer.start()
+
+    def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
+        if message.retain:
+            got.append(bytes(message.payload))
+            answered.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+    except OSError:
+        return None
+    client.loop_start()
+    try:
+        answered.wait(timeout_s)
+        return got[0] if got else None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def clear_retained(broker: DemoBroker, topics: Iterable[str], timeout_s: float = 5.0) -> int:
     """Delete retained messages (an empty retained publish each); returns how many were sent.
     Used when the demo shared a broker it did not start, so it leaves nothing behind there."""

@@ -24,7 +24,7 @@ from bridge.audit.chain import read_records
 from bridge.audit.log import audit_directory
 from bridge.config import Settings, load_config
 from bridge.daemon import Daemon
-from bridge.demo.broker import DemoBroker, clear_retained, demo_broker
+from bridge.demo.broker import DemoBroker, clear_retained, demo_broker, retained_payload
 from bridge.errors import BrokerError, StateError
 from bridge.events import CollectingAlerts
 from bridge.mqtt.memory import RetainedDiscovery
@@ -175,6 +175,14 @@ def write_config(
 async def _run(
     settings: Settings, sim_url: str, broker: DemoBroker, progress: Progress, out: TextIO
 ) -> int:
+    if broker.kind == "existing" and await _another_demo_is_online(settings):
+        print(
+            f"another Ownerlink demo is running on the broker at {broker.host}:{broker.port} "
+            f"({Topics(base=settings.mqtt.base_topic).bridge_state} is online): stop it first "
+            "(Ctrl-C where it runs), or give this one another broker with --broker HOST:PORT",
+            file=out,
+        )
+        return 1
     await _forget_an_earlier_demos_head(settings, out)
     await login(settings)
     progress("logged in to the simulated FordConnect account (OAuth 2.0 + PKCE)")
@@ -198,6 +206,16 @@ async def _run(
             "stopped; the demo's state directory is removed unless --state-dir was given", file=out
         )
     return 0
+
+
+async def _another_demo_is_online(settings: Settings) -> bool:
+    """Whether a demo's daemon is connected under the demo's base topic: its retained state is
+    `online` (the broker turns it `offline` by the last will when it dies). A second demo took
+    that one's audit head, executed every command sent to it on its own cars too, and on leaving
+    deleted its retained states and Home Assistant discovery."""
+    topic = Topics(base=settings.mqtt.base_topic).bridge_state
+    broker = DemoBroker(settings.mqtt.host, settings.mqtt.port, "existing")
+    return await asyncio.to_thread(retained_payload, broker, topic) == b"online"
 
 
 async def _forget_an_earlier_demos_head(settings: Settings, out: TextIO) -> None:

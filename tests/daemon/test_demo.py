@@ -190,6 +190,48 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
     assert not _listening(int(port.group(1))), "the owner page still answers after Ctrl-C"
 
 
+def test_a_second_demo_on_the_same_broker_leaves_the_running_one_alone(
+    demo: tuple[subprocess.Popen[str], list[str]], broker: BrokerAddress, tmp_path: Path
+) -> None:
+    """`scripts/demo` run again while the first still runs: the second took the first's audit
+    head, ran every command sent to the first on its own cars as well, and, stopping (its page's
+    port was taken), deleted the first's retained states and discovery. It now says so and
+    stops before touching the broker."""
+    proc, lines = demo
+    deadline = time.monotonic() + STARTUP_S
+    while not any("Ctrl-C stops everything" in line for line in lines):
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "demo not ready in time:\n" + "".join(lines)
+        time.sleep(0.2)
+    before = _retained(broker, ["ownerlink-demo/#", "homeassistant/#"])
+    assert "ownerlink-demo/bridge/state" in before
+    assert any(topic.startswith("homeassistant/") for topic in before)
+    options = ["--web-port", "0", "--state-dir", str(tmp_path / "second")]
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "demo",
+            "--broker",
+            f"{broker.host}:{broker.port}",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "another Ownerlink demo is running on the broker" in second.stdout
+    assert "Traceback" not in second.stdout + second.stderr
+    # Still there (the first demo may have retained more meanwhile, such as its audit head).
+    assert set(_retained(broker, ["ownerlink-demo/#", "homeassistant/#"])) >= set(before)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+
+
 def _retained(broker: BrokerAddress, filters: list[str], settle_s: float = 1.0) -> list[str]:
     """The topics under `filters` that hold a retained message now."""
     found: list[str] = []
