@@ -40,7 +40,10 @@ def register(sub: Any) -> None:
     parser.add_argument("account", nargs="?", help="the account to log in (default: the only one)")
     how = parser.add_mutually_exclusive_group()
     how.add_argument(
-        "--listen", action="store_true", help="wait for the redirect on the (loopback) redirect_uri"
+        "--listen",
+        action="store_true",
+        help="wait for the redirect on the (loopback) redirect_uri: a browser on this machine "
+        "(no QR code)",
     )
     how.add_argument(
         "--redirect-url",
@@ -74,7 +77,9 @@ def login_command(args: argparse.Namespace) -> int:
         asyncio.run(_finish(settings, account, login, args.redirect_url, out))
         return 0
     login = _start(settings, account)
-    _show_url(login.url, out, qr=not args.no_qr)
+    # --listen needs the browser on this machine: Ford sends it to a loopback address, which on
+    # a phone that scanned the code is the phone itself (and the login then timed out here).
+    _show_url(login.url, out, qr=not (args.no_qr or args.listen))
     if args.print_url:
         print(
             f"Then run: ownerlink login {account} --redirect-url '<the URL Ford sent you to>'",

@@ -224,6 +224,19 @@ def test_listen_receives_the_redirect_on_loopback(
     assert "Logged in" in out.getvalue()
 
 
+def test_listen_offers_no_qr_code_for_a_phone(
+    tmp_path: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--listen takes the redirect on this machine's loopback: a phone that scanned the QR code
+    was sent to its own 127.0.0.1, and the login here timed out. The URL alone is offered."""
+    _, base = served
+    config = write_config(tmp_path, base, redirect_port=free_port())
+    argv = ["login", "q", "--config", str(config), "--listen", "--timeout", "0.2"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "/oauth/authorize?" in out and "scan" not in out
+
+
 def test_listen_gives_up_after_its_timeout(
     tmp_path: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
