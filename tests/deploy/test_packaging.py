@@ -153,3 +153,32 @@ def test_addon_manifest_is_valid() -> None:
     for key in ("name", "version", "slug", "description", "arch", "options", "schema"):
         assert key in manifest
     assert {"aarch64", "amd64"} <= set(manifest["arch"])
+
+
+def test_the_scripts_mend_a_virtualenv_left_without_pip(tmp_path: Path) -> None:
+    """Where venv's pip is packaged apart (Debian, Ubuntu: python3-venv), a first `scripts/demo`
+    fails half-way and leaves .venv/bin/python without pip; every later run took that for a
+    ready .venv and failed with "No module named pip". scripts/venv (which demo and bootstrap
+    run first) now gives such a .venv its pip, and leaves a working one alone."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "venv", tmp_path / "scripts" / "venv")
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / ".venv")], check=True
+    )
+
+    def has_pip() -> bool:
+        command = [venv_python, "-m", "pip", "--version"]
+        answer = subprocess.run(command, capture_output=True, check=False)
+        return answer.returncode == 0
+
+    assert not has_pip()
+    env = {**os.environ, "PYTHON": sys.executable}
+    subprocess.run(["bash", "scripts/venv"], cwd=tmp_path, env=env, check=True, timeout=300)
+    assert has_pip()
+    marker = tmp_path / ".venv" / "kept"
+    marker.write_text("")
+    subprocess.run(["bash", "scripts/venv"], cwd=tmp_path, env=env, check=True, timeout=60)
+    assert marker.exists() and has_pip()
+    for script in ("demo", "bootstrap"):
+        assert "bash scripts/venv\n" in (ROOT / "scripts" / script).read_text(), script
