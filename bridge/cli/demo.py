@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
         type=integer_in(0, 65535),
         default=8088,
         metavar="PORT",
-        help="owner page port (0 picks a free one)",
+        help="owner page port (0, or one that is taken: a free one)",
     )
     parser.set_defaults(func=demo_command)
 

@@ -8,6 +8,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -96,8 +97,25 @@ def run_demo(options: DemoOptions) -> int:
             with demo_broker(options.broker_host, options.broker_port) as broker:
                 progress(f"MQTT broker ({broker.kind}) at {broker.host}:{broker.port}")
                 vehicles = {_alias(v.spec.nickname): v.vehicle_id for v in sim.vehicles}
-                settings = write_config(state_dir, sim_url, broker, options.web_port, vehicles)
+                web_port = page_port(options.web_port, options.out)
+                settings = write_config(state_dir, sim_url, broker, web_port, vehicles)
                 return asyncio.run(_run(settings, sim_url, broker, progress, options.out))
+
+
+def page_port(wanted: int, out: TextIO) -> int:
+    """The owner page's port: the one asked for, or any free one when something holds it (a
+    real Ownerlink on this machine, an earlier demo). It ended the demo after every step had
+    run, as `config error: web.host / web.port`, keys a demo user never wrote."""
+    if wanted == 0:
+        return 0
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", wanted))
+        except OSError:
+            print(f"port {wanted} is taken; the owner page uses a free port instead", file=out)
+            return 0
+    return wanted
 
 
 @contextlib.contextmanager

@@ -288,3 +288,24 @@ def test_the_demo_broker_may_be_an_ipv6_address() -> None:
     args = build_parser().parse_args(["demo", "--broker", "[::1]:1884"])
     assert args.broker == ("::1", 1884)
     assert build_parser().parse_args(["demo"]).broker == ("127.0.0.1", 1883)
+
+
+def test_a_taken_page_port_gives_the_demo_a_free_one() -> None:
+    """A real Ownerlink (or an earlier demo) on 8088 ended the demo after every step, with
+    `config error: web.host / web.port`; it now says so and takes a free port."""
+    import io
+    import socket
+
+    from bridge.demo.run import page_port
+
+    out = io.StringIO()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert page_port(taken, out) == 0
+    assert out.getvalue() == f"port {taken} is taken; the owner page uses a free port instead\n"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert page_port(free, io.StringIO()) == free
