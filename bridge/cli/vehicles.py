@@ -214,8 +214,12 @@ def resolve_target(settings: Settings, name: str | None) -> Target:
             name = next(iter(settings.vehicles))
         elif not settings.vehicles and len(settings.accounts) == 1:
             name = next(iter(settings.accounts))
+        elif not settings.vehicles and not settings.accounts:
+            raise ConfigError(
+                ["accounts: none configured, so no vehicle to read (see config.example.yaml)"]
+            )
         else:
-            choices = ", ".join(sorted(settings.vehicles) or sorted(settings.accounts)) or "none"
+            choices = ", ".join(sorted(settings.vehicles) or sorted(settings.accounts))
             raise ConfigError([f"vehicles: name the vehicle to read ({choices})"])
     if name in settings.vehicles:
         vehicle = settings.vehicles[name]

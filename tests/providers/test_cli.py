@@ -354,3 +354,15 @@ def test_status_of_an_account_that_never_logged_in_is_one_line(
     config = write_config(tmp_path, base)
     assert main(["status", "q", "--config", str(config)]) == 1
     assert "run `ownerlink login q`" in capsys.readouterr().err
+
+
+def test_status_with_nothing_configured_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It asked to "name the vehicle to read (none)", as if naming one could help."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    assert main(["status", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    expected = "accounts: none configured, so no vehicle to read (see config.example.yaml)"
+    assert err == f"config error: {expected}\n"
