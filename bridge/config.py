@@ -474,6 +474,7 @@ class Settings(BaseSettings):
                     _problem(("vehicles", alias, "account"), f"unknown account {vehicle.account!r}")
                 )
         problems.extend(_same_car_problems(self))
+        problems.extend(_vin_problems(self))
         assistants = [name for name, app in self.apps.items() if app.home_assistant]
         for name in assistants[1:]:
             problems.append(
@@ -635,6 +636,22 @@ def _topic_problems(mqtt: MqttConfig) -> list[InitErrorDetails]:
             "Home Assistant's discovery topics would include the car's own",
         )
     ]
+
+
+# 17 characters of the VIN alphabet (no I, O or Q), letters and digits both: an alias or a name
+# so written is published in every topic or in Home Assistant's discovery.
+_VIN = re.compile(r"(?=.*[0-9])(?=.*[A-HJ-NPR-Z])[A-HJ-NPR-Z0-9]{17}", re.IGNORECASE)
+
+
+def _vin_problems(settings: Settings) -> Iterator[InitErrorDetails]:
+    """An alias or display name that looks like a VIN: owners are told never to publish theirs,
+    and the alias is in every topic of the car, its name in Home Assistant's discovery."""
+    advice = "it looks like a VIN, which would be published; choose a name such as `mache`"
+    for alias, vehicle in settings.vehicles.items():
+        if _VIN.fullmatch(alias):
+            yield _problem(("vehicles", alias), advice)
+        if vehicle.name is not None and _VIN.fullmatch(vehicle.name.strip()):
+            yield _problem(("vehicles", alias, "name"), advice)
 
 
 def _same_car_problems(settings: Settings) -> Iterator[InitErrorDetails]:

@@ -233,6 +233,26 @@ def test_one_car_under_two_aliases_is_refused(tmp_path: Path, vehicles: str, exp
     assert problems_for(tmp_path, text) == [expected]
 
 
+def test_an_alias_or_a_name_that_looks_like_a_vin_is_refused(tmp_path: Path) -> None:
+    """The alias is in every topic of the car and its name in Home Assistant's discovery: a VIN
+    there (lower-cased to pass as an alias) was published, though owners are told never to."""
+    from bridge.simulator import Simulator
+
+    vin = Simulator(vehicles=1, seed=1).vehicles[0].vin
+    text = (
+        f"accounts:\n{V1_ACCOUNT}vehicles:\n"
+        f"  {vin.lower()}: {{account: home, id: 0c697ebfdf5599e3b4538451e24cfc73}}\n"
+        f"  car: {{account: home, id: 38d4b8af56ca5975345c36bf8a422a11, name: {vin}}}\n"
+        "  f150-lightning-ev: {account: home, id: 3d20220a11530ea5ea8e85be8fd74cad, "
+        "name: F-150 Lightning}\n"
+    )
+    advice = "it looks like a VIN, which would be published; choose a name such as `mache`"
+    assert problems_for(tmp_path, text) == [
+        f"vehicles.{vin.lower()}: {advice}",
+        f"vehicles.car.name: {advice}",
+    ]
+
+
 def test_different_cars_on_one_account_or_one_car_each_are_fine(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(
