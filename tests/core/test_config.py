@@ -632,6 +632,18 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path, monkeypatch: pytest.M
     assert settings.mqtt.base_topic == "ownerlink"
 
 
+def test_an_accounts_secret_may_come_from_the_environment_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/operations.md (Docker): the file names the account, `.env` holds its secret."""
+    path = tmp_path / "c.yaml"
+    path.write_text("accounts:\n  ford:\n    client_id: my-app\n")
+    monkeypatch.setenv("OWNERLINK_ACCOUNTS__FORD__CLIENT_SECRET", "from-env")
+    account = load_config(path).accounts["ford"]
+    assert (account.client_id, account.client_secret.get_secret_value()) == ("my-app", "from-env")
+    assert "OWNERLINK_ACCOUNTS__FORD__CLIENT_SECRET" in (ROOT / "docs/operations.md").read_text()
+
+
 def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """$OWNERLINK_CONFIG is read when --config is not given."""
     path = tmp_path / "c.yaml"
