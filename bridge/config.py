@@ -39,7 +39,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError
-from bridge.model import Scope
+from bridge.model import READ_SCOPES, Scope
 
 DEFAULT_PATHS = (Path("/etc/ownerlink/config.yaml"), Path("config.yaml"))
 # The YAML document being loaded; read by YamlDocumentSource below the environment in precedence.
@@ -367,8 +367,21 @@ class CommandsConfig(Section):
     timeout_s: Number = Field(default=120, gt=0, le=600)
 
 
+def _commands_only(scopes: frozenset[Scope]) -> frozenset[Scope]:
+    # Step-up guards commands; a read scope here guarded nothing, yet read as if reading the car's
+    # location now needed the code.
+    reads = sorted(scope.value for scope in scopes if scope in READ_SCOPES)
+    if reads:
+        raise ValueError(
+            f"{', '.join(reads)}: only command scopes can need a step-up code (reads never do)"
+        )
+    return scopes
+
+
 class StepUpConfig(Section):
-    required_for: frozenset[Scope] = frozenset({Scope.COMMAND_UNLOCK, Scope.COMMAND_REMOTE_START})
+    required_for: Annotated[frozenset[Scope], AfterValidator(_commands_only)] = frozenset(
+        {Scope.COMMAND_UNLOCK, Scope.COMMAND_REMOTE_START}
+    )
     max_failures: Integer = Field(default=5, ge=1, le=100)
     failure_window_s: Number = Field(default=15 * 60, ge=60, le=DAY)
     lockout_s: Number = Field(default=15 * 60, ge=60, le=WEEK)

@@ -65,6 +65,11 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
         ("web:\n  allow_cidrs: [nonsense]\n", "web.allow_cidrs.0: Value error"),
         ("vehicles:\n  car: {account: nope}\n", "vehicles.car.account: unknown account 'nope'"),
         ("stepup:\n  required_for: [command:fly]\n", "stepup.required_for.0: Input should be"),
+        # A read scope guarded nothing, yet read as if the car's location needed the code.
+        (
+            "stepup:\n  required_for: [read:location, command:unlock]\n",
+            "stepup.required_for: Value error, read:location: only command scopes can need",
+        ),
         (
             "commands:\n  max_age_s: 600\n  dedup_window_s: 300\n",
             "commands.dedup_window_s: must be at least commands.max_age_s (600)",
