@@ -38,6 +38,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bridge.access.validation import RESERVED_IDS
 from bridge.errors import ConfigError
 from bridge.model import READ_SCOPES, Scope
 
@@ -689,12 +690,27 @@ def _same_car_problems(settings: Settings) -> Iterator[InitErrorDetails]:
 
 
 def _login_problems(settings: Settings) -> list[InitErrorDetails]:
+    """App ids the registry would refuse when the daemon imports them at start: it then exited 1
+    (restarted in a loop under systemd) on a file `config check` had passed."""
     clashes = ((app_id, settings.mqtt.own_login(app_id)) for app_id in settings.apps)
-    return [
+    problems = [
         _problem(("apps", app_id), f"{login!r} is the bridge's own broker login")
         for app_id, login in clashes
         if login is not None
     ]
+    first: dict[str, str] = {}
+    for app_id in settings.apps:
+        if app_id.lower() in RESERVED_IDS:
+            problems.append(_problem(("apps", app_id), "reserved for the owner or the daemon"))
+        elif app_id.lower() in first:
+            problems.append(
+                _problem(
+                    ("apps", app_id),
+                    f"the same broker login as apps.{first[app_id.lower()]} (logins ignore case)",
+                )
+            )
+        first.setdefault(app_id.lower(), app_id)
+    return problems
 
 
 def _problem(loc: tuple[str, ...], message: str) -> InitErrorDetails:

@@ -329,15 +329,26 @@ class AppRegistry:
                 continue
             with self._lock:
                 # Writing read:location into the config file is the owner's explicit opt-in.
-                app = self._new_app(
-                    app_id,
-                    name=spec.name,
-                    scopes=spec.scopes,
-                    home_assistant=spec.home_assistant,
-                    allow_location=True,
-                    rate_limit=None,
-                    cidrs=(),
-                )
+                try:
+                    app = self._new_app(
+                        app_id,
+                        name=spec.name,
+                        scopes=spec.scopes,
+                        home_assistant=spec.home_assistant,
+                        allow_location=True,
+                        rate_limit=None,
+                        cidrs=(),
+                    )
+                except AccessError as exc:
+                    # What the file cannot know: another app already Home Assistant, an id
+                    # taken in another case. The daemon exited 1 here, restarted for good.
+                    log.warning(
+                        "declared_app_not_added",
+                        app=app_id,
+                        key=f"apps.{app_id}",
+                        detail=f"{exc}; change the config file or the registry",
+                    )
+                    continue
                 self._insert(BrokerIdentity(app), actor, source="config")
             self._changed(ChangeKind.ADDED, app)
             self._alert_added(app)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.access.apps import AppRegistry, ChangeKind
 from bridge.config import AppConfig
@@ -291,6 +292,25 @@ def test_a_revoked_declared_app_does_not_come_back(h: Harness) -> None:
     h.registry.revoke("nr")
     assert h.registry.import_declared(declared) == []
     assert h.registry.get("nr") is None
+
+
+def test_a_declared_app_the_registry_cannot_take_is_skipped_with_a_warning(h: Harness) -> None:
+    """The file cannot know the registry: a second Home Assistant app (one added with `apps add
+    ha --home-assistant` beside the example's `homeassistant`), or an id taken in another case.
+    The daemon exited 1 on it at every start; the others are imported and it is named."""
+    h.registry.add("myha", scopes=["read:status"], home_assistant=True)
+    h.registry.add("Dash", scopes=["read:status"])
+    declared = {
+        "homeassistant": AppConfig(scopes=frozenset({Scope.READ_STATUS}), home_assistant=True),
+        "dash": AppConfig(),
+        "nr": AppConfig(),
+    }
+    with capture_logs() as logs:
+        assert h.registry.import_declared(declared) == ["nr"]
+    skipped = {e["key"]: e["detail"] for e in logs if e["event"] == "declared_app_not_added"}
+    assert skipped.keys() == {"apps.homeassistant", "apps.dash"}
+    assert "'myha' is already the Home Assistant app" in skipped["apps.homeassistant"]
+    assert h.registry.get("homeassistant") is None and h.registry.require("myha").home_assistant
 
 
 def test_the_command_path_sees_another_process_change_at_once(tmp_path: Path) -> None:

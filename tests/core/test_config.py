@@ -171,6 +171,12 @@ def test_secrets_are_secret_str(tmp_path: Path) -> None:
             "mqtt:\n  admin_username: boss\napps:\n  boss: {scopes: [read:status]}\n",
             "apps.boss: 'boss' is the bridge's own broker login",
         ),
+        # The registry refused these when the daemon imported them: exit 1 at every start.
+        ("apps:\n  Owner: {}\n", "apps.Owner: reserved for the owner or the daemon"),
+        (
+            "apps:\n  Dash: {}\n  dash: {}\n",
+            "apps.dash: the same broker login as apps.Dash (logins ignore case)",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
