@@ -307,6 +307,18 @@ class MqttConfig(Section):
     reconnect_min_s: Number = Field(default=1.0, gt=0, le=60)
     reconnect_max_s: Number = Field(default=60.0, gt=0, le=3600)
 
+    @model_validator(mode="after")
+    def _check_dynsec_login(self) -> MqttConfig:
+        """dynsec manages the broker through its admin login: without it `config check` passed
+        and then every command that touches apps, and the daemon, stopped on it."""
+        if self.enforcement == "dynsec" and (not self.admin_username or not self.admin_password):
+            problem = _problem(
+                ("admin_username",),
+                "required (with mqtt.admin_password) when mqtt.enforcement is dynsec",
+            )
+            raise ValidationError.from_exception_data("MqttConfig", [problem])
+        return self
+
     @property
     def own_logins(self) -> tuple[str, ...]:
         """The bridge's own broker usernames: never an app's id (an app under one of them

@@ -728,6 +728,8 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
         ('web: {public_url: "http://[::1"}\n', {}, "web.public_url: Value error, not a valid URL"),
         ("{}\n", {"OWNERLINK_MQTT__HOST": "192.168.1.10:1883"}, "mqtt.host: Value error"),
         ("web: {tls_cert: /nonexistent/cert.pem}\n", {}, "web.tls_key: set it too"),
+        # Passed, then `run` and every `apps` command stopped on it.
+        ("mqtt: {enforcement: dynsec}\n", {}, "mqtt.admin_username: required (with mqtt.admin"),
         (
             "{}\n",
             {"OWNERLINK_MQTT__PASSWORD": "pw\udcff"},
