@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     # Listen before saying where: a busy port used to print these addresses anyway, then a log
     # line from uvicorn and exit status 3, while the addresses answered some other program.
     sock = _listen(args.host, args.port)
-    base = f"http://{args.host}:{args.port}"
+    # An IPv6 address takes brackets in a URL (`http://::1:8765` is no address to paste).
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    base = f"http://{shown}:{args.port}"
     print(f"simulator: {len(sim.vehicles)} vehicle(s), speed {args.speed}x, seed {args.seed}")
     print(f"  authorize  {base}/oauth/authorize   token {base}/oauth/token")
     print(f"  v1         {base}/api/fordconnect/vehicles/v1")

@@ -187,6 +187,35 @@ def test_simulate_on_a_busy_port_says_so_and_claims_no_address() -> None:
     )
 
 
+def test_simulate_on_ipv6_prints_urls_that_work() -> None:
+    """`--host ::1` printed `http://::1:PORT/...`, which no client takes as an address."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    cmd = [sys.executable, "-m", "bridge", "simulate", "--host", "::1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(6)]
+        assert f"listening on http://[::1]:{port}" in banner[-1], banner
+        token_url = banner[1].split()[-1]
+        assert token_url == f"http://[::1]:{port}/oauth/token"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(token_url).status_code == 405
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the simulator never answered"
+                time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
 def test_the_simulators_server_leaves_logging_to_us() -> None:
     """uvicorn's own logging config would give its loggers their own plain-text handlers for the
     whole process: in the demo, the daemon's web server logs too, unformatted and unredacted."""
