@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import signal
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
@@ -151,6 +152,7 @@ class Daemon:
         self._descriptions: dict[str, VehicleDescription] = {}
         self._account_of: dict[str, str] = {}
         self._instance_lock: int | None = None  # see claim_state_dir
+        self._web_socket: socket.socket | None = None  # see _claim_web_port
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class Daemon:
         self.started_at = self.clock()
         self._loop = asyncio.get_running_loop()
         self._build_state()
+        self._claim_web_port()
         self._build_mqtt()
         await self._build_access()
         self._build_commands_base()
@@ -231,6 +234,9 @@ class Daemon:
             ring.close()
         if getattr(self, "store", None) is not None:
             self.store.close()
+        if self._web_socket is not None:  # bound, but the start ended before serving on it
+            self._web_socket.close()
+            self._web_socket = None
         lock, self._instance_lock = self._instance_lock, None
         if lock is not None:
             os.close(lock)  # the next daemon may start on this state directory
@@ -506,17 +512,26 @@ class Daemon:
             except sqlite3.Error:
                 log.exception("could not charge an interrupted command", seq=seq)
 
+    def _claim_web_port(self) -> None:
+        """Bind the page's address before anything else starts: a port another program holds
+        stops the start here (PortInUse, exit status 1, which systemd retries), not after the
+        broker has seen us online and the first polls have gone out."""
+        if self.serve_web or self.metrics_only:
+            from bridge.web.server import listen_socket
+
+            self._web_socket = listen_socket(self.settings.web)
+
     async def _build_web(self) -> None:
         self.metrics.registry.register(DaemonGauges(self))
         self.web = None
         if self.serve_web and not self.metrics_only:
             from bridge.views import build_web_server  # the web stack loads only when served
 
-            self.web = build_web_server(self)
+            self.web = build_web_server(self, self._web_socket)
         elif self.metrics_only:
             from bridge.web.server import WebServer
 
-            self.web = WebServer(observability_app(self), self.settings.web)
+            self.web = WebServer(observability_app(self), self.settings.web, sock=self._web_socket)
         if self.web is not None:
             await self.web.start()
 

@@ -18,7 +18,8 @@ OwnerlinkError
 │   ├── AuditWriteError      fsync/write failed: stop processing commands
 │   └── AuditTampered        verification found damage
 ├── AccessError              a bad request against the app registry
-└── BrokerError              the MQTT broker refused or is unreachable
+├── BrokerError              the MQTT broker refused or is unreachable
+└── PortInUse                another program listens on the web port; try again later
 """
 
 from __future__ import annotations
@@ -119,3 +120,8 @@ class AccessError(OwnerlinkError):
 
 class BrokerError(OwnerlinkError):
     """The MQTT broker refused us or could not be reached."""
+
+
+class PortInUse(OwnerlinkError):
+    """Another program (or a daemon still stopping) listens on the web page's address. Not a
+    configuration error: exit status 1, so systemd tries again rather than giving up for good."""

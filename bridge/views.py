@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -65,7 +66,7 @@ class DaemonVehicles:
         )
 
 
-def build_web_server(daemon: Daemon) -> WebServer:
+def build_web_server(daemon: Daemon, sock: socket.socket | None = None) -> WebServer:
     """The owner page and the local OAuth API, wired to the daemon's real parts, built on the
     first request that needs them (`bridge.web.lazy`); `/healthz` and `/metrics` are served
     without them."""
@@ -86,7 +87,7 @@ def build_web_server(daemon: Daemon) -> WebServer:
 
     light = observability_app(daemon)
     lazy = LazyApp(light=light, light_paths=frozenset({"/healthz", "/metrics"}), build=build)
-    return WebServer(lazy, daemon.settings.web)
+    return WebServer(lazy, daemon.settings.web, sock=sock)
 
 
 def build_web_app(daemon: Daemon) -> ASGIApp:

@@ -106,8 +106,9 @@ class NoEnforcement:
     @property
     def hint(self) -> str | None:
         return (
-            "the broker is not managed (mqtt.enforcement: none): create this login on your "
-            "broker yourself, and restrict its topics there if you can"
+            "the broker is not managed (mqtt.enforcement: none): the apps' logins and topic "
+            "rights on the broker are yours to keep; Ownerlink still checks every command "
+            "against the app's scopes"
         )
 
     def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from bridge.config import WebConfig
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, PortInUse
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -45,12 +46,14 @@ class _EmbeddedServer(uvicorn.Server):
 class WebServer:
     """Serves an ASGI app on `config.host:config.port` (TLS when a cert and key are given)."""
 
-    def __init__(self, app: ASGIApp, config: WebConfig) -> None:
+    def __init__(
+        self, app: ASGIApp, config: WebConfig, *, sock: socket.socket | None = None
+    ) -> None:
         self.app = app
         self.config = config
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        self._socket: socket.socket | None = sock  # bound already (see `listen_socket`), or not
 
     @property
     def port(self) -> int:
@@ -66,7 +69,8 @@ class WebServer:
         failures with sys.exit(), which must not escape into the daemon's event loop.
         """
         config = self._uvicorn_config()
-        self._socket = _bind(self.config.host, self.config.port)
+        if self._socket is None:
+            self._socket = listen_socket(self.config)
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         while not self._server.started:
@@ -113,8 +117,10 @@ class WebServer:
         return config
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A bound socket for host:port (uvicorn listens on it), or ConfigError naming the keys."""
+def listen_socket(config: WebConfig) -> socket.socket:
+    """A bound socket for `web.host:web.port` (uvicorn listens on it). ConfigError naming the keys
+    when the address cannot be ours; PortInUse when another program holds it (which may pass)."""
+    host, port = config.host, config.port
     try:
         family, kind, proto, _name, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM
@@ -127,5 +133,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(f"cannot listen on {host}:{port}: another program is using it") from exc
         raise ConfigError([f"web.host / web.port: cannot listen on {host}:{port} ({exc})"]) from exc
     return sock

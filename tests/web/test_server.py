@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bridge.config import WebConfig
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, PortInUse
 from bridge.web.server import WebServer
 from tests.web.support import build_harness
 
@@ -33,15 +33,22 @@ async def test_server_serves_the_app_and_stops_cleanly(tmp_path: Path) -> None:
     harness.store.close()
 
 
-async def test_port_in_use_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
-    """A taken port fails start() with ConfigError (exit 2), not uvicorn's sys.exit."""
+async def test_port_in_use_is_port_in_use_and_a_foreign_address_a_config_error(
+    tmp_path: Path,
+) -> None:
+    """A taken port fails start() with PortInUse (exit 1: it may pass, so systemd tries again),
+    an address that is not this machine's with ConfigError naming the keys (exit 2); never
+    uvicorn's sys.exit."""
     harness = build_harness(tmp_path / "s")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=r"web\.port"):
+        with pytest.raises(PortInUse, match=f"127.0.0.1:{port}: another program is using it"):
             await WebServer(harness.app, WebConfig(port=port)).start()
+    foreign = WebConfig.model_construct(host="192.0.2.1", port=0)  # TEST-NET-1: never ours
+    with pytest.raises(ConfigError, match=r"web\.host / web\.port: cannot listen"):
+        await WebServer(harness.app, foreign).start()
     harness.store.close()
 
 
