@@ -74,4 +74,6 @@ def page(request: Request, name: str, status: int = 200, **context: Any) -> HTML
     context.setdefault("section", request.url.path.strip("/").split("/")[0])
     # Every link, form and asset starts with it: "" normally, the Ingress prefix through HA.
     context.setdefault("base", prefix_of(request.scope))
+    # What the broker does with an app's login decides what the page may promise about it.
+    context.setdefault("enforcement", ctx(request).settings.mqtt.enforcement)
     return ctx(request).templates.TemplateResponse(request, name, context, status_code=status)

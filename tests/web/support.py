@@ -43,7 +43,7 @@ class Harness:
     settings: Settings
 
 
-def build_harness(state_dir: Path, **web: Any) -> Harness:
+def build_harness(state_dir: Path, mqtt: dict[str, Any] | None = None, **web: Any) -> Harness:
     clock = MutableClock()
     audit = MemoryAudit(clock)
     registry = FakeRegistry(audit, clock)
@@ -56,7 +56,7 @@ def build_harness(state_dir: Path, **web: Any) -> Harness:
         clock=clock,
         vehicles=[v.slug for v in vehicles.views],
     )
-    settings = Settings(state_dir=state_dir, web=web)
+    settings = Settings(state_dir=state_dir, web=web, mqtt=mqtt or {})
     store = Store.open(state_dir)
     app = create_web_app(
         settings=settings,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.web.support import Harness, page_csrf
+from tests.web.support import BASE_URL, Harness, build_harness, login, page_csrf
 from tests.web.test_pages import add_app
 
 LIMIT_KINDS = ("app.allowlist_set", "app.rate_limit_set")
@@ -148,3 +149,44 @@ async def test_disabling_needs_the_csrf_token(owner: httpx.AsyncClient, harness:
 async def test_disabling_an_unknown_app_is_404(owner: httpx.AsyncClient) -> None:
     csrf = await page_csrf(owner)
     assert (await owner.post("/apps/nope/disable", data={"csrf": csrf})).status_code == 404
+
+
+def broker_effect(page: str) -> str:
+    match = re.search(r'data-testid="broker-effect">(.*?)</p>', page, re.S)
+    assert match, "the page says nothing about the broker"
+    return " ".join(match.group(1).split())
+
+
+async def test_without_broker_enforcement_revoking_promises_no_disconnection(
+    owner: httpx.AsyncClient,
+) -> None:
+    """With mqtt.enforcement none (the default, and the demo's) the broker never checked the
+    app's login: the revoke page once said it 'loses its broker login at once, is disconnected',
+    and the credentials page asked to configure a login nothing checks."""
+    created = await add_app(owner, "dash", ["read:status"])
+    shown = await owner.get(created.headers["location"])
+    assert "does not check these credentials" in broker_effect(shown.text)
+    page = (await owner.get("/apps/dash/revoke")).text
+    assert "disconnected" not in page
+    assert "does not check app logins" in broker_effect(page)
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [("dynsec", "removed at once and its open connection is closed"), ("acl-file", "reload")],
+)
+async def test_the_revoke_page_says_what_the_broker_will_do(
+    tmp_path: Path, mode: str, said: str
+) -> None:
+    mqtt = {"enforcement": mode, "admin_username": "admin-x", "admin_password": "secret-x"}
+    harness = build_harness(tmp_path / "state", mqtt=mqtt)
+    transport = httpx.ASGITransport(app=harness.app, client=("127.0.0.1", 40000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as owner:
+            assert (await login(owner)).status_code == 303
+            created = await add_app(owner, "dash", ["read:status"])
+            shown = (await owner.get(created.headers["location"])).text
+            assert 'data-testid="broker-effect"' not in shown
+            assert said in broker_effect((await owner.get("/apps/dash/revoke")).text)
+    finally:
+        harness.store.close()

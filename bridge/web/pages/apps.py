@@ -133,6 +133,7 @@ async def app_created(request: Request, app_id: str, session: OwnerSession) -> R
         value_label="Password",
         secret=secret,
         back=f"/apps/{app_id}",
+        broker_login=True,
     )
 
 
