@@ -334,3 +334,20 @@ def test_a_website_rebinding_its_name_to_this_machine_gets_nothing(
     assert response.status == 400
     assert "web.allowed_hosts" in page.content()
     assert "password" not in page.content().lower()
+
+
+def test_an_unbroken_app_id_fits_a_phone_screen_on_every_app_page(
+    browser: Any, base_url: str, harness: Harness
+) -> None:
+    """A 64-character id with no hyphen (allowed) made the app's page and its revoke page
+    scroll sideways at phone width: headings and the 'Disable …' / 'Yes, revoke …' buttons
+    had no place to wrap."""
+    unbroken = "a" * 64
+    harness.registry.add(unbroken, scopes=["read:status"])
+    context = browser.new_context(viewport=PHONE, bypass_csp=True)
+    page = context.new_page()
+    log_in(page, base_url)
+    for path in ("/apps", f"/apps/{unbroken}", f"/apps/{unbroken}/revoke"):
+        page.goto(f"{base_url}{path}")
+        assert page_width(page) <= PHONE["width"], path
+    context.close()
