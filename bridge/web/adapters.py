@@ -11,11 +11,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyotp
+
 from bridge.access.validation import LOGIN_STEPUP_ID
 from bridge.audit.chain import read_records
 from bridge.audit.verify import verify
 from bridge.commands import stepup as totp
 from bridge.commands.decide import StepUpStatus
+from bridge.files import write_private_atomic
+from bridge.store import ensure_private_dir
 from bridge.web.ports import ChainStatus, Clock
 
 # Owner logins count their step-up failures under an id no app can take.
@@ -52,10 +56,20 @@ class OwnerStepUp:
     def enrolled(self) -> bool:
         return totp.load_secret(self.state_dir) is not None
 
-    def enroll(self) -> str:
-        # Replacing an enrolled secret is deliberate here: the page asked for the password first.
-        secret = totp.enroll(self.state_dir, force=True)
-        return totp.provisioning_uri(secret)
+    def propose(self) -> str:
+        return pyotp.random_base32()
+
+    def install(self, secret: str, code: str) -> bool:
+        # Replacing an enrolled secret is deliberate here: the page asked for the password first,
+        # and the code shows the owner's authenticator holds the new secret.
+        code = "".join(code.split())  # authenticators show "123 456"
+        if totp.match_step(secret, code, self.clock()) is None:
+            return False
+        ensure_private_dir(self.state_dir)
+        write_private_atomic(totp.secret_path(self.state_dir), secret.encode("ascii"))
+        # The confirming code is spent, like any accepted code: it cannot then unlock the car.
+        self.verify(code)
+        return True
 
     def verify(self, code: str) -> bool:
         now = self.clock()

@@ -147,8 +147,13 @@ class StepUp(Protocol):
 
     def enrolled(self) -> bool: ...
 
-    def enroll(self) -> str:
-        """Create a new secret and return its otpauth:// provisioning URI."""
+    def propose(self) -> str:
+        """A new secret (base32), not stored: the current one stays in force until `install`."""
+        ...
+
+    def install(self, secret: str, code: str) -> bool:
+        """Store `secret` as the step-up secret if `code` is its current code (proof the owner's
+        authenticator has it); False, changing nothing, otherwise."""
         ...
 
     def verify(self, code: str) -> bool:

@@ -219,6 +219,18 @@ class FakeStepUp:
         self.secret = pyotp.random_base32()
         return pyotp.TOTP(self.secret).provisioning_uri(name="owner", issuer_name="Ownerlink")
 
+    def propose(self) -> str:
+        return pyotp.random_base32()
+
+    def install(self, secret: str, code: str) -> bool:
+        if not pyotp.TOTP(secret).verify(
+            "".join(code.split()), for_time=self.clock(), valid_window=1
+        ):
+            return False
+        self.secret = secret
+        self.verify("".join(code.split()))
+        return True
+
     def code(self) -> str:
         assert self.secret is not None
         return pyotp.TOTP(self.secret).at(self.clock())

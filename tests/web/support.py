@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pyotp
 from fastapi import FastAPI
 
 from bridge.config import Settings
@@ -90,3 +92,26 @@ async def login(
 
 async def page_csrf(client: httpx.AsyncClient, path: str = "/apps") -> str:
     return csrf_of((await client.get(path)).text)
+
+
+NEW_STEPUP_SECRET = re.compile(r'<code class="secret">([A-Z2-7]+)</code>')
+
+
+async def enrol_stepup(
+    client: httpx.AsyncClient, now: datetime, password: str = OWNER_PASSWORD
+) -> str:
+    """Enrol (or replace) step-up on the Security page as the owner does: password, then a code
+    from the proposed secret. Returns the secret now in force."""
+    form = {"csrf": await page_csrf(client, "/security"), "password": password}
+    asked = await client.post("/security/stepup", data=form)
+    assert asked.status_code == 303, asked.text
+    shown = (await client.get("/security/stepup/new")).text
+    match = NEW_STEPUP_SECRET.search(shown)
+    assert match, "no new secret on the page"
+    secret = match.group(1)
+    code = pyotp.TOTP(secret).at(now)
+    confirmed = await client.post(
+        "/security/stepup/new", data={"csrf": csrf_of(shown), "code": code}
+    )
+    assert confirmed.status_code == 303, confirmed.text
+    return secret

@@ -7,6 +7,7 @@ import re
 from dataclasses import replace
 
 import httpx
+import pyotp
 import pytest
 
 from bridge.model import Health, OpenState, Scope, Status
@@ -14,6 +15,7 @@ from tests.web.conftest import ClientFactory
 from tests.web.support import BASE_URL, OWNER_PASSWORD, Harness, csrf_of, login, page_csrf
 
 SECRET = re.compile(r'data-testid="secret">([^<]+)<')
+NEW_SECRET = re.compile(r'<code class="secret">([A-Z2-7]+)</code>')
 
 
 async def add_app(owner: httpx.AsyncClient, app_id: str, scopes: list[str]) -> httpx.Response:
@@ -196,10 +198,11 @@ async def test_vehicles_page_charts_budget_as_inline_svg(owner: httpx.AsyncClien
     assert "Next poll" in page
 
 
-async def test_stepup_enrolment_needs_the_password_and_shows_the_qr_once(
+async def test_stepup_enrolment_needs_the_password_and_a_code_from_the_new_secret(
     owner: httpx.AsyncClient, harness: Harness
 ) -> None:
-    """Enrolling asks for the password again; the QR code (inline SVG) is shown a single time."""
+    """Enrolling asks for the password again, shows the QR code (inline SVG), and puts the new
+    secret in force only once a code from it is typed."""
     csrf = await page_csrf(owner, "/security")
     refused = await owner.post("/security/stepup", data={"csrf": csrf, "password": "nope"})
     assert refused.status_code == 403
@@ -208,9 +211,45 @@ async def test_stepup_enrolment_needs_the_password_and_shows_the_qr_once(
     assert response.headers["location"] == "/security/stepup/new"
     first = (await owner.get("/security/stepup/new")).text
     assert '<svg role="img"' in first
-    assert harness.stepup.secret and harness.stepup.secret in first
-    assert "<svg" not in (await owner.get("/security/stepup/new")).text
+    assert not harness.stepup.enrolled()
+    secret = NEW_SECRET.search(first)
+    assert secret
+    code = pyotp.TOTP(secret.group(1)).at(harness.clock())
+    confirmed = await owner.post("/security/stepup/new", data={"csrf": csrf, "code": code})
+    assert confirmed.headers["location"] == "/security"
+    assert harness.stepup.secret == secret.group(1)
     assert "stepup.enrolled" in harness.audit.kinds()
+    gone = (await owner.get("/security/stepup/new")).text
+    assert "<svg" not in gone and secret.group(1) not in gone
+
+
+async def test_replacing_stepup_keeps_the_old_secret_until_the_new_one_is_confirmed(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Replacing the secret once took effect the moment the password was typed: a reload before
+    the scan showed 'already shown', the old authenticator was dead and the new secret lost, so
+    unlock (and a login asking for the code) were out of reach. Now the old one stays in force
+    through a reload and a wrong code, and only a right code switches."""
+    harness.stepup.enroll()
+    old = harness.stepup.secret
+    csrf = await page_csrf(owner, "/security")
+    await owner.post("/security/stepup", data={"csrf": csrf, "password": OWNER_PASSWORD})
+    first = (await owner.get("/security/stepup/new")).text
+    again = (await owner.get("/security/stepup/new")).text  # a reload before the scan
+    match = NEW_SECRET.search(again)
+    assert match and match.group(1) in first
+    new = match.group(1)
+    assert harness.stepup.secret == old
+    wrong = await owner.post("/security/stepup/new", data={"csrf": csrf, "code": "000000"})
+    assert wrong.status_code == 400 and 'aria-invalid="true"' in wrong.text
+    assert harness.stepup.secret == old
+    assert "owner.stepup_enrol_refused" in harness.audit.kinds()
+    code = pyotp.TOTP(new).at(harness.clock())
+    assert (
+        await owner.post("/security/stepup/new", data={"csrf": csrf, "code": code})
+    ).status_code == 303
+    assert harness.stepup.secret == new
+    assert "codes from the old one no longer work" in (await owner.get("/security")).text
 
 
 async def test_password_change_needs_the_current_one_and_logs_out_others(

@@ -37,7 +37,14 @@ from bridge.web.app import create_web_app
 from bridge.web.passwords import set_owner_password
 from tests.web.fakes import FakeVehicles, MutableClock
 from tests.web.oauth_helpers import add_rest_app, bearer, refresh, tokens_for
-from tests.web.support import BASE_URL, OWNER_PASSWORD, csrf_of, login, page_csrf
+from tests.web.support import (
+    BASE_URL,
+    OWNER_PASSWORD,
+    csrf_of,
+    enrol_stepup,
+    login,
+    page_csrf,
+)
 
 
 class RecordingProvider:
@@ -186,8 +193,8 @@ async def test_rest_commands_go_through_the_real_pipeline_with_step_up(daemon: D
     locked = await owner.post(url, json={"action": "LOCK", "id": "one"}, headers=headers)
     assert locked.status_code == 200, locked.text
     assert locked.json()["status"] == "succeeded"
-    form = {"csrf": await page_csrf(owner, "/security"), "password": OWNER_PASSWORD}
-    assert (await owner.post("/security/stepup", data=form)).status_code == 303
+    await enrol_stepup(owner, daemon.clock())
+    daemon.clock.advance(30)  # the code that confirmed the new secret is spent
     refused = await owner.post(url, json={"action": "UNLOCK"}, headers=headers)
     assert refused.status_code == 403
     assert refused.json()["reason"] == "stepup_required"
@@ -210,8 +217,8 @@ async def test_a_token_without_the_scope_cannot_command_however_the_action_is_sp
     await login(owner)
     rest = await add_rest_app(owner, "dash", ["command:lock", "command:unlock"])
     headers = bearer((await tokens_for(owner, owner, rest, "command:lock"))["access_token"])
-    form = {"csrf": await page_csrf(owner, "/security"), "password": OWNER_PASSWORD}
-    assert (await owner.post("/security/stepup", data=form)).status_code == 303
+    await enrol_stepup(owner, daemon.clock())
+    daemon.clock.advance(30)  # the code that confirmed the new secret is spent
     code = totp.code_at(totp.load_secret(daemon.state_dir) or "", daemon.clock())
     url = "/api/v1/vehicles/family-car/commands/lock"
     refused = await owner.post(url, json={"action": action, "code": code}, headers=headers)
@@ -391,7 +398,6 @@ async def test_a_damaged_step_up_secret_is_shown_and_replaced_on_the_security_pa
     path.chmod(0o600)
     shown = await daemon.client.get("/security")
     assert shown.status_code == 200 and "damaged" in shown.text
-    form = {"csrf": csrf_of(shown.text), "password": OWNER_PASSWORD}
-    assert (await daemon.client.post("/security/stepup", data=form)).status_code == 303
+    await enrol_stepup(daemon.client, daemon.clock())
     assert "enrolled" in (await daemon.client.get("/security")).text
     assert path.read_text() != "not base32!\n"

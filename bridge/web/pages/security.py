@@ -6,7 +6,7 @@ cookie alone must not be enough to take over the admin plane.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from markupsafe import Markup
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from bridge.commands import stepup as totp
 from bridge.errors import AccessError, StateError
 from bridge.web.context import ctx
 from bridge.web.guards import OwnerSession, checked_form, owner_ip, set_session_cookie
@@ -89,7 +90,9 @@ async def _recheck_password(
 
 @router.post("/security/stepup")
 async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
-    """A new TOTP secret, after the password is given again."""
+    """A new TOTP secret, after the password is given again. It is only proposed: the current
+    one stays in force until a code from the new one is typed (`confirm_stepup`), so a page
+    closed or reloaded before the scan never leaves the owner without a working authenticator."""
     form = await checked_form(request, session)
     context = ctx(request)
     refused = await _recheck_password(
@@ -100,26 +103,74 @@ async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
     )
     if refused is not None:
         return refused
+    context.once.put(session.id_hash, PENDING, context.stepup.propose())
+    return RedirectResponse("/security/stepup/new", status_code=303)
+
+
+PENDING = "stepup"
+
+
+def _pending(request: Request, session_hash: str) -> str | None:
+    """The proposed secret of this session, left in place: it is not in force, so showing it
+    again (a reload) costs nothing, and it is forgotten when the session ends or it is confirmed."""
+    once = ctx(request).once
+    secret = once.take(session_hash, PENDING)
+    if secret is not None:
+        once.put(session_hash, PENDING, secret)
+    return secret
+
+
+def _new_stepup_page(
+    request: Request, secret: str | None, *, error: str | None = None, status: int = 200
+) -> Response:
+    if secret is None:
+        return page(request, "stepup_new.html", status, qr=None, secret=None, error=error)
+    uri = totp.provisioning_uri(secret)
+    qr = Markup(qr_svg(uri, title="Step-up authenticator QR code"))  # noqa: S704  # our own SVG
+    return page(
+        request,
+        "stepup_new.html",
+        status,
+        qr=qr,
+        secret=secret,
+        error=error,
+        error_field="stepup-code" if error else None,
+        replacing=_stepup_status(request) != "not_enrolled",
+    )
+
+
+@router.get("/security/stepup/new")
+async def new_stepup(request: Request, session: OwnerSession) -> Response:
+    """The QR code of the proposed secret and the form that puts it in force."""
+    return _new_stepup_page(request, _pending(request, session.id_hash))
+
+
+@router.post("/security/stepup/new")
+async def confirm_stepup(request: Request, session: OwnerSession) -> Response:
+    """Put the proposed secret in force once a code from it shows the authenticator has it."""
+    form = await checked_form(request, session)
+    context = ctx(request)
+    secret = _pending(request, session.id_hash)
+    if secret is None:
+        return _new_stepup_page(request, None, status=409)
     replaced = _stepup_status(request) != "not_enrolled"
-    uri = context.stepup.enroll()
+    if not context.stepup.install(secret, str(form.get("code", ""))):
+        context.audit.append(
+            "owner.stepup_enrol_refused", reason="wrong_code", ip=owner_ip(request)
+        )
+        wrong = "Wrong code for the new secret; step-up unchanged. Scan the code and try again."
+        return _new_stepup_page(request, secret, error=wrong, status=400)
+    context.once.take(session.id_hash, PENDING)
     # The same kind as `ownerlink stepup enroll` writes: one question ("when was the second
     # factor changed?") has one answer, whichever way it was changed.
     context.audit.append(
         "stepup.enrolled", replaced=replaced, actor="owner", via="web", ip=owner_ip(request)
     )
-    context.once.put(session.id_hash, "stepup", uri)
-    return RedirectResponse("/security/stepup/new", status_code=303)
-
-
-@router.get("/security/stepup/new")
-async def new_stepup(request: Request, session: OwnerSession) -> Response:
-    """The QR code of the new secret, shown once."""
-    uri = ctx(request).once.take(session.id_hash, "stepup")
-    if uri is None:
-        return page(request, "stepup_new.html", qr=None, secret=None)
-    qr = Markup(qr_svg(uri, title="Step-up authenticator QR code"))  # noqa: S704  # our own SVG
-    secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
-    return page(request, "stepup_new.html", qr=qr, secret=secret)
+    done = "New authenticator in force" + (
+        "; codes from the old one no longer work." if replaced else "."
+    )
+    context.once.put(session.id_hash, "flash", done)
+    return RedirectResponse("/security", status_code=303)
 
 
 @router.post("/security/password")
