@@ -598,3 +598,20 @@ async def test_a_reused_app_id_does_not_inherit_old_tokens(
     ).status_code == 401
     assert (await refresh(client, again, tokens["refresh_token"])).status_code == 400
     assert (await tokens_for(owner, client, again))["access_token"]
+
+
+async def test_consent_for_a_disabled_app_says_it_is_disabled_and_never_redirects(
+    owner: httpx.AsyncClient, rest: RestClient
+) -> None:
+    """A paused app's request once answered 'invalid_request: Invalid client_id parameter
+    value', as if the app were gone or forged: the owner is told it is disabled and where to
+    enable it, and the app gets nothing."""
+    form = {"csrf": await page_csrf(owner, "/apps/dash")}
+    assert (await owner.post("/apps/dash/disable", data=form)).status_code == 303
+    _, challenge = pkce()
+    page = await owner.get(f"/oauth/authorize?{authorize_query('dash', challenge, 'read:status')}")
+    assert page.status_code == 409
+    assert "location" not in page.headers
+    assert "Dash is disabled" in page.text
+    assert 'href="/apps/dash"' in page.text
+    assert "Invalid client_id" not in page.text

@@ -8,14 +8,14 @@ beyond the owner's choice of scopes, which can only narrow the request.
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter
 from oauthlib.oauth2.rfc6749 import errors
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from bridge.model import Scope
+from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import checked_form, current_session
 from bridge.web.oauth.server import AuthRequest
@@ -47,6 +47,20 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
     try:
         return ctx(request).oauth.check_authorization(uri, request.headers)
     except errors.FatalClientError as exc:
+        disabled = _disabled_app(ctx(request), query)
+        if disabled is not None:
+            # The client is hidden while its app is paused; "Invalid client_id" read as if the
+            # app had been deleted or the request forged, and said nothing of the remedy.
+            return page(
+                request,
+                "message.html",
+                409,
+                heading=f"{disabled.name} is disabled",
+                message=f"Enable {disabled.name} ({disabled.id}) on its page, then ask it to "
+                "connect again.",
+                link=f"/apps/{disabled.id}",
+                link_label=f"Open {disabled.name}",
+            )
         return page(
             request,
             "message.html",
@@ -64,6 +78,13 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
             heading="This authorisation request is invalid",
             message=f"invalid_request: {exc}",
         )
+
+
+def _disabled_app(context: WebContext, query: str) -> App | None:
+    """The registered, disabled app a refused request names as its client, if any."""
+    client_id = parse_qs(query).get("client_id", [""])[0]
+    app = context.registry.get(client_id) if client_id else None
+    return app if app is not None and not app.enabled else None
 
 
 def _allowed(context: WebContext, client_id: str) -> set[str]:
