@@ -22,9 +22,10 @@ HA_USER_ID = re.compile(r"^[0-9a-f]{32}$")
 class LoginRequired(Exception):
     """The page needs an owner session; the handler redirects to the login page."""
 
-    def __init__(self, next_path: str) -> None:
+    def __init__(self, next_path: str, *, ended: bool = False) -> None:
         super().__init__(next_path)
         self.next_path = next_path
+        self.ended = ended  # a session cookie came, or a form: the owner was logged in
 
 
 class CsrfRejected(Exception):
@@ -58,7 +59,9 @@ async def require_owner(request: Request) -> Session:
     session = current_session(request)
     if session is None or not session.owner:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        raise LoginRequired(target)
+        # A cookie that no longer names a session: it expired, or the daemon forgot it.
+        stale = session is None and request.cookies.get(_cookie(request)[0]) is not None
+        raise LoginRequired(target, ended=stale or request.method == "POST")
     request.state.session = session
     return session
 

@@ -50,7 +50,8 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 async def login_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoginRequired)
-    return RedirectResponse("/login?" + urlencode({"next": exc.next_path}), status_code=303)
+    query = {"next": exc.next_path} | ({"ended": "1"} if exc.ended else {})
+    return RedirectResponse("/login?" + urlencode(query), status_code=303)
 
 
 async def csrf_rejected(request: Request, exc: Exception) -> Response:

@@ -329,3 +329,22 @@ async def test_missing_owner_password_is_explained(tmp_path: Path) -> None:
         assert "ownerlink owner set-password" in page.text
         assert (await login(client)).status_code == 401
     harness.store.close()
+
+
+async def test_a_form_sent_after_the_session_ended_says_so_on_the_login_page(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A session that expired while a form was being filled in sent the owner to a bare login
+    page: the app was not added, and nothing said why. Now the login page says the session
+    ended and the form was not saved; a first visit (no session before) says nothing of it."""
+    csrf = csrf_of((await owner.get("/apps")).text)
+    harness.clock.advance(61 * 60)
+    form = {"csrf": csrf, "app_id": "late", "name": "late", "scope": "read:status"}
+    sent = await owner.post("/apps", data=form)
+    assert sent.status_code == 303
+    page = await owner.get(sent.headers["location"])
+    assert "Your session has ended" in page.text and "was not saved" in page.text
+    assert harness.registry.get("late") is None
+    owner.cookies.clear()
+    fresh = await owner.get((await owner.get("/apps")).headers["location"])
+    assert "session has ended" not in fresh.text

@@ -48,7 +48,8 @@ async def login_form(request: Request) -> Response:
         # An anonymous session exists only to carry the login form's CSRF token.
         raw, session = context.sessions.create(owner=False)
     request.state.session = session
-    response = _login_page(request, target=target)
+    ended = request.query_params.get("ended") == "1"
+    response = _login_page(request, target=target, ended=ended)
     if raw is not None:
         set_session_cookie(response, request, raw)
     return response
@@ -60,6 +61,7 @@ def _login_page(
     target: str,
     error: str | None = None,
     status: int = 200,
+    ended: bool = False,
 ) -> Response:
     context = ctx(request)
     no_password = owner_password_hash(context.store) is None
@@ -72,6 +74,11 @@ def _login_page(
         status,
         next=safe_next(target),
         error=error,
+        # Said so the owner knows why the page changed under them, and that a form just sent
+        # was not saved (it is not kept across the login).
+        flash="Your session has ended: log in again. A form you just sent was not saved."
+        if ended and error is None
+        else None,
         need_code=_needs_code(context),
         no_password=no_password,
         first_run=first_run,
