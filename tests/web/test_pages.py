@@ -340,3 +340,21 @@ async def test_hsts_is_sent_over_tls_only(harness: Harness) -> None:
             response = await client.get("/login")
         assert response.status_code == 200
         assert response.headers.get("strict-transport-security") == expected
+
+
+async def test_the_add_form_sent_twice_adds_one_app_and_still_shows_its_password(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """A double click sends the form twice and the browser shows only the second answer: it
+    said "app id 'garage' is already taken", and the password the first one made was never
+    shown. The second answer now leads to the same one-time page; another browser, or the
+    same one once the password was shown, still gets "already taken"."""
+    first = await add_app(owner, "garage", ["read:status"])
+    second = await add_app(owner, "garage", ["read:status"])
+    assert second.status_code == 303
+    assert second.headers["location"] == first.headers["location"] == "/apps/garage/created"
+    shown = await owner.get("/apps/garage/created")
+    assert SECRET.search(shown.text)
+    assert harness.audit.kinds().count("app.added") == 1
+    third = await add_app(owner, "garage", ["read:status"])
+    assert third.status_code == 400 and "already taken" in third.text

@@ -114,10 +114,25 @@ async def add_app(request: Request, session: OwnerSession) -> Response:
             allow_location=Scope.READ_LOCATION in scopes,
         )
     except AccessError as exc:
+        if _unshown_password(request, session.id_hash, app_id):
+            # The same form sent twice (a double click on a slow box): the browser shows only
+            # the second answer, which would say "already taken" and hide the password the
+            # first one made. This browser made the app a moment ago: show it that password.
+            return _see_other(f"/apps/{app_id}/created")
         echo = {"app_id": app_id, "name": name, "scopes": sorted(scopes)}
         return await _apps_page(request, form=echo, error=str(exc))
     ctx(request).once.put(session.id_hash, f"password:{added.app.id}", added.password)
     return _see_other(f"/apps/{added.app.id}/created")
+
+
+def _unshown_password(request: Request, session_hash: str, app_id: str) -> bool:
+    """Whether this session made `app_id` and has not yet been shown its password."""
+    once, key = ctx(request).once, f"password:{app_id}"
+    password = once.take(session_hash, key)
+    if password is None:
+        return False
+    once.put(session_hash, key, password)
+    return True
 
 
 @router.get("/apps/{app_id}/created")
