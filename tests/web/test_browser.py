@@ -351,3 +351,20 @@ def test_an_unbroken_app_id_fits_a_phone_screen_on_every_app_page(
         page.goto(f"{base_url}{path}")
         assert page_width(page) <= PHONE["width"], path
     context.close()
+
+
+def test_each_vehicles_location_button_and_the_budget_meter_have_their_own_names(
+    page: Any, base_url: str, harness: Harness
+) -> None:
+    """With two cars a screen reader's list of buttons read 'Show location' twice, with
+    nothing to tell the cars apart, and the budget meter had no name at all."""
+    from dataclasses import replace
+
+    first = harness.vehicles.views[0]
+    harness.vehicles.views.append(replace(first, slug="work-van", name="Work van"))
+    log_in(page, base_url)
+    page.goto(f"{base_url}/vehicles")
+    for name in (first.name, "Work van"):
+        button = page.get_by_role("button", name=f"Show location of {name}", exact=True)
+        assert button.count() == 1, name
+    assert page.get_by_role("meter", name="Share of today's API budget used").count() == 1
