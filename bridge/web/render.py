@@ -59,6 +59,8 @@ def readable(value: Any) -> str:
         return ", ".join(f"{_words(key)}: {readable(item)}" for key, item in value.items())
     if isinstance(value, list | tuple):
         return ", ".join(readable(item) for item in value)
+    if isinstance(value, str):
+        return _words(value)  # states such as `not_plugged` are words to the owner
     return str(value)
 
 

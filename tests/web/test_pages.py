@@ -10,7 +10,7 @@ import httpx
 import pyotp
 import pytest
 
-from bridge.model import Health, OpenState, Scope, Status
+from bridge.model import ChargingState, Health, OpenState, Scope, Status
 from tests.web.conftest import ClientFactory
 from tests.web.support import BASE_URL, OWNER_PASSWORD, Harness, csrf_of, login, page_csrf
 
@@ -312,12 +312,14 @@ async def test_webhook_url_is_shown_masked(owner: httpx.AsyncClient) -> None:
 async def test_vehicle_state_is_shown_in_words_not_python_values(
     owner: httpx.AsyncClient, harness: Harness
 ) -> None:
-    """Doors read `front driver: closed`, booleans yes/no; no dict or True/False reprs."""
+    """Doors read `front driver: closed`, booleans yes/no, states `not plugged` (it read
+    `not_plugged`); no dict or True/False reprs."""
     view = harness.vehicles.views[0]
     assert view.state is not None
     status = Status(
         doors={"front_driver": OpenState.CLOSED, "rear_left": OpenState.OPEN},
         plugged_in=True,
+        charging=ChargingState.NOT_PLUGGED,
     )
     health = Health(tyre_pressure_warning=False, alerts=("low washer fluid", "service due"))
     state = replace(view.state, status=status, health=health)
@@ -325,6 +327,7 @@ async def test_vehicle_state_is_shown_in_words_not_python_values(
     page = (await owner.get("/vehicles")).text
     assert "<dd>front driver: closed, rear left: open</dd>" in page
     assert "<dt>plugged in</dt><dd>yes</dd>" in page
+    assert "<dt>charging</dt><dd>not plugged</dd>" in page
     assert "<dt>tyre pressure warning</dt><dd>no</dd>" in page
     assert "<dd>low washer fluid, service due</dd>" in page
     for python in ("{&#39;", "True", "False", "[&#39;"):
