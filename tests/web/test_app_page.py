@@ -160,20 +160,20 @@ def broker_effect(page: str) -> str:
 async def test_without_broker_enforcement_revoking_promises_no_disconnection(
     owner: httpx.AsyncClient,
 ) -> None:
-    """With mqtt.enforcement none (the default, and the demo's) the broker never checked the
-    app's login: the revoke page once said it 'loses its broker login at once, is disconnected',
-    and the credentials page asked to configure a login nothing checks."""
+    """With mqtt.enforcement none (the default, and the demo's) Ownerlink does not manage the
+    broker: the revoke page once said the app 'loses its broker login at once, is disconnected',
+    which nothing did. It now says what the CLI says: the login is the owner's to remove."""
     created = await add_app(owner, "dash", ["read:status"])
     shown = await owner.get(created.headers["location"])
-    assert "does not check these credentials" in broker_effect(shown.text)
+    assert "create this login on the broker yourself" in broker_effect(shown.text)
     page = (await owner.get("/apps/dash/revoke")).text
     assert "disconnected" not in page
-    assert "does not check app logins" in broker_effect(page)
+    assert "remove this app's login there yourself" in broker_effect(page)
 
 
 @pytest.mark.parametrize(
     ("mode", "said"),
-    [("dynsec", "removed at once and its open connection is closed"), ("acl-file", "reload")],
+    [("dynsec", "removed at once and its connections are closed"), ("acl-file", "reload")],
 )
 async def test_the_revoke_page_says_what_the_broker_will_do(
     tmp_path: Path, mode: str, said: str
