@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -348,3 +349,22 @@ async def test_a_form_sent_after_the_session_ended_says_so_on_the_login_page(
     owner.cookies.clear()
     fresh = await owner.get((await owner.get("/apps")).headers["location"])
     assert "session has ended" not in fresh.text
+
+
+async def test_the_login_code_field_admits_the_code_as_authenticators_show_it(
+    tmp_path: Path,
+) -> None:
+    """Authenticators show '123 456'; the field's pattern ([0-9]{6,8}) made the browser refuse
+    it with 'match the requested format', though the daemon takes the spaces out itself."""
+    harness = build_harness(tmp_path / "s", login_totp=True)
+    harness.stepup.enroll()
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        page = (await client.get("/login")).text
+    harness.store.close()
+    field = re.search(r'<input[^>]* id="code"[^>]*>', page)
+    assert field
+    pattern = re.search(r'pattern="([^"]+)"', field.group(0))
+    assert pattern
+    for typed in ("123456", "123 456", "12345678"):
+        assert re.fullmatch(pattern.group(1), typed), typed
