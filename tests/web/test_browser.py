@@ -350,6 +350,11 @@ def test_an_unbroken_app_id_fits_a_phone_screen_on_every_app_page(
     for path in ("/apps", f"/apps/{unbroken}", f"/apps/{unbroken}/revoke"):
         page.goto(f"{base_url}{path}")
         assert page_width(page) <= PHONE["width"], path
+    # ... while tables keep words whole and scroll in their own box, not one letter a line.
+    page.goto(f"{base_url}/apps")
+    assert page.locator("table.list tbody th code").first.evaluate(LINES_OF_TEXT) == 1
+    page.goto(f"{base_url}/audit")
+    assert page.locator("table.audit tbody td code").first.evaluate(LINES_OF_TEXT) == 1
     context.close()
 
 
