@@ -361,3 +361,13 @@ async def test_the_add_form_sent_twice_adds_one_app_and_still_shows_its_password
     assert harness.audit.kinds().count("app.added") == 1
     third = await add_app(owner, "garage", ["read:status"])
     assert third.status_code == 400 and "already taken" in third.text
+
+
+@pytest.mark.parametrize("path", ["/apps/nope/created", "/apps/nope/oauth/created"])
+async def test_a_one_time_page_for_an_app_that_does_not_exist_is_a_404(
+    owner: httpx.AsyncClient, path: str
+) -> None:
+    """Any id typed into the address bar got '200 App nope added' (or 'REST access for nope')."""
+    response = await owner.get(path)
+    assert response.status_code == 404
+    assert "added" not in response.text and "REST access for" not in response.text

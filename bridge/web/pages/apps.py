@@ -139,6 +139,9 @@ def _unshown_password(request: Request, session_hash: str, app_id: str) -> bool:
 async def app_created(request: Request, app_id: str, session: OwnerSession) -> Response:
     """The broker password, once: a reload finds the box empty."""
     secret = ctx(request).once.take(session.id_hash, f"password:{app_id}")
+    if secret is None:
+        # Not "App nope added" for any id typed into the address bar.
+        _app_or_404(ctx(request), app_id)
     return page(
         request,
         "secret_once.html",
@@ -333,6 +336,8 @@ async def rest_enabled(request: Request, app_id: str, session: OwnerSession) -> 
     if secret == "":
         _flash(request, f"REST access enabled for public client {app_id} (no secret; PKCE).")
         return _see_other(f"/apps/{app_id}")
+    if secret is None:
+        _app_or_404(ctx(request), app_id)
     return page(
         request,
         "secret_once.html",
