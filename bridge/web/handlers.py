@@ -88,6 +88,16 @@ async def state_damaged(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if (
+        exc.status_code == 405
+        and request.method in {"GET", "HEAD"}
+        and not path.startswith(API_PREFIXES)
+    ):
+        # A form refused with an error is shown at its POST address; Enter in the address bar
+        # there asks for it with GET. Send the owner to the page that holds the form, not to
+        # "Not possible: Method Not Allowed".
+        return RedirectResponse(path.rstrip("/").rsplit("/", 1)[0] or "/", status_code=303)
     name = HTTP_ERROR_NAMES.get(exc.status_code, "http_error")
     return error_response(request, exc.status_code, name, str(exc.detail))
 

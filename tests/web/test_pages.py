@@ -371,3 +371,23 @@ async def test_a_one_time_page_for_an_app_that_does_not_exist_is_a_404(
     response = await owner.get(path)
     assert response.status_code == 404
     assert "added" not in response.text and "REST access for" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "parent"),
+    [("/security/stepup", "/security"), ("/apps/dash/limits", "/apps/dash"), ("/logout", "/")],
+)
+async def test_a_form_address_opened_with_get_leads_to_its_page(
+    owner: httpx.AsyncClient, path: str, parent: str
+) -> None:
+    """A refused form is shown at its POST address; Enter in the address bar there answered
+    '405 Not possible: Method Not Allowed'."""
+    response = await owner.get(path)
+    assert response.status_code == 303
+    assert response.headers["location"] == parent
+
+
+async def test_the_api_still_answers_405_in_json(owner: httpx.AsyncClient) -> None:
+    response = await owner.get("/oauth/token")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
