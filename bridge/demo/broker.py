@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import shutil
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.errors import BrokerError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 
@@ -146,13 +149,15 @@ def _mosquitto(binary: str, port: int) -> Iterator[DemoBroker]:
     with tempfile.TemporaryDirectory(prefix="ownerlink-demo-mqtt-") as folder:
         config = Path(folder) / "mosquitto.conf"
         config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        proc = subprocess.Popen(  # noqa: S603 - a fixed binary with our own config
-            [binary, "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        errors = Path(folder) / "mosquitto.err"
+        with errors.open("wb") as sink:
+            proc = subprocess.Popen(  # noqa: S603 - a fixed binary with our own config
+                [binary, "-c", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
         try:
-            _wait_listening(port, proc)
+            _wait_listening(port, proc, errors)
             yield DemoBroker("127.0.0.1", port, "mosquitto")
         finally:
             proc.terminate()
@@ -192,12 +197,30 @@ def _embedded(port: int) -> Iterator[DemoBroker]:
         thread.join(timeout=5)
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+def _wait_listening(
+    port: int,
+    proc: subprocess.Popen[bytes] | None,
+    errors: Path | None = None,
+    timeout: float = 10,
+) -> None:
+    """Return once the broker we started listens; BrokerError (one line for the owner, with
+    Mosquitto's own last words) when it exits or never listens."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the demo broker exited with status {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            said = _last_line(errors)
+            why = f"mosquitto said {said!r}" if said else f"mosquitto exited {proc.returncode}"
+            raise BrokerError(f"could not start a broker on 127.0.0.1:{port}: {why}")
+        # An MQTT answer, not just a TCP one: whatever else took the port would also accept.
+        if accepts_anonymous("127.0.0.1", port, timeout_s=0.5):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"the demo broker did not listen on port {port}")
+    raise BrokerError(f"could not start a broker: nothing listened on 127.0.0.1:{port}")
+
+
+def _last_line(path: Path | None) -> str:
+    if path is None or not path.exists():
+        return ""
+    lines = path.read_text(errors="replace").strip().splitlines()
+    # Mosquitto starts each line with its epoch timestamp: "1796007543: Error: …".
+    return re.sub(r"^\d+:\s*", "", lines[-1].strip()) if lines else ""

@@ -206,7 +206,7 @@ async def _run(
     progress("logged in to the simulated FordConnect account (OAuth 2.0 + PKCE)")
     secret = enroll_stepup(settings)
     password = set_owner_password(settings)
-    progress("step-up (TOTP) enrolled and a one-time owner password set")
+    progress("step-up (TOTP) enrolled and an owner password made for this demo")
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -309,3 +309,27 @@ def test_a_taken_page_port_gives_the_demo_a_free_one() -> None:
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
     assert page_port(free, io.StringIO()) == free
+
+
+def test_a_demo_broker_that_cannot_start_is_an_error_with_mosquittos_reason() -> None:
+    """Mosquitto that exits at start (here: its port taken behind the demo's back; for an owner,
+    `--broker 127.0.0.1:1` as root, where Mosquitto drops to its own user) is a BrokerError,
+    which the command line prints as one line with exit status 1: it was a RuntimeError
+    traceback saying only "the demo broker exited with status 1"."""
+    import shutil
+    import socket
+
+    from bridge.demo.broker import _mosquitto
+    from bridge.errors import BrokerError
+
+    binary = shutil.which("mosquitto")
+    assert binary is not None, "the test set-up installs Mosquitto"
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with (
+            pytest.raises(BrokerError, match=f"on 127.0.0.1:{port}: mosquitto said 'Error: Addr"),
+            _mosquitto(binary, port),
+        ):
+            pass
