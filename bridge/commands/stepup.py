@@ -79,10 +79,15 @@ def enroll(state_dir: Path, *, force: bool = False) -> str:
         raise StateError(
             f"{path} exists; re-enrolling invalidates your authenticator (use --force)"
         )
-    ensure_private_dir(state_dir)
     secret = pyotp.random_base32()
-    write_private_atomic(path, secret.encode("ascii"))
+    store_secret(state_dir, secret)
     return secret
+
+
+def store_secret(state_dir: Path, secret: str) -> None:
+    """Put `secret` in force (0600, replaced atomically: a crash leaves the old or the new)."""
+    ensure_private_dir(state_dir)
+    write_private_atomic(secret_path(state_dir), secret.encode("ascii"))
 
 
 def load_secret(state_dir: Path) -> str | None:

@@ -18,8 +18,6 @@ from bridge.audit.chain import read_records
 from bridge.audit.verify import verify
 from bridge.commands import stepup as totp
 from bridge.commands.decide import StepUpStatus
-from bridge.files import write_private_atomic
-from bridge.store import ensure_private_dir
 from bridge.web.ports import ChainStatus, Clock
 
 # Owner logins count their step-up failures under an id no app can take.
@@ -65,8 +63,7 @@ class OwnerStepUp:
         code = "".join(code.split())  # authenticators show "123 456"
         if totp.match_step(secret, code, self.clock()) is None:
             return False
-        ensure_private_dir(self.state_dir)
-        write_private_atomic(totp.secret_path(self.state_dir), secret.encode("ascii"))
+        totp.store_secret(self.state_dir, secret)
         # The confirming code is spent, like any accepted code: it cannot then unlock the car.
         self.verify(code)
         return True
