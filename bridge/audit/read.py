@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bridge.audit.chain import CURRENT_FILE, chain_files, parse_line
+from bridge.audit.chain import CURRENT_FILE, chain_files, parse_line, rotated_files
 
 # Shown first, in this order, by `format_record`; the rest follow as key=value.
 LEAD_KEYS = ("app", "vehicle", "command", "action", "decision", "status", "reason")
@@ -55,7 +55,11 @@ def follow(
     poll_s: float = 0.5,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Iterator[dict[str, Any]]:
-    """Records appended from now on, across rotations, until `keep_going()` is false."""
+    """Records appended from now on, across rotations, until `keep_going()` is false.
+
+    A rotation is noticed between polls, and by then the writer may have added to the old file
+    after our last read, or rotated more than once: the old file is read to its end, then every
+    file rotated after it, before the new current file is read from its start."""
     path = directory / CURRENT_FILE
     handle = _open_at_end(path)
     pending = b""
@@ -68,13 +72,38 @@ def follow(
             if chunk:
                 continue
             if _rotated(handle, path):
-                # The old file was drained above; the new one is read from its start.
-                handle, pending = _reopen(handle, path), b""
+                handle, missed = _after_rotation(directory, handle, pending)
+                pending = b""
+                yield from _matching(missed, wanted)
                 continue
             time.sleep(poll_s)
     finally:
         if handle is not None:
             handle.close()
+
+
+def _after_rotation(
+    directory: Path, old: BinaryIO | None, pending: bytes
+) -> tuple[BinaryIO | None, list[bytes]]:
+    """The new current file (open at its start) and the lines written since our last read that
+    are not in it: the rest of the old file, and the whole of any file rotated after it."""
+    path = directory / CURRENT_FILE
+    if old is None:  # the log did not exist when we started: nothing came before this file
+        return _open_at_start(path), []
+    missed = (pending + old.read()).split(b"\n")
+    ours = os.fstat(old.fileno()).st_ino
+    old.close()
+    new = _open_at_start(path)
+    current = os.fstat(new.fileno()).st_ino if new is not None else None
+    rotated = [file for _, file in rotated_files(directory)]
+    inodes = [_inode(file) for file in rotated]
+    if ours in inodes:  # rotated, not deleted or replaced: files moved aside after it follow
+        after = inodes.index(ours) + 1
+        for file, inode in zip(rotated[after:], inodes[after:], strict=True):
+            if inode == current:
+                break  # the file we just opened was rotated too: read through `new`
+            missed += file.read_bytes().split(b"\n")
+    return new, missed
 
 
 def _matching(lines: list[bytes], wanted: RecordFilter) -> Iterator[dict[str, Any]]:
@@ -119,10 +148,15 @@ def _rotated(handle: BinaryIO | None, path: Path) -> bool:
     return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
 
 
-def _reopen(handle: BinaryIO | None, path: Path) -> BinaryIO | None:
-    if handle is not None:
-        handle.close()
+def _open_at_start(path: Path) -> BinaryIO | None:
     try:
         return path.open("rb")
+    except FileNotFoundError:
+        return None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
     except FileNotFoundError:
         return None

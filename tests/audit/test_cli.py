@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -222,6 +223,62 @@ def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:
     stop.set()
     thread.join(5)
     assert seen == list(range(40))
+    assert list(directory.glob("audit.0*.jsonl"))
+
+
+def test_follow_misses_nothing_when_the_log_rotates_twice_between_polls(tmp_path: Path) -> None:
+    """A burst between two polls can rotate the log more than once: the records in the file
+    rotated in between are shown too, in order (they were skipped: the new current file was
+    read from its start, and the file before it never)."""
+    directory = tmp_path / "audit"
+    log = open_log(directory, rotate_bytes=4096)
+    log.append("before")
+    polls = 0
+
+    def keep_going() -> bool:
+        nonlocal polls
+        polls += 1
+        if polls == 1:  # after follow() opened the file at its end, before its first read
+            for n in range(60):
+                log.append("after", n=n, pad="z" * 150)
+        return polls < 20
+
+    seen = [r["n"] for r in follow(directory, RecordFilter(), poll_s=0, keep_going=keep_going)]
+    assert seen == list(range(60))
+    assert len(list(directory.glob("audit.0*.jsonl"))) >= 3
+
+
+def test_follow_reads_the_old_file_to_its_end_after_a_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record written to the old file after follow() found it at its end, just before the
+    rotation follow() then notices, is shown (the old file was taken as drained)."""
+    import bridge.audit.read as read
+
+    directory = tmp_path / "audit"
+    log = open_log(directory, rotate_bytes=4096)
+    log.append("before")
+    rotated = read._rotated
+    injected = False
+
+    def late_write_then_rotate(handle: Any, path: Path) -> bool:
+        nonlocal injected
+        if not injected:
+            injected = True
+            log.append("late", pad="z" * 1000)  # fits: stays in the file follow() has open
+            log.append("next", pad="z" * 3500)  # does not: rotates first
+        return rotated(handle, path)
+
+    monkeypatch.setattr(read, "_rotated", late_write_then_rotate)
+    polls = 0
+
+    def keep_going() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls < 10
+
+    kinds = [r["kind"] for r in follow(directory, RecordFilter(), poll_s=0, keep_going=keep_going)]
+    assert kinds == ["late", "next"]
     assert list(directory.glob("audit.0*.jsonl"))
 
 
