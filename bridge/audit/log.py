@@ -39,6 +39,7 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     DIRECTORY,
     ChainState,
+    is_sealed,
     parse_line,
     rotated_files,
     rotated_name,
@@ -535,15 +536,34 @@ class AuditLog:
         self._size = 0
 
     def _link_from_rotated(self) -> ChainState:
-        """The chain state at the end of the newest rotated file (or the genesis state)."""
-        rotated = rotated_files(self.directory)
-        if not rotated:
-            return ChainState()
-        _, path = rotated[-1]
-        record = parse_line(read_tail(path).last)
-        if record is None or not isinstance(record.get("seq"), int):
-            raise AuditTampered(f"{path.name}: the last record is unreadable")
-        return ChainState(seq=record["seq"], hash=str(record.get("hash")))
+        """The chain state at the end of the rotated files (or the genesis state), checked where
+        they join: each file's first record must be sealed and link on from the last record of
+        the file before it, and each file's last record must be sealed. A rotated file deleted,
+        renumbered, swapped or cut short is tampering, as damage in the current file is. (This
+        reads two lines a file, so it stays quick however long the log grows; edits inside a
+        rotated file are for `ownerlink audit verify`, which reads every record.)"""
+        state = ChainState()
+        for _, path in rotated_files(self.directory):
+            first, last = _first_line(path), read_tail(path)
+            if last.torn or not last.last:
+                raise AuditTampered(f"{path.name}: the last record is unreadable")
+            record = parse_line(first)
+            if record is None:
+                raise AuditTampered(f"{path.name}:1: unparsable record")
+            fault = state.check(first, record)
+            if fault is not None:
+                raise AuditTampered(f"{path.name}:1: {fault[0]}: {fault[1]}")
+            record = parse_line(last.last)
+            seq = record.get("seq") if record is not None else None
+            if (
+                record is None
+                or not is_sealed(last.last, record)
+                or not isinstance(seq, int)
+                or seq < state.seq
+            ):
+                raise AuditTampered(f"{path.name}: the last record is not the one its hash seals")
+            state = ChainState(seq=seq, hash=str(record["hash"]))
+        return state
 
     def _check_current(self, data: bytes) -> None:
         """Every whole line of the current file must chain on from the rotated files."""
@@ -573,6 +593,11 @@ class AuditLog:
         self._append_locked(
             "audit.repaired", {"file": CURRENT_FILE, "offset": keep, "removed_bytes": len(torn)}
         )
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.readline().rstrip(b"\n")
 
 
 def _inode(path: Path) -> int:

@@ -170,6 +170,46 @@ def test_a_tampered_rotated_file_is_detected_by_verify(tmp_path: Path) -> None:
     assert report.problem.file == "audit.000001.jsonl" and report.problem.seq == 4
 
 
+@pytest.mark.parametrize(
+    "damage",
+    ["delete a middle file", "delete the first file", "renumber", "swap", "cut a file short"],
+)
+def test_a_rotated_file_deleted_moved_or_cut_short_is_tampering_at_open(
+    tmp_path: Path, damage: str
+) -> None:
+    """Where rotated files join is checked at open: a whole file of records gone (or moved, or
+    cut) was opened over without a word, and the daemon took commands on a log only
+    `audit verify` could show was broken."""
+    fill(tmp_path, 80, rotate_bytes=4096).close()
+    rotated = sorted(tmp_path.glob("audit.0*.jsonl"))
+    assert len(rotated) >= 4
+    if damage == "delete a middle file":
+        rotated[1].unlink()
+    elif damage == "delete the first file":
+        rotated[0].unlink()
+    elif damage == "renumber":  # the same records under a later number: a gap where one was
+        rotated[-1].rename(tmp_path / "audit.000099.jsonl")
+        rotated[-2].unlink()
+    elif damage == "swap":
+        rotated[1].rename(tmp_path / "swap")
+        rotated[2].rename(rotated[1])
+        (tmp_path / "swap").rename(rotated[2])
+    else:  # its last record removed: the next file no longer links on
+        write_lines(tmp_path, lines(tmp_path, rotated[1].name)[:-1], rotated[1].name)
+    assert not verify(tmp_path).ok
+    with pytest.raises(AuditTampered, match=r"audit\.0000\d\d\.jsonl"):
+        open_log(tmp_path, rotate_bytes=4096)
+
+
+def test_an_intact_rotated_log_opens_with_its_joins_checked(tmp_path: Path) -> None:
+    """Many rotated files, each join checked: the log opens and runs on."""
+    fill(tmp_path, 80, rotate_bytes=4096).close()
+    log = open_log(tmp_path, rotate_bytes=4096)
+    assert log.append("more")["seq"] == 81
+    log.close()
+    assert verify(tmp_path).ok
+
+
 def test_write_failure_raises_and_stops_further_appends(tmp_path: Path) -> None:
     """An fsync/write error raises AuditWriteError, and so does every append after it."""
     log = open_log(tmp_path)

@@ -108,9 +108,9 @@ async def test_a_broker_down_at_start_is_asked_again_until_it_answers(
 async def test_a_head_record_damaged_in_a_rotated_file_stops_commands_not_the_check(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:
-    """Only the current file is checked record by record at start: the broker's head record,
-    damaged in a rotated file, must end the check as a finding, never leave it (and every
-    command) hanging."""
+    """The broker's head record, damaged in a rotated file, is a finding at start (the rotated
+    files' joins are checked when the log is opened), never a check left hanging with every
+    command waiting; and the broker's copy of the head, the evidence, is not overwritten."""
     settings = _settings(tmp_path, sim[1], broker, base_topic)
     await login(settings)
     await _run_until_anchored(settings)
@@ -127,10 +127,12 @@ async def test_a_head_record_damaged_in_a_rotated_file_stops_commands_not_the_ch
     running = Daemon(settings)
     await running.start()
     try:
-        await _until(lambda: running._anchor is Anchor.BROKEN, 10)
+        assert "audit.000001.jsonl" in (running.audit_problem or "")
         result = await asyncio.wait_for(
             running.pipeline.submit_owner(running.vehicles[0].slug, "lock", "LOCK"), 5
         )
         assert result.reason == "audit_tampered"
+        still = _retained_head(broker, f"{base_topic}/bridge/audit_head")
+        assert json.loads(still or b"{}") == held
     finally:
         await running.stop()
