@@ -539,19 +539,26 @@ class CommandPipeline:
             self._alert(ticket, Reason.AUDIT_UNAVAILABLE)
             self._finish(ticket, CommandStatus.REJECTED, Reason.AUDIT_UNAVAILABLE, error_text(exc))
             return
-        ticket.scope = decision.scope
+        ticket.scope, ticket.issued_at = decision.scope, cmd.issued_at
         route = self.vehicles[cmd.vehicle]
         self.forwarder.enqueue(Job(cmd.vehicle, route, cmd.operation, ticket, ready=pending))
 
     # -- after forwarding ------------------------------------------------------------------------
 
     def _still_allowed(self, job: Job[Ticket]) -> Ending | None:
-        """A command that waited behind another for its car: is its app still entitled to it?
-        (Revoked, disabled or without the scope now: it ends `rejected`, never sent.)"""
+        """A command that waited behind another for its car: is its app still entitled to it,
+        and is it still young enough? (Revoked, disabled or without the scope now, or older than
+        `commands.max_age_s` by its `issued_at`: it ends `rejected`, never sent.)"""
         ticket = job.ticket
         hold = self.provider_hold(job.vehicle)
         if hold is not None:  # the command before it met a 429: nothing goes before Retry-After
             return Ending(CommandStatus.REJECTED, Reason.PROVIDER_RATE_LIMITED, hold)
+        if ticket.issued_at is not None:
+            age = (self.clock() - ticket.issued_at).total_seconds()
+            if age > self.policy.max_age_s:
+                limit = f"the limit is {self.policy.max_age_s:g} s"
+                detail = f"issued {age:.1f} s ago when its turn came at the car; {limit}"
+                return Ending(CommandStatus.REJECTED, Reason.TOO_OLD, detail)
         if ticket.app is OWNER_APP or ticket.app_id is None or ticket.scope is None:
             return None
         try:

@@ -37,6 +37,9 @@ class Ticket:
     # When its checks ran, when that was later than `received_at`: a command that waited for the
     # start-up check is judged (its age above all) at the moment it is taken, not when it came.
     checked_at: datetime | None = None
+    # The sender's `issued_at`: a command that waits behind another for its car must still be
+    # younger than the maximum age when its turn comes (a firm limit is what the sender asked for).
+    issued_at: datetime | None = None
 
     @property
     def judged_at(self) -> datetime:

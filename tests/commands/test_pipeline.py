@@ -834,6 +834,35 @@ async def test_a_command_that_waited_is_judged_old_when_it_is_taken(tmp_path: Pa
     assert rig.provider.executed == []
 
 
+async def test_a_command_that_waited_for_its_car_is_judged_old_when_its_turn_comes(
+    tmp_path: Path,
+) -> None:
+    """`issued_at` stays a firm limit behind a slow command too (a car can take
+    `commands.timeout_s`, two minutes, over one): a command 10 s old when it came, queued behind
+    one the car took 29 s over, is 39 s old when its turn comes; with a 30 s maximum it ends
+    rejected as too old and never reaches the car."""
+    gate = asyncio.Event()
+    rig = await make_rig(
+        tmp_path / "state",
+        provider=FakeProvider(gate=gate),
+        commands=CommandsConfig(rate_limit_per_minute=600, max_age_s=30),
+    )
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    issued = (rig.clock() - timedelta(seconds=10)).isoformat()
+    payload = json.dumps({"action": "LOCK", "id": "late", "issued_at": issued})
+    queued = rig.pipeline.submit(rig.inbound("ha", "lock", payload))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    rig.clock.advance(29)
+    gate.set()
+    await first
+    done = await queued
+    assert (done.status, done.reason) == (CommandStatus.REJECTED, Reason.TOO_OLD)
+    assert rig.provider.executed == [("car-1", Operation.LOCK)]
+    outcome = rig.records("command.outcome")[-1]
+    assert (outcome["id"], outcome["status"], outcome["reason"]) == ("late", "rejected", "too_old")
+
+
 async def test_a_command_after_stop_gets_its_result_even_while_held(rig: Rig) -> None:
     """MQTT stays up a moment after the pipeline stops: what comes then is refused at once."""
     rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
