@@ -33,7 +33,7 @@ from bridge.access.apps import AppChange, AppRegistry
 from bridge.access.broker import build_enforcement
 from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
-from bridge.audit.anchor import MalformedHead, anchor_problem, fetch_head
+from bridge.audit.anchor import ANCHOR_FIX, MalformedHead, anchor_problem, fetch_head
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.ring import open_ring
@@ -98,11 +98,6 @@ LIST_RETRY_MAX_S = 3600.0
 ANCHOR_WAIT_S = 3.0
 # How long to wait before asking again when the broker gave no answer (commands wait meanwhile).
 ANCHOR_RETRY_S = 5.0
-ANCHOR_FIX = (
-    "Keep the audit files as evidence and compare them with a backup. If you moved the audit "
-    "log aside on purpose (starting over), clear the broker's copy with `ownerlink audit "
-    "forget-head` and restart"
-)
 # Held (flock) by the running daemon for its whole life: one daemon per state directory.
 INSTANCE_LOCK = "daemon.lock"
 # App ids the registry refuses: the owner's own identity and the daemon's.

@@ -22,6 +22,12 @@ from bridge.errors import BrokerError
 from bridge.mqtt.topics import Publish, Topics
 
 HEAD_WAIT_S = 5.0
+# What to do about a log that lacks the broker's head (the daemon's alert, `ownerlink command`).
+ANCHOR_FIX = (
+    "Keep the audit files as evidence and compare them with a backup. If you moved the audit "
+    "log aside on purpose (starting over), clear the broker's copy with `ownerlink audit "
+    "forget-head` and restart"
+)
 RETAINED_GRACE_S = 1.0  # after the SUBACK: how long silence takes to mean "no retained message"
 ABORT_POLL_S = 0.05
 

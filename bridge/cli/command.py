@@ -3,7 +3,8 @@
 The owner holds every scope, but unlock and remote start still need the step-up code (asked for
 on a terminal when `--code` is not given), and the command is audited like any other. It runs
 beside the daemon if one is up: the audit log and the id, step-up and budget state are shared
-safely between processes. Exit status: 0 succeeded, 1 refused or failed, 2 a usage or config
+safely between processes. Like the daemon, it refuses to act on an audit log that lacks the head
+the broker holds (records cut off, or rewritten). Exit status: 0 succeeded, 1 refused or failed, 2 a usage or config
 error (an unknown vehicle, say: nothing was sent), 3 timed out (the car may still have done it:
 check before retrying).
 """
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.audit.anchor import ANCHOR_FIX, MalformedHead, anchor_problem, fetch_head
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.cli.common import add_common, settings_from
 from bridge.commands.apps import ConfigApps
@@ -29,7 +31,7 @@ from bridge.commands.decide import requires_stepup
 from bridge.commands.pipeline import CommandPipeline
 from bridge.commands.results import CommandResult
 from bridge.config import DEFAULT_PATHS, Settings, find_config_path
-from bridge.errors import BrokerError, ConfigError, ProviderError
+from bridge.errors import AuditTampered, BrokerError, ConfigError, ProviderError
 from bridge.events import Alert, CollectingAlerts
 from bridge.logs import get_logger
 from bridge.model import OPERATIONS, Command, CommandStatus, Operation, VehicleInfo
@@ -157,6 +159,7 @@ async def _command_path(
     )
     try:
         audit.open()
+        await _check_anchor(settings, audit)
         info = await _describe(settings, providers, slug, operation)
         pipeline = build_pipeline(
             settings,
@@ -179,6 +182,26 @@ async def _command_path(
             await provider.aclose()
         audit.close()
         store.close()
+
+
+async def _check_anchor(settings: Settings, audit: AuditLog) -> None:
+    """Refuse, as the daemon does, to act on a log that lacks the head the broker holds:
+    records were cut off the end, or it was rewritten. (The daemon stops taking commands then;
+    this command went on, and wrote on top.) A broker that does not answer is a warning: this is
+    the owner's way to reach the car when the broker is down, and the daemon compares the
+    records written meanwhile with the broker's head at its next start."""
+    try:
+        held = await asyncio.to_thread(fetch_head, settings)
+    except MalformedHead:
+        return  # not a head the daemon published: nothing to compare with (as the daemon does)
+    except BrokerError as exc:
+        print(f"warning: audit log not compared with the broker's head: {exc}", file=sys.stderr)
+        return
+    if held is None:
+        return
+    problem = await asyncio.to_thread(anchor_problem, audit.directory, held, audit.head)
+    if problem is not None:
+        raise AuditTampered(f"{problem}; nothing was sent. {ANCHOR_FIX}")
 
 
 async def _describe(

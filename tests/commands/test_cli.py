@@ -264,6 +264,49 @@ def test_owner_unlock_needs_the_code(
     assert executed(served, 1)[len(before) :] == ["unlock"]
 
 
+def _hold_head(broker: BrokerAddress, base_topic: str, head: dict[str, object]) -> None:
+    """Put an audit head on the broker, retained, as the daemon publishes it."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        topic = f"{base_topic}/bridge/audit_head"
+        client.publish(topic, json.dumps(head), qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_owner_command_refuses_a_log_that_lacks_the_brokers_head(
+    configured: Path,
+    served: tuple[Simulator, str],
+    broker: BrokerAddress,
+    base_topic: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records cut off the end of the log (the broker holds a later head than the log has): the
+    daemon refuses every command as audit_tampered, and so does `ownerlink command`, with
+    nothing sent and nothing written (it sent the command and wrote on top of the cut). A log
+    that contains the broker's head runs as before."""
+    state = Path(yaml.safe_load(configured.read_text())["state_dir"])
+    assert run(capsys, "command", "ice", "lock", "--config", str(configured))[0] == 0
+    directory = audit_directory(state)
+    last = json.loads((directory / "audit.jsonl").read_text().splitlines()[-1])
+    _hold_head(broker, base_topic, {"seq": last["seq"], "hash": last["hash"]})
+    assert run(capsys, "command", "ice", "lock", "--config", str(configured))[0] == 0
+
+    before, size = executed(served, 1), (directory / "audit.jsonl").stat().st_size
+    _hold_head(broker, base_topic, {"seq": last["seq"] + 9, "hash": "ab" * 32})
+    code, out, err = run(capsys, "command", "ice", "lock", "--config", str(configured))
+    assert code == 1 and out == ""
+    assert "broker holds the head of record" in err and "nothing was sent" in err
+    assert executed(served, 1) == before
+    assert (directory / "audit.jsonl").stat().st_size == size
+
+
 def test_owner_charge_on_a_combustion_car_is_unsupported(
     configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
