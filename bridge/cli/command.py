@@ -4,9 +4,9 @@ The owner holds every scope, but unlock and remote start still need the step-up 
 on a terminal when `--code` is not given), and the command is audited like any other. It runs
 beside the daemon if one is up: the audit log and the id, step-up and budget state are shared
 safely between processes. Like the daemon, it refuses to act on an audit log that lacks the head
-the broker holds (records cut off, or rewritten). Exit status: 0 succeeded, 1 refused or failed, 2 a usage or config
-error (an unknown vehicle, say: nothing was sent), 3 timed out (the car may still have done it:
-check before retrying).
+the broker holds (records cut off, or rewritten). Exit status: 0 succeeded, 1 refused or failed,
+2 a usage or config error (an unknown vehicle, say: nothing was sent), 3 timed out (the car may
+still have done it: check before retrying).
 """
 
 from __future__ import annotations
