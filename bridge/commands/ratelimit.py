@@ -22,18 +22,29 @@ class SlidingWindow:
         self._events: dict[str, deque[float]] = {}
 
     def allows(self, key: str, limit: int, now: float) -> bool:
-        """Would one more event at `now` stay within the limit? Changes nothing."""
+        """Would one more event at `now` stay within the limit? Changes nothing, and keeps
+        nothing for a key never recorded: every command is asked about before it is refused for
+        anything else, and a key per junk vehicle name, kept for ever, grew without bound."""
         events = self._prune(key, now)
-        return len(events) < limit
+        return events is None or len(events) < limit
 
     def record(self, key: str, now: float) -> None:
         """Count an event at `now`."""
         self._events.setdefault(key, deque()).append(now)
 
-    def _prune(self, key: str, now: float) -> deque[float]:
-        events = self._events.setdefault(key, deque())
+    def __len__(self) -> int:
+        """How many keys have events in the window (or had, until they are next asked about)."""
+        return len(self._events)
+
+    def _prune(self, key: str, now: float) -> deque[float] | None:
+        events = self._events.get(key)
+        if events is None:
+            return None
         while events and events[0] <= now - self.window_s:
             events.popleft()
+        if not events:
+            del self._events[key]
+            return None
         return events
 
 
@@ -42,7 +53,7 @@ class CommandRateLimits:
 
     def __init__(self, default_per_minute: int, window: SlidingWindow | None = None) -> None:
         self.default_per_minute = default_per_minute
-        self._window = window or SlidingWindow()
+        self._window = window if window is not None else SlidingWindow()
 
     def allows(self, app: App, vehicle: str, now: float) -> bool:
         """Both limits have room at `now` (epoch seconds)."""

@@ -40,6 +40,22 @@ def test_app_and_vehicle_limits_are_separate_keys() -> None:
     assert limits.allows(b, "van", 2.0)
 
 
+def test_asking_about_many_vehicles_keeps_nothing() -> None:
+    """Every command is asked about before it is refused: an app (or, without broker
+    enforcement, anyone using its name) sending to a new made-up vehicle name each time left a
+    key behind for each, for as long as the daemon ran. Keys go once their window is empty."""
+    window = SlidingWindow()
+    limits = CommandRateLimits(6, window)
+    app = App("ha", "HA", frozenset(Scope), T0)
+    for n in range(10_000):
+        assert limits.allows(app, f"junk-{n}", 1000.0 + n / 1000)
+    assert len(window) == 0
+    limits.record(app, "car", 1000.0)
+    assert len(window) == 2
+    assert limits.allows(app, "car", 1100.0)  # both windows empty by then: both keys go
+    assert len(window) == 0
+
+
 def test_ids_expire_after_the_window(tmp_path: Path) -> None:
     """An id is seen within dedup_window_s and forgotten after it; ids are per app."""
     ids = DedupStore(store=Store.open(tmp_path), window_s=3600)
