@@ -654,6 +654,7 @@ class Daemon:
             if self.audit.changed_on_disk():
                 with contextlib.suppress(AuditError):  # failed/tampered say what went wrong
                     await asyncio.to_thread(self.audit.refresh)
+            self._confirm_foreign(self.audit.taken_in())
         self.audit_problem = self.audit.failed
         if not self.audit.tampered:
             log.error("audit log unusable; commands stopped", problem=self.audit_problem)
@@ -800,6 +801,19 @@ class Daemon:
 
     def _confirm(self, vehicle: str) -> None:
         self.poller.request_confirmation(vehicle)
+
+    def _confirm_foreign(self, records: list[dict[str, Any]]) -> None:
+        """A command another process (`ownerlink command`) sent to one of our cars ended: read
+        the car once soon, as after our own, so its lock state is the car's and not the one from
+        before (an unlock left Home Assistant showing `locked` until the next regular poll)."""
+        slugs = {v.slug for v in self._vehicles}
+        for vehicle in {
+            r.get("vehicle")
+            for r in records
+            if r.get("kind") == "command.outcome" and r.get("status") != "rejected"
+        }:
+            if isinstance(vehicle, str) and vehicle in slugs:
+                self._confirm(vehicle)
 
     def _refused(self, account: str, error: ProviderError) -> None:
         """A 429 or 403 on the command path reaches the same account guard as a read's."""

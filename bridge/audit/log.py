@@ -62,6 +62,7 @@ RESERVED = frozenset({"seq", "ts", "prev", "hash", "kind"})
 SECRET_KEYS = frozenset({"code", "otp", "totp", "secret", "password", "token", "authorization"})
 SECRET_SUFFIXES = ("_token", "_secret", "_password")
 REDACTED = "[redacted]"
+MAX_TAKEN_IN = 1000  # other processes' records kept for `taken_in` (one caller asks each second)
 FILE_MODE = 0o600
 
 log = get_logger(__name__)
@@ -107,6 +108,7 @@ class AuditLog:
         self._announce_lock = threading.Lock()
         self._announced = 0  # the highest seq given to on_head
         self._durable_head = (0, "")  # (seq, hash) of the newest record known to be on disk
+        self._taken_in: list[dict[str, Any]] = []  # other processes' records, until taken_in()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -207,6 +209,14 @@ class AuditLog:
                 raise error
             seq, value = self._chain.seq, self._chain.hash
         self._announce(seq, value)
+
+    def taken_in(self) -> list[dict[str, Any]]:
+        """The records other processes appended that this one has taken in since it last asked
+        (the newest `MAX_TAKEN_IN`): the daemon reads the car again after an owner's command
+        from `ownerlink command`, as it does after its own."""
+        with self._lock:
+            records, self._taken_in = self._taken_in, []
+        return records
 
     @property
     def failed(self) -> str | None:
@@ -496,7 +506,8 @@ class AuditLog:
                 )
             handle.seek(self._size)
             keep, torn = split_torn_tail(handle.read())
-        self._check_lines(keep, lambda number: f"{path.name}: record {number} after ours")
+        records = self._check_lines(keep, lambda number: f"{path.name}: record {number} after ours")
+        self._taken_in = [*self._taken_in, *records][-MAX_TAKEN_IN:]
         if not current:
             return
         self._size += len(keep)
@@ -569,9 +580,11 @@ class AuditLog:
         """Every whole line of the current file must chain on from the rotated files."""
         self._check_lines(data, lambda number: f"{CURRENT_FILE}:{number}")
 
-    def _check_lines(self, data: bytes, where: Callable[[int], str]) -> None:
+    def _check_lines(self, data: bytes, where: Callable[[int], str]) -> list[dict[str, Any]]:
         """Every line of `data` must chain on from `self._chain` (advanced as it goes);
-        AuditTampered names the first that does not by `where(its line number)`."""
+        AuditTampered names the first that does not by `where(its line number)`. Returns the
+        records."""
+        records = []
         for number, raw in enumerate(data.splitlines(), start=1):
             record = parse_line(raw)
             if record is None:
@@ -579,6 +592,8 @@ class AuditLog:
             fault = self._chain.check(raw, record)
             if fault is not None:
                 raise AuditTampered(f"{where(number)}: {fault[0]}: {fault[1]}")
+            records.append(record)
+        return records
 
     def _repair(self, keep: int, torn: bytes) -> None:
         """Cut a torn tail off and say so in the log itself."""

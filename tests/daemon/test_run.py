@@ -556,6 +556,41 @@ async def test_records_written_by_another_process_move_the_published_head(
         await anchor.close(settle_s=0)
 
 
+async def test_an_owner_command_from_another_process_is_confirmed_by_a_read(
+    daemon: Daemon, sim: tuple[Simulator, str]
+) -> None:
+    """`ownerlink command` beside the daemon: when its command has ended, the daemon reads the
+    car once soon, as after its own commands. (It did not: after an owner's unlock, Home
+    Assistant's lock kept saying `locked` until the next regular poll.) A command the CLI
+    refused, never sent, asks for no read."""
+    from bridge.cli.command import send
+    from bridge.config import VehicleConfig
+    from bridge.events import CollectingAlerts
+    from bridge.model import Command
+
+    await _until(lambda: daemon._anchor is Anchor.HELD)
+    asked: list[str] = []
+    confirm = daemon.poller.request_confirmation
+
+    def spy(slug: str) -> None:
+        asked.append(slug)
+        confirm(slug)
+
+    daemon.poller.request_confirmation = spy  # type: ignore[method-assign]
+    car = daemon.vehicles[0]
+    slug = car.slug
+    # The CLI's config names the car the daemon found on the account (the fixture names none).
+    vehicles = {slug: VehicleConfig(account=car.account, id=car.vehicle_id)}
+    owner = daemon.settings.model_copy(update={"vehicles": vehicles})
+    refused = await send(owner, slug, Command.LOCK, "UNLOCK", code=None, alerts=CollectingAlerts())
+    assert refused.reason == "stepup_not_enrolled"
+    done = await send(owner, slug, Command.LOCK, "LOCK", code=None, alerts=CollectingAlerts())
+    assert done.status.value == "succeeded"
+    await _until(lambda: asked == [slug], 5)
+    await asyncio.sleep(1.5)  # the watch runs each second: nothing more comes
+    assert asked == [slug]
+
+
 async def test_a_log_cut_short_under_the_running_daemon_stops_commands_and_alerts(
     daemon: Daemon, broker: BrokerAddress
 ) -> None:
