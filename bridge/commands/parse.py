@@ -272,6 +272,9 @@ def _from_epoch(seconds: float) -> datetime:
 
 
 def _from_iso(text: str) -> datetime:
+    # RFC 3339 (§5.6) allows a lower-case "z" for UTC; Python's reader takes only "Z".
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:

@@ -55,6 +55,13 @@ def test_json_fields_are_carried() -> None:
     assert result.issued_at == datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 
+def test_issued_at_in_utc_with_a_lower_case_z_is_accepted() -> None:
+    """RFC 3339 allows "z" for "Z" (and "t" for "T"): such a time was refused as malformed."""
+    result = parse('{"action":"LOCK","issued_at":"2025-03-01t12:00:00.5z"}')
+    assert isinstance(result, ParsedCommand)
+    assert result.issued_at == datetime(2025, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+
+
 def test_epoch_seconds_issued_at_is_accepted() -> None:
     """issued_at may be epoch seconds."""
     result = parse('{"action":"LOCK","issued_at":1740830400.5}')
