@@ -2,7 +2,8 @@
 
 Ids are kept per app (one app cannot block another's ids) for the configured window. Only ids of
 commands that were allowed are remembered: the promise is "the same id executes at most once", and
-a refused command (a missing step-up code, a rate limit) may be sent again under the same id.
+a refused command (a missing step-up code, a rate limit) may be sent again under the same id. So
+may one allowed but then rejected without reaching the car (`forget`).
 """
 
 from __future__ import annotations
@@ -52,3 +53,9 @@ class DedupStore:
             self._inserts += 1
             if self._inserts % PRUNE_EVERY == 0:
                 conn.execute("DELETE FROM command_ids WHERE seen_at <= ?", (now - self.window_s,))
+
+    def forget(self, app: str, command_id: str) -> None:
+        """Free an id whose command never reached the car after all (refused in its vehicle's
+        queue, or rejected unsent): "at most once" is kept, and the client may retry with it."""
+        with writing(self.store, "command ids") as conn:
+            conn.execute("DELETE FROM command_ids WHERE app = ? AND id = ?", (app, command_id))

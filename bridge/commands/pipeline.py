@@ -112,6 +112,8 @@ class CommandIds(Protocol):
 
     def remember(self, app: str, command_id: str, now: float) -> None: ...
 
+    def forget(self, app: str, command_id: str) -> None: ...
+
 
 class CommandPipeline:
     """Checks, records and forwards commands. `await start()` on the event loop, then submit."""
@@ -452,6 +454,7 @@ class CommandPipeline:
             )
         if decision.allowed and cmd.id:
             self.ids.remember(app.id, cmd.id, epoch)
+            ticket.id_remembered = True
         return decision, check
 
     def _refuse(
@@ -585,9 +588,19 @@ class CommandPipeline:
         except AuditError as exc:
             self.halt(Reason.AUDIT_UNAVAILABLE)
             detail = "; ".join(filter(None, (detail, f"audit log failed: {error_text(exc)}")))
+        if ending.status is CommandStatus.REJECTED or not job.sent:
+            self._free_id(ticket)  # it never reached the car: the client may send it again
         self._finish(ticket, ending.status, ending.reason, detail, record)
         if job.sent and ending.status is not CommandStatus.REJECTED:
             self._confirm(job.vehicle)
+
+    def _free_id(self, ticket: Ticket) -> None:
+        if not ticket.id_remembered or ticket.app_id is None:
+            return
+        try:
+            self.ids.forget(ticket.app_id, ticket.id)
+        except StateError:  # still remembered: a retry is refused, never run twice
+            log.exception("could not free a command id", command_id=ticket.id)
 
     def _confirm(self, vehicle: str) -> None:
         """Ask the polling side for one read, so state is updated from the car, not assumed."""

@@ -40,6 +40,7 @@ class Ticket:
     # The sender's `issued_at`: a command that waits behind another for its car must still be
     # younger than the maximum age when its turn comes (a firm limit is what the sender asked for).
     issued_at: datetime | None = None
+    id_remembered: bool = False  # its client-given id is in the de-duplication store
 
     @property
     def judged_at(self) -> datetime:

@@ -863,6 +863,37 @@ async def test_a_command_that_waited_for_its_car_is_judged_old_when_its_turn_com
     assert (outcome["id"], outcome["status"], outcome["reason"]) == ("late", "rejected", "too_old")
 
 
+async def test_an_id_rejected_unsent_in_its_vehicles_queue_may_be_sent_again(
+    tmp_path: Path,
+) -> None:
+    """Queued behind a command that met a 429, it ends rejected, never sent ("the id may be
+    used again", as for a fresh one); sent again under its id after Retry-After, it runs. It was
+    refused as duplicate_id, "already executed", though it never reached the car."""
+    gate = asyncio.Event()
+    hold: list[str] = []
+    rig = await make_rig(
+        tmp_path / "state",
+        provider=FakeProvider(gate=gate),
+        provider_hold=lambda _vehicle: hold[0] if hold else None,
+    )
+    again = '{"action": "LOCK", "id": "retry-me"}'
+    first = rig.pipeline.submit(rig.inbound("ha", "lock", "LOCK"))
+    queued = rig.pipeline.submit(rig.inbound("ha", "lock", again))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    hold.append("no calls before 12:00 (Retry-After)")
+    gate.set()
+    await first
+    done = await queued
+    assert (done.status, done.reason) == (CommandStatus.REJECTED, Reason.PROVIDER_RATE_LIMITED)
+    hold.clear()
+    later = await rig.pipeline.submit(rig.inbound("ha", "lock", again))
+    assert (later.status, later.reason) == (CommandStatus.SUCCEEDED, Reason.OK)
+    assert [op for _, op in rig.provider.executed] == [Operation.LOCK, Operation.LOCK]
+    once = await rig.pipeline.submit(rig.inbound("ha", "lock", again))
+    assert once.reason == Reason.DUPLICATE_ID  # and once it ran, never again
+
+
 async def test_a_command_after_stop_gets_its_result_even_while_held(rig: Rig) -> None:
     """MQTT stays up a moment after the pipeline stops: what comes then is refused at once."""
     rig.pipeline.hold(Reason.AUDIT_UNCHECKED)
