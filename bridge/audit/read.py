@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridge.audit.chain import CURRENT_FILE, chain_files, parse_line, rotated_files
+from bridge.audit.tail import read_tail
 
 # Shown first, in this order, by `format_record`; the rest follow as key=value.
 LEAD_KEYS = ("app", "vehicle", "command", "action", "decision", "status", "reason")
@@ -48,38 +49,99 @@ def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict
     return found[::-1]
 
 
+def last_seq(directory: Path) -> int:
+    """The seq of the last whole record of the log (0 when it has none)."""
+    for path in reversed(chain_files(directory)):
+        record = parse_line(read_tail(path).last)
+        if record is not None and isinstance(record.get("seq"), int):
+            return int(record["seq"])
+    return 0
+
+
 def follow(
     directory: Path,
     wanted: RecordFilter,
     *,
+    after_seq: int | None = None,
     poll_s: float = 0.5,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Iterator[dict[str, Any]]:
-    """Records appended from now on, across rotations, until `keep_going()` is false.
+    """Records appended from now on (or, with `after_seq`, every record after that one), across
+    rotations, until `keep_going()` is false.
 
     A rotation is noticed between polls, and by then the writer may have added to the old file
     after our last read, or rotated more than once: the old file is read to its end, then every
     file rotated after it, before the new current file is read from its start."""
     path = directory / CURRENT_FILE
-    handle = _open_at_end(path)
+    seen = after_seq if after_seq is not None else -1
+    if after_seq is None:
+        handle, backlog = _open_at_end(path), []
+    else:
+        handle = _open_at_start(path)
+        backlog = _rotated_since(directory, after_seq, handle)
     pending = b""
     try:
         while keep_going():
             chunk = handle.read() if handle is not None else b""
             pending += chunk
             *complete, pending = pending.split(b"\n")
-            yield from _matching(complete, wanted)
+            for record in _records([*backlog, *complete]):
+                seen, fresh = _advance(seen, record)
+                if fresh and wanted.matches(record):
+                    yield record
+            backlog = []
             if chunk:
                 continue
             if _rotated(handle, path):
-                handle, missed = _after_rotation(directory, handle, pending)
+                handle, backlog = _after_rotation(directory, handle, pending)
                 pending = b""
-                yield from _matching(missed, wanted)
                 continue
             time.sleep(poll_s)
     finally:
         if handle is not None:
             handle.close()
+
+
+def _advance(seen: int, record: dict[str, Any]) -> tuple[int, bool]:
+    """(the newest seq passed, whether `record` comes after it): nothing is shown twice."""
+    seq = record.get("seq")
+    if not isinstance(seq, int) or seen < 0:
+        return (seq if isinstance(seq, int) else seen), True
+    return max(seen, seq), seq > seen
+
+
+def _rotated_since(directory: Path, after_seq: int, current: BinaryIO | None) -> list[bytes]:
+    """The lines of rotated files that may hold records after `after_seq` (a rotation between
+    reading the last records and starting to follow), oldest first; not the one `current` has
+    open, should it have been rotated meanwhile."""
+    skip = None
+    if current is not None:
+        first = parse_line(current.readline().rstrip(b"\n"))
+        current.seek(0)
+        if (
+            first is not None
+            and isinstance(first.get("seq"), int)
+            and first["seq"] <= after_seq + 1
+        ):
+            return []  # the current file starts early enough: no rotation to catch up with
+        skip = os.fstat(current.fileno()).st_ino
+    found: list[bytes] = []
+    for _, file in reversed(rotated_files(directory)):
+        if _inode(file) == skip:
+            continue
+        lines = file.read_bytes().split(b"\n")
+        found[:0] = lines
+        first = next((r for r in _records(lines[:1])), None)
+        if first is None or not isinstance(first.get("seq"), int) or first["seq"] <= after_seq:
+            break
+    return found
+
+
+def _records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for raw in lines:
+        record = parse_line(raw)
+        if record is not None:
+            yield record
 
 
 def _after_rotation(
@@ -104,13 +166,6 @@ def _after_rotation(
                 break  # the file we just opened was rotated too: read through `new`
             missed += file.read_bytes().split(b"\n")
     return new, missed
-
-
-def _matching(lines: list[bytes], wanted: RecordFilter) -> Iterator[dict[str, Any]]:
-    for raw in lines:
-        record = parse_line(raw)
-        if record is not None and wanted.matches(record):
-            yield record
 
 
 def format_record(record: dict[str, Any]) -> str:

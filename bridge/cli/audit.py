@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from bridge.audit.anchor import clear_head, fetch_head
 from bridge.audit.log import AuditLog, audit_directory
-from bridge.audit.read import RecordFilter, follow, format_record, last_records
+from bridge.audit.read import RecordFilter, follow, format_record, last_records, last_seq
 from bridge.audit.verify import Head, Report, verify
 from bridge.cli.common import add_common, settings_from
 from bridge.config import Settings
@@ -154,10 +154,15 @@ def _progress(out: TextIO) -> Any:
 def tail_command(args: argparse.Namespace) -> int:
     directory = _existing(args.dir or audit_directory(settings_from(args).state_dir))
     wanted = RecordFilter(app=args.app, vehicle=args.vehicle, kind=args.kind)
-    for record in last_records(directory, args.n, wanted):
+    # Where following starts, taken before the last records are read: a record written between
+    # the two is shown once, never lost.
+    start = last_seq(directory)
+    shown = last_records(directory, args.n, wanted)
+    for record in shown:
         _show(record, as_json=args.json)
     if args.follow:
-        for record in follow(directory, wanted):
+        newest = max((r["seq"] for r in shown if isinstance(r.get("seq"), int)), default=start)
+        for record in follow(directory, wanted, after_seq=max(start, newest)):
             _show(record, as_json=args.json)
     return 0
 

@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.audit.log import audit_directory
-from bridge.audit.read import RecordFilter, follow
+from bridge.audit.read import RecordFilter, follow, last_seq
 from bridge.cli import main
 from tests.audit.helpers import (
     assert_one_error_line,
@@ -280,6 +280,68 @@ def test_follow_reads_the_old_file_to_its_end_after_a_rotation(
     kinds = [r["kind"] for r in follow(directory, RecordFilter(), poll_s=0, keep_going=keep_going)]
     assert kinds == ["late", "next"]
     assert list(directory.glob("audit.0*.jsonl"))
+
+
+@pytest.mark.parametrize("rotations", [0, 3])
+def test_follow_after_a_seq_shows_what_came_since_exactly_once(
+    tmp_path: Path, rotations: int
+) -> None:
+    """`audit tail -f` reads the last records, then follows: a record written between the two
+    (and the files rotated meanwhile) is shown once. It was lost: following began at whatever
+    was the end of the file by then."""
+    directory = tmp_path / "audit"
+    log = open_log(directory, rotate_bytes=4096)
+    for n in range(5):
+        log.append("before", n=n)
+    start = last_seq(directory)
+    count = 60 if rotations else 3
+    for n in range(count):  # after the last records were read, before following starts
+        log.append("between", n=n, pad="z" * 150)
+    assert len(list(directory.glob("audit.0*.jsonl"))) >= rotations
+    polls = 0
+
+    def keep_going() -> bool:
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            log.append("after", n=count)
+        return polls < 10
+
+    seen = [
+        (r["kind"], r["n"])
+        for r in follow(directory, RecordFilter(), after_seq=start, poll_s=0, keep_going=keep_going)
+    ]
+    assert seen == [("between", n) for n in range(count)] + [("after", count)]
+
+
+def test_tail_follow_starts_where_the_last_records_ended(
+    state: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record written while `audit tail -f` printed the last ones is the first it follows."""
+    import bridge.cli.audit as cli_audit
+
+    directory = audit_directory(state)
+    reading = cli_audit.last_records
+
+    def records_then_a_write(*args: Any) -> Any:
+        found = reading(*args)
+        log = open_log(directory)
+        log.append("app.revoked", app="nodered", vehicle=None)
+        log.close()
+        return found
+
+    def stop_after_it(directory: Path, wanted: RecordFilter, **kw: Any) -> Any:
+        polls = iter(range(3))
+        return follow(
+            directory, wanted, **kw, poll_s=0, keep_going=lambda: next(polls, None) is not None
+        )
+
+    monkeypatch.setattr(cli_audit, "last_records", records_then_a_write)
+    monkeypatch.setattr(cli_audit, "follow", stop_after_it)
+    code, out, _ = run(capsys, "audit", "tail", "-f", "-n", "1", "--state-dir", str(state))
+    assert code == 0
+    shown = out.strip().splitlines()
+    assert [line.split()[2] for line in shown] == ["app.added", "app.revoked"]
 
 
 def test_tail_into_a_pipe_closed_early_ends_quietly(tmp_path: Path) -> None:
