@@ -199,6 +199,9 @@ async def _check_anchor(settings: Settings, audit: AuditLog) -> None:
         return
     if held is None:
         return
+    # The daemon beside us may have written (and published) records since we opened the log:
+    # take them in first, or its newest head would read as records cut off.
+    await asyncio.to_thread(audit.refresh)
     problem = await asyncio.to_thread(anchor_problem, audit.directory, held, audit.head)
     if problem is not None:
         raise AuditTampered(f"{problem}; nothing was sent. {ANCHOR_FIX}")

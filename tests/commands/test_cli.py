@@ -307,6 +307,36 @@ def test_owner_command_refuses_a_log_that_lacks_the_brokers_head(
     assert (directory / "audit.jsonl").stat().st_size == size
 
 
+def test_owner_command_takes_in_records_written_since_it_opened_the_log(
+    configured: Path,
+    served: tuple[Simulator, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The daemon beside it writes a record, and publishes its head, after the command opened
+    the log and before it asked the broker: that head is in the log, not cut off from it (the
+    command was refused as if records had been cut)."""
+    import bridge.cli.command as command_cli
+    from bridge.audit.verify import Head
+    from tests.audit.helpers import open_log
+
+    state = Path(yaml.safe_load(configured.read_text())["state_dir"])
+
+    def daemon_writes_then_broker_answers(*_args: object, **_kw: object) -> Head:
+        daemon = open_log(audit_directory(state))
+        record = daemon.append("app.revoked", app="nodered", reason="test")
+        daemon.close()
+        return Head(record["seq"], record["hash"])
+
+    monkeypatch.setattr(command_cli, "fetch_head", daemon_writes_then_broker_answers)
+    before = executed(served, 1)
+    code, out, err = run(capsys, "command", "ice", "lock", "--config", str(configured))
+    assert code == 0, err
+    assert out.strip() == "lock LOCK on ice: succeeded"
+    assert executed(served, 1)[len(before) :] == ["lock"]
+    assert verify(audit_directory(state)).ok
+
+
 def test_owner_charge_on_a_combustion_car_is_unsupported(
     configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
