@@ -13,6 +13,15 @@ from datetime import datetime, timedelta
 
 from bridge.polling.policy import Block, Mode
 
+# Doubling stops counting here, far past every cap: a count that grows for months (an API down
+# that long, a car gone from the consent) would otherwise take 2.0 ** n past the largest float.
+MAX_DOUBLINGS = 40
+
+
+def doubled(first_s: float, count: int, cap_s: float) -> float:
+    """`first_s` doubled for each of `count` - 1 earlier attempts, at most `cap_s`."""
+    return min(cap_s, first_s * 2.0 ** min(max(0, count - 1), MAX_DOUBLINGS))
+
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
@@ -92,7 +101,7 @@ class AccountGuard:
         self.reauth_required = True
         self._reauth_looks += 1
         cfg = self._config
-        wait = min(cfg.reauth_max_s, cfg.reauth_first_s * 2.0 ** (self._reauth_looks - 1))
+        wait = doubled(cfg.reauth_first_s, self._reauth_looks, cfg.reauth_max_s)
         return self._hold(now + timedelta(seconds=wait), Mode.REAUTH_REQUIRED, "reauth_required")
 
     def reset(self) -> None:
@@ -101,10 +110,9 @@ class AccountGuard:
 
     def _delay(self) -> float:
         cfg = self._config
-        delay = cfg.first_delay_s * 2.0 ** max(0, self.failures - 1)
+        delay = doubled(cfg.first_delay_s, self.failures, cfg.max_delay_s)
         if self.circuit_open:
-            delay = max(delay, cfg.open_delay_s)
-        delay = min(delay, cfg.max_delay_s)
+            delay = min(max(delay, cfg.open_delay_s), cfg.max_delay_s)
         return delay * (1.0 + self._rng.uniform(-cfg.jitter, cfg.jitter))
 
     def _hold(self, until: datetime, mode: Mode, reason: str) -> Block:

@@ -31,7 +31,7 @@ from bridge.errors import (
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.logs import get_logger
 from bridge.model import Operation, VehicleState
-from bridge.polling.breaker import AccountGuard, BreakerConfig
+from bridge.polling.breaker import AccountGuard, BreakerConfig, doubled
 from bridge.polling.budget import Budget, BudgetUsage
 from bridge.polling.clock import Clock, local_zone, utc_now
 from bridge.polling.history import KEEP, ActivityHistory
@@ -479,11 +479,9 @@ class Poller:
             return None
         cfg, breaker = self._config, self._breaker
         if slot.missing:
-            seconds = min(
-                cfg.sleeping_interval_s, cfg.parked_min_interval_s * 2.0 ** (slot.missing - 1)
-            )
+            seconds = doubled(cfg.parked_min_interval_s, slot.missing, cfg.sleeping_interval_s)
         else:
-            seconds = min(breaker.max_delay_s, breaker.first_delay_s * 2.0 ** (slot.failures - 1))
+            seconds = doubled(breaker.first_delay_s, slot.failures, breaker.max_delay_s)
         return last + timedelta(seconds=seconds)
 
     def _fallback_plan(self, now: datetime) -> PollPlan:

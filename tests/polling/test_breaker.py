@@ -100,3 +100,17 @@ def test_commands_wait_for_the_retry_after_alone_not_the_breakers_longer_wait():
     assert g.retry_after_until(NOW) == NOW + timedelta(seconds=120)
     g.on_success()
     assert g.retry_after_until(NOW) is None
+
+
+def test_months_of_failures_keep_the_longest_wait_and_never_overflow():
+    """An API down for months: 2.0 ** failures passed the largest float after 1,024 failures
+    in a row (about 85 days at the two-hour cap) and every later poll's planning raised
+    OverflowError. The wait stays at the cap, however long the trouble lasts; the same for the
+    looks while a new login is needed."""
+    g = guard()
+    g.failures = 5_000
+    wait = (g.on_failure(NOW, "503").until - NOW).total_seconds()
+    cfg = BreakerConfig()
+    assert (1 - cfg.jitter) * cfg.max_delay_s <= wait <= (1 + cfg.jitter) * cfg.max_delay_s
+    g._reauth_looks = 5_000
+    assert (g.on_reauth(NOW).until - NOW).total_seconds() == cfg.reauth_max_s
