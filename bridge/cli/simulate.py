@@ -121,19 +121,12 @@ def run(args: argparse.Namespace) -> int:
 def _listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port for uvicorn to serve on, or an error line naming them."""
     from bridge.errors import OwnerlinkError
+    from bridge.sockets import bound_socket
 
     try:
-        family, kind, proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
+        return bound_socket(host, port)
+    except socket.gaierror as exc:
         raise OwnerlinkError(f"--host: cannot resolve {host!r} ({exc})") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
     except OSError as exc:
-        sock.close()
         why = exc.strerror or str(exc)
         raise OwnerlinkError(f"cannot listen on {host}:{port}: {why}") from exc
-    return sock

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from bridge.config import WebConfig
 from bridge.errors import ConfigError, PortInUse
+from bridge.sockets import bound_socket
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -122,18 +123,10 @@ def listen_socket(config: WebConfig) -> socket.socket:
     when the address cannot be ours; PortInUse when another program holds it (which may pass)."""
     host, port = config.host, config.port
     try:
-        family, kind, proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
+        return bound_socket(host, port)
+    except socket.gaierror as exc:
         raise ConfigError([f"web.host: cannot resolve {host!r} ({exc})"]) from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
     except OSError as exc:
-        sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(f"cannot listen on {host}:{port}: another program is using it") from exc
         raise ConfigError([f"web.host / web.port: cannot listen on {host}:{port} ({exc})"]) from exc
-    return sock
