@@ -49,13 +49,16 @@ def app_grant(app: App, topics: Topics) -> TopicGrant:
     if not app.enabled:
         return TopicGrant(read=(), write=())
     base = topics.base
-    read = [f"{base}/bridge/#", f"{base}/app/{app.id}/#"]
+    # Not `<base>/bridge/#`: the owner's alert feed names every app, its refusals and grants.
+    # An app hears its own alerts under its own prefix (`<base>/app/<app>/event`).
+    read = [topics.bridge_state, topics.audit_head, f"{base}/app/{app.id}/#"]
     read += [f"{base}/+/{kind}" for kind in ALWAYS_READABLE_KINDS]
     read += [f"{base}/+/{kind}" for scope, kind in READ_KINDS.items() if scope in app.scopes]
     write = [topics.command(app.id, "+", cmd.value) for cmd in allowed_commands(app.scopes)]
     if app.home_assistant:
         # Discovery configs are retained under the prefix; HA announces itself on <prefix>/status.
-        read.append(f"{topics.discovery_prefix}/#")
+        # HA is the owner's own home: it gets the owner's alert feed (the `Alerts` entity).
+        read += [topics.bridge_event, f"{topics.discovery_prefix}/#"]
         write.append(topics.ha_status)
     return TopicGrant(read=tuple(read), write=tuple(write))
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.access import validation
-from bridge.access.alerts import event_message
+from bridge.access.alerts import event_messages
 from bridge.access.apps import AppDetails, AppRegistry, NewApp
 from bridge.access.broker import SyncReport, build_enforcement
 from bridge.access.grants import describe_topics
@@ -194,7 +194,7 @@ def _send_alerts(settings: Settings, alerts: Sequence[Alert]) -> None:
         return
     topics = _topics(settings)
     try:
-        _publish_events(settings, [event_message(topics, alert) for alert in alerts])
+        _publish_events(settings, [m for alert in alerts for m in event_messages(topics, alert)])
     except BrokerError as exc:
         log.warning("alert_event_not_published", error=str(exc))
     sender = webhook_from_config(settings.alerts)

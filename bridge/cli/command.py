@@ -246,7 +246,7 @@ def deliver_alerts(settings: Settings, alerts: Sequence[Alert]) -> None:
     """Send this run's alerts (a failed code, a lockout) as the daemon would; never fatal."""
     if not alerts:
         return
-    from bridge.access.alerts import event_message
+    from bridge.access.alerts import event_messages
     from bridge.access.control import Connection, publish_once
     from bridge.access.webhook import send_all, webhook_from_config
 
@@ -259,7 +259,7 @@ def deliver_alerts(settings: Settings, alerts: Sequence[Alert]) -> None:
         client_id=f"{mqtt.client_id}-cli-{uuid.uuid4().hex[:8]}",
     )
     try:
-        publish_once(conn, [event_message(topics, alert) for alert in alerts])
+        publish_once(conn, [m for alert in alerts for m in event_messages(topics, alert)])
     except BrokerError as exc:
         log.warning("alert event not published", error=str(exc))
     sender = webhook_from_config(settings.alerts)

@@ -84,6 +84,15 @@ class Topics:
     def result(self, app: str, vehicle: str) -> str:
         return f"{self.base}/app/{app}/{vehicle}/result"
 
+    def app_event(self, app: str) -> str | None:
+        """`<base>/app/<app>/event`: the alerts about one app, which only that app may read.
+
+        None when `app` could not be one topic level (empty, a `/` or a wildcard): such a name
+        comes from no registered app, and publishing under it could reach other apps' topics."""
+        if not app or len(app) > MAX_LEVEL or any(c in app for c in "/+#\0"):
+            return None
+        return f"{self.base}/app/{app}/event"
+
     def parse_command(self, topic: str) -> CommandTopic | None:
         """Split `<base>/app/<app>/<vehicle>/cmd/<command>`; None for anything else.
 

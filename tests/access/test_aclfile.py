@@ -104,6 +104,27 @@ def test_acl_file_gives_the_same_read_matrix(acl: AclBroker, base_topic: str) ->
     assert apps[1].collect_until(status) == [location, status]
 
 
+def test_acl_file_keeps_the_alert_feed_for_home_assistant(acl: AclBroker, base_topic: str) -> None:
+    """Subscribed to everything, an app receives its own alerts only; HA receives the feed."""
+    registry = acl.harness.registry
+    a = registry.add("a", scopes=["read:status"])
+    ha = registry.add("ha", scopes=["read:status"], home_assistant=True)
+    acl.start()
+    probes = [acl.login("a", a.password), acl.login("ha", ha.password)]
+    for probe in probes:
+        probe.subscribe(f"{base_topic}/#")
+    daemon = acl.daemon()
+    feed, own, other = (
+        f"{base_topic}/bridge/event",
+        f"{base_topic}/app/a/event",
+        f"{base_topic}/app/b/event",
+    )
+    for topic in (feed, other, own):
+        daemon.publish(topic, "{}")
+    assert probes[0].collect_until(own) == [own]
+    assert probes[1].collect_until(feed) == [feed]
+
+
 def test_acl_file_gives_the_same_publish_matrix(acl: AclBroker, base_topic: str) -> None:
     """Another app's commands, ungranted commands and state topics never reach the daemon."""
     a = acl.harness.registry.add("a", scopes=["command:lock"])

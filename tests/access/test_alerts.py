@@ -44,12 +44,14 @@ class ListSink:
 
 
 def test_hub_publishes_alerts_as_unretained_json_events() -> None:
-    """Each alert becomes one JSON event on <base>/bridge/event, QoS 1, never retained."""
+    """Each alert becomes a JSON event on <base>/bridge/event, QoS 1, never retained, and the
+    same on the app's own <base>/app/<app>/event when it names an app."""
     sink = ListSink()
     AlertHub(topics=TOPICS, publisher=sink, webhook=None).emit(alert())
-    [message] = sink.messages
-    assert message.topic == "ol/bridge/event" and not message.retain and message.qos == 1
-    assert json.loads(message.payload) == alert().as_document()
+    assert [m.topic for m in sink.messages] == ["ol/bridge/event", "ol/app/nr0/event"]
+    for message in sink.messages:
+        assert not message.retain and message.qos == 1
+        assert json.loads(message.payload) == alert().as_document()
 
 
 def test_a_failing_publisher_does_not_reach_the_caller() -> None:

@@ -88,6 +88,29 @@ def test_app_without_location_never_receives_location(
     assert located.collect_until(status) == [location, status]
 
 
+def test_alerts_reach_the_owner_feed_and_each_app_only_its_own(
+    dyn: Registry, probes: Callable[..., Probe], base_topic: str
+) -> None:
+    """An app never receives the owner's alert feed (it names other apps); it hears its own
+    alerts on its own topic; the Home Assistant app, the owner's home, reads the feed."""
+    h = dyn()
+    a = login(probes, h.registry.add("a", scopes=["read:status"]))
+    ha = login(probes, h.registry.add("ha", scopes=["read:status"], home_assistant=True))
+    daemon = daemon_probe(probes, h)
+    feed, own, other = (
+        f"{base_topic}/bridge/event",
+        f"{base_topic}/app/a/event",
+        f"{base_topic}/app/b/event",
+    )
+    assert not a.subscribe(feed)
+    assert a.subscribe(f"{base_topic}/bridge/state") and a.subscribe(f"{base_topic}/app/a/#")
+    assert ha.subscribe(feed)
+    for topic in (feed, other, own):
+        daemon.publish(topic, "{}")
+    assert a.collect_until(own) == [own]
+    assert ha.collect_until(feed) == [feed]
+
+
 def test_app_cannot_publish_outside_its_own_granted_commands(
     dyn: Registry, probes: Callable[..., Probe], base_topic: str
 ) -> None:

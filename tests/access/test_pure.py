@@ -82,10 +82,12 @@ def test_cidrs_are_normalised_and_bad_ones_refused() -> None:
 
 
 def test_grant_follows_read_scopes_only() -> None:
-    """An app reads the bridge topics, its own results and only the state its scopes allow."""
+    """An app reads the bridge's state and audit head, its own results and alerts and only the
+    state its scopes allow; never the owner's alert feed, which names other apps."""
     grant = app_grant(app("nr", Scope.READ_STATUS), TOPICS)
     assert grant.read == (
-        "ol/bridge/#",
+        "ol/bridge/state",
+        "ol/bridge/audit_head",
         "ol/app/nr/#",
         "ol/+/availability",
         "ol/+/budget",
@@ -105,6 +107,7 @@ def test_home_assistant_app_gets_discovery_and_disabled_app_nothing() -> None:
     """The HA app reads the discovery prefix and writes its status; a disabled app gets nothing."""
     ha = app_grant(app("ha", home_assistant=True), TOPICS)
     assert "ha/#" in ha.read and ha.write == ("ha/status",)
+    assert "ol/bridge/event" in ha.read  # the `Alerts` entity: HA is the owner's home
     off = app_grant(app("nr", Scope.READ_STATUS, enabled=False), TOPICS)
     assert off.read == () and off.write == ()
 

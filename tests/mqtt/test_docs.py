@@ -144,6 +144,7 @@ def test_mqtt_doc_names_every_entity_alert_and_topic() -> None:
         "<base>/<vehicle>/budget",
         "<base>/app/<app>/<vehicle>/cmd/<command>",
         "<base>/app/<app>/<vehicle>/result",
+        "<base>/app/<app>/event",
         "<prefix>/status",
         "<prefix>/device/ownerlink_<vehicle>/config",
     ):

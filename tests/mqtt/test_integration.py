@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.access.alerts import event_message
+from bridge.access.alerts import event_messages
 from bridge.events import Alert, AlertKind
 from bridge.model import Scope, VehicleInfo
 from bridge.mqtt.client import InboundMessage, MqttClient
@@ -237,11 +237,9 @@ async def test_no_vin_in_any_topic_or_payload(
             s.states.set_availability("kuga", True)
             s.states.update("kuga", state())
             s.states.publish_budget("kuga", {"calls_used_today": 1, "mode": "parked"})
-            s.client.publish(
-                event_message(
-                    s.topics, Alert(AlertKind.APP_ADDED, "added", UPLOADED, vehicle="kuga")
-                )
-            )
+            alert = Alert(AlertKind.APP_ADDED, "added", UPLOADED, vehicle="kuga")
+            for message in event_messages(s.topics, alert):
+                s.client.publish(message)
             s.states.republish_all()
             await w.wait_for(s.topics.bridge_event)
             await w.wait_for(s.topics.state("kuga", "budget"))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bridge.access.alerts import event_message
+from bridge.access.alerts import event_messages
 from bridge.events import Alert, AlertKind
 from bridge.model import OpenState, Scope
 from bridge.mqtt.discovery import DiscoveryMode, removals
@@ -229,14 +229,24 @@ def test_forget_vehicle_clears_its_retained_documents() -> None:
 
 
 def test_event_message_is_json_with_event_type_and_not_retained() -> None:
-    """Alerts go to `<base>/bridge/event` as JSON carrying `event_type`."""
+    """Alerts go to `<base>/bridge/event` as JSON carrying `event_type`, and an alert about one
+    app also to that app's own `<base>/app/<app>/event`, with the same bytes."""
     alert = Alert(
         AlertKind.COMMAND_REFUSED, "unlock refused", UPLOADED, app="nodered", vehicle="car"
     )
-    message = event_message(TOPICS, alert)
-    assert message.topic == "ol/bridge/event" and not message.retain
-    doc = json.loads(message.payload)
+    owner, own = event_messages(TOPICS, alert)
+    assert owner.topic == "ol/bridge/event" and not owner.retain
+    assert own.topic == "ol/app/nodered/event" and own.payload == owner.payload and not own.retain
+    doc = json.loads(owner.payload)
     assert doc["event_type"] == "command_refused" and doc["vehicle"] == "car"
+
+
+@pytest.mark.parametrize("app", [None, "", "a/b", "a+", "#", "x" * 65])
+def test_alert_about_no_app_or_an_impossible_name_goes_to_the_owner_only(app: str | None) -> None:
+    """An account alert names no app; a name that is not one topic level names no registered app
+    and must not be published under (`a/b` would land in another topic tree)."""
+    alert = Alert(AlertKind.COMMAND_REFUSED, "refused", UPLOADED, app=app)
+    assert [m.topic for m in event_messages(TOPICS, alert)] == ["ol/bridge/event"]
 
 
 # -- Home Assistant's birth message --------------------------------------------------------------
