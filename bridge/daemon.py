@@ -41,6 +41,7 @@ from bridge.audit.witness import replaced_database
 from bridge.commands.dedup import DedupStore
 from bridge.commands.delivery import ResultDelivery, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
+from bridge.commands.inflight import no_owner_command_running
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.reasons import Reason
 from bridge.commands.recover import unfinished
@@ -86,6 +87,10 @@ log = get_logger(__name__)
 # How often the daemon looks for app changes made by another process (`ownerlink apps revoke`):
 # revocation must take effect within a second.
 REGISTRY_POLL_S = 0.25
+# How often a daemon that started during an `ownerlink command` looks whether it has ended.
+OWNER_COMMAND_WAIT_S = 1.0
+# The `source` of the decision records `ownerlink command` writes.
+OWNER_SOURCE = "owner"
 # How often the daemon looks for a new login made by `ownerlink login` in another process.
 LOGIN_WATCH_S = 2.0
 # How often the daemon looks for audit records written by another process (one stat each time).
@@ -200,7 +205,8 @@ class Daemon:
         """Stop in reverse order; every task awaited, the MQTT `offline` published last."""
         if getattr(self, "_anchor_abort", None) is not None:
             self._anchor_abort.set()
-        watches = [getattr(self, name, None) for name in ("_login_watch", "_audit_watch")]
+        names = ("_login_watch", "_audit_watch", "_owner_wait")
+        watches = [getattr(self, name, None) for name in names]
         watches.extend(getattr(self, "_listings", ()))
         watches.append(getattr(self, "_anchor_check", None))
         for watch in filter(None, watches):
@@ -481,11 +487,44 @@ class Daemon:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
         car without an outcome get theirs (`timed_out`) now."""
         directory = audit_directory(self.settings.state_dir)
-        records = await asyncio.to_thread(lambda: list(read_records(directory)))
-        resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
-        if resent:
-            log.warning("final results kept from the broker by the last stop sent again", n=resent)
-        interrupted = unfinished(records)
+        # Held (when free) before the log is read: an `ownerlink command` ending in between
+        # would otherwise have its outcome written after our read, and be answered twice.
+        with no_owner_command_running(self.settings.state_dir) as alone:
+            records = await asyncio.to_thread(lambda: list(read_records(directory)))
+            resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
+            if resent:
+                log.warning(
+                    "final results kept from the broker by the last stop sent again", n=resent
+                )
+            interrupted = unfinished(records)
+            if not alone:
+                # An `ownerlink command` is still waiting for the car: it writes its outcome.
+                owner = [d for d in interrupted if d.get("source") == OWNER_SOURCE]
+                interrupted = [d for d in interrupted if d.get("source") != OWNER_SOURCE]
+                if owner:
+                    self._owner_wait = asyncio.get_running_loop().create_task(
+                        self._finish_owner_commands_later(directory)
+                    )
+            self._answer_interrupted(interrupted)
+
+    async def _finish_owner_commands_later(self, directory: Path) -> None:
+        """Once no `ownerlink command` runs, answer the owner commands still without an outcome:
+        their process died before the car answered (bridge.commands.inflight)."""
+        while True:
+            await asyncio.sleep(OWNER_COMMAND_WAIT_S)
+            try:
+                with no_owner_command_running(self.settings.state_dir) as alone:
+                    if not alone:
+                        continue
+                    records = await asyncio.to_thread(lambda: list(read_records(directory)))
+                    left = [d for d in unfinished(records) if d.get("source") == OWNER_SOURCE]
+                    self._answer_interrupted(left)
+                    return
+            except Exception:  # a background task: say so, never die silently
+                log.exception("could not answer owner commands left open")
+                return
+
+    def _answer_interrupted(self, interrupted: list[Mapping[str, Any]]) -> None:
         self._charge_interrupted(interrupted)
         finished = self.pipeline.finish_interrupted(interrupted)
         if finished:

@@ -28,6 +28,7 @@ from bridge.cli.common import add_common, settings_from
 from bridge.commands.apps import ConfigApps
 from bridge.commands.assemble import budget_check, build_pipeline, vehicle_id_of, vehicle_routes
 from bridge.commands.decide import requires_stepup
+from bridge.commands.inflight import owner_command_running
 from bridge.commands.pipeline import CommandPipeline
 from bridge.commands.results import CommandResult
 from bridge.config import DEFAULT_PATHS, Settings, find_config_path
@@ -149,7 +150,18 @@ async def send(
 async def _command_path(
     settings: Settings, slug: str, operation: Operation, alerts: CollectingAlerts
 ) -> AsyncIterator[CommandPipeline]:
-    """The daemon's parts (budget, providers, audit log, pipeline), started and taken down."""
+    """The daemon's parts (budget, providers, audit log, pipeline), started and taken down.
+    The whole run holds the owner-command lock: a daemon starting meanwhile leaves this
+    command's ending to us rather than answering it as interrupted (bridge.commands.inflight)."""
+    with owner_command_running(settings.state_dir):
+        async with _parts(settings, slug, operation, alerts) as pipeline:
+            yield pipeline
+
+
+@asynccontextmanager
+async def _parts(
+    settings: Settings, slug: str, operation: Operation, alerts: CollectingAlerts
+) -> AsyncIterator[CommandPipeline]:
     store = Store.open(settings.state_dir)
     budget = Budget(store=store, config=settings.budget, alerts=alerts)
     budget.start()

@@ -196,7 +196,8 @@ class CommandPipeline:
     def finish_interrupted(self, decisions: Iterable[Mapping[str, Any]]) -> int:
         """Give every command a crash left without an outcome (`decisions`, from
         `recover.unfinished`) its final result, `timed_out`: an outcome record, and the result an
-        MQTT app is waiting for. Call before `start()`."""
+        MQTT app is waiting for. Called at start, before `start()`; for owner commands whose
+        `ownerlink command` was still running then, once it has ended."""
         count = 0
         for decision in decisions:
             ticket = Ticket(
