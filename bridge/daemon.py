@@ -342,6 +342,9 @@ class Daemon:
 
     def _start_registry(self) -> None:
         self.registry.enforcement.start()
+        if self.audit_problem is None:
+            # Before the config's apps join: a revocation the database lacks must hold first.
+            self.registry.catch_up(read_records(audit_directory(self.settings.state_dir)))
         # Apps declared in the config file join the registry (once; a revoked one stays revoked).
         # Pushing them to the broker is the sync loop's job, which retries while it is down.
         self.registry.import_declared(self.settings.apps)

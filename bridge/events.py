@@ -22,6 +22,7 @@ class AlertKind(enum.StrEnum):
     ACCOUNT_SUSPENDED = "account_suspended"
     AUDIT_TAMPERED = "audit_tampered"
     BROKER_DRIFT = "broker_drift"
+    REGISTRY_BEHIND_LOG = "registry_behind_log"
 
 
 @dataclass(frozen=True, slots=True)

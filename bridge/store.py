@@ -80,11 +80,7 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO state_meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            set_meta(conn, key, value)
 
     def close(self) -> None:
         with self._lock:
@@ -166,6 +162,15 @@ class Store:
             if isinstance(exc, StateError) or not _environmental(exc):
                 raise
             raise StateDatabaseError(database_problem(self.path, exc)) from exc
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """One `state_meta` value, written in the caller's transaction."""
+    conn.execute(
+        "INSERT INTO state_meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 def _environmental(exc: sqlite3.Error) -> bool:

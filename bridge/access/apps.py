@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import sqlite3
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 
 from bridge.access import validation as check
 from bridge.access.broker import BrokerIdentity, Enforcement, SyncReport
+from bridge.access.catchup import REGISTRY_AT_SEQ, Missed, last_change_seq, missed_changes
 from bridge.access.keeper import BrokerKeeper
 from bridge.access.passwords import generate_password
 from bridge.access.table import AppRow, AppTable, scopes_json
@@ -31,7 +33,7 @@ from bridge.errors import AccessError
 from bridge.events import Alert, AlertKind, AlertSink, AuditSink
 from bridge.logs import get_logger
 from bridge.model import SENSITIVE_SCOPES, App, Scope
-from bridge.store import Store
+from bridge.store import Store, set_meta
 
 __all__ = ["AppChange", "AppDetails", "AppRegistry", "ChangeKind", "Clock", "Listener", "NewApp"]
 
@@ -59,6 +61,7 @@ class AppRegistry:
         broker_backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._store = store
         self._table = AppTable(store, origin=uuid.uuid4().hex)
         self._audit = audit
         self._alerts = alerts
@@ -86,6 +89,68 @@ class AppRegistry:
         """Create or upgrade the registry's tables; remember where the change feed stands."""
         self._table.migrate()
         self._seen_change = self._table.last_change()
+
+    def catch_up(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Apply again what the audit log `records` say was taken from apps after the
+        database's mark: a database restored from an older backup, or a crash between a
+        change's record and its commit (bridge.access.catchup). Returns one line per change
+        missed, saying what was done or what the owner must do again; alerts when any."""
+        records = list(records)
+        mark = self._store.meta(REGISTRY_AT_SEQ)
+        if mark is None or not mark.isdigit():
+            # A database from before the mark: nothing to compare with; mark from here on.
+            self._store.set_meta(REGISTRY_AT_SEQ, str(last_change_seq(records)))
+            return []
+        missed = missed_changes(records, int(mark))
+        if not missed:
+            return []
+        notes = [self._reapply(change) for change in missed]
+        self._store.set_meta(REGISTRY_AT_SEQ, str(max(m.seq for m in missed)))
+        for note in notes:
+            log.warning("registry_behind_audit_log", detail=note)
+        self._alert(
+            AlertKind.REGISTRY_BEHIND_LOG,
+            f"the state database lacked {len(missed)} app change(s) the audit log holds "
+            "(restored from an older backup?); what took access away was applied again",
+            None,
+            changes=notes,
+        )
+        return notes
+
+    def _reapply(self, change: Missed) -> str:
+        where = f"record {change.seq} ({change.kind.value} {change.app})"
+        if not change.narrowing:
+            return f"{where}: not applied again (it gave access): redo it if still wanted"
+        row = self._table.get(change.app)
+        if row is None:
+            return f"{where}: the app is not in the database; nothing to take away"
+        try:
+            return f"{where}: {self._narrow(row.app, change)}"
+        except (AccessError, ValueError, TypeError) as exc:
+            return f"{where}: could not be applied again ({exc}); check the app by hand"
+
+    def _narrow(self, app: App, change: Missed) -> str:
+        """One change that took access away, applied to the app as the database has it."""
+        actor, record = "audit-log", change.record
+        if change.kind is ChangeKind.REVOKED:
+            self.revoke(app.id, actor=actor)
+            return "revoked again"
+        if change.kind in (ChangeKind.DISABLED, ChangeKind.PASSWORD_RESET):
+            # The database holds the password the reset replaced: pause the app instead.
+            self.set_enabled(app.id, False, actor=actor)
+            if change.kind is ChangeKind.PASSWORD_RESET:
+                return "disabled: reset its password, then enable it"
+            return "disabled again"
+        if change.kind is ChangeKind.SCOPES_WITHDRAWN:
+            gone = check.parse_scopes(record.get("scopes") or ()) & app.scopes
+            if gone:
+                self.withdraw(app.id, gone, actor=actor)
+            return f"scopes withdrawn again: {', '.join(sorted(gone)) or 'none held'}"
+        if change.kind is ChangeKind.ALLOWLIST_SET:
+            self.set_allowlist(app.id, record.get("allow_cidrs") or (), actor=actor)
+            return "allowlist set again"
+        self.set_rate_limit(app.id, record.get("rate_limit_per_minute"), actor=actor)
+        return "rate limit set again"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -232,8 +297,12 @@ class AppRegistry:
             row = self._require(app_id)
             with self._table.transaction() as conn:
                 self._table.delete(conn, app_id, self._clock())
-                self._audit.append(
-                    ChangeKind.REVOKED.value, app=app_id, actor=actor, scopes=sorted(row.app.scopes)
+                self._record(
+                    conn,
+                    ChangeKind.REVOKED,
+                    app=app_id,
+                    actor=actor,
+                    scopes=sorted(row.app.scopes),
                 )
         self._changed(ChangeKind.REVOKED, None, app_id=app_id)
         self._alert(AlertKind.APP_REVOKED, f"app {app_id} ({row.app.name}) was revoked", app_id)
@@ -439,8 +508,9 @@ class AppRegistry:
         try:
             with self._table.transaction() as conn:
                 self._table.insert(conn, app, identity.secret, source)
-                self._audit.append(
-                    ChangeKind.ADDED.value,
+                self._record(
+                    conn,
+                    ChangeKind.ADDED,
                     app=app.id,
                     name=app.name,
                     scopes=sorted(app.scopes),
@@ -469,8 +539,15 @@ class AppRegistry:
         with self._table.transaction() as conn:
             self._table.update(conn, app.id, kind.value, broker=broker, **columns)
             rev = int(conn.execute("SELECT rev FROM apps WHERE id = ?", (app.id,)).fetchone()[0])
-            self._audit.append(kind.value, app=app.id, actor=actor, **audit)
+            self._record(conn, kind, app=app.id, actor=actor, **audit)
         return rev
+
+    def _record(self, conn: sqlite3.Connection, kind: ChangeKind, **fields: Any) -> None:
+        """Append a change's audit record inside its transaction, and mark the database as
+        holding every registry change up to that record (bridge.access.catchup)."""
+        seq = self._audit.append(kind.value, **fields).get("seq")
+        if isinstance(seq, int):
+            set_meta(conn, REGISTRY_AT_SEQ, str(seq))
 
     def _changed(self, kind: ChangeKind, app: App | None, app_id: str | None = None) -> None:
         self._notify(AppChange(kind=kind, app_id=app_id or (app.id if app else ""), app=app))

@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace, action: Action) -> int:
 @contextmanager
 def _registry(settings: Settings) -> Iterator[tuple[AppRegistry, CollectingAlerts]]:
     """Open the database, the audit log and the broker back-end for one command run."""
+    from bridge.audit.chain import read_records
     from bridge.audit.log import AuditLog, audit_directory
 
     store = Store.open(settings.state_dir)
@@ -181,6 +182,7 @@ def _registry(settings: Settings) -> Iterator[tuple[AppRegistry, CollectingAlert
     try:
         audit.open()
         registry.migrate()
+        registry.catch_up(read_records(audit.directory))
         yield registry, alerts
     finally:
         enforcement.stop()
