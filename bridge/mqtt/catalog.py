@@ -245,13 +245,16 @@ LOCATION: tuple[EntitySpec, ...] = (
         source="location",
         **measurement("km/h", "speed"),
     ),
+    # No state_class: Home Assistant's statistics average arithmetically, and the mean of 350°
+    # and 10° is not 180°.
     sensor(
         "heading",
         "Heading",
         "heading_deg",
         when=reads_location,
         source="location",
-        **measurement("°", icon="mdi:compass"),
+        unit_of_measurement="°",
+        icon="mdi:compass",
     ),
 )
 

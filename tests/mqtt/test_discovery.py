@@ -376,6 +376,14 @@ def test_every_state_field_has_an_entity() -> None:
     assert found["range"][1]["state_class"] == "measurement"
 
 
+def test_heading_keeps_no_long_term_statistics() -> None:
+    """Home Assistant averages a `measurement` arithmetically: headings of 350° and 10° would
+    make a 180° hourly mean, a car driving north shown driving south. So no state_class."""
+    _, heading = components(build())["heading"]
+    assert heading["unit_of_measurement"] == "°"
+    assert "state_class" not in heading
+
+
 def test_powertrain_decides_fuel_or_battery_entities() -> None:
     """A combustion car has no charging entities; an EV has no fuel level or oil life."""
     ice, electric = keys(build(ev(powertrain=Powertrain.ICE))), keys(build(ev()))
