@@ -213,6 +213,49 @@ def removals(previous: Sequence[Publish], current: Sequence[Publish]) -> list[Pu
     return out
 
 
+def migrations(
+    previous: Sequence[Publish], current: Sequence[Publish]
+) -> tuple[list[Publish], list[Publish]]:
+    """Entity-layout config topics whose entities `current` offers again in a device payload.
+
+    Cleared first, Home Assistant would delete such an entity (its name, area and history) and
+    make a new one. Its migration keeps them: `{"migrate_discovery": true}` on the old topic
+    before the device payload, the old topic cleared after it. Returns (before, after); the
+    caller leaves these topics out of `removals`. The other way round is not migrated: an owner
+    goes back to the entity layout for a Home Assistant too old to know either device payloads
+    or migrations.
+    """
+    offered = {
+        component
+        for message in current
+        if _is_device_payload(message)
+        for component in _components(message)
+    }
+    now = {message.topic for message in current}
+    moved = [
+        old.topic
+        for old in previous
+        if old.payload and old.topic not in now and not _is_device_payload(old)
+        if _components(old) <= offered
+    ]
+    before = [_retained(topic, {"migrate_discovery": True}) for topic in moved]
+    return before, [Publish(topic, "", retain=True) for topic in moved]
+
+
+def _is_device_payload(message: Publish) -> bool:
+    return isinstance(_document(message.payload).get("cmps"), dict)
+
+
+def _components(message: Publish) -> set[tuple[str, str]]:
+    """(node id, entity key) of each entity a config message describes, from its topic (an
+    entity-layout topic ends `<node_id>/<key>/config`, a device one `<node_id>/config`)."""
+    levels = message.topic.split("/")
+    cmps = _document(message.payload).get("cmps")
+    if isinstance(cmps, dict):
+        return {(levels[-2], key) for key in cmps}
+    return {(levels[-3], levels[-2])}
+
+
 # -- devices -----------------------------------------------------------------------------------
 
 

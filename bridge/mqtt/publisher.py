@@ -25,6 +25,7 @@ from bridge.mqtt.discovery import (
     VehicleDescription,
     build_bridge_discovery,
     build_vehicle_discovery,
+    migrations,
     removals,
     vehicle_discovery_universe,
 )
@@ -295,20 +296,26 @@ class DiscoveryManager:
     def _sync(self, key: str) -> None:
         current = self._build(key)
         previous = self._published.get(key)
+        # Without a record the full range is guessed: mostly topics that never existed, which
+        # are cleared, never migrated.
+        guessed = previous is None and self._earlier is None
         if previous is None:
             # First time this run: what a previous run left (other scopes, other layout).
             previous = self._left_behind(key)
         elif previous == current:
             return
-        clears = removals(previous, current)
+        before, after = ([], []) if guessed else migrations(previous, current)
+        moved = {message.topic for message in after}
+        clears = removals([m for m in previous if m.topic not in moved], current)
         self._published[key] = current
-        if not clears:
+        if not (clears or after):
             self._remember(key, current)  # nothing to take away: safe to write down at once
             self._send(current)
             return
         # Until the broker has the clears, what is retained may be either: remember both.
         self._remember(key, [*previous, *current])
-        self._send([*clears, *current], then=lambda: self._settled(key, current))
+        messages = [*before, *clears, *current, *after]
+        self._send(messages, then=lambda: self._settled(key, current))
 
     def _clear(self, key: str, previous: list[Publish]) -> None:
         """Clear everything `previous` left; forget it once the broker has the clears."""

@@ -152,6 +152,31 @@ def test_switching_layout_while_stopped_clears_the_old_one(
     assert any(not m.payload for m in second)
 
 
+def test_moving_to_the_device_layout_migrates_the_entities_home_assistant_has() -> None:
+    """Home Assistant's migration: `{"migrate_discovery": true}` on each old entity topic, then
+    the device payload, then the old topics cleared. Cleared first, the entities would be
+    deleted (with the names, areas and history the owner gave them) and made again."""
+    broker, memory = Broker(), DictMemory()
+    run(broker, memory, [ev()], mode="entity")
+    old = set(broker.discovery())
+    second = run(broker, memory, [ev()])
+    for node in ("ownerlink-bridge", "ownerlink_car"):
+        ours = [m for m in second if f"/{node}/" in m.topic]
+        device = next(i for i, m in enumerate(ours) if m.topic == f"ha/device/{node}/config")
+        assert {m.topic for m in ours[:device]} == {t for t in old if f"/{node}/" in t}
+        assert all(json.loads(m.payload) == {"migrate_discovery": True} for m in ours[:device])
+        assert {m.topic for m in ours[device + 1 :]} == {m.topic for m in ours[:device]}
+        assert all(not m.payload for m in ours[device + 1 :])
+
+
+def test_a_migration_still_clears_the_entities_no_longer_offered() -> None:
+    broker, memory = Broker(), DictMemory()
+    run(broker, memory, [ev()], mode="entity")
+    second = run(broker, memory, [ev()], scopes=ALL - {Scope.READ_LOCATION})
+    location = "ha/device_tracker/ownerlink_car/location/config"
+    assert [m.payload for m in second if m.topic == location] == [""]
+
+
 def test_a_first_start_that_did_not_finish_is_not_trusted() -> None:
     """A record written by a start that died before every vehicle was synced is incomplete: the
     next start clears the full range again."""
