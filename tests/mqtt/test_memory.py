@@ -169,6 +169,15 @@ def test_moving_to_the_device_layout_migrates_the_entities_home_assistant_has() 
         assert all(not m.payload for m in ours[device + 1 :])
 
 
+def test_without_a_record_nothing_is_migrated() -> None:
+    """The full range cleared on a start without a record is mostly topics that never existed:
+    telling Home Assistant to migrate each of them would only fill its log."""
+    broker = Broker()
+    run(broker, None, [ev()], mode="entity")
+    second = run(broker, None, [ev()])
+    assert not any("migrate_discovery" in str(m.payload) for m in second)
+
+
 def test_a_migration_still_clears_the_entities_no_longer_offered() -> None:
     broker, memory = Broker(), DictMemory()
     run(broker, memory, [ev()], mode="entity")
