@@ -8,8 +8,9 @@ Two layouts, chosen by `mqtt.discovery_mode`:
 
 Vehicle ids are `ownerlink_<vehicle>` and unique_ids `ownerlink_<vehicle>_<key>`. Entity keys are a
 closed set in which no key ends with `_<another key>`, so two vehicles can never produce the same
-unique_id. The bridge's own device uses `ownerlink-bridge`, which no vehicle id can equal (a
-vehicle slug starts with a letter or digit). Nothing here ever sees a VIN: a device gets no
+unique_id. The bridge's own device uses `ownerlink-bridge` (with the base topic appended when
+it is not the default), which no vehicle id can equal (a vehicle slug starts with a letter or
+digit). Nothing here ever sees a VIN: a device gets no
 `serial_number`, and the provider's vehicle id is not part of a `VehicleDescription`.
 """
 
@@ -38,7 +39,6 @@ from bridge.mqtt.topics import Publish, Topics
 
 DiscoveryMode = Literal["device", "entity"]
 
-BRIDGE_NODE_ID = "ownerlink-bridge"
 ONLINE = "online"
 OFFLINE = "offline"
 # FordConnect reports the make as a letter.
@@ -283,7 +283,7 @@ def _vehicle_device(vehicle: VehicleDescription, topics: Topics, ha_app: str) ->
     return _Device(
         node_id=f"ownerlink_{slug}",
         entity_prefix=slug.replace("-", "_"),
-        info=_vehicle_info(vehicle),
+        info=_vehicle_info(vehicle, topics),
         sources=sources,
         availability={
             "vehicle": _availability(topics.bridge_state, topics.availability(slug)),
@@ -293,12 +293,12 @@ def _vehicle_device(vehicle: VehicleDescription, topics: Topics, ha_app: str) ->
     )
 
 
-def _vehicle_info(vehicle: VehicleDescription) -> dict[str, Any]:
+def _vehicle_info(vehicle: VehicleDescription, topics: Topics) -> dict[str, Any]:
     # Never a serial_number: for a car that would be the VIN, which owners must not publish.
     info: dict[str, Any] = {
         "identifiers": [f"ownerlink_{vehicle.slug}"],
         "name": vehicle.name,
-        "via_device": BRIDGE_NODE_ID,
+        "via_device": topics.bridge_node_id,
     }
     if vehicle.manufacturer:
         info["manufacturer"] = vehicle.manufacturer
@@ -310,10 +310,10 @@ def _vehicle_info(vehicle: VehicleDescription) -> dict[str, Any]:
 
 def _bridge_device(topics: Topics, origin: Origin) -> _Device:
     return _Device(
-        node_id=BRIDGE_NODE_ID,
+        node_id=topics.bridge_node_id,
         entity_prefix="ownerlink",
         info={
-            "identifiers": [BRIDGE_NODE_ID],
+            "identifiers": [topics.bridge_node_id],
             "name": "Ownerlink",
             "manufacturer": "Ownerlink",
             "model": "Ownerlink bridge",

@@ -14,6 +14,10 @@ StateKind = Literal["status", "health", "location", "budget"]
 # level goes into the command's audit record and alert: without a cap, a four-byte payload on a
 # 60,000-character topic would write 60 KB to the audit log, unrated, until the disk was full.
 MAX_LEVEL = 64
+DEFAULT_BASE = "ownerlink"
+# The bridge's own Home Assistant device under the default base; no vehicle id can equal it
+# (vehicle devices are `ownerlink_<slug>`).
+BRIDGE_NODE_ID = "ownerlink-bridge"
 
 
 def encode(document: Mapping[str, Any]) -> str:
@@ -49,8 +53,17 @@ class CommandTopic:
 class Topics:
     """Every topic Ownerlink uses, derived from the base topic and the discovery prefix."""
 
-    base: str = "ownerlink"
+    base: str = DEFAULT_BASE
     discovery_prefix: str = "homeassistant"
+
+    @property
+    def bridge_node_id(self) -> str:
+        """The bridge's Home Assistant device id. Under the default base topic it is
+        `ownerlink-bridge`, as it always was; under another base the base is part of it, so
+        two bridges on one broker (the demo beside a real one) are two devices in HA."""
+        if self.base == DEFAULT_BASE:
+            return BRIDGE_NODE_ID
+        return f"{BRIDGE_NODE_ID}-{self.base.replace('/', '_')}"
 
     @property
     def bridge_state(self) -> str:

@@ -29,6 +29,7 @@ from bridge.daemon import Anchor, Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
 from bridge.errors import AccessError, ConfigError, StateError
+from bridge.mqtt.topics import Topics
 from bridge.simulator import FaultKind, SimClock, Simulator, serve_in_thread
 from bridge.store import DB_NAME, Store
 from tests.conftest import BrokerAddress
@@ -283,8 +284,9 @@ async def test_a_restart_clears_vehicles_taken_out_of_the_config_and_nothing_mor
     assert len(clears[0]) > 100  # the first start with this state clears the full range
     assert clears[1] == []
     assert len(_devices(again.retained)) == 3  # the bridge and both vehicles
-    assert _devices(after.retained) == {"ownerlink-bridge", "ownerlink_kept"}
-    gone = _devices(again.retained) - {"ownerlink-bridge"}
+    bridge = Topics(base=base_topic).bridge_node_id
+    assert _devices(after.retained) == {bridge, "ownerlink_kept"}
+    gone = _devices(again.retained) - {bridge}
     assert all(not payload for topic, payload in narrowed.live if topic.split("/")[2] in gone), (
         "the vehicles no longer configured were only cleared"
     )

@@ -13,7 +13,6 @@ from bridge.events import AlertKind
 from bridge.model import Operation, Powertrain, Scope, VehicleInfo
 from bridge.mqtt.catalog import KNOWN_DOORS, all_vehicle_keys
 from bridge.mqtt.discovery import (
-    BRIDGE_NODE_ID,
     DiscoveryMode,
     VehicleDescription,
     build_bridge_discovery,
@@ -276,8 +275,24 @@ def test_bridge_ids_can_never_equal_a_vehicle_id() -> None:
     """The bridge device id has a hyphen where every vehicle id has `ownerlink_`."""
     found = components(build_bridge_discovery(topics=TOPICS, mode="device"))
     for _, body in found.values():
-        assert body["unique_id"].startswith(f"{BRIDGE_NODE_ID}_")
+        assert body["unique_id"].startswith(f"{TOPICS.bridge_node_id}_")
         assert not body["unique_id"].startswith("ownerlink_")
+
+
+@pytest.mark.parametrize(
+    ("base", "node"),
+    [("ownerlink", "ownerlink-bridge"), ("ownerlink-demo", "ownerlink-bridge-ownerlink-demo")],
+)
+def test_the_bridge_device_is_one_per_base_topic(base: str, node: str) -> None:
+    """The default base keeps the id HA has always known; another base (the demo's) gives
+    another device, so the demo beside a real bridge on one broker does not merge into it.
+    Each vehicle hangs off its own bridge."""
+    topics = Topics(base=base, discovery_prefix="homeassistant")
+    [bridge] = build_bridge_discovery(topics=topics, mode="device")
+    assert bridge.topic == f"homeassistant/device/{node}/config"
+    assert json.loads(bridge.payload)["dev"]["identifiers"] == [node]
+    [car] = [m for m in build(topics=topics) if m.topic.startswith("homeassistant/device/")]
+    assert json.loads(car.payload)["dev"]["via_device"] == node
 
 
 def test_device_identifiers_come_from_the_slug_never_the_vin() -> None:

@@ -160,7 +160,7 @@ def test_moving_to_the_device_layout_migrates_the_entities_home_assistant_has() 
     run(broker, memory, [ev()], mode="entity")
     old = set(broker.discovery())
     second = run(broker, memory, [ev()])
-    for node in ("ownerlink-bridge", "ownerlink_car"):
+    for node in (TOPICS.bridge_node_id, "ownerlink_car"):
         ours = [m for m in second if f"/{node}/" in m.topic]
         device = next(i for i, m in enumerate(ours) if m.topic == f"ha/device/{node}/config")
         assert {m.topic for m in ours[:device]} == {t for t in old if f"/{node}/" in t}

@@ -188,7 +188,8 @@ def test_republish_all_sends_discovery_then_every_known_state() -> None:
     sink.take()
     states.republish_all()
     topics = sink.topics()
-    assert topics[:2] == ["ha/device/ownerlink-bridge/config", "ha/device/ownerlink_car/config"]
+    bridge = f"ha/device/{TOPICS.bridge_node_id}/config"
+    assert topics[:2] == [bridge, "ha/device/ownerlink_car/config"]
     assert set(topics[2:]) == {
         "ol/car/availability",
         "ol/car/status",
@@ -367,7 +368,7 @@ def test_no_home_assistant_app_means_no_discovery() -> None:
     sink.take()
     discovery.set_ha_app(None, frozenset())
     assert {m.topic for m in sink.messages} == {
-        "ha/device/ownerlink-bridge/config",
+        f"ha/device/{TOPICS.bridge_node_id}/config",
         "ha/device/ownerlink_car/config",
     }
     assert all(m.payload == "" for m in sink.messages)

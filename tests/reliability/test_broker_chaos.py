@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from bridge.mqtt.topics import Topics
 from tests.reliability.checks import decisions, find_secrets, match_executions, tally_results
 from tests.reliability.conftest import Figures
 from tests.support.broker import MosquittoProcess
@@ -103,7 +104,7 @@ def needed_topics(config: DaemonConfig) -> set[str]:
     needed = {f"{config.base}/{slug}/{kind}" for slug in config.vehicles for kind in kinds}
     return needed | {
         f"{config.base}/bridge/state",
-        f"{config.prefix}/device/ownerlink-bridge/config",
+        f"{config.prefix}/device/{Topics(base=config.base).bridge_node_id}/config",
     }
 
 
