@@ -22,6 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from bridge.access.webhook import WebhookSender
 from bridge.audit.anchor import ANCHOR_FIX, MalformedHead, anchor_problem, fetch_head
 from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
+from bridge.audit.read import records_after
 from bridge.audit.ring import open_ring
 from bridge.audit.witness import replaced_database
 from bridge.commands.dedup import DedupStore
@@ -344,7 +346,8 @@ class Daemon:
         self.registry.enforcement.start()
         if self.audit_problem is None:
             # Before the config's apps join: a revocation the database lacks must hold first.
-            self.registry.catch_up(read_records(audit_directory(self.settings.state_dir)))
+            directory = audit_directory(self.settings.state_dir)
+            self.registry.catch_up(partial(records_after, directory), self.audit.head[0])
         # Apps declared in the config file join the registry (once; a revoked one stays revoked).
         # Pushing them to the broker is the sync loop's job, which retries while it is down.
         self.registry.import_declared(self.settings.apps)

@@ -23,7 +23,7 @@ from typing import Any
 
 from bridge.access import validation as check
 from bridge.access.broker import BrokerIdentity, Enforcement, SyncReport
-from bridge.access.catchup import REGISTRY_AT_SEQ, Missed, last_change_seq, missed_changes
+from bridge.access.catchup import REGISTRY_AT_SEQ, Missed, missed_changes
 from bridge.access.keeper import BrokerKeeper
 from bridge.access.passwords import generate_password
 from bridge.access.table import AppRow, AppTable, scopes_json
@@ -90,18 +90,21 @@ class AppRegistry:
         self._table.migrate()
         self._seen_change = self._table.last_change()
 
-    def catch_up(self, records: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Apply again what the audit log `records` say was taken from apps after the
-        database's mark: a database restored from an older backup, or a crash between a
-        change's record and its commit (bridge.access.catchup). Returns one line per change
-        missed, saying what was done or what the owner must do again; alerts when any."""
-        records = list(records)
+    def catch_up(
+        self, records_after: Callable[[int], Iterable[Mapping[str, Any]]], head_seq: int
+    ) -> list[str]:
+        """Apply again what the audit log says was taken from apps after the database's mark:
+        a database restored from an older backup, or a crash between a change's record and its
+        commit (bridge.access.catchup). `records_after(seq)` reads the log past a seq;
+        `head_seq` is its newest record's. Returns one line per change missed, saying what was
+        done or what the owner must do again; alerts when any."""
         mark = self._store.meta(REGISTRY_AT_SEQ)
-        if mark is None or not mark.isdigit():
-            # A database from before the mark: nothing to compare with; mark from here on.
-            self._store.set_meta(REGISTRY_AT_SEQ, str(last_change_seq(records)))
+        if mark is None or not mark.isdigit() or int(mark) > head_seq:
+            # A database from before the mark, or a log started over since: nothing to compare
+            # with, so the database is taken as it is and marked from here on.
+            self._store.set_meta(REGISTRY_AT_SEQ, str(head_seq))
             return []
-        missed = missed_changes(records, int(mark))
+        missed = missed_changes(records_after(int(mark)), int(mark))
         if not missed:
             return []
         notes = [self._reapply(change) for change in missed]

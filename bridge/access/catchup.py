@@ -56,9 +56,3 @@ def missed_changes(records: Iterable[Mapping[str, Any]], after_seq: int) -> list
         if isinstance(seq, int) and seq > after_seq and kind is not None and isinstance(app, str):
             missed.append(Missed(seq=seq, kind=kind, app=app, record=record))
     return missed
-
-
-def last_change_seq(records: Iterable[Mapping[str, Any]]) -> int:
-    """The seq of the newest registry change in the log (0 when there is none)."""
-    changes = missed_changes(records, 0)
-    return changes[-1].seq if changes else 0

@@ -49,6 +49,34 @@ def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict
     return found[::-1]
 
 
+def records_after(directory: Path, after_seq: int) -> Iterator[dict[str, Any]]:
+    """The records with a seq above `after_seq`, oldest first, opening only the files that
+    can hold them (each file's first record says where it starts)."""
+    files = chain_files(directory)
+    start = 0
+    for index in range(len(files) - 1, -1, -1):
+        first = _first_seq(files[index])
+        if first is not None and first <= after_seq:
+            start = index
+            break
+    for path in files[start:]:
+        for raw in path.read_bytes().splitlines():
+            record = parse_line(raw)
+            seq = record.get("seq") if record is not None else None
+            if record is not None and isinstance(seq, int) and seq > after_seq:
+                yield record
+
+
+def _first_seq(path: Path) -> int | None:
+    try:
+        with path.open("rb") as handle:
+            record = parse_line(handle.readline())
+    except OSError:
+        return None
+    seq = record.get("seq") if record is not None else None
+    return seq if isinstance(seq, int) else None
+
+
 def last_seq(directory: Path) -> int:
     """The seq of the last whole record of the log (0 when it has none)."""
     for path in reversed(chain_files(directory)):

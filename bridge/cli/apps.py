@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from bridge.access import validation
@@ -162,8 +163,8 @@ def _run(args: argparse.Namespace, action: Action) -> int:
 @contextmanager
 def _registry(settings: Settings) -> Iterator[tuple[AppRegistry, CollectingAlerts]]:
     """Open the database, the audit log and the broker back-end for one command run."""
-    from bridge.audit.chain import read_records
     from bridge.audit.log import AuditLog, audit_directory
+    from bridge.audit.read import records_after
 
     store = Store.open(settings.state_dir)
     audit = AuditLog(
@@ -182,7 +183,7 @@ def _registry(settings: Settings) -> Iterator[tuple[AppRegistry, CollectingAlert
     try:
         audit.open()
         registry.migrate()
-        registry.catch_up(read_records(audit.directory))
+        registry.catch_up(partial(records_after, audit.directory), audit.head[0])
         yield registry, alerts
     finally:
         enforcement.stop()

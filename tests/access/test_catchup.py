@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from bridge.access.catchup import last_change_seq, missed_changes
+from bridge.access.catchup import missed_changes
 from bridge.access.values import ChangeKind
 from bridge.audit.chain import read_records
 from bridge.audit.log import audit_directory
@@ -41,7 +41,6 @@ def test_missed_changes_are_the_registry_records_after_the_mark() -> None:
         (3, ChangeKind.REVOKED, True),
         (4, ChangeKind.SCOPES_GRANTED, False),
     ]
-    assert last_change_seq(records) == 4 and last_change_seq([]) == 0
 
 
 def _apps(config: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -102,7 +101,7 @@ def test_a_database_that_never_had_the_mark_is_taken_as_it_is(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], base_topic: str
 ) -> None:
     """A database from before the mark existed: nothing to compare with, so nothing is applied
-    again (as before); from then on it is marked."""
+    again (as before); from then on it is marked, at the log's head."""
     config = write_config(tmp_path / "c.yaml", tmp_path / "state", port=1, base_topic=base_topic)
     _apps(config, capsys, "add", "a", "--scopes", "read:status")
     _apps(config, capsys, "revoke", "a")
@@ -118,3 +117,22 @@ def test_a_database_that_never_had_the_mark_is_taken_as_it_is(
             "SELECT value FROM state_meta WHERE key = 'registry_at_seq'"
         ).fetchall()
     assert int(mark) == before
+
+
+def test_records_after_opens_only_the_files_that_can_hold_them(tmp_path: Path) -> None:
+    """Across rotated files: exactly the records past the seq, in order."""
+    from datetime import UTC, datetime
+
+    from bridge.audit.chain import rotated_files
+    from bridge.audit.log import AuditLog
+    from bridge.audit.read import records_after
+
+    directory = tmp_path / "audit"
+    with AuditLog(directory, clock=lambda: datetime.now(UTC), rotate_bytes=600) as log:
+        for n in range(30):
+            log.append("app.touched", app=f"a{n}", note="x" * 40)
+    rotated = rotated_files(directory)
+    assert len(rotated) >= 3
+    assert [r["seq"] for r in records_after(directory, 25)] == [26, 27, 28, 29, 30]
+    assert [r["seq"] for r in records_after(directory, 0)] == list(range(1, 31))
+    assert list(records_after(directory, 30)) == []
