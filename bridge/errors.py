@@ -8,7 +8,7 @@ OwnerlinkError
 │   ├── ReauthRequired       the owner must log in again; do not retry
 │   ├── RateLimited          back off for `retry_after` seconds
 │   ├── BudgetExhausted      our own budget says no; wait until `retry_at`
-│   ├── Forbidden            final refusal (suspended account, remote-start allowance)
+│   ├── Forbidden            final refusal (suspended account, one car refused, remote start)
 │   ├── Unsupported          the vehicle cannot do this (406); never retry
 │   ├── NotFound             unknown vehicle or command id
 │   └── ProviderUnavailable  5xx, timeouts, dropped connections, malformed bodies; retry later
@@ -74,7 +74,8 @@ class BudgetExhausted(ProviderError):
 
 
 class Forbidden(ProviderError):
-    """A final refusal (403): a suspended account or an exhausted remote-start allowance."""
+    """A final refusal (403): a suspended account, a vehicle no longer authorised, or an
+    exhausted remote-start allowance."""
 
 
 class Unsupported(ProviderError):

@@ -92,7 +92,7 @@ class AccountGuard:
         return self._hold(now + timedelta(seconds=wait), Mode.BACKING_OFF, "rate_limited")
 
     def on_suspended(self, now: datetime, pause_s: float) -> Block:
-        """403 on a read: the account is suspended; leave it alone for the whole pause."""
+        """403 on every car's read: the account is suspended; leave it alone for the pause."""
         return self._hold(now + timedelta(seconds=pause_s), Mode.SUSPENDED, "suspended")
 
     def on_reauth(self, now: datetime) -> Block:

@@ -100,6 +100,7 @@ class _Slot:
     prior_at: datetime | None = None
     observed_since: datetime | None = None
     missing: int = 0  # reads in a row the car maker answered "no such vehicle" (NotFound)
+    forbidden: int = 0  # reads in a row the car maker refused (403)
     failures: int = 0  # reads in a row that failed otherwise (5xx, timeout, nonsense)
 
 
@@ -230,7 +231,7 @@ class Poller:
         self._guards[account].reset()
         for slot in self._slots.values():
             if slot.ref.account == account:
-                slot.missing = slot.failures = 0  # the new consent may include it
+                slot.missing = slot.failures = slot.forbidden = 0  # the new consent may cover it
             if slot.ref.account == account and not slot.running:
                 slot.plan = None
                 slot.track = replace(slot.track, last_poll_at=None)  # "look now" to the policy
@@ -341,7 +342,7 @@ class Poller:
             self._started(slot, state.updated_at or now)
         slot.last_success_at = now
         slot.last_error = None
-        slot.missing = slot.failures = 0
+        slot.missing = slot.failures = slot.forbidden = 0
         self._on_state(slot.slug, state)
         self._set_online(slot, online=True)
 
@@ -378,6 +379,15 @@ class Poller:
             slot.missing += 1
             self._set_online(slot, online=False)
             return
+        if isinstance(exc, Forbidden):
+            slot.forbidden += 1
+            if not self._account_refused(slot.ref.account):
+                # A 403 on one car while another car of the account is still served: that car
+                # is refused (no longer authorised), not the account, so only it backs off, as
+                # for "not found". Pausing the account for a day left its healthy cars unread.
+                log.warning("poll.vehicle_forbidden", vehicle=slot.slug, error=slot.last_error)
+                self._set_online(slot, online=False)
+                return
         if self._held_back(slot.ref.account, exc, now):
             return
         if isinstance(exc, ReauthRequired):
@@ -388,6 +398,12 @@ class Poller:
             # blocking the account again, which left its healthy siblings unread for good.
             slot.failures += 1
             guard.on_failure(now, type(exc).__name__)
+
+    def _account_refused(self, account: str) -> bool:
+        """Whether a 403 is the account's: every vehicle of the account has now been refused (a
+        suspended account refuses them all; a one-car account, such as a FordConnect Query
+        consent, cannot tell the two apart, so its 403 stays a suspension)."""
+        return all(s.forbidden for s in self._slots.values() if s.ref.account == account)
 
     def _held_back(self, account: str, exc: ProviderError, now: datetime) -> bool:
         """Feed a 429 (Retry-After) or a 403 (suspension) to the account's guard; False for any
@@ -470,16 +486,16 @@ class Poller:
 
     def _vehicle_wait(self, slot: _Slot) -> datetime | None:
         """When a vehicle whose own reads keep failing may be asked again, whatever its
-        account's other vehicles do. "Not found": the shortest parked interval, doubling with
-        each one, at most the sleeping interval (a car added back to the consent is found
-        again within that). Other failures: the breaker's first delay, doubling, at most its
-        longest."""
+        account's other vehicles do. "Not found" or refused (403) while another car of the
+        account is served: the shortest parked interval, doubling with each one, at most the
+        sleeping interval (a car added back to the consent is found again within that). Other
+        failures: the breaker's first delay, doubling, at most its longest."""
         last = slot.track.last_poll_at
-        if last is None or not (slot.missing or slot.failures):
+        if last is None or not (slot.missing or slot.forbidden or slot.failures):
             return None
         cfg, breaker = self._config, self._breaker
-        if slot.missing:
-            seconds = doubled(cfg.parked_min_interval_s, slot.missing, cfg.sleeping_interval_s)
+        if refused := slot.missing or slot.forbidden:
+            seconds = doubled(cfg.parked_min_interval_s, refused, cfg.sleeping_interval_s)
         else:
             seconds = doubled(breaker.first_delay_s, slot.failures, breaker.max_delay_s)
         return last + timedelta(seconds=seconds)

@@ -67,6 +67,8 @@ def _owned(call: Call) -> Vehicle | Response:
         return v1_error(404, 4002, "vehicle not found")
     if vehicle.vehicle_id not in call.account.vehicle_ids:
         return v1_error(401, 3000, "vehicle not authorized for this account")
+    if vehicle.vehicle_id in call.sim.forbidden:
+        return v1_error(403, 403, "access to this vehicle is forbidden")
     return vehicle
 
 

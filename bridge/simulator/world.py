@@ -80,6 +80,8 @@ class Simulator:
         )
         self.limiter = RateLimiter(limits if limits is not None else Limits())
         self.faults = FaultInjector(rates=_rates(faults), rng=Random(f"{seed}:faults"))
+        # Vehicles the v1 API answers 403 for (one car refused while the account is fine).
+        self.forbidden: set[str] = set()
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -152,6 +154,12 @@ class Simulator:
     def set_faults(self, faults: str | Mapping[FaultKind, float]) -> None:
         with self.lock:
             self.faults.rates = _rates(faults)
+
+    def forbid(self, vehicle_id: str, *, forbidden: bool = True) -> None:
+        """Answer 403 to every v1 call naming this vehicle (or stop doing so), while the
+        account's other vehicles and its vehicle list answer as before."""
+        with self.lock:
+            (self.forbidden.add if forbidden else self.forbidden.discard)(vehicle_id.lower())
 
     def expire_tokens(self) -> int:
         with self.lock:

@@ -207,3 +207,91 @@ async def test_a_vehicle_the_account_cannot_read_costs_little_and_holds_back_no_
     finally:
         await poller.stop()
         store.close()
+
+
+@dataclass
+class TwoCars:
+    world: SimWorld
+    poller: Poller
+    store: Store
+    asked: list[str] = field(default_factory=list)
+    availability: dict[str, list[bool]] = field(default_factory=lambda: {"car": [], "other": []})
+
+
+async def start_two_cars(tmp_path: Path) -> TwoCars:
+    """One account whose consent covers two cars, polled through the real simulator."""
+    world = SimWorld(seed=3, start=START, state_dir=tmp_path, vehicles=2)
+    car, other = (v.vehicle_id for v in world.sim.vehicles)
+    world.add_account(ACCOUNT, f"{car},{other}")
+    store = Store.open(tmp_path / "db")
+    budget = Budget(store=store, config=BudgetConfig(), alerts=world.alerts, clock=world.now)
+    budget.start()
+    provider = world.provider(ACCOUNT, CountingGate(budget, world.now))
+    run = TwoCars(world, None, store)  # type: ignore[arg-type]
+    real_read = provider.read
+
+    async def read(vehicle_id: str) -> Any:
+        run.asked.append(vehicle_id)
+        return await real_read(vehicle_id)
+
+    provider.read = read  # type: ignore[method-assign]
+    run.poller = Poller(
+        providers={ACCOUNT: provider},
+        vehicles={"car": (ACCOUNT, car), "other": (ACCOUNT, other)},
+        budget=budget,
+        config=PollingConfig(),
+        on_state=lambda slug, state: None,
+        on_availability=lambda slug, online: run.availability[slug].append(online),
+        on_budget=lambda slug, doc: None,
+        alerts=world.alerts,
+        clock=world.now,
+        timer=world.timer,
+        tz=UTC,
+    )
+    await run.poller.start()
+    return run
+
+
+async def test_a_403_on_one_car_backs_off_that_car_and_not_its_account(tmp_path: Path):
+    """The car maker refuses one car (403: no longer authorised) while the account and its
+    vehicle list are fine: that car goes offline and is asked ever more rarely; the account is
+    not paused, no suspension alert is raised, and its other car is read as before. Before, the
+    one 403 paused the whole account for a day."""
+    run = await start_two_cars(tmp_path)
+    car, other = (v.vehicle_id for v in run.world.sim.vehicles)
+    try:
+        await run.world.timer.run_until(START + timedelta(hours=1))
+        run.world.sim.forbid(other)
+        await run.world.timer.run_until(START + timedelta(hours=25))
+        assert not run.world.timer.errors
+        kinds = [a.kind for a in run.world.alerts.alerts]
+        assert AlertKind.ACCOUNT_SUSPENDED not in kinds
+        assert run.availability == {"car": [True], "other": [True, False]}
+        assert run.asked.count(car) >= 48
+        assert run.asked.count(other) <= 16
+        assert run.poller.status("car")["block_reason"] is None
+    finally:
+        await run.poller.stop()
+        run.store.close()
+
+
+async def test_a_403_on_every_car_of_the_account_is_a_suspension(tmp_path: Path):
+    """A suspended account answers 403 to every car: once each car has met it, the account is
+    paused (one alert), and nothing more is sent during the pause."""
+    run = await start_two_cars(tmp_path)
+    try:
+        await run.world.timer.run_until(START + timedelta(hours=1))
+        meters = run.world.sim.limiter.meters
+        (account_id,) = meters
+        meters[account_id].suspended_until = START + timedelta(hours=40)
+        await run.world.timer.run_until(START + timedelta(hours=2))
+        refused = meters[account_id].refused_suspended
+        assert 1 <= refused <= 2  # each car's read met it once at most
+        await run.world.timer.run_until(START + timedelta(hours=20))
+        assert meters[account_id].refused_suspended == refused  # the account is paused
+        kinds = [a.kind for a in run.world.alerts.alerts]
+        assert kinds.count(AlertKind.ACCOUNT_SUSPENDED) == 1
+        assert run.poller.status("car")["block_reason"] == "suspended"
+    finally:
+        await run.poller.stop()
+        run.store.close()
