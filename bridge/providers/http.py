@@ -1,8 +1,9 @@
 """The provider's HTTP edge: every request to the car maker leaves through `Edge.send`.
 
-`Edge.send` charges the call gate, applies an explicit timeout and turns transport failures into
-`ProviderUnavailable`. `check_status` maps HTTP statuses onto `bridge.errors`, and
-`AuthorizedApi.call` adds the bearer token and the one-refresh-then-retry rule for 401:
+`Edge.send` charges the call gate, applies an explicit timeout to the whole request, reads at most
+MAX_BODY_BYTES and turns transport failures into `ProviderUnavailable`. `check_status` maps HTTP
+statuses onto `bridge.errors`, and `AuthorizedApi.call` adds the bearer token and the
+one-refresh-then-retry rule for 401:
 
     401 → refresh once, retry once → ReauthRequired     403 → Forbidden
     404, 400, v1 401/3000 (vehicle not in the consent, expired command id) → NotFound
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -36,6 +38,9 @@ from bridge.providers.barrier import held_record
 from bridge.providers.base import CallGate, CallKind
 
 DEFAULT_RETRY_AFTER_S = 60.0
+# The largest answer read: Ford's documents are kilobytes (a full Query telemetry some tens); a
+# runaway body from a proxy or a broken edge must not run a small machine out of memory.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_RETRY_AFTER_S = 24 * 3600.0
 # Error text from the server ends up in exception messages and logs; keep it short and scrubbed.
 _MAX_DETAIL = 200
@@ -93,6 +98,7 @@ class Edge:
         self._client = client
         self._gate = gate
         self._timeout = httpx.Timeout(timeout_s)
+        self._timeout_s = timeout_s
 
     async def send(
         self,
@@ -104,20 +110,25 @@ class Edge:
         json_body: Any = None,
         form: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """Charge the gate, send, and return the response whatever its status."""
+        """Charge the gate, send, and return the response whatever its status, its body read
+        (at most MAX_BODY_BYTES) within the timeout as a whole."""
         # A command's request names its decision record, which may pay for it (see CallGate).
         record = held_record() if kind is CallKind.COMMAND else None
         commit = self._gate.charge(self.account, kind, record=record)  # may raise BudgetExhausted
+        request = self._client.build_request(
+            method,
+            parsed_url(url),
+            headers=headers,
+            json=json_body,
+            data=form,
+            timeout=self._timeout,
+        )
         try:
-            return await self._client.request(
-                method,
-                parsed_url(url),
-                headers=headers,
-                json=json_body,
-                data=form,
-                timeout=self._timeout,
-            )
-        except httpx.TimeoutException as exc:
+            # httpx's timeout bounds each read, not the whole: a body trickling a byte at a time
+            # would hold the poll (and the daemon's stop) for good.
+            async with asyncio.timeout(self._timeout_s):
+                return await self._receive(request)
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise ProviderUnavailable(f"{where(method, url)}: timed out") from exc
         except httpx.HTTPError as exc:
             name = type(exc).__name__
@@ -126,8 +137,30 @@ class Edge:
             if commit is not None:
                 commit()
 
+    async def _receive(self, request: httpx.Request) -> httpx.Response:
+        """The response with its body read, refusing one larger than MAX_BODY_BYTES."""
+        response = await self._client.send(request, stream=True)
+        try:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    label = where(request.method, str(request.url))
+                    raise ProviderUnavailable(f"{label}: answer larger than {MAX_BODY_BYTES} bytes")
+        finally:
+            await response.aclose()
+        # The body is decoded already: a copy without the encoding headers reads it as it is.
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _DECODED]
+        return httpx.Response(
+            response.status_code, headers=kept, content=bytes(body), request=request
+        )
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+# Headers describing the body as sent, no longer true of the decoded copy `_receive` returns.
+_DECODED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
 
 def check_status(response: httpx.Response) -> None:

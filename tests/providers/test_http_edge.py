@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,7 @@ from bridge.errors import (
 )
 from bridge.providers.barrier import held_until, pass_barrier
 from bridge.providers.base import CallKind, Commit
-from bridge.providers.http import Edge, retry_after_s, where
+from bridge.providers.http import MAX_BODY_BYTES, Edge, retry_after_s, where
 from tests.providers.support import V1, VEHICLE, RecordingGate, ok, rig
 
 URL = f"{V1}/{VEHICLE}"
@@ -301,3 +303,44 @@ def test_messages_name_the_endpoint_never_the_ids_in_its_path(url: str, shown: s
     """Provider errors reach results, the audit log and alerts: no vehicle id, VIN or query."""
     expected = shown or "POST /fcon-query/v1/vehicle-health/alerts"
     assert where("POST", url) == expected
+
+
+class _Endless(httpx.AsyncByteStream):
+    """A body that never ends: `chunk` after `chunk`, `pause` seconds apart; counts what it sent."""
+
+    def __init__(self, chunk: bytes, pause: float) -> None:
+        self.chunk, self.pause, self.sent = chunk, pause, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            await asyncio.sleep(self.pause)
+            self.sent += len(self.chunk)
+            yield self.chunk
+
+
+async def _send_endless(body: _Endless, timeout_s: float) -> None:
+    client = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, stream=body))
+    )
+    edge = Edge(account="a", client=client, gate=RecordingGate(), timeout_s=timeout_s)
+    try:
+        # The outer limit only keeps a failing test from hanging the run.
+        await asyncio.wait_for(edge.send("GET", URL, kind=CallKind.READ), 10)
+    finally:
+        await edge.aclose()
+
+
+async def test_a_body_that_trickles_forever_times_out_as_a_whole() -> None:
+    """A server that sends a byte now and then never trips a per-read timeout: the request as a
+    whole must end within the timeout, or the vehicle's poll (and the daemon's stop) hangs."""
+    with pytest.raises(ProviderUnavailable, match="timed out"):
+        await _send_endless(_Endless(b" ", pause=0.01), timeout_s=0.3)
+
+
+async def test_a_huge_body_is_refused_without_being_read_whole() -> None:
+    """A body past MAX_BODY_BYTES (a proxy's runaway answer) is ProviderUnavailable, and reading
+    stops there: a Raspberry Pi must not be run out of memory by the car maker's edge."""
+    body = _Endless(b"x" * 65536, pause=0)
+    with pytest.raises(ProviderUnavailable, match="larger than"):
+        await _send_endless(body, timeout_s=30)
+    assert body.sent <= MAX_BODY_BYTES + 65536
