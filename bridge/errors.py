@@ -12,6 +12,7 @@ OwnerlinkError
 │   ├── Unsupported          the vehicle cannot do this (406); never retry
 │   ├── NotFound             unknown vehicle or command id
 │   └── ProviderUnavailable  5xx, timeouts, dropped connections, malformed bodies; retry later
+│       └── AuthUnavailable  the same from the token endpoint: no token, the car is unavailable
 ├── LoginError               the owner's login attempt failed (state mismatch, bad code)
 ├── CommandRejected          a command was refused; `reason` says why
 ├── AuditError               the audit log cannot be trusted or written
@@ -88,6 +89,11 @@ class NotFound(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """The provider could not be reached or answered nonsense; retry later with backoff."""
+
+
+class AuthUnavailable(ProviderUnavailable):
+    """The token endpoint could not be reached or answered nonsense while a token was needed (an
+    authentication outage): nothing of the account can be read; retry later with backoff."""
 
 
 class LoginError(OwnerlinkError):

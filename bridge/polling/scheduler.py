@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge.config import PollingConfig
 from bridge.errors import (
+    AuthUnavailable,
     BudgetExhausted,
     Forbidden,
     NotFound,
@@ -398,6 +399,10 @@ class Poller:
             # blocking the account again, which left its healthy siblings unread for good.
             slot.failures += 1
             guard.on_failure(now, type(exc).__name__)
+            if isinstance(exc, AuthUnavailable):
+                # No token: none of the account's cars can be read until the login service is
+                # back, so their last states are shown as such (each is back with a good read).
+                self._account_offline(slot.ref.account)
 
     def _account_refused(self, account: str) -> bool:
         """Whether a 403 is the account's: every vehicle of the account has now been refused (a
@@ -437,6 +442,9 @@ class Poller:
         """Polling waits for a new login (`resume`, or a rare look in case it happened in another
         process); the data cannot be trusted meanwhile. The token manager raised the alert."""
         self._guards[account].on_reauth(now)
+        self._account_offline(account)
+
+    def _account_offline(self, account: str) -> None:
         for slot in self._slots.values():
             if slot.ref.account == account:
                 self._set_online(slot, online=False)

@@ -19,7 +19,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 
 from bridge.config import AccountConfig
-from bridge.errors import LoginError, ProviderUnavailable, ReauthRequired
+from bridge.errors import (
+    AuthUnavailable,
+    LoginError,
+    NotFound,
+    ProviderUnavailable,
+    ReauthRequired,
+)
 from bridge.logs import get_logger, register_secret
 from bridge.providers.base import CallKind
 from bridge.providers.http import Edge, check_status, error_detail, json_object
@@ -173,7 +179,12 @@ class OAuthClient:
     async def refresh(self, refresh_token: str) -> TokenSet:
         """New tokens from a refresh token; keeps the old refresh token if none was rotated in."""
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        return await self._token_request(form, previous_refresh=refresh_token)
+        try:
+            return await self._token_request(form, previous_refresh=refresh_token)
+        except (ProviderUnavailable, NotFound) as exc:
+            # No token to be had: an authentication outage, which makes the account's cars
+            # unavailable (a 400 or 404 here is the login service's, no vehicle's "not found").
+            raise AuthUnavailable(f"the token endpoint failed: {exc}") from exc
 
     async def _token_request(
         self, form: dict[str, str], *, previous_refresh: str | None

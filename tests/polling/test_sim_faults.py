@@ -7,12 +7,13 @@ real provider, token refresh, budget and HTTP stack.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from benchmarks._support import CountingGate, SimWorld, over_budget
@@ -54,8 +55,14 @@ class Run:
         return over_budget(calls, per_day=250, per_hour=40) == 0
 
 
-async def start_run(tmp_path: Path, limits: Limits | None = None) -> Run:
+async def start_run(
+    tmp_path: Path,
+    limits: Limits | None = None,
+    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+) -> Run:
     world = SimWorld(seed=3, start=START, state_dir=tmp_path, vehicles=1, limits=limits)
+    if wrap is not None:  # between the provider and the simulator
+        world.transport = wrap(world.transport)  # type: ignore[assignment]
     vehicle_id = world.sim.vehicles[0].vehicle_id
     world.add_account(ACCOUNT, vehicle_id)
     store = Store.open(tmp_path / "db")
@@ -138,7 +145,9 @@ async def test_a_suspension_pauses_the_account_then_polling_recovers(run: Run):
 
 async def test_an_hour_of_5xx_is_backed_off_and_recovered_from(run: Run):
     """Every request fails with 5xx for an hour: few retries (breaker), the last state stays
-    published (still online), and reads succeed again without a restart."""
+    published, and reads succeed again without a restart. The token endpoint fails too, and the
+    20-minute access token runs out meanwhile: that is an authentication outage, during which
+    the car is shown unavailable until a read succeeds again."""
     await run.until(1)
     calls_before = len(run.gate.calls[ACCOUNT])
     run.world.sim.set_faults("5xx=1.0")
@@ -147,7 +156,7 @@ async def test_an_hour_of_5xx_is_backed_off_and_recovered_from(run: Run):
     run.world.sim.set_faults("")
     await run.until(4)
     assert during <= 8
-    assert run.availability == [True]
+    assert run.availability == [True, False, True]
     assert run.reads_between(2, 4) >= 2
     assert run.within_budget()
     assert run.poller.status("car")["failures"] == 0
@@ -295,3 +304,44 @@ async def test_a_403_on_every_car_of_the_account_is_a_suspension(tmp_path: Path)
     finally:
         await run.poller.stop()
         run.store.close()
+
+
+class TokenOutage(httpx.AsyncBaseTransport):
+    """Put `around` the simulator's transport: while `down`, its token endpoint answers 503 (the
+    API itself is up)."""
+
+    def __init__(self) -> None:
+        self.inner: httpx.AsyncBaseTransport | None = None
+        self.down, self.refused = False, 0
+
+    def around(self, inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        self.inner = inner
+        return self
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert self.inner is not None
+        if self.down and request.url.path.endswith("/oauth/token"):
+            self.refused += 1
+            return httpx.Response(503, json={"error": "temporarily_unavailable"})
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_authentication_outage_marks_the_car_unavailable_and_backs_off(tmp_path: Path):
+    """Ford's login service is down for three hours (the API is up, but no token can be had):
+    the car is marked unavailable as soon as a read fails for want of a token, the refresh is
+    retried with back-off (never a tight loop), and the car is back once a token is had. Before,
+    it stayed online until its data was six hours old."""
+    outage = TokenOutage()
+    run = await start_run(tmp_path, wrap=outage.around)
+    try:
+        await run.until(1)
+        outage.down = True
+        await run.until(4)
+        assert run.availability == [True, False]
+        assert outage.refused <= 12  # the breaker's back-off, not a loop
+        outage.down = False
+        await run.until(7)  # the breaker's longest wait is two hours (± jitter)
+        assert run.availability == [True, False, True]
+        assert run.within_budget()
+    finally:
+        await run.poller.stop()

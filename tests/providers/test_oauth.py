@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
-from bridge.errors import LoginError
+from bridge.errors import AuthUnavailable, LoginError
 from bridge.providers.oauth import (
     QUERY_AUTHORIZE_URL,
     QUERY_TOKEN_URL,
@@ -158,4 +159,25 @@ async def test_refresh_keeps_the_old_refresh_token_when_none_is_rotated_in(tmp_p
     r.ford.rotate = False
     tokens = await r.parts.oauth.refresh("refresh-old-secretish")
     assert tokens.refresh_token == "refresh-old-secretish"
+    await r.parts.api.aclose()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ok({"error": "temporarily_unavailable"}, 503),
+        ok({"error": "invalid_request"}, 400),  # not the refresh token's fault: no relogin
+        ok({"token_type": "Bearer"}),  # no access token in it
+    ],
+)
+async def test_a_failing_token_endpoint_is_an_authentication_outage(
+    tmp_path: Path, answer: httpx.Response
+) -> None:
+    """A refresh the token endpoint fails (other than invalid_grant) is AuthUnavailable: never
+    NotFound (which the poller would take for one car missing from the consent), so the account's
+    cars are shown unavailable and the breaker backs off."""
+    r = rig(tmp_path, logged_in=False)
+    r.ford.token_error = answer
+    with pytest.raises(AuthUnavailable, match="token endpoint"):
+        await r.parts.oauth.refresh("refresh-old-secretish")
     await r.parts.api.aclose()
