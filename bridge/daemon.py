@@ -76,6 +76,7 @@ from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics, encode
 from bridge.polling.budget import Budget
 from bridge.polling.history import ActivityHistory
+from bridge.polling.holds import AccountHolds
 from bridge.polling.scheduler import Poller
 from bridge.providers.base import Provider
 from bridge.providers.factory import build_providers
@@ -441,6 +442,8 @@ class Daemon:
         self.vehicles_view = DaemonVehicles(self)
         history = ActivityHistory(store=self.store)
         history.start()
+        holds = AccountHolds(store=self.store)
+        holds.start()
         self.poller = Poller(
             providers=self.providers,
             vehicles={v.slug: (v.account, v.vehicle_id) for v in self._vehicles},
@@ -452,6 +455,7 @@ class Daemon:
             alerts=self.alerts,
             clock=self.clock,
             history=history,
+            holds=holds,
         )
 
     async def _start_parts(self) -> None:

@@ -104,6 +104,12 @@ class AccountGuard:
         wait = doubled(cfg.reauth_first_s, self._reauth_looks, cfg.reauth_max_s)
         return self._hold(now + timedelta(seconds=wait), Mode.REAUTH_REQUIRED, "reauth_required")
 
+    def restore(self, block: Block, retry_after: datetime | None) -> None:
+        """A block an earlier run left behind (`bridge.polling.holds`): honour it as if just met,
+        the car maker's own Retry-After inside it included."""
+        self._retry_after = retry_after
+        self._hold(block.until, block.mode, block.reason)
+
     def reset(self) -> None:
         """The owner logged in again (or an operator says go): forget every block."""
         self.on_success()

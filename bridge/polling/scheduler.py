@@ -36,6 +36,7 @@ from bridge.polling.breaker import AccountGuard, BreakerConfig, doubled
 from bridge.polling.budget import Budget, BudgetUsage
 from bridge.polling.clock import Clock, local_zone, utc_now
 from bridge.polling.history import KEEP, ActivityHistory
+from bridge.polling.holds import AccountHolds
 from bridge.polling.policy import (
     ACTIVE,
     Activity,
@@ -138,6 +139,7 @@ class Poller:
         tuning: Tuning | None = None,
         breaker: BreakerConfig | None = None,
         history: ActivityHistory | None = None,
+        holds: AccountHolds | None = None,
         tz: tzinfo | None = None,
     ) -> None:
         self._providers = providers
@@ -151,6 +153,7 @@ class Poller:
         self._timer: Timer = timer or ApsTimer(clock=clock)
         self._tuning = tuning or Tuning()
         self._history = history
+        self._holds = holds
         # Local time decides which hours are "night": the system's named zone unless told, so the
         # hours follow daylight saving time (looked up at start: it reads /etc/localtime).
         self._given_tz = tz
@@ -176,6 +179,8 @@ class Poller:
         self._started_at = self._clock()
         self._tz = self._given_tz or local_zone()
         self._timer.start(self._missed)
+        for account in self._guards:
+            self._restore_hold(account, self._started_at)
         slots = list(self._slots.values())
         offsets = first_poll_offsets([slot.ref.account for slot in slots])
         for slot, offset in zip(slots, offsets, strict=True):
@@ -199,6 +204,7 @@ class Poller:
         slot = self._slots[slug] = _Slot(slug, VehicleRef(account, vehicle_id), PollInput())
         if account not in self._guards:
             self._guards[account] = AccountGuard(config=self._breaker, rng=self._rng)
+            self._restore_hold(account, self._clock())
         self._per_account[account] += 1
         if self._history is not None:
             slot.observed_since = self._history.observing(slug, self._clock())
@@ -230,6 +236,7 @@ class Poller:
     def resume(self, account: str) -> None:
         """The owner logged in again (or an operator says go): poll the account's vehicles now."""
         self._guards[account].reset()
+        self._forget_hold(account)
         for slot in self._slots.values():
             if slot.ref.account == account:
                 slot.missing = slot.failures = slot.forbidden = 0  # the new consent may cover it
@@ -419,7 +426,37 @@ class Poller:
             self._suspended(account, now)
         else:
             return False
+        self._keep_hold(account, now)
         return True
+
+    # -- holds kept across restarts (bridge.polling.holds) ------------------------------------
+
+    def _restore_hold(self, account: str, now: datetime) -> None:
+        try:
+            hold = None if self._holds is None else self._holds.current(account, now)
+        except StateError as exc:
+            log.warning("poll.hold_unreadable", account=account, error=str(exc))
+            return
+        if hold is not None:
+            log.info("poll.hold_restored", account=account, until=hold.block.until.isoformat())
+            self._guards[account].restore(hold.block, hold.retry_after)
+
+    def _keep_hold(self, account: str, now: datetime) -> None:
+        guard = self._guards[account]
+        block = guard.block(now)
+        if self._holds is None or block is None:
+            return
+        try:
+            self._holds.keep(account, block, guard.retry_after_until(now))
+        except StateError as exc:  # the hold still holds in this run; only a restart forgets it
+            log.warning("poll.hold_not_kept", account=account, error=str(exc))
+
+    def _forget_hold(self, account: str) -> None:
+        try:
+            if self._holds is not None:
+                self._holds.forget(account)
+        except StateError as exc:
+            log.warning("poll.hold_not_forgotten", account=account, error=str(exc))
 
     def _suspended(self, account: str, now: datetime) -> None:
         guard = self._guards[account]

@@ -21,6 +21,7 @@ from bridge.errors import Forbidden, ProviderUnavailable, RateLimited, ReauthReq
 from bridge.events import AlertKind, CollectingAlerts
 from bridge.polling.budget import Budget
 from bridge.polling.history import ActivityHistory
+from bridge.polling.holds import AccountHolds
 from bridge.polling.policy import Mode
 from bridge.polling.prior import ActivityPrior
 from bridge.polling.scheduler import Poller, first_poll_offsets
@@ -74,6 +75,8 @@ def build(
     ledger.start()
     history = ActivityHistory(store=store)
     history.start()
+    holds = AccountHolds(store=store)
+    holds.start()
     timer = ManualTimer(clock=clock, advance=clock.advance_to)
     provider = FakeProvider("acct", gate=ledger, clock=clock)
     h = Harness(clock, timer, ledger, provider, None, alerts)  # type: ignore[arg-type]
@@ -90,6 +93,7 @@ def build(
         timer=timer,
         rng=random.Random(1),
         history=history,
+        holds=holds,
     )
     return h
 
@@ -143,6 +147,37 @@ async def test_a_suspension_pauses_the_account_and_alerts_once(harness: Harness)
     assert harness.reads_between(1, pause) == 0
     assert [a.kind for a in harness.alerts.alerts] == [AlertKind.ACCOUNT_SUSPENDED]
     assert harness.reads_between(pause, pause + 3600) >= 1
+
+
+@pytest.mark.parametrize(
+    ("refusal", "hold_s"),
+    [
+        (RateLimited("429", retry_after=3600), 3600),
+        (Forbidden("403"), PollingConfig().suspension_pause_s),
+    ],
+)
+async def test_a_retry_after_or_a_suspension_outlives_a_restart(
+    tmp_path: Path, refusal: Exception, hold_s: float
+):
+    """The car maker asked for no calls (429 Retry-After, or a 403 suspension), then the daemon
+    restarts (an upgrade, a reboot, a crash): the new run sends nothing before that time either.
+    Before, the hold lived in memory only, and a daemon restarted every few seconds by systemd
+    called a throttled or suspended account at each start."""
+    store = Store.open(tmp_path)
+    first = build(tmp_path, store=store)
+    first.provider.queue.append(refusal)
+    await first.poller.start()
+    await first.run_for(60)
+    await first.poller.stop()
+    assert len(first.provider.reads) == 1
+    again = build(tmp_path, store=store, start=first.clock())
+    await again.poller.start()
+    # Commands wait for the car maker's Retry-After (not for a suspension pause) after it too.
+    assert (again.poller.retry_after("acct") is not None) == isinstance(refusal, RateLimited)
+    await again.run_for(hold_s + 3600)
+    await again.poller.stop()
+    assert again.reads_between(60, hold_s) == 0
+    assert again.reads_between(hold_s, hold_s + 3600) >= 1
 
 
 async def test_a_429_on_the_command_path_holds_polling_until_retry_after(harness: Harness):
