@@ -383,7 +383,15 @@ class Daemon:
         }
         self.vehicle_memory = VehicleMemory(self.store)
         self.vehicle_memory.start()
-        self._vehicles = await resolve_vehicles(self.settings, self.providers, self.vehicle_memory)
+        self.holds = AccountHolds(store=self.store)
+        self.holds.start()
+        # An account the car maker asked for no calls (a 429 or suspension the last run met) is
+        # not even listed before that time.
+        now = self.clock()
+        held = [a for a in self.settings.accounts if self.holds.current(a, now) is not None]
+        self._vehicles = await resolve_vehicles(
+            self.settings, self.providers, self.vehicle_memory, held=held
+        )
         # Looked up for every command (budget check): keyed once here, not searched each time.
         self._account_of = {v.slug: v.account for v in self._vehicles}
 
@@ -442,8 +450,6 @@ class Daemon:
         self.vehicles_view = DaemonVehicles(self)
         history = ActivityHistory(store=self.store)
         history.start()
-        holds = AccountHolds(store=self.store)
-        holds.start()
         self.poller = Poller(
             providers=self.providers,
             vehicles={v.slug: (v.account, v.vehicle_id) for v in self._vehicles},
@@ -455,7 +461,7 @@ class Daemon:
             alerts=self.alerts,
             clock=self.clock,
             history=history,
-            holds=holds,
+            holds=self.holds,
         )
 
     async def _start_parts(self) -> None:
@@ -728,6 +734,8 @@ class Daemon:
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, LIST_RETRY_MAX_S)
+            if self.holds.current(account, self.clock()) is not None:
+                continue  # the car maker asked for no calls yet (see resolve_vehicles)
             try:
                 infos = await provider.list_vehicles()
             except ProviderError as exc:

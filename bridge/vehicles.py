@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,15 +154,24 @@ def coverage_problems(settings: Settings, account: str, listed: list[VehicleInfo
 
 
 async def resolve_vehicles(
-    settings: Settings, providers: Mapping[str, Provider], memory: VehicleMemory | None = None
+    settings: Settings,
+    providers: Mapping[str, Provider],
+    memory: VehicleMemory | None = None,
+    *,
+    held: Collection[str] = (),
 ) -> list[BridgedVehicle]:
     """Configured vehicles (or, when none are configured, every vehicle each account covers).
 
     Listing costs one call per account. When the provider cannot list at start, the account's
     last list stands in (from `memory`); with none, a configured vehicle is still bridged with
-    what the config says, and its details fill in on later reads.
+    what the config says, and its details fill in on later reads. An account in `held` is not
+    asked at all (the car maker asked it for no calls yet: `bridge.polling.holds`); its last list
+    stands in the same way.
     """
-    listed = {name: await _list(provider, memory) for name, provider in providers.items()}
+    listed = {
+        name: await _list(provider, memory) if name not in held else _remembered(provider, memory)
+        for name, provider in providers.items()
+    }
     for account, infos in listed.items():
         for problem in coverage_problems(settings, account, infos):
             log.warning("vehicle not covered", problem=problem, fix=COVERAGE_FIX)
@@ -182,17 +191,22 @@ async def _list(provider: Provider, memory: VehicleMemory | None) -> list[Vehicl
     try:
         infos = await provider.list_vehicles()
     except ProviderError as exc:
-        remembered = memory.vehicle_list(provider.account) if memory is not None else None
-        log.warning(
-            "vehicle list unavailable",
-            account=provider.account,
-            error=str(exc),
-            using="the last list" if remembered is not None else "the configuration",
-        )
-        return remembered or []
+        log.warning("vehicle list unavailable", account=provider.account, error=str(exc))
+        return _remembered(provider, memory)
     if memory is not None:
         memory.remember_list(provider.account, infos)
     return infos
+
+
+def _remembered(provider: Provider, memory: VehicleMemory | None) -> list[VehicleInfo]:
+    """The account's last list, standing in for one that cannot be had now."""
+    remembered = memory.vehicle_list(provider.account) if memory is not None else None
+    log.info(
+        "vehicle list from memory",
+        account=provider.account,
+        using="the last list" if remembered is not None else "the configuration",
+    )
+    return remembered or []
 
 
 def _configured(

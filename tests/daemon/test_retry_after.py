@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,10 @@ from bridge.config import Settings
 from bridge.daemon import Daemon
 from bridge.demo.broker import DemoBroker
 from bridge.demo.run import demo_config, login
+from bridge.polling.holds import AccountHolds
+from bridge.polling.policy import Block, Mode
 from bridge.simulator import SimClock, Simulator, Timings, serve_in_thread
+from bridge.store import Store
 from tests.conftest import BrokerAddress
 
 RETRY_AFTER_S = 30
@@ -87,3 +91,39 @@ async def test_no_command_is_sent_before_a_429s_retry_after(
     }
     assert decisions["second"]["decision"] == "refused"
     assert decisions["second"]["reason"] == "provider_rate_limited"
+
+
+def account_calls(url: str) -> int:
+    return sum(a["calls"] for a in httpx.get(f"{url}/sim/accounts", timeout=10).json()["accounts"])
+
+
+async def test_a_restart_during_a_hold_sends_nothing_to_the_account(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The last run met a 429 with an hour's Retry-After (kept in the state database): the next
+    start neither lists the account's vehicles nor reads them before the hour is over. Before,
+    each start listed and read at once, so a daemon restarted by systemd every few seconds kept
+    calling a throttled (or suspended) account."""
+    url = sim[1]
+    document = demo_config(
+        tmp_path / "state", url, DemoBroker(broker.host, broker.port, "test"), 0, {}
+    )
+    document["mqtt"]["base_topic"] = base_topic
+    document["logging"] = {"level": "warning", "format": "json"}
+    settings = Settings(**document)
+    await login(settings)
+    (account,) = settings.accounts
+    store = Store.open(settings.state_dir)
+    holds = AccountHolds(store=store)
+    holds.start()
+    until = datetime.now(UTC) + timedelta(hours=1)
+    holds.keep(account, Block(until, Mode.BACKING_OFF, "rate_limited"), until)
+    store.close()
+    before = account_calls(url)
+    daemon = Daemon(settings, serve_web=False)
+    await daemon.start()
+    try:
+        await asyncio.sleep(2)  # the first polls are planned within a second of the start
+        assert account_calls(url) == before
+    finally:
+        await daemon.stop()
