@@ -18,6 +18,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -222,7 +223,10 @@ def retry_after_s(response: httpx.Response, now: float | None = None) -> float:
 
 def _until_date(raw: str, now: float) -> float:
     try:
-        return parsedate_to_datetime(raw).timestamp() - now
+        at = parsedate_to_datetime(raw)
+        # HTTP dates are GMT; the asctime form (and "-0000") name no zone, and a naive
+        # datetime's timestamp() would read them in local time, hours early east of UTC.
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() - now
     except (TypeError, ValueError, OverflowError):
         return DEFAULT_RETRY_AFTER_S
 

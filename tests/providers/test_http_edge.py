@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,25 @@ async def test_429_without_retry_after_waits_a_cautious_default(tmp_path: Path) 
 def test_retry_after_accepts_an_http_date() -> None:
     """Retry-After given as an HTTP date counts the seconds from now."""
     response = httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"})
+    assert retry_after_s(response, now=1445412480.0) == 30.0
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process runs in Europe/Berlin (TZ), an hour or two east of UTC."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("berlin")
+@pytest.mark.parametrize("header", ["Wed Oct 21 07:28:30 2015", "Wed, 21 Oct 2015 07:28:30 -0000"])
+def test_a_retry_after_date_without_a_zone_is_utc(header: str) -> None:
+    """HTTP dates are GMT, also in the asctime form a recipient must accept, which names no
+    zone: read in local time, it asked for the next call up to two hours early in Europe."""
+    response = httpx.Response(429, headers={"Retry-After": header})
     assert retry_after_s(response, now=1445412480.0) == 30.0
 
 
