@@ -116,15 +116,15 @@ class Edge:
         # A command's request names its decision record, which may pay for it (see CallGate).
         record = held_record() if kind is CallKind.COMMAND else None
         commit = self._gate.charge(self.account, kind, record=record)  # may raise BudgetExhausted
-        request = self._client.build_request(
-            method,
-            parsed_url(url),
-            headers=headers,
-            json=json_body,
-            data=form,
-            timeout=self._timeout,
-        )
         try:
+            request = self._client.build_request(
+                method,
+                parsed_url(url),
+                headers=headers,
+                json=json_body,
+                data=form,
+                timeout=self._timeout,
+            )
             # httpx's timeout bounds each read, not the whole: a body trickling a byte at a time
             # would hold the poll (and the daemon's stop) for good.
             async with asyncio.timeout(self._timeout_s):

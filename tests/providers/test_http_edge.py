@@ -303,6 +303,19 @@ async def test_a_held_command_names_its_record_and_is_written_down_after_sending
     assert "commit" not in events[3:]
 
 
+async def test_a_held_command_whose_request_cannot_be_built_is_still_written_down() -> None:
+    """Whatever stops the request after the gate took it (here a body that is not JSON), the
+    gate's commit runs: a call taken on its record's word never stays unwritten."""
+    events: list[str] = []
+    gate = DeferringGate(events)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: ok({})))
+    edge = Edge(account="a", client=client, gate=gate, timeout_s=5)
+    with held_until(Held()), pytest.raises(TypeError):
+        await edge.send("POST", URL, kind=CallKind.COMMAND, json_body=object())
+    await edge.aclose()
+    assert events == ["charge command", "commit"]
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
