@@ -27,7 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import LoginError, ProviderUnavailable, ReauthRequired, StateError
+from bridge.errors import (
+    AuthUnavailable,
+    LoginError,
+    ProviderUnavailable,
+    ReauthRequired,
+    StateError,
+)
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.files import read_private, write_private_atomic
 from bridge.logs import get_logger, register_secret
@@ -37,6 +43,9 @@ from bridge.store import ensure_private_dir
 # Refresh this long before the access token expires (at most half its lifetime), so a request
 # never leaves with a token that dies in flight (Ford's access tokens live 20 minutes).
 REFRESH_AHEAD_S = 60.0
+# When that early refresh fails (the login service is down), the token in hand is still used
+# while it has at least this long to live, enough for a request to be answered.
+KEEP_USING_S = 20.0
 # A login the owner has not finished within this time is abandoned (Ford's codes expire sooner).
 LOGIN_TTL_S = 15 * 60
 FILE_VERSION = 1
@@ -232,9 +241,23 @@ class TokenManager:
         async with self._lock:  # concurrent callers wait here and reuse the one refresh
             tokens = self._current()
             if not self._fresh(tokens):
-                tokens = await self._refresh(tokens)
+                tokens = await self._refresh_or_keep(tokens)
             assert tokens.access_token is not None
             return tokens.access_token
+
+    async def _refresh_or_keep(self, tokens: StoredTokens) -> StoredTokens:
+        """A refresh ahead of expiry; if the login service is down, the tokens in hand while
+        their access token still lives: an outage costs nothing before it has to."""
+        try:
+            return await self._refresh(tokens)
+        except AuthUnavailable:
+            alive = tokens.access_token is not None and tokens.expires_at - KEEP_USING_S > (
+                self._clock()
+            )
+            if not alive:
+                raise
+            log.info("provider.token_kept", account=self.account, reason="refresh failed")
+            return tokens
 
     async def refresh_rejected(self, rejected: str) -> None:
         """The API said 401 to `rejected`: refresh, unless another caller already replaced it."""

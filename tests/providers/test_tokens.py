@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.errors import ReauthRequired, StateError
+from bridge.errors import AuthUnavailable, ReauthRequired, StateError
 from bridge.events import AlertKind
 from bridge.providers.base import CallKind
 from bridge.providers.oauth import LoginRequest
@@ -339,4 +339,21 @@ async def test_a_refused_refresh_adopts_tokens_another_process_saved(tmp_path: P
     stored = TokenStore(tmp_path).load("acct")
     assert stored is not None and not stored.relogin_needed
     assert stored.refresh_token == "refresh-from-cli-secretish"
+    await r.parts.api.aclose()
+
+
+async def test_a_refresh_ahead_of_expiry_that_fails_keeps_the_token_it_has(tmp_path: Path) -> None:
+    """The login service is down in the last minute of a token's life: the refresh ahead of
+    expiry fails, but the token still works, so the read goes out with it instead of failing
+    (and the car is not shown unavailable for an outage that has not cost anything yet). Once
+    the token is about to die, the failure is the caller's (AuthUnavailable)."""
+    r = rig(tmp_path)
+    r.ford.on("GET", PATH, ok({"vehicle": {}}))
+    r.ford.token_error = ok({"error": "temporarily_unavailable"}, 503)
+    r.clock.now += 1200 - 30
+    await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    assert r.ford.api_requests()[0].headers["Authorization"] == "Bearer access-seed-secretish"
+    r.clock.now += 25
+    with pytest.raises(AuthUnavailable):
+        await r.parts.api.call("GET", URL, kind=CallKind.READ)
     await r.parts.api.aclose()
