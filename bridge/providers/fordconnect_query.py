@@ -48,6 +48,8 @@ class FordConnectQueryProvider:
         """The one vehicle this consent covers, from `garage` (its VIN is never carried over)."""
         doc = await self._api.call("GET", f"{self._base}/garage", kind=CallKind.READ)
         entry = _garage_entry(doc)
+        if entry is None:
+            return []
         return [garage_to_info(entry, vehicle_id_of(entry) or self._derived_id())]
 
     def _derived_id(self) -> str:
@@ -81,12 +83,15 @@ class FordConnectQueryProvider:
         await self._api.aclose()
 
 
-def _garage_entry(doc: dict[str, Any]) -> dict[str, Any]:
-    """The garage answer is one vehicle object; tolerate a wrapped list of one as well."""
+def _garage_entry(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The garage answer is one vehicle object; tolerate a wrapped list of one as well. A
+    wrapped list that is empty is an answer too: the consent covers no vehicle (None)."""
     for key in ("vehicles", "garage"):
         items = doc.get(key)
         if isinstance(items, list) and items and isinstance(items[0], dict):
             return items[0]
+        if isinstance(items, list) and not items:
+            return None
     if not doc:
         raise ProviderUnavailable("GET garage: empty answer")
     return doc

@@ -70,6 +70,9 @@ REMOTE_START = {
 ALARM = {"DISARMED": "disarmed", "PREARMED": "prearmed", "ARMED": "armed", "ACTIVATED": "activated"}
 TYRE_SYSTEM_WARNING = {"LOWTIREPRESSURE": True, "NORMALOPERATION": False}
 TYRE_WARNING = {"LOW": True, "ALERT": True, "NORMAL": False}
+# `vehicleWheel` values that name no tyre: the pressure system as a whole, or a wheel the car
+# could not place. A reading under them is no tyre's pressure.
+NOT_A_WHEEL = frozenset({"SYSTEM", "UNKNOWN_WHEEL", "UNRECOGNIZED"})
 POWERTRAINS = {
     "BEV": Powertrain.EV,
     "EV": Powertrain.EV,
@@ -219,7 +222,7 @@ def _tyres(m: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for entry in _entries(m, "tirePressure"):
         wheel, kpa = text(entry.get("vehicleWheel")), number(entry.get("value"))
-        if wheel is not None and kpa is not None:
+        if wheel is not None and kpa is not None and wheel not in NOT_A_WHEEL:
             out[wheel.lower()] = kpa
     return out
 

@@ -84,6 +84,14 @@ async def test_an_empty_garage_is_unavailable(tmp_path: Path) -> None:
     await r.parts.api.aclose()
 
 
+async def test_a_garage_listing_no_vehicle_is_no_vehicle(tmp_path: Path) -> None:
+    """`{vehicles: []}` is an answer: the consent covers no car; never a made-up one."""
+    r = rig(tmp_path, "fordconnect-query")
+    r.ford.on("GET", "/fcon-query/v1/garage", ok({"vehicles": []}))
+    assert await provider(r).list_vehicles() == []
+    await r.parts.api.aclose()
+
+
 async def test_health_alerts_are_read_only_when_asked_for(tmp_path: Path) -> None:
     """read_alerts adds the active alerts' headlines at the price of a second call."""
     r = rig(tmp_path, "fordconnect-query")

@@ -275,6 +275,16 @@ def test_array_metrics_tolerate_junk_items(full: dict[str, Any]) -> None:
     assert state.status.doors == {}
 
 
+def test_readings_that_name_no_tyre_are_no_tyre_pressure(full: dict[str, Any]) -> None:
+    """The OpenAPI enum also has SYSTEM, UNKNOWN_WHEEL and UNRECOGNIZED: no tyre of the car."""
+    full["metrics"]["tirePressure"] = [
+        {"value": 230, "vehicleWheel": wheel}
+        for wheel in ("SYSTEM", "UNKNOWN_WHEEL", "UNRECOGNIZED")
+    ] + [{"value": 231, "vehicleWheel": "REAR_LEFT_INNER"}]
+    state = telemetry_to_state(full, "car")
+    assert state.health.tyre_pressures_kpa == {"rear_left_inner": 231.0}
+
+
 def test_garage_maps_to_vehicle_info_without_the_vin() -> None:
     """The garage entry gives make, model, year, nickname and powertrain; never the VIN."""
     garage = {
