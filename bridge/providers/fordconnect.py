@@ -3,8 +3,10 @@
 A command is a POST answered with a command id; the car's verdict comes from polling
 `GET …/{command}/{commandId}` until it leaves PENDINGRESPONSE. A command whose verdict never
 arrives may still have run on the car, so it ends `timed_out`, never `failed`. A 429 or 403 on a
-status poll ends the following at once (no call before Retry-After, none to a refused account) and
-is handed to `on_refused`, since nothing raises it to the poller.
+status poll ends the following at once (no call before Retry-After, none to a refused account).
+A 429 is handed to `on_refused`, since nothing raises it to the poller; a 403 is not: like a 403
+to the command itself it may be this car's refusal (its remote-start allowance), and the read that
+confirms every command meets it again if it is the car's or the account's.
 """
 
 from __future__ import annotations
@@ -204,18 +206,22 @@ class FordConnectProvider:
             # The command is with the car already; a hiccup on the status poll changes nothing.
             log.info("provider.command_poll_retry", command_id=command_id, error=str(exc))
             return None
-        except (RateLimited, Forbidden) as exc:
+        except RateLimited as exc:
             # Waiting out Retry-After here would leave the owner without a result for minutes
             # (and a shorter wait would break it): the verdict is lost, the account's guard is
             # told, and the confirmation read after the block shows what the car did.
             self._tell_guard(exc)
+            return _lost(exc, command_id)
+        except Forbidden as exc:
+            # Not the account's guard's to hear: taken for a suspension, one car's refusal
+            # would stop every car of the account for a day (see the module's docstring).
             return _lost(exc, command_id)
         except (NotFound, BudgetExhausted) as exc:
             # An expired command id (401/3000) or no budget left to ask: the verdict is lost.
             return _lost(exc, command_id)
         return _outcome_of(answer, command_id)
 
-    def _tell_guard(self, exc: RateLimited | Forbidden) -> None:
+    def _tell_guard(self, exc: RateLimited) -> None:
         if self._on_refused is None:
             return
         try:
