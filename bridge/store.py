@@ -7,6 +7,7 @@ the store records how far each part has got, so parts evolve independently and a
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,7 @@ class Store:
         return store
 
     def connect(self) -> None:
+        make_private(self.path)
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             # WAL keeps readers off the writer's back. With WAL, NORMAL makes every commit survive
@@ -70,7 +72,6 @@ class Store:
             )
         except sqlite3.Error as exc:
             raise StateDatabaseError(database_problem(self.path, exc, "open")) from exc
-        self.path.chmod(0o600)
         self._conn = conn
         self.created = created
 
@@ -194,6 +195,28 @@ def database_problem(path: Path, exc: sqlite3.Error, doing: str = "use") -> str:
             "state directory (e.g. sudo -u ownerlink ownerlink …)"
         )
     return f"cannot {doing} state database {path}: {exc}"
+
+
+def make_private(path: Path) -> None:
+    """Create the database file 0600 (or make it 0600) before SQLite opens it, and its -wal and
+    -shm if they exist. SQLite gives the -wal and -shm files it creates the database file's
+    mode, so a database it created itself (umask 022: 0644, until a chmod after the fact) left
+    both readable by others for as long as the daemon ran. Existing ones (an earlier version's,
+    kept by a crash) are reused as they are, so they are tightened here too."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode passes the umask; an old file keeps its own
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                path.with_name(path.name + suffix).chmod(0o600)
+    except OSError as exc:
+        raise StateDatabaseError(
+            f"cannot open state database {path}: {exc.strerror or exc}; run ownerlink as the "
+            "user that owns the state directory (e.g. sudo -u ownerlink ownerlink …)"
+        ) from exc
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -33,6 +33,38 @@ def test_store_is_private_and_migrations_run_once(tmp_path: Path) -> None:
     assert store.query("SELECT version FROM schema_versions WHERE part='demo'")[0][0] == 2
 
 
+def test_the_wal_and_shm_files_are_private_from_the_start(tmp_path: Path) -> None:
+    """SQLite gives the -wal and -shm files the database file's mode when it creates them: under
+    the usual umask (022) they were 0644 (the database itself was chmod'ed only after SQLite had
+    created it, and the WAL with it), readable by anyone who could reach the directory."""
+    old = os.umask(0o022)
+    try:
+        store = Store.open(tmp_path / "state")
+        store.set_meta("k", "v")
+    finally:
+        os.umask(old)
+    for name in ("ownerlink.db", "ownerlink.db-wal", "ownerlink.db-shm"):
+        assert stat.S_IMODE((tmp_path / "state" / name).stat().st_mode) == 0o600, name
+    store.close()
+
+
+def test_a_loose_wal_left_by_an_earlier_version_is_made_private_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """A -wal and -shm with records in them (a daemon of an earlier version killed, or still
+    running) keep their mode: SQLite goes on using them, so opening the store tightens them."""
+    state = tmp_path / "state"
+    earlier = Store.open(state)
+    earlier.set_meta("k", "v")
+    for name in ("ownerlink.db-wal", "ownerlink.db-shm"):
+        (state / name).chmod(0o644)
+    store = Store.open(state)
+    for name in ("ownerlink.db-wal", "ownerlink.db-shm"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    store.close()
+    earlier.close()
+
+
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
     """A failing block leaves no partial write."""
     store = Store.open(tmp_path)
