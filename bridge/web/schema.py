@@ -26,6 +26,12 @@ WEB_STEPS = (
     CREATE TABLE web_login_failures (ip TEXT NOT NULL, ts REAL NOT NULL);
     CREATE INDEX web_login_failures_ip ON web_login_failures (ip, ts)
     """,
+    # Addresses the owner logged in from: the bound on failures from all addresses together
+    # never applies to them (bridge.web.loginlimit).
+    """
+    CREATE TABLE web_login_known (ip TEXT PRIMARY KEY, ts REAL NOT NULL);
+    CREATE INDEX web_login_failures_ts ON web_login_failures (ts)
+    """,
 )
 
 OAUTH_STEPS = (

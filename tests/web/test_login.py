@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bridge.web.loginlimit import GLOBAL_FACTOR
 from bridge.web.middleware import MAX_BODY_BYTES
 from bridge.web.sessions import MAX_ANONYMOUS
 from tests.web.conftest import ClientFactory
@@ -87,6 +88,44 @@ async def test_an_ipv6_host_cannot_dodge_the_limit_by_changing_address(tmp_path:
     async with from_ip("2001:db8:0:2::1") as neighbour:
         assert (await login(neighbour)).status_code == 303
     harness.store.close()
+
+
+async def _spread_guesses(client_for: ClientFactory, addresses: int) -> list[int]:
+    """Four wrong passwords from each of `addresses` addresses (one fewer than each may send)."""
+    codes = []
+    for n in range(addresses):
+        guesser = client_for(f"127.0.1.{n + 1}")
+        codes += [(await login(guesser, f"guess {n}-{k}")).status_code for k in range(4)]
+    return codes
+
+
+async def test_guesses_spread_over_many_addresses_are_bounded_together(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """A LAN attacker can claim many addresses and stay under each one's allowance: failures
+    from all addresses together are bounded too (GLOBAL_FACTOR times the per-address figure),
+    and past that an address the owner never logged in from gets 429 until the window moves."""
+    allowed = GLOBAL_FACTOR * harness.settings.web.login_max_failures
+    codes = await _spread_guesses(client_for, allowed // 4 + 2)
+    assert codes.count(401) == allowed
+    assert set(codes[allowed:]) == {429}
+    fresh = await login(client_for("127.0.2.1"))
+    assert fresh.status_code == 429
+    assert int(fresh.headers["retry-after"]) > 0
+    harness.clock.advance(15 * 60 + 1)
+    assert (await login(client_for("127.0.2.1"))).status_code == 303
+
+
+async def test_the_bound_on_all_addresses_never_shuts_out_an_address_the_owner_used(
+    client_for: ClientFactory, harness: Harness
+) -> None:
+    """Anyone can fill the shared allowance, so it must not lock the owner out: an address
+    that logged in before keeps its own allowance, and the owner gets in from it."""
+    assert (await login(client_for("127.0.0.5"))).status_code == 303
+    allowed = GLOBAL_FACTOR * harness.settings.web.login_max_failures
+    await _spread_guesses(client_for, allowed // 4 + 1)
+    assert (await login(client_for("127.0.3.1"))).status_code == 429
+    assert (await login(client_for("127.0.0.5"))).status_code == 303
 
 
 async def test_guesses_sent_in_parallel_get_no_more_than_the_allowance(
