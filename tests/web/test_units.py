@@ -127,6 +127,14 @@ def test_webhook_display_hides_the_path() -> None:
     assert masked_webhook(None) is None
 
 
+def test_webhook_display_hides_credentials_in_the_address() -> None:
+    """A webhook behind basic auth carries its password before the host (`user:pass@`): the
+    Security page showed it, as part of the "host"."""
+    shown = masked_webhook("https://alerts:s3cr3t@hooks.example:8443/notify")
+    assert shown == "https://hooks.example:8443/…"
+    assert masked_webhook("http://token@[2001:db8::1]/x") == "http://[2001:db8::1]/…"
+
+
 def test_budget_chart_has_24_bars_and_an_accessible_summary() -> None:
     """The inline SVG has one bar per hour and says the total in words."""
     svg = budget_svg([1] * 24, used=24, limit=250)

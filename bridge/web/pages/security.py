@@ -27,11 +27,12 @@ router = APIRouter(include_in_schema=False)
 
 def masked_webhook(url: str | None) -> str | None:
     """Scheme and host only: the path of a webhook URL is often its secret (Home Assistant's
-    webhook id is)."""
+    webhook id is), and so is what comes before the host (`user:password@`)."""
     if not url:
         return None
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/…" if parts.netloc else "(set)"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}/…" if host else "(set)"
 
 
 def _security_page(
