@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
@@ -13,6 +14,11 @@ from bridge.errors import StateError
 
 # A writer is done with its temp file within seconds; one older than this was left by a crash.
 STALE_TEMP_S = 600.0
+# Flags for every file opened in place in the state directory (locks, the audit log, the
+# database, secrets read): never through a symlink. Whoever holds the daemon's account could
+# plant one, and a command run as root (`sudo ownerlink …`) would then truncate, chmod, create or
+# read whatever file it names. (An atomic write renames over the name: a link is replaced.)
+IN_PLACE = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def write_private_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -71,12 +77,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def open_problem(exc: OSError) -> str:
+    """Why a file in the state directory could not be opened, saying what to do."""
+    if exc.errno == errno.ELOOP:
+        return "it is a symbolic link, which ownerlink never follows in its state directory"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{exc.strerror}: run ownerlink as the user that owns the state directory "
+            "(e.g. sudo -u ownerlink ownerlink …)"
+        )
+    return exc.strerror or str(exc)
+
+
 def read_private(path: Path) -> bytes | None:
-    """Read a private file, or None when absent; refuse one that others can read."""
+    """Read a private file, or None when absent; refuse one that others can read, or a link."""
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | IN_PLACE)
     except FileNotFoundError:
         return None
-    if st.st_mode & 0o077:
-        raise StateError(f"{path} is readable by other users; run: chmod 600 {path}")
-    return path.read_bytes()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"cannot read {path}: {open_problem(exc)}") from exc
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if os.fstat(handle.fileno()).st_mode & 0o077:
+            raise StateError(f"{path} is readable by other users; run: chmod 600 {path}")
+        return handle.read()

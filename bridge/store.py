@@ -17,6 +17,7 @@ from pathlib import Path
 from bridge.audit.chain import DIRECTORY as AUDIT_DIRECTORY
 from bridge.audit.chain import head_mark
 from bridge.errors import StateDatabaseError, StateError
+from bridge.files import IN_PLACE, open_problem
 
 DB_NAME = "ownerlink.db"
 
@@ -202,21 +203,25 @@ def make_private(path: Path) -> None:
     -shm if they exist. SQLite gives the -wal and -shm files it creates the database file's
     mode, so a database it created itself (umask 022: 0644, until a chmod after the fact) left
     both readable by others for as long as the daemon ran. Existing ones (an earlier version's,
-    kept by a crash) are reused as they are, so they are tightened here too."""
+    kept by a crash) are reused as they are, so they are tightened here too.
+
+    Opened without following a symlink, the -wal and -shm too: SQLite would write into
+    whatever file a planted one names."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode passes the umask; an old file keeps its own
-        finally:
-            os.close(fd)
+        _tighten(path, os.O_RDWR | os.O_CREAT)
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
-                path.with_name(path.name + suffix).chmod(0o600)
+                _tighten(path.with_name(path.name + suffix), os.O_RDONLY)
     except OSError as exc:
-        raise StateDatabaseError(
-            f"cannot open state database {path}: {exc.strerror or exc}; run ownerlink as the "
-            "user that owns the state directory (e.g. sudo -u ownerlink ownerlink …)"
-        ) from exc
+        raise StateDatabaseError(f"cannot open state database {path}: {open_problem(exc)}") from exc
+
+
+def _tighten(path: Path, flags: int) -> None:
+    fd = os.open(path, flags | IN_PLACE, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode passes the umask; an old file keeps its own
+    finally:
+        os.close(fd)
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -49,7 +49,7 @@ from bridge.audit.pending import Pending
 from bridge.audit.ring import FsyncRing
 from bridge.audit.tail import read_tail, split_torn_tail
 from bridge.errors import AuditTampered, AuditWriteError
-from bridge.files import fsync_dir
+from bridge.files import IN_PLACE, fsync_dir, open_problem
 from bridge.logs import get_logger
 from bridge.store import ensure_private_dir
 
@@ -519,12 +519,12 @@ class AuditLog:
     def _open_fd(self, path: Path) -> int:
         created = not path.exists()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | IN_PLACE, FILE_MODE)
             if created:
                 fsync_dir(self.directory)
             self._inode = os.fstat(fd).st_ino
         except OSError as exc:
-            raise self._fail(f"cannot open {path}: {exc.strerror or exc}") from exc
+            raise self._fail(f"cannot open {path}: {open_problem(exc)}") from exc
         return fd
 
     def _rotate(self) -> None:
@@ -624,9 +624,9 @@ def _inode(path: Path) -> int:
 
 def _open_lock(path: Path) -> int:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        return os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, FILE_MODE)
     except OSError as exc:
-        raise AuditWriteError(f"cannot open {path}: {exc.strerror or exc}") from exc
+        raise AuditWriteError(f"cannot open {path}: {open_problem(exc)}") from exc
 
 
 def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
