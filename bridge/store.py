@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -224,7 +225,7 @@ def _tighten(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, *, euid: int | None = None) -> None:
     """Create a directory (and any missing parents) with mode 0700: tokens and secrets live there.
 
     mkdir's mode is filtered by the umask and never applies to the parents it creates, so each
@@ -232,9 +233,36 @@ def ensure_private_dir(path: Path) -> None:
     owner set it (`ownerlink doctor` reports a loose one).
     """
     missing = [p for p in (path, *path.parents) if not p.exists()]
+    refuse_foreign_as_root(next(p for p in (path, *path.parents) if p not in missing), euid)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         for created in missing:
             created.chmod(0o700)
     except OSError as exc:
         raise StateError(f"state_dir: cannot create {path}: {exc.strerror}") from exc
+
+
+def refuse_foreign_as_root(existing: Path, euid: int | None = None) -> None:
+    """Root may not work in another user's state directory (`sudo ownerlink login` instead of
+    `sudo -u ownerlink ownerlink login`): the token files, step-up secret, audit files and
+    folders it created there were root's, 0600, and the daemon running as that user could no
+    longer read them (a new audit file root started stopped every command)."""
+    euid = os.geteuid() if euid is None else euid
+    try:
+        owner = existing.stat().st_uid
+    except OSError:
+        return  # out of reach: creating in it fails with its own message
+    if euid != 0 or owner == 0:
+        return
+    user = _user_name(owner)
+    raise StateError(
+        f"{existing} belongs to {user}, but ownerlink runs as root: what it wrote there would be "
+        f"root's and unreadable to the daemon. Run it as that user: sudo -u {user} ownerlink …"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

@@ -17,9 +17,10 @@ import structlog
 import yaml
 
 from bridge.cli import main
+from bridge.commands.stepup import store_secret
 from bridge.errors import StateError
 from bridge.files import read_private, write_private_atomic
-from bridge.store import Store
+from bridge.store import Store, ensure_private_dir
 
 
 def test_store_is_private_and_migrations_run_once(tmp_path: Path) -> None:
@@ -63,6 +64,47 @@ def test_a_loose_wal_left_by_an_earlier_version_is_made_private_at_the_next_open
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     store.close()
     earlier.close()
+
+
+def _state_of_another_user(tmp_path: Path) -> Path:
+    """A state directory that does not belong to root (as root: handed to `nobody`)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(state, 65534, 65534)
+    return state
+
+
+def test_root_refuses_another_users_state_directory(tmp_path: Path) -> None:
+    """`sudo ownerlink login` instead of `sudo -u ownerlink …`: root created tokens/ (and the
+    token files, the step-up secret, audit files) as its own, 0600, and the daemon's user could
+    no longer read them. It is refused, saying which user to run as; nothing is created."""
+    state = _state_of_another_user(tmp_path)
+    with pytest.raises(StateError, match=r"runs as root.*sudo -u"):
+        ensure_private_dir(state / "tokens", euid=0)
+    assert not (state / "tokens").exists()
+    with pytest.raises(StateError, match="runs as root"):
+        ensure_private_dir(state, euid=0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, the user it is about")
+def test_a_command_run_as_root_writes_nothing_in_another_users_state(tmp_path: Path) -> None:
+    """Through the real entry points: the step-up secret and the database stay unwritten."""
+    state = _state_of_another_user(tmp_path)
+    with pytest.raises(StateError, match="sudo -u nobody"):
+        store_secret(state, "JBSWY3DPEHPK3PXP")
+    with pytest.raises(StateError, match="sudo -u nobody"):
+        Store.open(state)
+    assert list(state.iterdir()) == []
+
+
+def test_root_may_use_its_own_state_directory(tmp_path: Path) -> None:
+    """The Home Assistant add-on runs as root in a directory of root's."""
+    state = tmp_path / "state"
+    if os.geteuid() != 0:
+        pytest.skip("needs a directory owned by root")
+    ensure_private_dir(state / "tokens", euid=0)
+    assert (state / "tokens").is_dir()
 
 
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
