@@ -249,7 +249,8 @@ def refuse_foreign_as_root(existing: Path, euid: int | None = None) -> None:
     longer read them (a new audit file root started stopped every command)."""
     euid = os.geteuid() if euid is None else euid
     try:
-        owner = existing.stat().st_uid
+        # The link's owner too: `tokens` linked to /etc by the daemon's user is not root's.
+        owner = max(existing.lstat().st_uid, existing.stat().st_uid)
     except OSError:
         return  # out of reach: creating in it fails with its own message
     if euid != 0 or owner == 0:

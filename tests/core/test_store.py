@@ -98,6 +98,20 @@ def test_a_command_run_as_root_writes_nothing_in_another_users_state(tmp_path: P
     assert list(state.iterdir()) == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, the user it is about")
+def test_root_does_not_follow_a_folder_link_the_daemons_user_planted(tmp_path: Path) -> None:
+    """`tokens` linked to a folder of root's (/etc) by the daemon's user: root chmod'ed that
+    folder 0700 and wrote the token files into it."""
+    state, victim = tmp_path / "state", tmp_path / "etc"
+    state.mkdir(mode=0o700)
+    victim.mkdir(mode=0o755)
+    (state / "tokens").symlink_to(victim)
+    os.lchown(state / "tokens", 65534, 65534)
+    with pytest.raises(StateError, match="sudo -u nobody"):
+        ensure_private_dir(state / "tokens")
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+
+
 def test_root_may_use_its_own_state_directory(tmp_path: Path) -> None:
     """The Home Assistant add-on runs as root in a directory of root's."""
     state = tmp_path / "state"
