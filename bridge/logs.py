@@ -151,8 +151,9 @@ def _route_foreign_loggers(level: str, sink: TextIO, renderer: Any) -> None:
     """Send the standard-library loggers (uvicorn, paho, APScheduler, …) through the same
     processors: one format per stream (a JSON reader such as `jq` must never meet a plain line)
     and the same redaction."""
-    # httpx logs every request URL at INFO (query strings can carry codes); keep it at WARNING.
-    for name in ("httpx", "httpcore", "uvicorn.access", "apscheduler"):
+    # httpx logs every request URL at INFO (query strings can carry codes), and oauthlib the
+    # refresh tokens and authorisation codes it handles at DEBUG, bare: keep them at WARNING.
+    for name in ("httpx", "httpcore", "oauthlib", "uvicorn.access", "apscheduler"):
         logging.getLogger(name).setLevel(logging.WARNING)
     handler = logging.StreamHandler(sink)
     handler.setFormatter(

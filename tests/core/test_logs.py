@@ -92,3 +92,18 @@ def test_standard_library_loggers_come_out_as_json_and_redacted() -> None:
     doc = json.loads(stream.getvalue())
     assert doc["logger"] == "some.library" and doc["level"] == "warning"
     assert "opaque-token-value-43" not in doc["event"] and doc["event"].startswith("started")
+
+
+def test_the_oauth_librarys_debug_lines_never_carry_its_codes_and_tokens() -> None:
+    """oauthlib logs the refresh tokens and authorisation codes it handles, in the clear, at
+    DEBUG ("Validating refresh token %s", "Created authorization code grant %r"): with
+    `logging.level: debug` they reached the log, in no form the redaction recognises."""
+    stream = capture()
+    refresh = "kq3Xb9TzR1mWcV8yLp2NfA7sGd4HjE"
+    logging.getLogger("oauthlib.oauth2.rfc6749.grant_types.refresh_token").debug(
+        "Validating refresh token %s for client %r.", refresh, "dash"
+    )
+    logging.getLogger("oauthlib.oauth2.rfc6749.grant_types.authorization_code").debug(
+        "Created authorization code grant %r for request %r.", {"code": refresh}, None
+    )
+    assert refresh not in stream.getvalue()
