@@ -84,9 +84,11 @@ def _foreign_owner(state_dir: Path, owner: int, uid: int) -> Check:
 
 
 def private_files(state_dir: Path) -> list[Path]:
-    """Files holding secrets: token files, the step-up secret, the state database."""
+    """Files holding secrets: token files, the step-up secret, the state database (and its
+    -wal and -shm, which hold its latest writes)."""
     tokens = sorted((state_dir / "tokens").glob("*.json"))
-    others = [secret_path(state_dir), state_dir / DB_NAME]
+    database = [state_dir / f"{DB_NAME}{suffix}" for suffix in ("", "-wal", "-shm")]
+    others = [secret_path(state_dir), *database]
     return [path for path in [*tokens, *others] if path.exists()]
 
 
