@@ -33,15 +33,20 @@ def check_budgets(settings: Settings, now: datetime) -> list[Check]:
     path = settings.state_dir / DB_NAME
     if not settings.accounts:
         return []
-    st = stat_or_none(path)
-    if st is not None and stat.S_IMODE(st.st_mode) & PRIVATE_MODE_BITS:
-        # Opening it the daemon's way would chmod it 0600 and hide what `private files` reported.
+    if any(_loose(path.with_name(path.name + suffix)) for suffix in ("", "-wal", "-shm")):
+        # Opening it the daemon's way would chmod it (and its -wal, -shm) 0600 and hide what
+        # `private files` reported.
         return [warning("budget", "not read until the state database is private again")]
     try:
         usages = _read_usages(settings, path, now)
     except (StateError, sqlite3.Error, OSError) as exc:
         return [failed("budget", f"cannot read the budget: {exc}", DB_FIX)]
     return [judge_budget(name, usages.get(name)) for name in settings.accounts]
+
+
+def _loose(path: Path) -> bool:
+    st = stat_or_none(path)
+    return st is not None and bool(stat.S_IMODE(st.st_mode) & PRIVATE_MODE_BITS)
 
 
 def _read_usages(settings: Settings, path: Path, now: datetime) -> dict[str, BudgetUsage]:

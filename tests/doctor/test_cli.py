@@ -440,15 +440,22 @@ def test_an_open_database_is_reported_and_left_as_it_is(install: Install) -> Non
     assert database.stat().st_mode & 0o777 == 0o644
 
 
-def test_an_open_write_ahead_log_is_reported(install: Install) -> None:
-    """ownerlink.db-wal at 0644 (an earlier version made it so under umask 022): it holds the
-    database's latest writes, so `private files` fails as for the database itself."""
-    wal = install.state_dir / f"{DB_NAME}-wal"
-    wal.touch()
-    wal.chmod(0o644)
-    found = checks(install)
-    assert found["exit"] == 1
-    assert found["private files"]["fix"] == f"chmod 600 {wal}"
+def test_an_open_write_ahead_log_is_reported_and_left_as_it_is(install: Install) -> None:
+    """ownerlink.db-wal at 0644 under a running daemon (an earlier version made it so under
+    umask 022): it holds the database's latest writes, so `private files` fails as for the
+    database itself, and the budget is not read the daemon's way, which would chmod it."""
+    daemon = Store.open(install.state_dir)
+    try:
+        daemon.set_meta("written", "by the daemon")
+        wal = install.state_dir / f"{DB_NAME}-wal"
+        wal.chmod(0o644)
+        found = checks(install)
+        assert found["exit"] == 1
+        assert found["private files"]["fix"] == f"chmod 600 {wal}"
+        assert found["budget"]["status"] == "warn"
+        assert wal.stat().st_mode & 0o777 == 0o644
+    finally:
+        daemon.close()
 
 
 def test_a_damaged_database_fails(install: Install) -> None:
