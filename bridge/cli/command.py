@@ -75,7 +75,17 @@ def register(sub: Any) -> None:
         choices=sorted(ACTIONS),
         help=f"one of: {', '.join(sorted(ACTIONS))} (any case; _ for - works too)",
     )
-    parser.add_argument("--code", help="the step-up code (asked for on a terminal when needed)")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument(
+        "--code",
+        help="the step-up code (asked for on a terminal when needed). Other local users can "
+        "read it in the process list until it is used: scripts, prefer --code-stdin",
+    )
+    given.add_argument(
+        "--code-stdin",
+        action="store_true",
+        help="read the step-up code from the first line of standard input (for scripts)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_common(parser)
     parser.set_defaults(func=command_command)
@@ -110,7 +120,7 @@ def command_command(args: argparse.Namespace) -> int:
     if args.vehicle not in settings.vehicles:
         raise ConfigError([_unknown_vehicle(settings, args)])
     command, action = ACTIONS[args.action]
-    code = args.code or _ask_code(settings, command, action)
+    code = _given_code(args) or _ask_code(settings, command, action)
     alerts = CollectingAlerts()
     try:
         result = asyncio.run(
@@ -120,6 +130,15 @@ def command_command(args: argparse.Namespace) -> int:
         deliver_alerts(settings, alerts.alerts)
     _print_result(result, as_json=args.json)
     return EXIT_CODES.get(result.status, 1)
+
+
+def _given_code(args: argparse.Namespace) -> str | None:
+    """The code from standard input or the command line. On the command line it is in the
+    process list for as long as the command takes to reach the car (a broker round trip or
+    more): an app on the same machine could read it there and spend it on its own unlock."""
+    if args.code_stdin:
+        return sys.stdin.readline().strip() or None
+    return str(args.code) if args.code else None
 
 
 def _ask_code(settings: Settings, command: Command, action: str) -> str | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,6 +264,24 @@ def test_owner_unlock_needs_the_code(
     )
     assert code == 0 and json.loads(out)["status"] == "succeeded"
     assert executed(served, 1)[len(before) :] == ["unlock"]
+
+
+def test_owner_unlock_takes_the_code_on_standard_input(
+    configured: Path,
+    served: tuple[Simulator, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--code puts the code in the process list, where an app on the same machine could read
+    it and spend it first; --code-stdin keeps it off the command line."""
+    state = Path(yaml.safe_load(configured.read_text())["state_dir"])
+    run(capsys, "stepup", "enroll", "--state-dir", str(state))
+    secret = load_secret(state)
+    assert secret is not None
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{code_at(secret, now())}\n"))
+    argv = ("command", "ice", "unlock", "--config", str(configured), "--code-stdin", "--json")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and json.loads(out)["status"] == "succeeded"
 
 
 def _hold_head(broker: BrokerAddress, base_topic: str, head: dict[str, object]) -> None:
