@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.errors import StateError
+from bridge.files import IN_PLACE, open_problem
 from bridge.store import ensure_private_dir
 
 LOCK_FILE = "owner-commands.lock"
@@ -28,9 +29,9 @@ def _open(state_dir: Path) -> int:
     ensure_private_dir(state_dir)  # `ownerlink command` may be the first to use it
     path = state_dir / LOCK_FILE
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, 0o600)
     except OSError as exc:
-        raise StateError(f"state_dir: cannot open {path}: {exc.strerror or exc}") from exc
+        raise StateError(f"state_dir: cannot open {path}: {open_problem(exc)}") from exc
 
 
 @contextlib.contextmanager

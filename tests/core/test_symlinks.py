@@ -115,3 +115,14 @@ def test_a_secret_is_not_read_through_a_link(tmp_path: Path) -> None:
     _plant(secret_path(state), elsewhere / "secret")
     with pytest.raises(StateError, match="symbolic link"):
         load_secret(state)
+
+
+def test_the_owner_command_lock_is_not_followed(tmp_path: Path) -> None:
+    """owner-commands.lock is created when missing: through a link, any file came into being."""
+    from bridge.commands.inflight import LOCK_FILE, owner_command_running
+
+    state, missing = tmp_path / "state", tmp_path / "nologin"
+    _plant(state / LOCK_FILE, missing)
+    with pytest.raises(StateError, match="symbolic link"), owner_command_running(state):
+        pass
+    assert not missing.exists()
