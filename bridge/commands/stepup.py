@@ -25,6 +25,7 @@ from bridge.config import StepUpConfig
 from bridge.errors import StateError
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.files import read_private, write_private_atomic
+from bridge.logs import register_secret
 from bridge.store import Store, ensure_private_dir
 
 SECRET_FILE = "stepup.secret"  # noqa: S105 - a file name, not a secret
@@ -109,6 +110,9 @@ def load_secret(state_dir: Path) -> str | None:
             f"{path} holds no usable step-up secret (damaged or edited): run "
             "`ownerlink stepup enroll --force` and scan the new QR code"
         )
+    # Never logged today; if a line ever carried it (base32: either case), it is redacted.
+    register_secret(secret.upper())
+    register_secret(secret.lower())
     return secret
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -54,6 +55,19 @@ def test_registered_secret_redacted_anywhere() -> None:
     logs.register_secret("opaque-token-value-42")
     logs.get_logger("t").warning("failed with opaque-token-value-42 in body")
     assert "opaque-token-value-42" not in stream.getvalue()
+
+
+def test_the_step_up_secret_once_loaded_is_redacted_anywhere(tmp_path: Path) -> None:
+    """A second safeguard: no line carries the TOTP secret today, and one that ever did would
+    show the redaction marker instead."""
+    from bridge.commands.stepup import load_secret, store_secret
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    store_secret(tmp_path, secret)
+    stream = capture()
+    assert load_secret(tmp_path) == secret
+    logs.get_logger("t").warning(f"otpauth://totp/x?secret={secret.lower()}&{secret}")
+    assert secret not in stream.getvalue() and secret.lower() not in stream.getvalue()
 
 
 def test_secretstr_values_never_render() -> None:
