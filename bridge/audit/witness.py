@@ -12,6 +12,7 @@ token issued, an owner login) mean an older database existed: this one replaced 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from bridge.audit.chain import read_records
@@ -56,6 +57,31 @@ def replaced_by_mark(mark: str | None, directory: Path, database: Path) -> str |
         "Restore the database from a backup; or, to start over on purpose, stop Ownerlink, move "
         "the audit files into a dated folder (keep them: they are the evidence), and start again"
     )
+
+
+def lost_database(directory: Path, database: Path) -> str | None:
+    """Why a database made now would be refused: the log beside it has records only a database
+    writes, so the one that wrote them is gone. Doctor asks this of a missing database file,
+    which the daemon would create (born at the log's head) and then refuse to run on."""
+    proof = _first_database_record(read_records(directory))
+    if proof is None:
+        return None
+    return (
+        f"the state database {database} is missing, but record {proof[0]} ({proof[1]}) of the "
+        "audit log beside it was written by a database: the daemon would make a new one and "
+        "refuse to start on it, as app revocations, executed command ids and the API budget's "
+        "count went with the old one. Restore the database from a backup; or, to start over on "
+        "purpose, stop Ownerlink, move the audit files into a dated folder (keep them: they are "
+        "the evidence), and start again"
+    )
+
+
+def _first_database_record(records: Iterable[dict[str, object]]) -> tuple[int, str] | None:
+    for record in records:
+        seq, kind = record.get("seq"), record.get("kind")
+        if isinstance(seq, int) and isinstance(kind, str) and kind.startswith(DATABASE_KINDS):
+            return seq, kind
+    return None
 
 
 def _mark(text: str | None) -> tuple[int, str] | None:

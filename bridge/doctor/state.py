@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.audit.log import audit_directory
-from bridge.audit.witness import replaced_by_mark
+from bridge.audit.witness import lost_database, replaced_by_mark
 from bridge.commands.stepup import load_secret, secret_path
 from bridge.doctor.model import AS_DAEMON_USER, Check, failed, passed, plural, warning
 from bridge.errors import StateError
@@ -121,9 +121,7 @@ def check_database(path: Path) -> Check:
     """The SQLite file opens read-only and passes SQLite's own quick integrity check."""
     name = "state database"
     if not path.exists():
-        return warning(
-            name, f"{path} does not exist yet", "nothing to do: the daemon creates it at start"
-        )
+        return _judge_missing_database(path)
     try:
         verdict = read_db(path, "PRAGMA quick_check")[0][0]
         parts = [row[0] for row in read_db(path, "SELECT part FROM schema_versions ORDER BY 1")]
@@ -135,6 +133,18 @@ def check_database(path: Path) -> Check:
     if replaced is not None:
         return failed(name, replaced, DB_FIX)
     return passed(name, f"{path}: readable, intact (schema parts: {', '.join(parts) or 'none'})")
+
+
+def _judge_missing_database(path: Path) -> Check:
+    """No database yet is fine on a new install; beside a log a database wrote to, the daemon
+    would make one and refuse it, so "nothing to do" would send the owner into that refusal."""
+    name = "state database"
+    lost = lost_database(audit_directory(path.parent), path)
+    if lost is not None:
+        return failed(name, lost, LOST_DB_FIX)
+    return warning(
+        name, f"{path} does not exist yet", "nothing to do: the daemon creates it at start"
+    )
 
 
 def _birth_mark(path: Path) -> str | None:
@@ -151,6 +161,13 @@ DB_FIX = (
     "keep them as evidence; the daemon then starts a new database and a new audit chain, but "
     "registered apps, budget history and step-up state are lost (a new database beside the old "
     "audit log is refused, as it would quietly undo revocations)"
+)
+
+
+LOST_DB_FIX = (
+    "stop the daemon and restore the file from a backup. Without one, start over: move the audit "
+    "folder aside (mv audit audit-DATE) and keep it as evidence; the daemon then starts a new "
+    "database and a new audit chain, and the apps must be registered again"
 )
 
 

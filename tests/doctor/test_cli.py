@@ -485,6 +485,21 @@ def test_a_database_newer_than_the_audit_log_fails_with_the_start_over_advice(
     assert "mv audit audit-DATE" in found["state database"]["fix"]
 
 
+def test_a_deleted_database_beside_the_audit_log_fails_as_the_daemon_would_refuse_it(
+    install: Install,
+) -> None:
+    """The database deleted and not yet made again: the daemon would make one and refuse to
+    start on it, so doctor fails now (it said "nothing to do") and names the proving record."""
+    for leftover in install.state_dir.glob("ownerlink.db*"):
+        leftover.unlink()
+    found = checks(install)
+    assert found["exit"] == 1
+    assert found["state database"]["status"] == "fail"
+    assert "is missing, but record 1 (app.added)" in found["state database"]["detail"]
+    assert "mv audit audit-DATE" in found["state database"]["fix"]
+    assert not (install.state_dir / "ownerlink.db").exists()
+
+
 # -- the audit log --------------------------------------------------------------------------------
 
 
