@@ -73,8 +73,10 @@ def judge_budget(account: str, usage: BudgetUsage | None) -> Check:
         f"{day.used} of {day.limit} calls used in the last 24 h ({day.left} left); "
         f"{hour.used} of {hour.limit} in the last hour"
     )
-    if usage.reserve_left == 0:
-        window = "last hour" if usage.hour.reserve_left == 0 else "last 24 h"
+    # A command may take any call left in both windows, the reserve included; `reserve_left` is
+    # only what reads may not take, which is 0 whenever reads have room for everything left.
+    if min(usage.left_day, usage.left_hour) == 0:
+        window = "last hour" if usage.left_hour == 0 else "last 24 h"
         why = f"the command reserve is used up too ({window}): commands are refused"
         return warning(name, f"{detail}; {why}", RESERVE_FIX)
     if usage.reads_left == 0:

@@ -625,6 +625,22 @@ def test_a_spent_command_reserve_says_commands_are_refused(install: Install) -> 
     assert "keep their reserve" not in found["budget: home"]["fix"]
 
 
+def test_commands_past_the_reserve_with_calls_left_are_not_said_to_be_refused(
+    install: Install,
+) -> None:
+    """Commands used more than the reserve while reads used little: calls are left, and a
+    command may take any of them, so doctor must not say commands are refused."""
+    install.budget = {"calls_per_day": 100, "calls_per_hour": 10, "command_reserve_pct": 20}
+    install.write()
+    install.spend(4, CallKind.COMMAND)  # 2 + 4 = 6 of 10: 4 left, the reads' share has room
+    found = checks(install)
+    assert found["budget: home"]["status"] == "ok"
+    assert "commands are refused" not in found["budget: home"]["detail"]
+    install.spend(4, CallKind.COMMAND)  # 10 of 10: now nothing is left for a command
+    detail = checks(install)["budget: home"]["detail"]
+    assert "the command reserve is used up too (last hour): commands are refused" in detail
+
+
 def test_nothing_listens_on_a_closed_port() -> None:
     """The helper behind the "down" tests really gives a port nobody listens on."""
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", closed_port()), 1):
