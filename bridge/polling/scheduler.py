@@ -223,6 +223,11 @@ class Poller:
         are planned again around the block (a 403 also raises the suspension alert)."""
         if account not in self._guards or not self._held_back(account, error, self._clock()):
             return
+        self._replan_account(account)
+
+    def _replan_account(self, account: str) -> None:
+        """Plan the account's vehicles again around its block, so each one's budget document
+        shows it now rather than at its own next poll (hours away for a sleeping car)."""
         for slot in self._slots.values():
             if slot.ref.account == account and not slot.running:  # a running poll re-plans
                 self._plan(slot)
@@ -480,6 +485,8 @@ class Poller:
         process); the data cannot be trusted meanwhile. The token manager raised the alert."""
         self._guards[account].on_reauth(now)
         self._account_offline(account)
+        # Its other cars said "parked" (Home Assistant's Polling mode) until their next poll.
+        self._replan_account(account)
 
     def _account_offline(self, account: str) -> None:
         for slot in self._slots.values():

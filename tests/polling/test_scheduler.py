@@ -50,6 +50,7 @@ class Harness:
     states: list[Any] = field(default_factory=list)
     availability: list[bool] = field(default_factory=list)
     docs: list[dict[str, Any]] = field(default_factory=list)
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # each vehicle's last doc
 
     async def run_for(self, seconds: float) -> None:
         await self.timer.run_until(self.clock() + timedelta(seconds=seconds))
@@ -67,6 +68,7 @@ def build(
     config: PollingConfig | None = None,
     store: Store | None = None,
     start: datetime = START,
+    vehicles: dict[str, tuple[str, str]] | None = None,
 ) -> Harness:
     clock = SimTime(start)
     store = store or Store.open(tmp_path)
@@ -82,12 +84,12 @@ def build(
     h = Harness(clock, timer, ledger, provider, None, alerts)  # type: ignore[arg-type]
     h.poller = Poller(
         providers={"acct": provider},
-        vehicles={"car": ("acct", "v1")},
+        vehicles=vehicles or {"car": ("acct", "v1")},
         budget=ledger,
         config=config or PollingConfig(),
         on_state=lambda slug, state: h.states.append((clock(), state)),
         on_availability=lambda slug, online: h.availability.append(online),
-        on_budget=lambda slug, doc: h.docs.append(doc),
+        on_budget=lambda slug, doc: (h.docs.append(doc), h.latest.__setitem__(slug, doc)),
         alerts=alerts,
         clock=clock,
         timer=timer,
@@ -263,6 +265,24 @@ async def test_reauth_stops_polling_with_only_rare_looks(harness: Harness):
     assert gaps[0] >= 900
     assert harness.availability == [False]
     assert harness.poller.status("car")["mode"] == Mode.REAUTH_REQUIRED.value
+
+
+async def test_a_reauth_shows_at_once_on_every_vehicle_of_the_account(tmp_path: Path):
+    """One car's read meets the refused login: the account's other car is not read for a while
+    yet, but its budget document already says reauth_required (it said "parked")."""
+    h = build(tmp_path, vehicles={"car": ("acct", "v1"), "car2": ("acct", "v2")})
+    await h.poller.start()
+    try:
+        await h.run_for(300)
+        assert h.latest["car2"]["mode"] != Mode.REAUTH_REQUIRED.value
+        h.provider.script = lambda now: ReauthRequired("login again")
+        h.poller.request_confirmation("car")  # a read of that car soon
+        reads = len(h.provider.reads)
+        await h.run_for(60)
+        assert len(h.provider.reads) == reads + 1
+        assert h.latest["car2"]["mode"] == Mode.REAUTH_REQUIRED.value
+    finally:
+        await h.poller.stop()
 
 
 async def test_resume_after_login_polls_at_once(harness: Harness):
