@@ -225,6 +225,14 @@ class Poller:
             return
         self._replan_account(account)
 
+    def _show_block(self, account: str) -> None:
+        """A block one car's read met is the account's: its other cars' budget documents (Home
+        Assistant's Polling mode) say so now, not at their own next poll, hours away for a
+        sleeping car. Each keeps that next poll if it is later, so none is read sooner."""
+        for slot in self._slots.values():
+            if slot.ref.account == account and not slot.running:  # a running poll re-plans
+                self._plan(slot, not_before=None if slot.plan is None else slot.plan.at)
+
     def _replan_account(self, account: str) -> None:
         """Plan the account's vehicles again around its block, so each one's budget document
         shows it now rather than at its own next poll (hours away for a sleeping car)."""
@@ -402,6 +410,7 @@ class Poller:
                 self._set_online(slot, online=False)
                 return
         if self._held_back(slot.ref.account, exc, now):
+            self._show_block(slot.ref.account)
             return
         if isinstance(exc, ReauthRequired):
             self._reauth(slot.ref.account, now)
@@ -485,8 +494,7 @@ class Poller:
         process); the data cannot be trusted meanwhile. The token manager raised the alert."""
         self._guards[account].on_reauth(now)
         self._account_offline(account)
-        # Its other cars said "parked" (Home Assistant's Polling mode) until their next poll.
-        self._replan_account(account)
+        self._show_block(account)
 
     def _account_offline(self, account: str) -> None:
         for slot in self._slots.values():

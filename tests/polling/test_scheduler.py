@@ -285,6 +285,25 @@ async def test_a_reauth_shows_at_once_on_every_vehicle_of_the_account(tmp_path: 
         await h.poller.stop()
 
 
+async def test_a_429_on_one_cars_read_shows_on_its_siblings_without_reading_them_sooner(
+    tmp_path: Path,
+):
+    """The account backs off after one car's 429: the other car's document says so at once, and
+    its next poll is not brought forward by it."""
+    h = build(tmp_path, vehicles={"car": ("acct", "v1"), "car2": ("acct", "v2")})
+    await h.poller.start()
+    try:
+        await h.run_for(300)
+        planned = h.latest["car2"]["next_poll"]
+        h.provider.queue.append(RateLimited("429", retry_after=60))
+        h.poller.request_confirmation("car")
+        await h.run_for(30)
+        assert h.latest["car2"]["mode"] == Mode.BACKING_OFF.value
+        assert h.latest["car2"]["next_poll"] >= planned
+    finally:
+        await h.poller.stop()
+
+
 async def test_resume_after_login_polls_at_once(harness: Harness):
     """resume() (the login flow in this process) brings the vehicle back immediately."""
     harness.provider.queue.append(ReauthRequired("login again"))
