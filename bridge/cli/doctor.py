@@ -35,7 +35,7 @@ from bridge.audit.verify import Head
 from bridge.cli.common import add_common, number_in, settings_from
 from bridge.config import AccountConfig, Settings, find_config_path
 from bridge.doctor import Check, HttpAnswer
-from bridge.errors import BrokerError, ProviderError
+from bridge.errors import BrokerError, ConfigError, ProviderError
 from bridge.events import CollectingAlerts
 from bridge.logs import scrub_text
 from bridge.polling.budget import Budget
@@ -93,7 +93,14 @@ def doctor_command(
     args: argparse.Namespace, probes: Probes | None = None, out: TextIO | None = None
 ) -> int:
     """Run every check, print them, and return 1 if any failed (warnings do not fail)."""
-    settings = settings_from(args)  # a bad config raises ConfigError: exit 2 in main
+    stream = out or sys.stdout
+    try:
+        settings = settings_from(args)  # a bad config raises ConfigError: exit 2 in main
+    except ConfigError as exc:
+        if args.json:  # a monitoring script reading stdout still gets a document, naming the key
+            bad = doctor.failed("config", "; ".join(exc.problems), "correct the key named")
+            print(json.dumps(report_document([bad]), indent=2), file=stream)
+        raise
     checks = run_checks(
         settings,
         config_path=find_config_path(args.config),
@@ -101,7 +108,6 @@ def doctor_command(
         timeout_s=args.timeout,
         probes=probes or Probes(),
     )
-    stream = out or sys.stdout
     if args.json:
         print(json.dumps(report_document(checks), indent=2), file=stream)
     else:

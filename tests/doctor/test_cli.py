@@ -157,6 +157,22 @@ def test_a_bad_config_exits_2_naming_the_key(
     assert "mqtt.port" in capsys.readouterr().err
 
 
+def test_a_bad_config_with_json_still_prints_a_document_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A monitoring script reading `doctor --json` gets a failed verdict on stdout, not
+    nothing; exit status 2 and the line on stderr stay."""
+    config = tmp_path / "config.yaml"
+    config.write_text("mqtt:\n  port: 99999\n")
+    assert main(["doctor", "--json", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["failed"] == 1
+    [check] = doc["checks"]
+    assert check["name"] == "config" and "mqtt.port" in check["detail"]
+    assert "mqtt.port" in err
+
+
 @pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "1e300", "soon"])
 def test_a_timeout_that_is_no_positive_number_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
