@@ -108,7 +108,10 @@ class AppRegistry:
         if not missed:
             return []
         notes = [self._reapply(change) for change in missed]
-        self._store.set_meta(REGISTRY_AT_SEQ, str(max(m.seq for m in missed)))
+        # Past every change missed, and past the records applying them again wrote (which
+        # moved the mark already): the next start must not take those for missed ones.
+        now = self._store.meta(REGISTRY_AT_SEQ) or "0"
+        self._store.set_meta(REGISTRY_AT_SEQ, str(max(int(now), missed[-1].seq)))
         for note in notes:
             log.warning("registry_behind_audit_log", detail=note)
         self._alert(
