@@ -272,7 +272,7 @@ class TokenManager:
         # Under the file lock too: a refresh in the daemon then saves before us, never after.
         async with self._lock, self._store.exclusive(self.account):
             self._tokens = StoredTokens.issued(issued, self._clock())
-            self._store.save(self.account, self._tokens)
+            await asyncio.to_thread(self._store.save, self.account, self._tokens)  # see _renew
         log.info("provider.login_stored", account=self.account)
 
     @property
@@ -326,7 +326,9 @@ class TokenManager:
             return self._after_invalid_grant(tokens, exc)
         renewed = StoredTokens.issued(issued, self._clock())
         # Persist first: a rotated refresh token that only lived in memory dies with the process.
-        self._store.save(self.account, renewed)
+        # On a worker thread: the save fsyncs the file and its directory, which can take a good
+        # part of a second on an SD card, and the event loop carries MQTT and commands meanwhile.
+        await asyncio.to_thread(self._store.save, self.account, renewed)
         self._tokens = renewed
         log.info(
             "provider.token_refreshed",

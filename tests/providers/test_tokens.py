@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bridge.errors import AuthUnavailable, ReauthRequired, StateError
 from bridge.events import AlertKind
 from bridge.providers.base import CallKind
 from bridge.providers.oauth import LoginRequest
-from bridge.providers.tokens import StoredTokens, TokenStore
+from bridge.providers.tokens import StoredTokens, TokenManager, TokenStore
 from bridge.simulator import serve_in_thread
 from tests.providers.simulated import connect, log_in, make_sim, sim_account, sim_settings
 from tests.providers.support import V1, VEHICLE, FakeClock, ok, rig, seed_tokens
@@ -356,4 +357,32 @@ async def test_a_refresh_ahead_of_expiry_that_fails_keeps_the_token_it_has(tmp_p
     r.clock.now += 25
     with pytest.raises(AuthUnavailable):
         await r.parts.api.call("GET", URL, kind=CallKind.READ)
+    await r.parts.api.aclose()
+
+
+class _ThreadRecordingStore(TokenStore):
+    """A real token store that notes which thread each save ran on."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.saved_on: list[int] = []
+
+    def save(self, account: str, tokens: StoredTokens) -> None:
+        self.saved_on.append(threading.get_ident())
+        super().save(account, tokens)
+
+
+async def test_a_refreshed_token_is_saved_off_the_event_loop(tmp_path: Path) -> None:
+    """The save after a refresh (a write, an fsync and a directory fsync: slow on an SD card)
+    runs on a worker thread, so the event loop goes on with MQTT and commands meanwhile."""
+    r = rig(tmp_path)
+    store = _ThreadRecordingStore(tmp_path)
+    manager = TokenManager(
+        account="acct", store=store, oauth=r.parts.oauth, alerts=r.alerts, clock=r.clock
+    )
+    r.clock.now += 3600
+    assert await manager.access_token() == "access-0001-secretish"
+    assert store.saved_on
+    assert threading.get_ident() not in store.saved_on
+    assert store.load("acct") is not None
     await r.parts.api.aclose()
