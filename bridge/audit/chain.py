@@ -175,3 +175,15 @@ def read_records(directory: Path) -> Iterator[dict[str, Any]]:
             record = parse_line(raw)
             if record is not None:
                 yield record
+
+
+def records_newest_first(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every parsable record of the chain, newest first, with one file in memory at a time:
+    the whole log, held at once, grows with every month the bridge runs (see `rotate_bytes`)."""
+    for path in reversed(chain_files(directory)):
+        if not path.exists():
+            continue
+        for raw in reversed(path.read_bytes().splitlines()):
+            record = parse_line(raw)
+            if record is not None:
+                yield record

@@ -14,7 +14,7 @@ from typing import Any
 import pyotp
 
 from bridge.access.validation import LOGIN_STEPUP_ID
-from bridge.audit.chain import read_records
+from bridge.audit.chain import read_records, records_newest_first
 from bridge.audit.verify import verify
 from bridge.commands import stepup as totp
 from bridge.commands.decide import StepUpStatus
@@ -33,6 +33,10 @@ class AuditFiles:
     def records(self) -> Iterator[Mapping[str, Any]]:
         """Every parsable record, oldest first; a torn last line is skipped, not an error."""
         yield from read_records(self.directory)
+
+    def newest_first(self) -> Iterator[Mapping[str, Any]]:
+        """Every parsable record, newest first, read one file at a time."""
+        yield from records_newest_first(self.directory)
 
     def verify(self) -> ChainStatus:
         report = verify(self.directory)

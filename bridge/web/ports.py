@@ -108,6 +108,10 @@ class AuditReader(Protocol):
         """Every record, oldest first, as the JSON objects stored in the log."""
         ...
 
+    def newest_first(self) -> Iterable[Mapping[str, Any]]:
+        """Every record, newest first, produced as it is read (never the whole log at once)."""
+        ...
+
     def verify(self) -> ChainStatus: ...
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.audit.chain import GENESIS, canonical, digest
+from bridge.audit.chain import GENESIS, canonical, digest, records_newest_first
 from bridge.audit.log import AuditLog
 from bridge.audit.pending import Pending
 from bridge.audit.verify import verify
@@ -148,6 +148,14 @@ def test_rotation_keeps_the_chain_across_files(tmp_path: Path) -> None:
     log = open_log(tmp_path, rotate_bytes=4096)
     log.append("more")
     assert verify(tmp_path).records == 61
+
+
+def test_records_are_read_back_newest_first_across_rotated_files(tmp_path: Path) -> None:
+    """records_newest_first gives every record once, newest first, from the current file back
+    through the rotated ones."""
+    fill(tmp_path, 60, rotate_bytes=4096).close()
+    assert len(list(tmp_path.glob("audit.0*.jsonl"))) >= 2
+    assert [r["seq"] for r in records_newest_first(tmp_path)] == list(range(60, 0, -1))
 
 
 def test_a_crash_between_rotation_steps_is_harmless(tmp_path: Path) -> None:

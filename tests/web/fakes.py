@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,7 @@ class MemoryAudit:
         self.items: list[dict[str, Any]] = []
         self.broken = False
         self.unwritable = False  # as the real log after a write or fsync error
+        self.read_back = 0  # records pulled through newest_first()
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         if self.unwritable:
@@ -62,6 +63,12 @@ class MemoryAudit:
 
     def records(self) -> Iterable[Mapping[str, Any]]:
         return list(self.items)
+
+    def newest_first(self) -> Iterator[Mapping[str, Any]]:
+        """Newest first, counting in `read_back` how many records a reader pulled."""
+        for record in reversed(list(self.items)):
+            self.read_back += 1
+            yield record
 
     def verify(self) -> ChainStatus:
         if self.broken:

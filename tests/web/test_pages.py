@@ -116,6 +116,23 @@ async def test_apps_page_lists_scopes_and_recent_activity(
     assert "command.decision" in page
 
 
+async def test_apps_page_reads_the_log_back_only_as_far_as_its_activity_needs(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Each app's three newest records come from the end of the log; the page stops reading
+    there instead of loading a log that grows for as long as the bridge runs."""
+    await add_app(owner, "ha", ["read:status"])
+    await add_app(owner, "nr", ["read:status"])
+    for n in range(300):
+        harness.audit.append("command.decision", app="ha" if n % 2 else "nr", decision="allowed")
+    for app in ("ha", "nr"):
+        harness.audit.append("command.decision", app=app, decision=f"newest-{app}")
+    harness.audit.read_back = 0
+    page = (await owner.get("/apps")).text
+    assert "newest-ha" in page and "newest-nr" in page
+    assert 0 < harness.audit.read_back <= 6
+
+
 async def test_audit_page_filters_newest_first_and_shows_chain(
     owner: httpx.AsyncClient, harness: Harness
 ) -> None:
