@@ -8,6 +8,7 @@ import errno
 import socket
 import ssl
 from collections.abc import Iterator
+from typing import cast
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -15,6 +16,12 @@ from starlette.types import ASGIApp
 from bridge.config import WebConfig
 from bridge.errors import ConfigError, PortInUse
 from bridge.sockets import bound_socket
+
+# How long stop() lets requests still running finish before cancelling them. uvicorn's default
+# is to wait for ever, and a REST command waits for the car (up to `commands.timeout_s`): the
+# daemon's stop, which stops the page first, then outlived systemd's TimeoutStopSec (20 s) and
+# was killed before it could record its commands' outcomes or publish `offline`.
+GRACEFUL_STOP_S = 5.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -48,10 +55,16 @@ class WebServer:
     """Serves an ASGI app on `config.host:config.port` (TLS when a cert and key are given)."""
 
     def __init__(
-        self, app: ASGIApp, config: WebConfig, *, sock: socket.socket | None = None
+        self,
+        app: ASGIApp,
+        config: WebConfig,
+        *,
+        sock: socket.socket | None = None,
+        graceful_stop_s: float = GRACEFUL_STOP_S,
     ) -> None:
         self.app = app
         self.config = config
+        self.graceful_stop_s = graceful_stop_s
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = sock  # bound already (see `listen_socket`), or not
@@ -81,7 +94,8 @@ class WebServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        """Finish in-flight requests, run the app's shutdown (flushes the access log), close."""
+        """Finish in-flight requests (cancelled after `graceful_stop_s`), run the app's shutdown
+        (flushes the access log), close."""
         if self._server is None or self._task is None:
             return
         self._server.request_exit()
@@ -110,6 +124,8 @@ class WebServer:
             ws="none",
             server_header=False,
             proxy_headers=False,  # never trust X-Forwarded-For: the allowlist uses the peer
+            # Annotated as int, but uvicorn only hands it to asyncio.wait_for: fractions work.
+            timeout_graceful_shutdown=cast(int, self.graceful_stop_s),
         )
         try:
             config.load()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,3 +62,37 @@ async def test_half_configured_tls_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tls_key"):
         await WebServer(harness.app, config).start()
     harness.store.close()
+
+
+async def test_stop_cancels_a_request_still_running_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    """A request that would run for ever (a REST command waiting on the car) is cancelled once
+    the grace period is over, so the daemon's stop ends within systemd's timeout."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def never_answers(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    server = WebServer(never_answers, WebConfig(port=0), graceful_stop_s=0.2)
+    await server.start()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        request = asyncio.create_task(client.get("/"))
+        await started.wait()
+        async with asyncio.timeout(5):
+            await server.stop()
+        assert cancelled.is_set()
+        await asyncio.gather(request, return_exceptions=True)  # a 500 or a dropped connection
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
