@@ -46,7 +46,7 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.inflight import no_owner_command_running
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.reasons import Reason
-from bridge.commands.recover import unfinished
+from bridge.commands.recover import after_a_stop, unfinished
 from bridge.commands.results import error_text
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
@@ -507,13 +507,14 @@ class Daemon:
         # Held (when free) before the log is read: an `ownerlink command` ending in between
         # would otherwise have its outcome written after our read, and be answered twice.
         with no_owner_command_running(self.settings.state_dir) as alone:
-            records = await asyncio.to_thread(lambda: list(read_records(directory)))
-            resent = self.delivery.republish(undelivered(records, after_seq=mark, now=self.clock()))
+            results, interrupted = await asyncio.to_thread(
+                lambda: after_a_stop(read_records(directory), after_seq=mark)
+            )
+            resent = self.delivery.republish(undelivered(results, after_seq=mark, now=self.clock()))
             if resent:
                 log.warning(
                     "final results kept from the broker by the last stop sent again", n=resent
                 )
-            interrupted = unfinished(records)
             if not alone:
                 # An `ownerlink command` is still waiting for the car: it writes its outcome.
                 owner = [d for d in interrupted if d.get("source") == OWNER_SOURCE]
@@ -533,8 +534,8 @@ class Daemon:
                 with no_owner_command_running(self.settings.state_dir) as alone:
                     if not alone:
                         continue
-                    records = await asyncio.to_thread(lambda: list(read_records(directory)))
-                    left = [d for d in unfinished(records) if d.get("source") == OWNER_SOURCE]
+                    open_ = await asyncio.to_thread(lambda: unfinished(read_records(directory)))
+                    left = [d for d in open_ if d.get("source") == OWNER_SOURCE]
                     self._answer_interrupted(left)
                     return
             except Exception:  # a background task: say so, never die silently

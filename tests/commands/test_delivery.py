@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.audit.chain import read_records
 from bridge.commands.delivery import REPUBLISH_WINDOW_S, ResultDelivery, undelivered
+from bridge.commands.recover import after_a_stop
 from bridge.config import MqttConfig
 from bridge.mqtt.client import InboundMessage
 from bridge.mqtt.topics import Publish, Topics
@@ -60,6 +61,23 @@ def test_owed_results_are_outcomes_and_refusals_for_mqtt_apps_after_the_mark() -
         (5, "timed_out", "interrupted"),
     ]
     assert REPUBLISH_WINDOW_S == 15 * 60
+
+
+def test_one_pass_over_the_log_finds_owed_results_and_interrupted_commands() -> None:
+    """After a stop, the log is read once, as a stream: the owed results and the commands left
+    without an outcome both come from it, and only the records those need are kept."""
+    records = [
+        record(1, "command.decision", decision="allowed", reason="ok", id="a"),
+        record(2, "command.outcome", status="succeeded", reason="ok", id="a"),
+        record(3, "command.decision", decision="allowed", reason="ok", id="b"),  # no outcome
+        record(4, "command.decision", decision="refused", reason="scope_not_granted", id="c"),
+        record(5, "owner.login", outcome="success"),
+    ]
+    results, interrupted = after_a_stop(iter(records), after_seq=1)
+    assert [r["seq"] for r in results] == [2, 4]
+    assert [r["id"] for r in interrupted] == ["b"]
+    owed = undelivered(results, after_seq=1, now=T0)
+    assert owed == undelivered(records, after_seq=1, now=T0)
 
 
 def test_the_mark_moves_only_past_confirmed_results_and_survives_a_restart(
