@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -35,6 +36,24 @@ log = get_logger(__name__)
 # A poll that could not start within this long of its time (a suspended laptop, a blocked loop)
 # is reported missed and planned afresh from what is known now, rather than run blindly late.
 MISFIRE_GRACE_S = 300
+
+
+class _QuietCancelFilter(logging.Filter):
+    """Drops APScheduler's "Job … raised an exception" for a job our stop cancelled.
+
+    Its executor logs every BaseException out of a coroutine job at ERROR, with the traceback, and
+    a poll waiting on the car when the daemon stops ends in CancelledError: that is the clean stop
+    (the listener below skips it too), not an error for the journal. What a job really raised is
+    still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[1] if record.exc_info else None
+        return not isinstance(raised, asyncio.CancelledError)
+
+
+# The logger of the executor AsyncIOScheduler makes by default (alias "default").
+logging.getLogger("apscheduler.executors.default").addFilter(_QuietCancelFilter())
 
 
 class Timer(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 import sqlite3
 import time
@@ -543,6 +544,31 @@ async def test_apscheduler_reports_a_missed_run_so_it_can_be_replanned():
     time.sleep(1.5)  # block the loop past the grace time, as a stalled host would
     await asyncio.wait_for(missed.wait(), timeout=5)
     await timer.stop()
+
+
+async def test_a_poll_cut_short_by_a_stop_is_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Stopping while a poll waits on the car cancels it: that is the clean stop, not a job that
+    raised, and must not put APScheduler's error line and traceback in the journal."""
+    timer = ApsTimer()
+    timer.start(lambda key: None)
+    running, ended = asyncio.Event(), asyncio.Event()
+
+    async def job() -> None:
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    timer.schedule("car", START, job)  # any past instant: due at once
+    await asyncio.wait_for(running.wait(), timeout=5)
+    with caplog.at_level(logging.INFO):
+        await timer.stop()
+        await asyncio.wait_for(ended.wait(), timeout=5)
+        await asyncio.sleep(0)  # the executor's own handling of the job's end
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_first_polls_are_staggered_within_an_account_not_across_accounts():
