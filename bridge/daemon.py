@@ -173,13 +173,37 @@ class Daemon:
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
             loop.add_signal_handler(signal.SIGHUP, self._stop_requested.set)
         try:
-            await self.start()
-            sdnotify.notify("READY=1")
-            await self.wait_for_stop()
+            if await self.start_unless_stopped():
+                sdnotify.notify("READY=1")
+                await self.wait_for_stop()
             sdnotify.notify("STOPPING=1")
         finally:
             await self.stop()
         return 0
+
+    async def start_unless_stopped(self) -> bool:
+        """`start()`, abandoned when a stop is asked for first (then False; `stop()` next).
+
+        A car maker's API that hangs while the daemon starts makes each call wait out
+        `request_timeout_s`, a token refresh and then the vehicle list, account after account:
+        a SIGTERM in that window waited for all of it, past systemd's TimeoutStopSec (20 s), and
+        the daemon was killed instead of stopping."""
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # we were cancelled ourselves: so is the start
+            starting.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return False
+        starting.result()  # a start that failed says why
+        return True
 
     def request_stop(self) -> None:
         self._stop_requested.set()

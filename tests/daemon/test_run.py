@@ -401,6 +401,28 @@ async def test_a_start_while_the_provider_cannot_list_keeps_the_cars_as_they_wer
     assert not [topic for topic, payload in during.live if not payload], "nothing was removed"
 
 
+async def test_a_stop_asked_for_while_a_hung_api_holds_up_the_start_ends_it_at_once(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """Every call to a car maker's API that hangs waits out its timeout, one after another
+    while the daemon starts: a SIGTERM meanwhile abandons the start instead of waiting for them
+    all (past systemd's TimeoutStopSec), and the stop that follows is clean."""
+    simulator, url = sim
+    settings = settings_for(tmp_path, url, broker, base_topic)
+    await login(settings)
+    simulator.faults.rates = {FaultKind.TIMEOUT: 1.0}
+    running = Daemon(settings)
+    starting = asyncio.create_task(running.start_unless_stopped())
+    await _until(lambda: hasattr(running, "providers"))  # the vehicle list is on its way
+    running.request_stop()
+    try:
+        async with asyncio.timeout(5):
+            assert await starting is False
+    finally:
+        await running.stop()
+    assert not running.ready.is_set()
+
+
 async def _run_until_anchored(settings: Settings) -> Daemon:
     """Start, wait until the broker's copy of the audit head has been checked, and stop."""
     running = Daemon(settings)
