@@ -175,11 +175,25 @@ class Daemon:
         try:
             if await self.start_unless_stopped():
                 sdnotify.notify("READY=1")
-                await self.wait_for_stop()
+                await self._wait_watched()
             sdnotify.notify("STOPPING=1")
         finally:
             await self.stop()
         return 0
+
+    async def _wait_watched(self) -> None:
+        """`wait_for_stop()`, telling systemd's watchdog (when it watches) that the event loop
+        still runs: every MQTT message, poll and command goes through it."""
+        interval = sdnotify.watchdog_interval()
+        feeding = (
+            None if interval is None else asyncio.ensure_future(sdnotify.feed_watchdog(interval))
+        )
+        try:
+            await self.wait_for_stop()
+        finally:
+            if feeding is not None:
+                feeding.cancel()
+                await asyncio.gather(feeding, return_exceptions=True)
 
     async def start_unless_stopped(self) -> bool:
         """`start()`, abandoned when a stop is asked for first (then False; `stop()` next).
