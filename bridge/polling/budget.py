@@ -31,9 +31,11 @@ A command's own request is the exception to "transaction first". Its decision re
 durable in the audit log when the request leaves (`bridge.providers.barrier`), and that record is
 the proof of the call, so `charge(..., record=seq)` takes the call in the mirror and returns a
 commit that writes its row once the request is done: the command does not wait for SQLite. That
-shortcut is taken only while the mirror shows `HEADROOM` calls left in both windows, since the
-mirror can be behind by the calls other processes made since the daemon's last transaction (each
-transaction looks); nearer the limit the command pays for its exact transaction. A crash before
+shortcut is taken only while no other process has committed since the mirror was loaded (`PRAGMA
+data_version`, no disk read: a mirror behind by the calls of `ownerlink command`s run meanwhile let
+a command go to the car over the limit), and while it shows `HEADROOM` calls left in both windows,
+since other processes may charge while the request is out and cannot count it before its row is
+written; otherwise the command pays for its exact transaction. A crash before
 the row is written loses nothing: the command's decision has no outcome record, and at start the
 daemon charges every such command whose record no row names (`charge_interrupted`). Until its row
 is written such a call is *in flight*: it is kept apart as well as in the mirror, and put back
@@ -384,9 +386,11 @@ class Budget:
     def _take_on_record(self, account: str, kind: CallKind, record: int) -> Commit | None:
         """The call in the mirror now and its row later, when the mirror is loaded and the call
         leaves the headroom to spare; else None, and the caller charges in a transaction."""
-        with self._store.locked():  # the mirror is shared with threads (the web page's usage)
+        with self._store.locked() as conn:  # the mirror is shared with threads (the web page)
             ledger = self._ledgers.get(account)
-            if ledger is None:
+            # A mirror another process has written past (`ownerlink command`s spending the
+            # budget to its limit) could admit this call over the limit: pay in a transaction.
+            if ledger is None or self._outdated(conn):
                 return None
             now = self._effective(account, ledger.max_seen)
             ledger.forget_before(now)
@@ -477,10 +481,9 @@ class Budget:
 
     def _ledger(self, conn: sqlite3.Connection, account: str) -> _Ledger:
         """The account's mirror, reloaded when another connection has written since we looked."""
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        if version != self._version:
+        if self._outdated(conn):
             self._ledgers.clear()
-            self._version = version
+            self._version = _data_version(conn)
         ledger = self._ledgers.get(account)
         if ledger is None:
             ledger = self._ledgers[account] = _Ledger(_max_seen(conn, account))
@@ -494,6 +497,10 @@ class Budget:
             for call in flying:
                 ledger.insert(call)
         return ledger
+
+    def _outdated(self, conn: sqlite3.Connection) -> bool:
+        """Has another connection committed since the mirrors were loaded? (No disk read.)"""
+        return _data_version(conn) != self._version
 
     def _retry_at(self, ledger: _Ledger, kind: CallKind, now: float) -> float:
         """When the refused call would fit (the full computation, only when refusing)."""
@@ -548,6 +555,11 @@ def _insert(conn: sqlite3.Connection, account: str, call: Call, record: int | No
         "INSERT INTO budget_calls (account, ts, kind, ref) VALUES (?, ?, ?, ?)",
         (account, call.ts, call.kind.value, record),
     )
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    # Changes whenever another connection commits to the database, never for our own commits.
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _max_seen(conn: sqlite3.Connection, account: str) -> float:

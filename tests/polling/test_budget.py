@@ -284,6 +284,30 @@ def test_near_the_limit_a_command_on_its_record_is_charged_first(tmp_path: Path)
     store.close()
 
 
+def test_a_command_on_its_record_is_not_taken_on_a_mirror_other_processes_outdated(
+    tmp_path: Path,
+):
+    """`ownerlink command`s beside the daemon spend the budget to its limit after the daemon's
+    last transaction: the daemon's mirror still shows room, but a command on its record must
+    not be taken on it (that call went to the car over the limit); it is charged in a
+    transaction, which sees the other process's calls and refuses."""
+    clock = FakeClock()
+    limit = 2 * HEADROOM
+    config = BudgetConfig(calls_per_day=100, calls_per_hour=limit, command_reserve_pct=0)
+    store_a, daemon = open_budget(tmp_path, config, clock)
+    store_b, cli = open_budget(tmp_path, config, clock)
+    daemon.charge("a", CallKind.READ)  # the daemon's mirror is loaded, one call used
+    for _ in range(limit - 1):
+        cli.charge("a", CallKind.COMMAND)
+    with pytest.raises(BudgetExhausted):
+        daemon.charge("a", CallKind.COMMAND, record=1)
+    rows = store_a.query("SELECT COUNT(*) FROM budget_calls WHERE account = 'a'")[0][0]
+    assert rows == limit
+    assert daemon.usage("a").used_hour == limit
+    store_a.close()
+    store_b.close()
+
+
 def test_a_call_another_process_makes_before_the_commit_is_not_lost(tmp_path: Path):
     """The commit finds the CLI's call in between: the mirror is reloaded, each counted once."""
     clock = FakeClock()
