@@ -2,7 +2,8 @@
 
 Read-only: a torn last line (a crash mid-write the daemon has not yet repaired) is reported as a
 note, not as tampering. Without a head, deleting records at the very end cannot be seen; with the
-head the daemon published to the broker (`<base>/bridge/audit_head`), it can.
+head the daemon published to the broker (`<base>/bridge/audit_head`), it can. The log may be
+written and rotated meanwhile (see `verify`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from bridge.audit.chain import HEX64, ChainState, Fault, Problem, chain_files, p
 
 Progress = Callable[[int, int], None]  # (bytes checked, total bytes)
 PROGRESS_EVERY = 2000  # lines between progress callbacks
+# Readings of the log, each from a fresh listing, while rotations overtake them: one comes per
+# audit.rotate_bytes of records, so three readings overtaken in a row are not a race.
+ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +76,24 @@ class _Line:
 def verify(
     directory: Path, *, head: Head | None = None, progress: Progress | None = None
 ) -> Report:
-    """Check every record's hash and link, in order, across all files of the log."""
-    files = chain_files(directory)
+    """Check every record's hash and link, in order, across all files of the log.
+
+    It reads while the daemon writes, and a rotation meanwhile moves the current file it listed
+    aside (for a moment leaving none) before it gets to it: the new current file then seems to
+    skip the records in between. So a problem found while the listing changed underneath is
+    looked for again from a fresh listing; a log that only grew is never reported broken."""
+    for _ in range(ATTEMPTS - 1):
+        files = chain_files(directory)
+        try:
+            report = _verify_files(files, head, progress)
+        except FileNotFoundError:
+            continue  # listed, then renamed by a rotation before it was read
+        if report.ok or chain_files(directory) == files:
+            return report
+    return _verify_files(chain_files(directory), head, progress)
+
+
+def _verify_files(files: list[Path], head: Head | None, progress: Progress | None) -> Report:
     report = Report(files=len(files))
     state = ChainState()
     for line in _lines(files, progress):

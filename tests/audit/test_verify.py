@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.audit.chain import Fault, parse_line, seal
-from bridge.audit.verify import Head, verify
+from bridge.audit.chain import Fault, chain_files, parse_line, seal
+from bridge.audit.verify import PROGRESS_EVERY, Head, verify
 from bridge.errors import AuditTampered
 from tests.audit.helpers import fill, lines, open_log, write_lines
 
@@ -184,3 +184,24 @@ def test_a_line_rewritten_to_parse_the_same_is_edited(log_dir: Path, rewrite: st
     assert problem is not None and (problem.fault, problem.seq) == (Fault.EDITED, 4)
     with pytest.raises(AuditTampered, match="edited"):
         open_log(log_dir)
+
+
+def test_a_rotation_while_verifying_is_not_tampering(tmp_path: Path) -> None:
+    """The daemon rotates the log while `ownerlink audit verify` reads it: the current file it
+    listed is moved aside before it gets to it, and the new one seems to skip records. That is
+    the log growing, not records deleted: verify reads it again from a fresh listing."""
+    writer = fill(tmp_path, PROGRESS_EVERY, rotate_bytes=1 << 30, fsync=lambda fd: None)
+    writer.close()
+    daemon = open_log(tmp_path, rotate_bytes=4096, fsync=lambda fd: None)
+    daemon.append("app.granted", app="ha")  # rotates: the records above are audit.000001.jsonl
+
+    def rotate_meanwhile(done: int, total: int) -> None:
+        # Called while the rotated file is read, before the current one is.
+        while daemon.head[0] < 3 * PROGRESS_EVERY and len(chain_files(tmp_path)) < 3:
+            daemon.append("app.granted", app="ha")
+
+    report = verify(tmp_path, progress=rotate_meanwhile)
+    daemon.close()
+    assert len(chain_files(tmp_path)) == 3
+    assert report.ok, report.summary()
+    assert report.records == daemon.head[0]
