@@ -12,10 +12,11 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.chain import chain_files, parse_line
+from bridge.audit.chain import CURRENT_FILE, parse_line, rotated_files
 from bridge.audit.verify import Head
 from bridge.config import Settings
 from bridge.errors import BrokerError
@@ -53,14 +54,25 @@ def anchor_problem(directory: Path, anchor: Head, local: tuple[int, str]) -> str
 
 
 def _hash_at(directory: Path, seq: int) -> str | None:
-    """The hash of record `seq`, looked for in the one file whose records span it."""
-    for path in reversed(chain_files(directory)):
-        records = _records(path)
+    """The hash of record `seq`, looked for in the one file whose records span it.
+
+    The current file is read before the rotated files are listed: the daemon or a command beside
+    us may rotate the log meanwhile, which only moves records from the current file to a new
+    rotated one, so none can be missed. (Listed first, a rotation before the current file was
+    read moved the record out of sight, and a whole log read as records cut off.)"""
+    for records in _newest_first(directory):
         if records and isinstance(first := records[0].get("seq"), int) and first <= seq:
             match = next((r for r in records if r.get("seq") == seq), {})
             value = match.get("hash")
             return value if isinstance(value, str) else None
     return None
+
+
+def _newest_first(directory: Path) -> Iterator[list[dict[str, Any]]]:
+    """Each file's records, the current file's first; a file is read only when asked for."""
+    yield _records(directory / CURRENT_FILE)
+    for _, path in reversed(rotated_files(directory)):
+        yield _records(path)
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from bridge.audit.anchor import anchor_problem
-from bridge.audit.chain import read_records
+from bridge.audit.chain import chain_files, read_records
 from bridge.audit.verify import Head
-from tests.audit.helpers import fill
+from tests.audit.helpers import fill, open_log
+
+LOOKUPS = 1000  # without the fix, about one lookup in ten beside this writer failed
 
 
 def _heads(directory: Path) -> dict[int, str]:
@@ -39,3 +42,31 @@ def test_a_head_with_another_hash_means_the_log_was_rewritten(tmp_path: Path) ->
     for seq in (2, 4):
         problem = anchor_problem(tmp_path, Head(seq, "cd" * 32), log.head)
         assert problem is not None and f"record {seq} differs" in problem
+
+
+def test_a_head_is_found_while_the_daemon_rotates_the_log(tmp_path: Path) -> None:
+    """`ownerlink command` looks for the broker's head while the daemon beside it appends and
+    rotates: a rotation between listing the files and reading the current one moved the head's
+    record out of sight, and the command was refused as if records had been cut off."""
+    log = open_log(tmp_path, rotate_bytes=4096, fsync=lambda fd: None)
+    heads = [log.append("app.granted", app="ha") for _ in range(3)]
+    stop = threading.Event()
+
+    def daemon() -> None:
+        while not stop.is_set():
+            heads.append(log.append("app.granted", app="ha"))
+
+    writer = threading.Thread(target=daemon)
+    writer.start()
+    try:
+        problems = []
+        for _ in range(LOOKUPS):
+            record = heads[-1]
+            anchor = Head(record["seq"], record["hash"])
+            problems.append(anchor_problem(tmp_path, anchor, (anchor.seq + 1, "newer")))
+    finally:
+        stop.set()
+        writer.join()
+        log.close()
+    assert len(chain_files(tmp_path)) > 10  # it did rotate, many times
+    assert [p for p in problems if p is not None] == []
