@@ -2,6 +2,7 @@
 
 A part declares its schema as an ordered list of migrations and calls `Store.migrate(part, steps)`;
 the store records how far each part has got, so parts evolve independently and a restart is a no-op.
+Processes that start together (the daemon and a command) apply each step once between them.
 """
 
 from __future__ import annotations
@@ -102,26 +103,26 @@ class Store:
         if not part.replace("_", "").isalnum():
             raise StateError(f"bad schema part name {part!r}")
         with self._lock, self._errors():
-            row = self.conn.execute(
-                "SELECT version FROM schema_versions WHERE part = ?", (part,)
-            ).fetchone()
-            done = row[0] if row else 0
+            done = _version(self.conn, part)
             for version, sql in enumerate(steps[done:], start=done + 1):
                 self._apply(part, version, sql)
 
     def _apply(self, part: str, version: int, sql: str) -> None:
-        # executescript commits whatever is open first, so each step carries its own
-        # BEGIN/COMMIT and the version bump rides in the same transaction.
-        try:
-            self.conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql};\n"
-                f"INSERT INTO schema_versions (part, version) VALUES ('{part}', {version}) "
-                "ON CONFLICT(part) DO UPDATE SET version = excluded.version;\nCOMMIT;"
+        """One step and its version bump, in one transaction. The version is read again under
+        the write lock: the daemon and a command started together (the first start, or the
+        first after an upgrade) both saw the step missing, and the second to apply it failed
+        on what the first had created ("table … already exists")."""
+        with self.transaction() as conn:
+            if _version(conn, part) >= version:
+                return  # another process applied it since we looked
+            # One statement at a time: executescript would commit the transaction first.
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_versions (part, version) VALUES (?, ?) "
+                "ON CONFLICT(part) DO UPDATE SET version = excluded.version",
+                (part, version),
             )
-        except sqlite3.Error:
-            # A statement that failed (a full disk) leaves the script's transaction open.
-            self._rollback()
-            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -165,6 +166,25 @@ class Store:
             if isinstance(exc, StateError) or not _environmental(exc):
                 raise
             raise StateDatabaseError(database_problem(self.path, exc)) from exc
+
+
+def _version(conn: sqlite3.Connection, part: str) -> int:
+    row = conn.execute("SELECT version FROM schema_versions WHERE part = ?", (part,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _statements(sql: str) -> list[str]:
+    """`sql` as whole statements: a `;` inside a string literal or a trigger's body ends none."""
+    statements, pending = [], ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                statements.append(pending)
+            pending = ""
+    if pending.strip(" \t\n;"):
+        statements.append(pending)  # unfinished: SQLite says what is wrong with it
+    return statements
 
 
 def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from bridge.commands.stepup import store_secret
 from bridge.errors import StateError
 from bridge.files import read_private, write_private_atomic
 from bridge.store import Store, ensure_private_dir
+
+TRIALS = 20  # without the fix, one trial in two failed
+STARTERS = 4
 
 
 def test_store_is_private_and_migrations_run_once(tmp_path: Path) -> None:
@@ -119,6 +123,37 @@ def test_root_may_use_its_own_state_directory(tmp_path: Path) -> None:
         pytest.skip("needs a directory owned by root")
     ensure_private_dir(state / "tokens", euid=0)
     assert (state / "tokens").is_dir()
+
+
+def test_processes_starting_together_migrate_once_without_an_error(tmp_path: Path) -> None:
+    """The daemon and a command started at the same moment (the first start, or the first after
+    an upgrade that added a step) both saw a step missing: the second to apply it failed on what
+    the first had created ("table … already exists") and stopped. Each step is now applied by
+    one process; the others find it done."""
+    steps = [f"CREATE TABLE t{n} (x TEXT); CREATE INDEX i{n} ON t{n} (x)" for n in range(6)]
+    failures: list[BaseException] = []
+    for trial in range(TRIALS):
+        directory = tmp_path / str(trial)
+        stores = [Store.open(directory) for _ in range(STARTERS)]
+        together = threading.Barrier(STARTERS)
+
+        def start(store: Store, together: threading.Barrier = together) -> None:
+            together.wait()
+            try:
+                store.migrate("part", steps)
+            except StateError as exc:
+                failures.append(exc)
+
+        starters = [threading.Thread(target=start, args=(store,)) for store in stores]
+        for thread in starters:
+            thread.start()
+        for thread in starters:
+            thread.join()
+        versions = stores[0].query("SELECT version FROM schema_versions WHERE part = 'part'")
+        assert versions[0][0] == len(steps)
+        for store in stores:
+            store.close()
+    assert failures == []
 
 
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
