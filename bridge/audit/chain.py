@@ -8,14 +8,16 @@ Changing, dropping or reordering any record breaks the chain from that point on.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 GENESIS = "0" * 64
 CURRENT_FILE = "audit.jsonl"
@@ -167,14 +169,35 @@ def is_sealed(raw: bytes, record: dict[str, Any]) -> bool:
 
 
 def read_records(directory: Path) -> Iterator[dict[str, Any]]:
-    """Every parsable record of the chain, oldest first (a torn last line is skipped)."""
-    for path in chain_files(directory):
-        if not path.exists():
-            continue
-        for raw in path.read_bytes().splitlines():
-            record = parse_line(raw)
-            if record is not None:
-                yield record
+    """Every parsable record of the chain, oldest first (a torn last line is skipped).
+
+    Another process may append and rotate meanwhile. The current file is opened before the
+    rotated files are listed: a rotation in between only moves the open file into that list,
+    where it is recognised by its inode and read once, through the handle. (Listed first, the
+    file rotated away was never read, and its records were missing.)"""
+    try:
+        current: BinaryIO | None = (directory / CURRENT_FILE).open("rb")
+    except FileNotFoundError:  # none yet, or it is being rotated: the list holds it
+        current = None
+    with current or contextlib.nullcontext():
+        held = os.fstat(current.fileno()).st_ino if current is not None else None
+        for _, path in rotated_files(directory):
+            try:
+                if path.stat().st_ino == held:
+                    break  # ours, rotated since we opened it: read through the handle
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            yield from _parsed(data)
+        if current is not None:
+            yield from _parsed(current.read())
+
+
+def _parsed(data: bytes) -> Iterator[dict[str, Any]]:
+    for raw in data.splitlines():
+        record = parse_line(raw)
+        if record is not None:
+            yield record
 
 
 def records_newest_first(directory: Path) -> Iterator[dict[str, Any]]:

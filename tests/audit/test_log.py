@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bridge.audit.chain import GENESIS, canonical, digest, records_newest_first
+from bridge.audit.chain import (
+    GENESIS,
+    canonical,
+    chain_files,
+    digest,
+    read_records,
+    records_newest_first,
+)
 from bridge.audit.log import AuditLog
 from bridge.audit.pending import Pending
 from bridge.audit.verify import verify
@@ -452,3 +459,22 @@ def test_another_process_record_is_made_durable_before_it_is_announced(tmp_path:
     assert heads[-1] == 2 and fsync.calls == before + 1
     cli.close()
     daemon.close()
+
+
+def test_reading_every_record_while_another_process_rotates_misses_none(tmp_path: Path) -> None:
+    """The daemon reads the whole log at start (commands left without an outcome are answered
+    `interrupted`) while an `ownerlink apps …` beside it appends: a rotation after the files were
+    listed moved the current file's records out of sight, and a command that had its outcome
+    there would have been answered a second time. Each record is read once, in order."""
+    writer = open_log(tmp_path, rotate_bytes=4096, fsync=lambda fd: None)
+    while len(chain_files(tmp_path)) < 2:
+        writer.append("app.granted", app="ha")
+    reading = read_records(tmp_path)
+    first = next(reading)  # the files are listed; the oldest one is being read
+    known = writer.head[0]
+    while len(chain_files(tmp_path)) < 4:  # meanwhile, the current file is rotated twice
+        writer.append("app.granted", app="ha")
+    writer.close()
+    seqs = [first["seq"], *(record["seq"] for record in reading)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) >= known
