@@ -169,28 +169,46 @@ def is_sealed(raw: bytes, record: dict[str, Any]) -> bool:
 
 
 def read_records(directory: Path) -> Iterator[dict[str, Any]]:
-    """Every parsable record of the chain, oldest first (a torn last line is skipped).
-
-    Another process may append and rotate meanwhile. The current file is opened before the
-    rotated files are listed: a rotation in between only moves the open file into that list,
-    where it is recognised by its inode and read once, through the handle. (Listed first, the
-    file rotated away was never read, and its records were missing.)"""
-    try:
-        current: BinaryIO | None = (directory / CURRENT_FILE).open("rb")
-    except FileNotFoundError:  # none yet, or it is being rotated: the list holds it
-        current = None
-    with current or contextlib.nullcontext():
-        held = os.fstat(current.fileno()).st_ino if current is not None else None
-        for _, path in rotated_files(directory):
+    """Every parsable record of the chain, oldest first (a torn last line is skipped), even
+    while another process appends and rotates (see `chain_view`)."""
+    with chain_view(directory) as (rotated, current):
+        for path in rotated:
             try:
-                if path.stat().st_ino == held:
-                    break  # ours, rotated since we opened it: read through the handle
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
             yield from _parsed(data)
         if current is not None:
             yield from _parsed(current.read())
+
+
+@contextlib.contextmanager
+def chain_view(directory: Path) -> Iterator[tuple[list[Path], BinaryIO | None]]:
+    """The rotated files, oldest first, and a handle on the current file (None when there is
+    none): the whole chain as it stood at one moment, for reading while another process
+    appends and rotates. The current file is opened before the rotated files are listed, so a
+    rotation in between only moves it into that list, where it is recognised by its inode and
+    left out (it is read through the handle). Listed first, the file a rotation moved aside
+    was never read, and its records were missing."""
+    try:
+        current: BinaryIO | None = (directory / CURRENT_FILE).open("rb")
+    except FileNotFoundError:  # none yet, or it is being rotated: the list holds it
+        current = None
+    with current or contextlib.nullcontext():
+        held = os.fstat(current.fileno()).st_ino if current is not None else None
+        rotated = []
+        for _, path in rotated_files(directory):
+            if held is not None and _inode(path) == held:
+                break  # ours, rotated since we opened it; later ones are newer still
+            rotated.append(path)
+        yield rotated, current
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _parsed(data: bytes) -> Iterator[dict[str, Any]]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bridge.audit.chain import CURRENT_FILE, chain_files, parse_line, rotated_files
+from bridge.audit.chain import CURRENT_FILE, chain_files, chain_view, parse_line, rotated_files
 from bridge.audit.tail import read_tail
 
 # Shown first, in this order, by `format_record`; the rest follow as key=value.
@@ -51,20 +51,33 @@ def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict
 
 def records_after(directory: Path, after_seq: int) -> Iterator[dict[str, Any]]:
     """The records with a seq above `after_seq`, oldest first, opening only the files that
-    can hold them (each file's first record says where it starts)."""
-    files = chain_files(directory)
-    start = 0
-    for index in range(len(files) - 1, -1, -1):
-        first = _first_seq(files[index])
-        if first is not None and first <= after_seq:
-            start = index
-            break
-    for path in files[start:]:
-        for raw in path.read_bytes().splitlines():
-            record = parse_line(raw)
-            seq = record.get("seq") if record is not None else None
-            if record is not None and isinstance(seq, int) and seq > after_seq:
-                yield record
+    can hold them (each file's first record says where it starts). Another process may rotate
+    the log meanwhile: the files are taken as one moment's view (`chain_view`), or a rotation
+    after they were listed hid the records of the file moved aside."""
+    with chain_view(directory) as (rotated, current):
+        data = current.read() if current is not None else b""
+        first = _first_seq_of(data)
+        start = len(rotated)
+        while start > 0 and (first is None or first > after_seq):
+            start -= 1
+            first = _first_seq(rotated[start])
+        for path in rotated[start:]:
+            yield from _after(path.read_bytes(), after_seq)
+        yield from _after(data, after_seq)
+
+
+def _after(data: bytes, after_seq: int) -> Iterator[dict[str, Any]]:
+    for raw in data.splitlines():
+        record = parse_line(raw)
+        seq = record.get("seq") if record is not None else None
+        if record is not None and isinstance(seq, int) and seq > after_seq:
+            yield record
+
+
+def _first_seq_of(data: bytes) -> int | None:
+    record = parse_line(data.split(b"\n", 1)[0])
+    seq = record.get("seq") if record is not None else None
+    return seq if isinstance(seq, int) else None
 
 
 def _first_seq(path: Path) -> int | None:

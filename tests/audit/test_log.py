@@ -23,6 +23,7 @@ from bridge.audit.chain import (
 )
 from bridge.audit.log import AuditLog
 from bridge.audit.pending import Pending
+from bridge.audit.read import records_after
 from bridge.audit.verify import verify
 from bridge.errors import AuditTampered, AuditWriteError
 from tests.audit.helpers import TickingClock, fill, lines, open_log, records, write_lines
@@ -478,3 +479,20 @@ def test_reading_every_record_while_another_process_rotates_misses_none(tmp_path
     seqs = [first["seq"], *(record["seq"] for record in reading)]
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(seqs) >= known
+
+
+def test_reading_past_a_seq_while_another_process_rotates_misses_none(tmp_path: Path) -> None:
+    """The same for `records_after`, which the daemon's start reads to catch up with app
+    changes (a revocation) its database lacks: none may go unseen."""
+    writer = open_log(tmp_path, rotate_bytes=4096, fsync=lambda fd: None)
+    while len(chain_files(tmp_path)) < 3:
+        writer.append("app.granted", app="ha")
+    reading = records_after(tmp_path, 5)
+    first = next(reading)
+    known = writer.head[0]
+    while len(chain_files(tmp_path)) < 5:
+        writer.append("app.granted", app="ha")
+    writer.close()
+    seqs = [first["seq"], *(record["seq"] for record in reading)]
+    assert seqs == list(range(6, 6 + len(seqs)))
+    assert seqs[-1] >= known
