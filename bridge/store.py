@@ -44,11 +44,21 @@ class Store:
         store = cls(state_dir / DB_NAME)
         store.connect()
         if store.created:
-            # The audit log beside a new database is the one witness that it replaced an older
-            # one: remember how far the log had got when this database was born
-            # (bridge.audit.witness compares).
-            store.set_meta(BORN_AT_AUDIT_HEAD, head_mark(state_dir / AUDIT_DIRECTORY))
+            store.mark_birth(state_dir)
         return store
+
+    def mark_birth(self, state_dir: Path) -> None:
+        """Remember how far the audit log beside this new database had got: the log is the one
+        witness that it replaced an older one (bridge.audit.witness compares). The first mark
+        stays: the daemon and a command starting on a new state directory may both find the
+        database new, and a second mark taken after the first process had written records
+        made the database look like the replacement of itself, which the daemon refuses."""
+        mark = head_mark(state_dir / AUDIT_DIRECTORY)
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO state_meta (key, value) VALUES (?, ?)",
+                (BORN_AT_AUDIT_HEAD, mark),
+            )
 
     def connect(self) -> None:
         make_private(self.path)

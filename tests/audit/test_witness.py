@@ -86,3 +86,18 @@ def test_a_database_from_before_the_mark_is_taken_as_it_is(tmp_path: Path) -> No
         conn.execute("DELETE FROM state_meta WHERE key = ?", (BORN_AT_AUDIT_HEAD,))
     store.close()
     assert check(tmp_path) is None
+
+
+def test_two_processes_finding_the_database_new_keep_the_first_birth_mark(tmp_path: Path) -> None:
+    """The daemon and a command start together on a new state directory and both find the
+    database new. The command, later, marked its birth after the daemon had written records:
+    the next start took the database for the replacement of itself, and refused to run."""
+    daemon = Store.open(tmp_path)
+    write(tmp_path, "app.added", "command.decision")
+    command = Store(tmp_path / DB_NAME)
+    command.connect()
+    command.created = True  # it looked before the daemon's tables were there
+    command.mark_birth(tmp_path)
+    command.close()
+    daemon.close()
+    assert check(tmp_path) is None
