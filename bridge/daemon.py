@@ -59,7 +59,7 @@ from bridge.errors import (
     StateError,
 )
 from bridge.events import Alert, AlertKind
-from bridge.files import IN_PLACE, open_problem
+from bridge.files import open_lock
 from bridge.logs import get_logger
 from bridge.metrics import (
     CountingAudit,
@@ -930,10 +930,7 @@ def claim_state_dir(state_dir: Path) -> int:
     open."""
     ensure_private_dir(state_dir)
     path = state_dir / INSTANCE_LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, 0o600)
-    except OSError as exc:
-        raise StateError(f"state_dir: cannot open {path}: {open_problem(exc)}") from exc
+    fd = open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

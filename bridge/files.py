@@ -77,6 +77,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def open_lock(path: Path) -> int:
+    """A lock file in the state directory: read-write, created 0600 (the umask permitting),
+    never through a symlink; StateError saying why it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, 0o600)
+    except OSError as exc:
+        raise StateError(f"state_dir: cannot open {path}: {open_problem(exc)}") from exc
+
+
 def open_problem(exc: OSError) -> str:
     """Why a file in the state directory could not be opened, saying what to do."""
     if exc.errno == errno.ELOOP:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bridge.audit.chain import CURRENT_FILE, chain_files, chain_view, parse_line, rotated_files
+from bridge.audit.chain import (
+    CURRENT_FILE,
+    chain_files,
+    chain_view,
+    parse_line,
+    records_newest_first,
+    rotated_files,
+)
 from bridge.audit.tail import read_tail
 
 # Shown first, in this order, by `format_record`; the rest follow as key=value.
@@ -39,13 +46,11 @@ def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict
     found: list[dict[str, Any]] = []
     if count <= 0:
         return found
-    for path in reversed(chain_files(directory)):
-        for raw in reversed(path.read_bytes().splitlines()):
-            record = parse_line(raw)
-            if record is not None and wanted.matches(record):
-                found.append(record)
-                if len(found) >= count:
-                    return found[::-1]
+    for record in records_newest_first(directory):
+        if wanted.matches(record):
+            found.append(record)
+            if len(found) >= count:
+                break
     return found[::-1]
 
 
@@ -83,11 +88,9 @@ def _first_seq_of(data: bytes) -> int | None:
 def _first_seq(path: Path) -> int | None:
     try:
         with path.open("rb") as handle:
-            record = parse_line(handle.readline())
+            return _first_seq_of(handle.readline())
     except OSError:
         return None
-    seq = record.get("seq") if record is not None else None
-    return seq if isinstance(seq, int) else None
 
 
 def last_seq(directory: Path) -> int:

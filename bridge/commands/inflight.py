@@ -18,8 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge.errors import StateError
-from bridge.files import IN_PLACE, open_problem
+from bridge.files import open_lock
 from bridge.store import ensure_private_dir
 
 LOCK_FILE = "owner-commands.lock"
@@ -27,11 +26,7 @@ LOCK_FILE = "owner-commands.lock"
 
 def _open(state_dir: Path) -> int:
     ensure_private_dir(state_dir)  # `ownerlink command` may be the first to use it
-    path = state_dir / LOCK_FILE
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, 0o600)
-    except OSError as exc:
-        raise StateError(f"state_dir: cannot open {path}: {open_problem(exc)}") from exc
+    return open_lock(state_dir / LOCK_FILE)
 
 
 @contextlib.contextmanager

@@ -229,16 +229,15 @@ class Poller:
         """A block one car's read met is the account's: its other cars' budget documents (Home
         Assistant's Polling mode) say so now, not at their own next poll, hours away for a
         sleeping car. Each keeps that next poll if it is later, so none is read sooner."""
-        for slot in self._slots.values():
-            if slot.ref.account == account and not slot.running:  # a running poll re-plans
-                self._plan(slot, not_before=None if slot.plan is None else slot.plan.at)
+        self._replan_account(account, keep_next=True)
 
-    def _replan_account(self, account: str) -> None:
+    def _replan_account(self, account: str, *, keep_next: bool = False) -> None:
         """Plan the account's vehicles again around its block, so each one's budget document
         shows it now rather than at its own next poll (hours away for a sleeping car)."""
         for slot in self._slots.values():
             if slot.ref.account == account and not slot.running:  # a running poll re-plans
-                self._plan(slot)
+                kept = slot.plan.at if keep_next and slot.plan is not None else None
+                self._plan(slot, not_before=kept)
 
     def retry_after(self, account: str) -> datetime | None:
         """Until when the account's last 429 asked for no calls at all (None once it passed, or

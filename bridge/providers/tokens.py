@@ -35,7 +35,7 @@ from bridge.errors import (
     StateError,
 )
 from bridge.events import Alert, AlertKind, AlertSink
-from bridge.files import IN_PLACE, open_problem, read_private, write_private_atomic
+from bridge.files import open_lock, read_private, write_private_atomic
 from bridge.logs import get_logger, register_secret
 from bridge.providers.oauth import InvalidGrant, LoginRequest, OAuthClient, TokenSet
 from bridge.store import ensure_private_dir
@@ -180,10 +180,7 @@ class TokenStore:
 
     def _open_lock(self, path: Path) -> int:
         self._private_directory()
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | IN_PLACE, 0o600)
-        except OSError as exc:
-            raise StateError(f"cannot open {path}: {open_problem(exc)}") from exc
+        fd = open_lock(path)
         os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask; be exact like the others
         return fd
 
