@@ -341,6 +341,7 @@ class AccountConfig(Section):
     api_base_url: WebUrl | None = None
     use_pkce: bool = True
     request_timeout_s: Number = Field(default=15.0, gt=0, le=120)
+    health_alerts: bool = False
 
 
 class VehicleConfig(Section):
@@ -499,6 +500,11 @@ class Settings(BaseSettings):
                 problems.append(
                     _problem(("vehicles", alias, "account"), f"unknown account {vehicle.account!r}")
                 )
+        for name, account in self.accounts.items():
+            # v1 has no alerts call to add: a key that would silently do nothing is refused.
+            if account.health_alerts and account.provider != "fordconnect-query":
+                message = "only a fordconnect-query account reads health alerts"
+                problems.append(_problem(("accounts", name, "health_alerts"), message))
         problems.extend(_same_car_problems(self))
         problems.extend(_vin_problems(self))
         assistants = [name for name, app in self.apps.items() if app.home_assistant]

@@ -114,7 +114,11 @@ def _provider(
     wall_clock = None if extension else clock
     if config.provider == "fordconnect-query":
         return FordConnectQueryProvider(
-            name, api=api, base_url=config.api_base_url or QUERY_BASE_URL, wall_clock=wall_clock
+            name,
+            api=api,
+            base_url=config.api_base_url or QUERY_BASE_URL,
+            read_alerts=config.health_alerts,
+            wall_clock=wall_clock,
         )
     return FordConnectProvider(
         name,

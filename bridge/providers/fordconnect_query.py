@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from bridge.errors import ProviderUnavailable, Unsupported
+from bridge.errors import (
+    AuthUnavailable,
+    BudgetExhausted,
+    Forbidden,
+    NotFound,
+    ProviderUnavailable,
+    Unsupported,
+)
+from bridge.logs import get_logger
 from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 from bridge.providers.base import CallKind, OnAccepted
 from bridge.providers.http import AuthorizedApi
@@ -21,6 +29,8 @@ from bridge.providers.stamps import epoch_time
 from bridge.providers.values import dig, text
 
 QUERY_BASE_URL = "https://api.vehicle.ford.com/fcon-query/v1"
+
+log = get_logger(__name__)
 
 
 class FordConnectQueryProvider:
@@ -40,6 +50,9 @@ class FordConnectQueryProvider:
         self._base = base_url.rstrip("/")
         # Health alerts are a second call per read; off unless the budget can afford it.
         self._read_alerts = read_alerts
+        # The last alerts read: what a read shows when its alerts call fails after the telemetry
+        # call succeeded (the alerts do not vanish because one call failed).
+        self._last_alerts: tuple[str, ...] = ()
         # Epoch seconds: what a car's upload stamp is checked against (None: only that it is
         # after 2000, for a simulator whose clock may run ahead of ours).
         self._wall_clock = wall_clock
@@ -67,8 +80,27 @@ class FordConnectQueryProvider:
         return replace(state, health=replace(state.health, alerts=alerts))
 
     async def _alerts(self) -> tuple[str, ...]:
-        doc = await self._api.call("GET", f"{self._base}/vehicle-health/alerts", kind=CallKind.READ)
-        return alert_headlines(doc)
+        """The active alerts' headlines; the last ones read when this call fails, so a failed
+        second call never throws away the telemetry the first one paid for. A 429 and a lost
+        login still raise: they are about the account, and its guard must hear of them."""
+        try:
+            doc = await self._api.call(
+                "GET", f"{self._base}/vehicle-health/alerts", kind=CallKind.READ
+            )
+        except (Forbidden, NotFound) as exc:
+            # Not in this consent (or not on this API): asking again every read only spends budget.
+            self._read_alerts = False
+            log.warning("provider.alerts_unavailable", account=self.account, error=str(exc))
+            return self._last_alerts
+        except BudgetExhausted:
+            return self._last_alerts
+        except ProviderUnavailable as exc:
+            if isinstance(exc, AuthUnavailable):
+                raise
+            log.info("provider.alerts_not_read", account=self.account, error=str(exc))
+            return self._last_alerts
+        self._last_alerts = alert_headlines(doc)
+        return self._last_alerts
 
     def supported_operations(self, info: VehicleInfo) -> frozenset[Operation]:
         """Nothing: FordConnect Query cannot send commands."""

@@ -730,6 +730,12 @@ def test_config_check_exits_two_without_traceback(tmp_path: Path) -> None:
         ("web: {tls_cert: /nonexistent/cert.pem}\n", {}, "web.tls_key: set it too"),
         # Passed, then `run` and every `apps` command stopped on it.
         ("mqtt: {enforcement: dynsec}\n", {}, "mqtt.admin_username: required (with mqtt.admin"),
+        # A key that would do nothing on a v1 account (it has no alerts call) is refused.
+        (
+            "accounts: {ford: {client_id: a, client_secret: b, health_alerts: true}}\n",
+            {},
+            "accounts.ford.health_alerts: only a fordconnect-query account reads health alerts",
+        ),
         (
             "{}\n",
             {"OWNERLINK_MQTT__PASSWORD": "pw\udcff"},

@@ -15,7 +15,16 @@ from bridge.providers.base import FreeGate
 from bridge.providers.factory import build_providers, is_extension_server
 from bridge.providers.fordconnect import FordConnectProvider
 from bridge.providers.fordconnect_query import FordConnectQueryProvider
-from tests.providers.support import V1, VEHICLE, account_config, ok, rig, settings_for
+from tests.providers.support import (
+    V1,
+    VEHICLE,
+    FakeFord,
+    account_config,
+    ok,
+    rig,
+    seed_tokens,
+    settings_for,
+)
 
 
 async def test_one_provider_per_account_keyed_by_name(tmp_path: Path) -> None:
@@ -46,6 +55,36 @@ async def test_one_provider_per_account_keyed_by_name(tmp_path: Path) -> None:
     assert {p.account for p in providers.values()} == {"alice", "bob", "fleet"}
     assert sent == []  # building touches neither the network nor the token files
     assert not (tmp_path / "tokens").exists()
+    for provider in providers.values():
+        await provider.aclose()
+
+
+async def test_a_query_account_reads_health_alerts_only_when_configured(tmp_path: Path) -> None:
+    """`health_alerts: true` on a Query account adds the alerts call to every read; without it
+    a read is the one telemetry call."""
+    ford = FakeFord()
+    ford.on("GET", "/fcon-query/v1/telemetry", ok({"vehicle": {"vehicleId": "x"}}))
+    ford.on("GET", "/fcon-query/v1/vehicle-health/alerts", ok({"VehicleAlertList": []}))
+    accounts = {
+        "plain": account_config("fordconnect-query"),
+        "alerted": account_config("fordconnect-query", health_alerts=True),
+    }
+    for name in accounts:
+        seed_tokens(tmp_path, name, expires_at=datetime.now(UTC).timestamp() + 1200)
+    providers = build_providers(
+        settings_for(tmp_path, accounts),
+        gate=FreeGate(),
+        alerts=CollectingAlerts(),
+        transport=httpx.MockTransport(ford),
+    )
+    for name in ("plain", "alerted"):
+        await providers[name].read("car")
+    paths = [urlsplit(str(r.url)).path for r in ford.api_requests()]
+    assert paths == [
+        "/fcon-query/v1/telemetry",
+        "/fcon-query/v1/telemetry",
+        "/fcon-query/v1/vehicle-health/alerts",
+    ]
     for provider in providers.values():
         await provider.aclose()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import ProviderUnavailable, Unsupported
+from bridge.errors import ProviderUnavailable, RateLimited, Unsupported
 from bridge.model import LockState, Operation, Powertrain
 from bridge.providers.fordconnect_query import FordConnectQueryProvider, alert_headlines
 from tests.providers.support import QUERY, Rig, ok, rig
@@ -102,6 +102,48 @@ async def test_health_alerts_are_read_only_when_asked_for(tmp_path: Path) -> Non
     state = await provider(r, read_alerts=True).read("car")
     assert state.health.alerts == ("Low tyre pressure", "Oil change due")
     assert state.health.oil_life_pct == 72.0  # the telemetry's health fields are kept
+    await r.parts.api.aclose()
+
+
+async def test_a_failed_alerts_call_keeps_the_telemetry_and_the_last_alerts(tmp_path: Path) -> None:
+    """A 5xx on the alerts call after a good telemetry call gives the telemetry with the alerts
+    last read, instead of throwing away the read the budget already paid for."""
+    r = rig(tmp_path, "fordconnect-query")
+    r.ford.on("GET", "/fcon-query/v1/telemetry", ok(TELEMETRY))
+    r.ford.on("GET", "/fcon-query/v1/vehicle-health/alerts", ok(ALERTS), ok({}, status=503))
+    query = provider(r, read_alerts=True)
+    assert (await query.read("car")).health.alerts == ("Low tyre pressure", "Oil change due")
+    state = await query.read("car")
+    assert state.health.alerts == ("Low tyre pressure", "Oil change due")
+    assert state.status.lock is LockState.LOCKED and state.health.oil_life_pct == 72.0
+    await r.parts.api.aclose()
+
+
+async def test_alerts_outside_the_consent_are_not_asked_for_again(tmp_path: Path) -> None:
+    """A 403 on the alerts call keeps the telemetry and stops the second call on later reads, so
+    a consent without alerts does not cost a refused call on every poll."""
+    r = rig(tmp_path, "fordconnect-query")
+    r.ford.on("GET", "/fcon-query/v1/telemetry", ok(TELEMETRY))
+    r.ford.on("GET", "/fcon-query/v1/vehicle-health/alerts", ok({"error": "forbidden"}, status=403))
+    query = provider(r, read_alerts=True)
+    first = await query.read("car")
+    assert first.health.alerts == () and first.status.lock is LockState.LOCKED
+    await query.read("car")
+    paths = [request.url.path for request in r.ford.api_requests()]
+    assert paths.count("/fcon-query/v1/vehicle-health/alerts") == 1
+    assert paths.count("/fcon-query/v1/telemetry") == 2
+    await r.parts.api.aclose()
+
+
+async def test_a_429_on_the_alerts_call_still_reaches_the_account_guard(tmp_path: Path) -> None:
+    """A 429 is about the account, not the alerts: it raises, so the account backs off."""
+    r = rig(tmp_path, "fordconnect-query")
+    r.ford.on("GET", "/fcon-query/v1/telemetry", ok(TELEMETRY))
+    r.ford.on(
+        "GET", "/fcon-query/v1/vehicle-health/alerts", ok({}, status=429, **{"Retry-After": "60"})
+    )
+    with pytest.raises(RateLimited):
+        await provider(r, read_alerts=True).read("car")
     await r.parts.api.aclose()
 
 
