@@ -1,8 +1,8 @@
 """`ownerlink login [ACCOUNT]`: the owner logs in at Ford and consents; we keep the tokens.
 
 Three ways to bring Ford's redirect back: `--listen` (a one-shot loopback HTTP server on the
-redirect URI), `--redirect-url URL` (scripts; finishes the login a `--print-url` run started), or
-pasting the URL at the prompt.
+redirect URI), `--redirect-url URL` (scripts; finishes the login a `--print-url` run started; `-`
+reads the URL from standard input, out of the process list), or pasting the URL at the prompt.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
     how.add_argument(
         "--redirect-url",
         metavar="URL",
-        help="finish a login started with --print-url, using Ford's redirect URL",
+        help="finish a login started with --print-url, using Ford's redirect URL; '-' reads it "
+        "from standard input (scripts: on the command line, other local users can read the "
+        "one-time code in the process list)",
     )
     how.add_argument(
         "--print-url",
@@ -74,7 +76,7 @@ def login_command(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.redirect_url is not None:
         login = store.load_login(account, time.time())
-        asyncio.run(_finish(settings, account, login, args.redirect_url, out))
+        asyncio.run(_finish(settings, account, login, _redirect_given(args.redirect_url), out))
         return 0
     login = _start(settings, account)
     # --listen needs the browser on this machine: Ford sends it to a loopback address, which on
@@ -89,6 +91,11 @@ def login_command(args: argparse.Namespace) -> int:
     url = asyncio.run(_listen(login, args.timeout, out)) if args.listen else _prompt(out)
     asyncio.run(_finish(settings, account, login, url, out))
     return 0
+
+
+def _redirect_given(value: str) -> str:
+    """The redirect URL from the command line, or from standard input's first line for `-`."""
+    return sys.stdin.readline().strip() if value == "-" else value
 
 
 def _start(settings: Settings, account: str) -> LoginRequest:

@@ -8,6 +8,8 @@ import json
 import queue
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,6 +161,29 @@ def test_an_unreachable_token_endpoint_is_one_clear_line(
     assert main(["login", "q", "--config", str(config), "--redirect-url", redirect]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the token endpoint at 127.0.0.1:") and "Traceback" not in err
+
+
+def test_redirect_url_dash_reads_the_url_from_standard_input(
+    tmp_path: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--redirect-url -` takes Ford's redirect from standard input, so the one-time code never
+    sits in the process list; a real `ownerlink` process reads it and logs in."""
+    _, base = served
+    config = write_config(tmp_path, base)
+    assert main(["login", "home", "--config", str(config), "--print-url", "--no-qr"]) == 0
+    location = redirect_of(authorise_url(capsys.readouterr().out), vehicle="all")
+    argv = ["login", "home", "--config", str(config), "--redirect-url", "-"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", *argv],
+        input=location + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Logged in" in done.stdout
+    assert TokenStore(tmp_path / "state").path("home").exists()
 
 
 def test_redirect_url_without_a_started_login_says_what_to_do(
