@@ -63,7 +63,10 @@ class Topics:
         two bridges on one broker (the demo beside a real one) are two devices in HA."""
         if self.base == DEFAULT_BASE:
             return BRIDGE_NODE_ID
-        return f"{BRIDGE_NODE_ID}-{self.base.replace('/', '_')}"
+        # A node id has no `/`. `_` escapes both it (`_1`) and itself (`_0`), so two bases never
+        # share an id: with `/` written `_`, `home/car` and `home_car` were one device in HA.
+        escaped = self.base.replace("_", "_0").replace("/", "_1")
+        return f"{BRIDGE_NODE_ID}-{escaped}"
 
     @property
     def bridge_state(self) -> str:

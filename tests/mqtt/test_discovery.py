@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.commands.parse import ParsedCommand, parse_command
 from bridge.events import AlertKind
@@ -281,7 +283,12 @@ def test_bridge_ids_can_never_equal_a_vehicle_id() -> None:
 
 @pytest.mark.parametrize(
     ("base", "node"),
-    [("ownerlink", "ownerlink-bridge"), ("ownerlink-demo", "ownerlink-bridge-ownerlink-demo")],
+    [
+        ("ownerlink", "ownerlink-bridge"),
+        ("ownerlink-demo", "ownerlink-bridge-ownerlink-demo"),
+        ("home/car", "ownerlink-bridge-home_1car"),
+        ("home_car", "ownerlink-bridge-home_0car"),
+    ],
 )
 def test_the_bridge_device_is_one_per_base_topic(base: str, node: str) -> None:
     """The default base keeps the id HA has always known; another base (the demo's) gives
@@ -293,6 +300,18 @@ def test_the_bridge_device_is_one_per_base_topic(base: str, node: str) -> None:
     assert json.loads(bridge.payload)["dev"]["identifiers"] == [node]
     [car] = [m for m in build(topics=topics) if m.topic.startswith("homeassistant/device/")]
     assert json.loads(car.payload)["dev"]["via_device"] == node
+
+
+@given(st.from_regex(r"[A-Za-z0-9_-]{1,4}(/[A-Za-z0-9_-]{1,4}){0,2}", fullmatch=True))
+def test_no_two_base_topics_share_a_bridge_device(base: str) -> None:
+    """The bridge's device id is one-to-one with the base topic: `/` and `_` no longer fold
+    together, so two bridges on one broker are always two devices."""
+    node = Topics(base=base).bridge_node_id
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", node)
+    if base != "ownerlink":  # the default keeps the id it always had
+        # The id decodes back to the base, so no other base can give it.
+        escaped = node.removeprefix("ownerlink-bridge-")
+        assert re.sub(r"_(.)", lambda m: {"0": "_", "1": "/"}[m[1]], escaped) == base
 
 
 def test_device_identifiers_come_from_the_slug_never_the_vin() -> None:
