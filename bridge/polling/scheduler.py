@@ -48,7 +48,7 @@ from bridge.polling.policy import (
     next_poll,
     observe,
 )
-from bridge.polling.prior import ActivityPrior
+from bridge.polling.prior import ActivityPrior, weekend_days
 from bridge.polling.timers import ApsTimer, Timer
 from bridge.providers.base import Provider
 
@@ -383,7 +383,9 @@ class Poller:
             return ActivityPrior.default(self._tz)
         since = max(slot.observed_since, now - KEEP)
         days = (now - since).total_seconds() / 86_400.0
-        return ActivityPrior.learned(self._history.starts(slot.slug, since), days=days, tz=self._tz)
+        starts = self._history.starts(slot.slug, since)
+        weekend = weekend_days(since, now, self._tz)
+        return ActivityPrior.learned(starts, days=days, weekend_days=weekend, tz=self._tz)
 
     def _failed(self, slot: _Slot, exc: ProviderError, now: datetime) -> None:
         guard = self._guards[slot.ref.account]

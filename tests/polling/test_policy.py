@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +24,7 @@ from bridge.polling.policy import (
     observe,
     pace,
 )
-from bridge.polling.prior import ActivityPrior
+from bridge.polling.prior import ActivityPrior, weekend_days
 from bridge.providers.base import CallKind
 
 NOON = datetime(2025, 6, 4, 12, 0, tzinfo=UTC)
@@ -305,6 +306,60 @@ def test_learned_prior_favours_the_hours_the_car_sets_off():
     assert sum(prior.weights) / 24 == pytest.approx(1.0)
     assert prior.weights[8] > 3 * prior.weights[12] > 0
     assert prior.weights[3] < prior.weights[12]
+
+
+def commuter_starts(weeks: int) -> list[datetime]:
+    """Off at 8:05 every weekday, and at 11:05 on Saturdays and Sundays, from Monday 2 June 2025."""
+    first = datetime(2025, 6, 2, tzinfo=UTC)
+    days = [first + timedelta(days=n) for n in range(7 * weeks)]
+    return [d.replace(hour=8 if d.weekday() < 5 else 11, minute=5) for d in days]
+
+
+def test_weekends_are_learned_apart_from_weekdays():
+    """Two weeks of an 8 am commute and 11 am weekend outings: Saturday's 8 am is far cooler
+    than Monday's and its 11 am the hotter hour; each profile still averages 1."""
+    prior = ActivityPrior.learned(commuter_starts(2), days=14, weekend_days=4)
+    assert prior.weekend is not None
+    assert sum(prior.weights) / 24 == pytest.approx(1.0)
+    assert sum(prior.weekend) / 24 == pytest.approx(1.0)
+    monday, saturday = datetime(2025, 6, 16, tzinfo=UTC), datetime(2025, 6, 21, tzinfo=UTC)
+    assert prior.weight(monday.replace(hour=8)) > 2 * prior.weight(monday.replace(hour=11))
+    assert prior.weight(saturday.replace(hour=11)) > 1.5 * prior.weight(saturday.replace(hour=8))
+    assert prior.weight(saturday.replace(hour=8)) < prior.weight(monday.replace(hour=8)) / 2
+    # Waking from the night looks for the day's own busy hour.
+    assert prior.wakes_at(saturday.replace(hour=3), 3.0).hour in (10, 11)
+    assert prior.wakes_at(monday.replace(hour=3), 3.0).hour in (7, 8)
+
+
+def test_before_its_first_weekend_a_car_has_one_prior_for_every_day():
+    """Five weekdays of history and no weekend yet: Saturday leans wholly on the weekdays, so the
+    weekend weights are the weekday weights (8 am hot) rather than the population's."""
+    starts = [datetime(2025, 6, d, 8, 5, tzinfo=UTC) for d in range(2, 7)]
+    prior = ActivityPrior.learned(starts, days=5, weekend_days=0)
+    assert prior.weekend == pytest.approx(prior.weights)
+    assert prior.weekend is not None and prior.weekend[8] == max(prior.weekend)
+
+
+def test_one_weekend_moves_the_weekend_but_not_the_weekdays_much():
+    """After a first weekend with 11 am outings, Saturday's 11 am outweighs its 8 am, while the
+    weekdays keep their 8 am as the hottest hour."""
+    prior = ActivityPrior.learned(commuter_starts(1), days=7, weekend_days=2)
+    assert prior.weekend is not None
+    assert prior.weekend[11] > prior.weekend[8]
+    assert prior.weights[8] == max(prior.weights)
+
+
+def test_weekend_days_counts_local_saturdays_and_sundays():
+    """A week holds two weekend days; half of Saturday to half of Sunday is one; the local zone
+    decides where the weekend begins."""
+    monday = datetime(2025, 6, 2, tzinfo=UTC)
+    assert weekend_days(monday, monday + timedelta(days=7)) == pytest.approx(2.0)
+    saturday_noon = datetime(2025, 6, 7, 12, tzinfo=UTC)
+    assert weekend_days(saturday_noon, saturday_noon + timedelta(days=1)) == pytest.approx(1.0)
+    tokyo = ZoneInfo("Asia/Tokyo")  # UTC+9: Friday 15:00 UTC is already Saturday there
+    friday = datetime(2025, 6, 6, 15, tzinfo=UTC)
+    assert weekend_days(friday, friday + timedelta(hours=9), tokyo) == pytest.approx(9 / 24)
+    assert weekend_days(friday, friday + timedelta(hours=9)) == 0.0
 
 
 modes = st.sampled_from([Activity.DRIVING, Activity.CHARGING, Activity.PARKED])
