@@ -40,6 +40,7 @@ from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.read import records_after
 from bridge.audit.ring import open_ring
 from bridge.audit.witness import replaced_database
+from bridge.commands.assemble import last_minute_charges
 from bridge.commands.dedup import DedupStore
 from bridge.commands.delivery import ResultDelivery, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
@@ -520,6 +521,9 @@ class Daemon:
         mark = self.delivery.start(self.audit.head[0])
         if self.audit_problem is None:
             await self._finish_interrupted(mark)
+            directory = audit_directory(self.settings.state_dir)
+            charges = await asyncio.to_thread(last_minute_charges, directory, self.clock())
+            self.pipeline.restore_rates(charges)
         await self.pipeline.start()
         early, self._early = self._early or [], None
         for message in early:

@@ -26,7 +26,13 @@ from bridge.audit.anchor import ANCHOR_FIX, MalformedHead, anchor_problem, fetch
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.cli.common import add_common, settings_from
 from bridge.commands.apps import ConfigApps
-from bridge.commands.assemble import budget_check, build_pipeline, vehicle_id_of, vehicle_routes
+from bridge.commands.assemble import (
+    budget_check,
+    build_pipeline,
+    last_minute_charges,
+    vehicle_id_of,
+    vehicle_routes,
+)
 from bridge.commands.decide import requires_stepup
 from bridge.commands.inflight import owner_command_running
 from bridge.commands.pipeline import CommandPipeline
@@ -203,6 +209,10 @@ async def _parts(
             publisher=_Discard(),
             budget_ok=budget_check(budget, settings),
         )
+        # Each run is a new process: without the log's last minute, a script calling this in a
+        # loop met no rate limit at all.
+        charges = await asyncio.to_thread(last_minute_charges, audit.directory, _now())
+        pipeline.restore_rates(charges)
         await pipeline.start()
         try:
             yield pipeline

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from bridge.audit.chain import records_newest_first
 from bridge.commands.apps import AppLookup
 from bridge.commands.dedup import DedupStore
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import BudgetCheck, CommandPipeline, OnCommandDone
+from bridge.commands.ratelimit import WINDOW_S
+from bridge.commands.recover import recent_charges
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
 from bridge.events import AlertSink, CommandAudit
@@ -90,3 +94,10 @@ def build_pipeline(
         budget_ok=budget_ok,
         on_command_done=on_command_done,
     )
+
+
+def last_minute_charges(audit_dir: Path, now: datetime) -> list[tuple[str, str, float]]:
+    """The commands of the last minute that count against the rate limits, from the audit log,
+    for `CommandPipeline.restore_rates`: a restart, or each `ownerlink command` run in a loop,
+    would otherwise begin with a fresh allowance. Blocking file reads: call it off the loop."""
+    return recent_charges(records_newest_first(audit_dir), now - timedelta(seconds=WINDOW_S))

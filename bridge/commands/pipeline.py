@@ -193,6 +193,12 @@ class CommandPipeline:
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
+    def restore_rates(self, charges: Iterable[tuple[str, str, float]]) -> None:
+        """Count commands decided before this process started, (app, vehicle, epoch) oldest
+        first (`assemble.last_minute_charges`), against the rate limits. Before `start()`."""
+        for app_id, vehicle, at in charges:
+            self.rates.restore(app_id, vehicle, at)
+
     def finish_interrupted(self, decisions: Iterable[Mapping[str, Any]]) -> int:
         """Give every command a crash left without an outcome (`decisions`, from
         `recover.unfinished`) its final result, `timed_out`: an outcome record, and the result an

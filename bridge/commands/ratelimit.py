@@ -66,12 +66,18 @@ class CommandRateLimits:
         self._window.record(_app_key(app), now)
         self._window.record(_vehicle_key(vehicle), now)
 
+    def restore(self, app_id: str, vehicle: str, at: float) -> None:
+        """Count a command decided before this process started (from the audit log), so a
+        restart does not hand out a fresh minute's allowance. Oldest first."""
+        self._window.record(f"app:{app_id}", at)
+        self._window.record(_vehicle_key(vehicle), at)
+
     def _app_limit(self, app: App) -> int:
         return app.rate_limit_per_minute or self.default_per_minute
 
 
 def _app_key(app: App) -> str:
-    return f"app:{app.id}"
+    return f"app:{app.id}"  # as `restore` writes it
 
 
 def _vehicle_key(vehicle: str) -> str:

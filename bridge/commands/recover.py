@@ -1,11 +1,14 @@
-"""After a crash: commands that were allowed (and may have reached the car) but have no outcome."""
+"""After a stop: commands that were allowed (and may have reached the car) but have no outcome,
+and the commands of the last minute that the rate limits must still count."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from bridge.commands.delivery import is_final_result
+from bridge.commands.delivery import is_final_result, record_time
+from bridge.commands.reasons import BEFORE_RATE_LIMIT
 
 # The outcome written for them: the car may or may not have run the command, so never "failed".
 INTERRUPTED = "interrupted"
@@ -43,3 +46,32 @@ def after_a_stop(
 
     interrupted = unfinished(noting_results())
     return results, interrupted
+
+
+def recent_charges(
+    newest_first: Iterable[Mapping[str, Any]], since: datetime
+) -> list[tuple[str, str, float]]:
+    """(app, vehicle, epoch seconds) of every command decided from `since` on that used up a
+    rate allowance, oldest first. The records are read newest first and only until one is older
+    than `since`, so a long log costs no more than its last minute."""
+    charges: list[tuple[str, str, float]] = []
+    for record in newest_first:
+        at = record_time(record)
+        if at is None:
+            continue
+        if at < since:
+            break
+        if _charged(record):
+            charges.append((str(record["app"]), str(record["vehicle"]), at.timestamp()))
+    charges.reverse()
+    return charges
+
+
+def _charged(record: Mapping[str, Any]) -> bool:
+    """A decision that got past the rate-limit check counted against it (see `_spend`)."""
+    return (
+        record.get("kind") == "command.decision"
+        and isinstance(record.get("app"), str)
+        and isinstance(record.get("vehicle"), str)
+        and record.get("reason") not in BEFORE_RATE_LIMIT
+    )

@@ -357,6 +357,22 @@ def test_owner_command_takes_in_records_written_since_it_opened_the_log(
     assert verify(audit_directory(state)).ok
 
 
+def test_owner_commands_in_a_loop_meet_the_rate_limit(
+    configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each `ownerlink command` is a new process; it counts the last minute's commands from
+    the audit log, so a script calling it in a loop is held to the limit like an app."""
+    doc = yaml.safe_load(configured.read_text())
+    doc["commands"]["rate_limit_per_minute"] = 2
+    configured.write_text(yaml.safe_dump(doc))
+    before = executed(served, 1)
+    for _ in range(2):
+        assert run(capsys, "command", "ice", "LOCK", "--config", str(configured))[0] == 0
+    code, out, _ = run(capsys, "command", "ice", "LOCK", "--config", str(configured))
+    assert code == 1 and "rejected" in out and "rate" in out, out
+    assert executed(served, 1)[len(before) :] == ["lock", "lock"]
+
+
 def test_owner_charge_on_a_combustion_car_is_unsupported(
     configured: Path, served: tuple[Simulator, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

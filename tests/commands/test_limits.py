@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bridge.commands.dedup import DedupStore
 from bridge.commands.ratelimit import CommandRateLimits, SlidingWindow
+from bridge.commands.recover import recent_charges
 from bridge.model import App, Scope
 from bridge.store import Store
 from tests.commands.fakes import T0
@@ -75,3 +79,39 @@ def test_ids_survive_reopening_the_store(tmp_path: Path) -> None:
     second = DedupStore(store=Store.open(tmp_path), window_s=3600)
     second.start()
     assert second.seen("ha", "x", 1001.0)
+
+
+def _decision(at: datetime, reason: str, app: str = "ha", vehicle: str = "car") -> dict[str, Any]:
+    return {
+        "kind": "command.decision",
+        "ts": at.isoformat(),
+        "app": app,
+        "vehicle": vehicle,
+        "reason": reason,
+    }
+
+
+def test_the_last_minute_is_read_from_the_end_of_the_log_and_counted() -> None:
+    """Decisions that used up an allowance in the last minute come back oldest first; junk
+    refused before the rate check does not count; reading stops at the first older record."""
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+    def newest_first() -> Iterator[dict[str, Any]]:
+        yield _decision(now - timedelta(seconds=5), "ok", vehicle="van")
+        yield {"kind": "command.outcome", "ts": (now - timedelta(seconds=6)).isoformat()}
+        yield _decision(now - timedelta(seconds=10), "malformed")  # never charged
+        yield _decision(now - timedelta(seconds=20), "stepup_failed", app="nr")
+        yield _decision(now - timedelta(seconds=61), "ok")
+        raise AssertionError("read past the window")
+
+    charges = recent_charges(newest_first(), now - timedelta(seconds=60))
+    assert charges == [
+        ("nr", "car", (now - timedelta(seconds=20)).timestamp()),
+        ("ha", "van", (now - timedelta(seconds=5)).timestamp()),
+    ]
+    limits = CommandRateLimits(2)
+    for app_id, vehicle, at in charges:
+        limits.restore(app_id, vehicle, at)
+    ha = App("ha", "HA", frozenset(Scope), T0, rate_limit_per_minute=1)
+    assert not limits.allows(ha, "truck", now.timestamp())  # ha's one a minute is used
+    assert limits.allows(ha, "truck", now.timestamp() + 55.1)

@@ -463,6 +463,36 @@ async def test_the_audit_head_is_published_again_on_every_start(
     assert _retained_head(broker, topic) == _head_payload(records[-1])
 
 
+async def test_a_restart_does_not_hand_out_a_fresh_minute_of_commands(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The rate limits count the last minute's commands from the audit log when the daemon
+    starts: two allowed, a restart, and the third within the minute is still refused."""
+    document = document_for(tmp_path, sim[1], broker, base_topic)
+    document.setdefault("commands", {})["rate_limit_per_minute"] = 2
+    settings = Settings(**document)
+    await login(settings)
+    statuses = []
+    for _ in range(2):
+        running = Daemon(settings)
+        await running.start()
+        try:
+            slug = running.vehicles[0].slug
+            result = await running.pipeline.submit_owner(slug, "lock", "LOCK")
+            statuses.append((result.status.value, result.reason))
+        finally:
+            await running.stop()
+    running = Daemon(settings)
+    await running.start()
+    try:
+        result = await running.pipeline.submit_owner(slug, "lock", "LOCK")
+    finally:
+        await running.stop()
+    assert statuses == [("succeeded", "ok"), ("succeeded", "ok")]
+    assert (result.status.value, result.reason) == ("rejected", "rate_limited")
+    assert [e.command for e in sim[0].vehicles[0].executed].count("lock") == 2
+
+
 async def test_a_log_cut_short_while_stopped_is_refused_and_the_brokers_head_kept(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:
