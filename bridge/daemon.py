@@ -488,7 +488,7 @@ class Daemon:
 
     def _build_poller(self) -> None:
         self.vehicles_view = DaemonVehicles(self)
-        history = ActivityHistory(store=self.store)
+        self.history = history = ActivityHistory(store=self.store)
         history.start()
         self.poller = Poller(
             providers=self.providers,
@@ -512,7 +512,9 @@ class Daemon:
             self.discovery.add_vehicle(description)
         # Vehicles taken out of the config while we were stopped: their entities, and their
         # retained state (the last position above all) that any client could still read.
-        self.discovery.clear_forgotten(on_forgotten=self.publisher.forget_vehicle)
+        self.discovery.clear_forgotten(
+            on_forgotten=self.publisher.forget_vehicle, bridged_before=self._polled_before()
+        )
         if self.audit_problem is None:
             self._check_anchor()
         self.registry.subscribe(self._on_registry_change)
@@ -541,6 +543,15 @@ class Daemon:
         # The anchor check goes on in the background (usually a second): commands that come
         # meanwhile wait for it in the pipeline, and nothing else needs to.
         self._audit_watch = asyncio.get_running_loop().create_task(self._watch_audit())
+
+    def _polled_before(self) -> list[str]:
+        """The vehicles earlier runs polled: what an upgrade from a version that kept no record of
+        its discovery knows of the cars it bridged (`DiscoveryManager.clear_forgotten`)."""
+        try:
+            return self.history.vehicles()
+        except StateError:  # then only a vehicle taken out of the config keeps its entities
+            log.exception("could not read which vehicles earlier runs polled")
+            return []
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the

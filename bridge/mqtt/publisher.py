@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -248,10 +248,21 @@ class DiscoveryManager:
         self._earlier = self._load()
         self._sync(_BRIDGE)
 
-    def clear_forgotten(self, on_forgotten: Callable[[str], None] | None = None) -> None:
+    def clear_forgotten(
+        self,
+        on_forgotten: Callable[[str], None] | None = None,
+        *,
+        bridged_before: Iterable[str] = (),
+    ) -> None:
         """Clear what an earlier run left for vehicles not added this time (call once every
-        configured vehicle has been added); `on_forgotten(slug)` clears the rest of theirs."""
-        earlier, self._earlier = self._earlier or {}, {}
+        configured vehicle has been added); `on_forgotten(slug)` clears the rest of theirs.
+
+        `bridged_before` names vehicles the state database says an earlier run bridged. They
+        count only when nothing was written down (a version before the record, or a first start
+        cut short): such a vehicle taken out of the config then has its full range cleared,
+        where it used to keep its entities, and its last position, on the broker for good."""
+        earlier = self._earlier if self._earlier is not None else self._guessed(bridged_before)
+        self._earlier = {}
         for key, previous in sorted(earlier.items()):
             if key in self._published or key in self._vehicles or key in (_COMPLETE, _BRIDGE):
                 continue
@@ -261,6 +272,17 @@ class DiscoveryManager:
         # Only now does the record cover every key: a start that died half-way through its
         # first sync must not leave a partial record that later starts would trust.
         self._remember(_COMPLETE, [])
+
+    def _guessed(self, slugs: Iterable[str]) -> dict[str, list[Publish]]:
+        """The full range of every named vehicle not added this time (nothing written down)."""
+        return {
+            slug: vehicle_discovery_universe(
+                vehicle=VehicleDescription(slug=slug, name=slug),
+                ha_app=self._ha_app or "-",
+                topics=self._topics,
+            )
+            for slug in sorted(set(slugs) - self._vehicles.keys())
+        }
 
     def add_vehicle(self, vehicle: VehicleDescription) -> None:
         """Offer a vehicle (or update its description) to Home Assistant."""

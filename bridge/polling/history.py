@@ -42,6 +42,10 @@ class ActivityHistory:
             ).fetchone()
         return datetime.fromtimestamp(float(row[0]), UTC)
 
+    def vehicles(self) -> list[str]:
+        """Every vehicle slug ever polled from this state directory (every version kept this)."""
+        return [str(r["vehicle"]) for r in self._store.query("SELECT vehicle FROM polling_since")]
+
     def record(self, vehicle: str, at: datetime) -> None:
         """Remember that `vehicle` started driving or charging at `at`; forget what is too old."""
         with self._store.transaction() as conn:

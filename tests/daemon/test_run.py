@@ -328,6 +328,42 @@ async def test_a_restart_clears_the_retained_state_of_vehicles_taken_out_of_the_
     )
 
 
+async def test_an_upgrade_from_before_the_discovery_record_clears_a_vehicle_taken_out(
+    tmp_path: Path, broker: BrokerAddress, base_topic: str
+) -> None:
+    """Versions before the discovery record kept none: an owner who upgrades and takes a car out
+    of the config in the same step finds its entities and its retained state cleared, since the
+    database shows the car was polled; the kept car and the bridge keep theirs."""
+    simulator = Simulator(vehicles=2, seed=5, auto_consent=True, admin=True)
+    with serve_in_thread(simulator) as url:
+        document, prefix = await _discovery_document(tmp_path, url, broker, base_topic)
+        ids = _sim_vehicle_ids(Settings(**document))
+        document["vehicles"] = {
+            "kept": {"account": "sim", "id": ids[0]},
+            "sold": {"account": "sim", "id": ids[1]},
+        }
+        await _run_once(Settings(**document), f"{prefix}/#", broker)
+        _as_before_the_discovery_record(Settings(**document).state_dir)
+        document["vehicles"] = {"kept": document["vehicles"]["kept"]}
+        await _run_once(Settings(**document), f"{prefix}/#", broker)
+        after = Listener(broker, f"{prefix}/#")
+        states = Listener(broker, f"{base_topic}/+/+")
+        await after.close()
+        await states.close(settle_s=0)
+    bridge = Topics(base=base_topic).bridge_node_id
+    assert _devices(after.retained) == {bridge, "ownerlink_kept"}
+    left = {topic.split("/")[1] for topic, payload in states.retained.items() if payload}
+    assert "sold" not in left
+
+
+def _as_before_the_discovery_record(state_dir: Path) -> None:
+    """The state database as a version without `bridge.mqtt.memory` left it."""
+    with sqlite3.connect(state_dir / DB_NAME) as conn:
+        conn.execute("DROP TABLE discovery_retained")
+        conn.execute("DELETE FROM schema_versions WHERE part = 'discovery'")
+    conn.close()
+
+
 async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:

@@ -80,6 +80,7 @@ def run(
     mode: DiscoveryMode = "device",
     finish: bool = True,
     acks: bool = True,
+    bridged_before: Sequence[str] = (),
 ) -> list[Publish]:
     """One start of the daemon's discovery: what it sent (and the broker now holds)."""
     sink = AckingSink(acks=acks)
@@ -96,7 +97,7 @@ def run(
     for vehicle in vehicles:
         manager.add_vehicle(vehicle)
     if finish:
-        manager.clear_forgotten()
+        manager.clear_forgotten(bridged_before=bridged_before)
     broker.apply(sink.messages)
     current = manager.current("\0bridge") + [m for v in vehicles for m in manager.current(v.slug)]
     # Whatever else was sent, the broker must hold exactly the current discovery.
@@ -210,6 +211,19 @@ def test_clears_the_broker_never_acknowledged_are_sent_again_next_time() -> None
     assert "ha/device/ownerlink_van/config" not in broker.retained
     last = run(broker, memory, [ev("car")])
     assert [m for m in last if not m.payload] == []
+
+
+def test_an_upgrade_from_before_the_record_clears_a_vehicle_taken_out_of_the_config() -> None:
+    """A version that wrote nothing down left a van's entities retained; the first start after
+    the upgrade, without the van in the config, clears them, as it knows the van was polled."""
+    broker = Broker()
+    run(broker, None, [ev("car"), ev("van")], mode="entity")  # the older version's start
+    memory = DictMemory()
+    upgraded = run(broker, memory, [ev("car")], bridged_before=["car", "van"])
+    assert Publish("ha/device/ownerlink_van/config", "", retain=True) in upgraded
+    assert not [t for t in broker.retained if "ownerlink_van" in t]
+    again = run(broker, memory, [ev("car")], bridged_before=["car", "van"])
+    assert [m for m in again if not m.payload] == []  # once recorded, the database's list is moot
 
 
 def test_without_memory_every_start_clears_the_full_range() -> None:
