@@ -121,7 +121,9 @@ def run_checks(
     """Every check, in the order an owner would debug."""
     clock = probes.clock
     checks = [doctor.check_config(settings, config_path)]
-    checks += doctor.check_state(settings.state_dir, uid=probes.uid, now=clock())
+    checks += doctor.check_state(
+        settings.state_dir, uid=probes.uid, now=clock(), own_logins=settings.mqtt.own_logins
+    )
     broker = doctor.check_broker(settings.mqtt, timeout_s=timeout_s, state_dir=settings.state_dir)
     checks += broker
     store = TokenStore(settings.state_dir)

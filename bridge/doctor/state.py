@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bridge.access.validation import RESERVED_IDS
 from bridge.audit.log import audit_directory
 from bridge.audit.witness import lost_database, replaced_by_mark
 from bridge.commands.stepup import load_secret, secret_path
@@ -22,8 +23,11 @@ from bridge.store import BORN_AT_AUDIT_HEAD, DB_NAME
 PRIVATE_MODE_BITS = 0o077  # group and others: nothing
 
 
-def check_state(state_dir: Path, *, uid: int, now: datetime) -> list[Check]:
-    """The directory itself, then what is in it (skipped when the directory is unusable)."""
+def check_state(
+    state_dir: Path, *, uid: int, now: datetime, own_logins: Sequence[str] = ()
+) -> list[Check]:
+    """The directory itself, then what is in it (skipped when the directory is unusable).
+    `own_logins`: the bridge's own broker usernames (`MqttConfig.own_logins`)."""
     directory = check_state_dir(state_dir, uid=uid)
     if not can_look_inside(state_dir):
         return [directory]
@@ -32,6 +36,7 @@ def check_state(state_dir: Path, *, uid: int, now: datetime) -> list[Check]:
         directory,
         check_private_files(state_dir),
         check_database(database),
+        check_app_ids(database, own_logins),
         check_stepup_secret(state_dir),
         check_stepup_lockouts(database, now),
     ]
@@ -169,6 +174,37 @@ LOST_DB_FIX = (
     "folder aside (mv audit audit-DATE) and keep it as evidence; the daemon then starts a new "
     "database and a new audit chain, and the apps must be registered again"
 )
+
+
+def check_app_ids(path: Path, own_logins: Sequence[str]) -> Check:
+    """Apps an earlier version registered under ids this one refuses. Under the bridge's own
+    broker login the daemon will not start (exit 2), though `config check` passes: it is the
+    database, not the file, that holds the app. A reserved id is a warning."""
+    name = "app ids"
+    try:
+        ids = [str(row[0]) for row in read_db(path, "SELECT id FROM apps ORDER BY id")]
+    except sqlite3.Error:
+        return passed(name, "no apps registered yet")
+    own = {login.lower() for login in own_logins}
+    clash = [app for app in ids if app.lower() in own]
+    if clash:
+        return failed(
+            name,
+            f"{clash[0]!r} is a connected app's id and the bridge's own broker login "
+            "(mqtt.username / mqtt.admin_username): the daemon refuses to start",
+            "give the bridge another broker login (create it on the broker, then set "
+            "mqtt.username); revoking the app instead would delete the login they share",
+        )
+    reserved = {r.lower() for r in RESERVED_IDS}
+    taken = [app for app in ids if app.lower() in reserved]
+    if taken:
+        return warning(
+            name,
+            f"{', '.join(taken)}: reserved for the owner or the daemon (an earlier version let "
+            "it be registered); owner-web-login shares the page's step-up failures and lockout",
+            "register the app again under another id, move it there, then revoke this one",
+        )
+    return passed(name, f"{plural(len(ids), 'app')}, none under a reserved id")
 
 
 def check_stepup_secret(state_dir: Path) -> Check:

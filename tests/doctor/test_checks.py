@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -183,11 +184,46 @@ def test_a_stepup_lockout_is_a_warning_naming_the_app(tmp_path: Path) -> None:
     assert doctor.check_stepup_lockouts(tmp_path / DB_NAME, NOW + timedelta(hours=1)).ok
 
 
+def _older_registry(state_dir: Path, *app_ids: str) -> None:
+    """The apps table as the first versions created it, holding ids they let through."""
+    with sqlite3.connect(state_dir / DB_NAME) as conn:
+        conn.execute(
+            "CREATE TABLE apps (id TEXT PRIMARY KEY, name TEXT NOT NULL, scopes TEXT NOT NULL, "
+            "created_at TEXT NOT NULL, enabled INTEGER NOT NULL DEFAULT 1)"
+        )
+        for app_id in app_ids:
+            conn.execute(
+                "INSERT INTO apps (id, name, scopes, created_at) VALUES (?, ?, '[]', ?)",
+                (app_id, app_id, NOW.isoformat()),
+            )
+    conn.close()
+
+
+def test_an_app_under_the_bridges_own_login_fails_before_the_daemon_does(tmp_path: Path) -> None:
+    """An app an older version registered under what is now mqtt.username stops the daemon at
+    start (exit 2) while `config check` passes: doctor names it, with the way out."""
+    _older_registry(tmp_path, "nodered", "Bridge-Login")
+    check = doctor.check_app_ids(tmp_path / DB_NAME, ("bridge-login",))
+    assert check.ok is False and "'Bridge-Login'" in check.detail
+    assert "mqtt.username" in check.fix
+
+
+def test_an_app_under_a_reserved_id_is_a_warning(tmp_path: Path) -> None:
+    """owner-web-login was reserved after older versions let it be registered."""
+    _older_registry(tmp_path, "owner-web-login", "nodered")
+    check = doctor.check_app_ids(tmp_path / DB_NAME, ("ownerlink",))
+    assert check.ok is None and "owner-web-login" in check.detail
+    fine = tmp_path / "fine"
+    fine.mkdir()
+    _older_registry(fine, "nodered")
+    assert doctor.check_app_ids(fine / DB_NAME, ("ownerlink",)).ok is True
+
+
 def test_a_state_directory_without_files_is_fine(tmp_path: Path) -> None:
     """A fresh 0700 directory: no secrets yet, no database yet (a warning), nothing failing."""
     tmp_path.chmod(0o700)
     found = doctor.check_state(tmp_path, uid=tmp_path.stat().st_uid, now=NOW)
-    assert [c.ok for c in found] == [True, True, None, True, True]
+    assert [c.ok for c in found] == [True, True, None, True, True, True]
 
 
 @pytest.mark.parametrize("content", [b"not base32!\n", "geheimnis-\u00e9".encode(), b"", b"ABC\n"])
