@@ -834,6 +834,40 @@ async def test_cars_of_an_account_that_could_not_be_listed_at_the_first_start_ar
         await running.stop()
 
 
+async def test_an_upgrade_during_an_outage_keeps_the_entities_of_cars_not_listed_yet(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """No vehicles configured, and the first start after an upgrade from a version before the
+    discovery record falls in an outage with no list remembered: the car it polled is not yet
+    listed, not taken out, so its Home Assistant entities stay (clearing them would lose the
+    owner's names and areas when it comes back)."""
+    simulator, url = sim
+    document, prefix = await _discovery_document(tmp_path, url, broker, base_topic)
+    settings = Settings(**document)
+    await _run_until_polled(settings)
+    with sqlite3.connect(settings.state_dir / DB_NAME) as conn:
+        conn.execute("DELETE FROM vehicle_lists")  # the older version remembered no list
+    conn.close()
+    _as_before_the_discovery_record(settings.state_dir)
+    before = Listener(broker, f"{prefix}/#")
+    await before.close()
+    simulator.faults.rates = {FaultKind.SERVER_ERROR: 1.0}
+    await _run_once(settings, f"{prefix}/#", broker)
+    after = Listener(broker, f"{prefix}/#")
+    await after.close()
+    assert len(_devices(before.retained)) == 2  # the bridge and the car
+    assert _devices(after.retained) == _devices(before.retained)
+
+
+async def _run_until_polled(settings: Settings) -> None:
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: any(v.slug in running.vehicles_view.latest for v in running.vehicles))
+    finally:
+        await running.stop()
+
+
 async def test_an_audit_log_that_cannot_be_opened_at_start_is_no_tampering_alarm(
     tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
 ) -> None:
