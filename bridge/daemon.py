@@ -547,8 +547,8 @@ class Daemon:
     def _polled_before(self) -> list[str]:
         """The vehicles earlier runs polled: what an upgrade from a version that kept no record of
         its discovery knows of the cars it bridged (`DiscoveryManager.clear_forgotten`).
-        None while an account's cars are still to be listed: its polled cars are not forgotten,
-        only not known yet, and clearing them would remove the owner's entities."""
+        Nothing while an account's cars are still to be listed: they are not forgotten, only not
+        known yet, and clearing them would remove the owner's entities."""
         if self._unlisted_accounts():
             return []
         try:
