@@ -21,7 +21,9 @@ whatever another process wrote or rotated, so the chain stays one chain.
 
 On open, an unterminated or unparsable *last* line is a torn write: it is cut off and the repair
 is itself recorded (`audit.repaired`). Anything wrong elsewhere is tampering: AuditTampered,
-never a silent fix.
+never a silent fix. Most of the file is checked before the lock is taken (`bridge.audit.survey`),
+so that a command opening the log beside the daemon does not hold the daemon's appends for the
+whole check; the verdicts, and the repair, come from the check of the rest under the lock.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     DIRECTORY,
     ChainState,
-    is_sealed,
     parse_line,
     rotated_files,
     rotated_name,
@@ -47,7 +48,8 @@ from bridge.audit.chain import (
 )
 from bridge.audit.pending import Pending
 from bridge.audit.ring import FsyncRing
-from bridge.audit.tail import read_tail, split_torn_tail
+from bridge.audit.survey import Survey, link_rotated, survey
+from bridge.audit.tail import split_torn_tail
 from bridge.errors import AuditTampered, AuditWriteError
 from bridge.files import IN_PLACE, fsync_dir, open_problem
 from bridge.logs import get_logger
@@ -64,6 +66,9 @@ SECRET_SUFFIXES = ("_token", "_secret", "_password")
 REDACTED = "[redacted]"
 MAX_TAKEN_IN = 1000  # other processes' records kept for `taken_in` (one caller asks each second)
 FILE_MODE = 0o600
+# Opening: looks without the lock, each overtaken by a rotation before the lock was taken, then
+# one check of everything under the lock (one rotation comes per audit.rotate_bytes of records).
+OPEN_ATTEMPTS = 3
 
 log = get_logger(__name__)
 
@@ -84,9 +89,11 @@ class AuditLog:
         rotate_bytes: int,
         on_head: OnHead | None = None,
         fsync: Callable[[int], None] = os.fsync,  # tests slow it down or make it fail
+        flock: Callable[[int, int], None] = fcntl.flock,  # tests act just before the lock
     ) -> None:
         self.directory = directory
         self._fsync = fsync
+        self._flock = flock
         self.clock = clock
         self.rotate_bytes = rotate_bytes
         self.on_head = on_head
@@ -115,24 +122,42 @@ class AuditLog:
     def open(self) -> None:
         """Check the whole current file, repair a torn tail, and get ready to append.
 
+        The bulk is checked without the audit lock (`bridge.audit.survey`): a command or
+        `ownerlink apps` run beside the daemon would otherwise hold the daemon's appends (a
+        command's decision record) for as long as a file near `rotate_bytes` takes to check.
+        Under the lock only what was appended since is checked, with the torn-tail repair.
         Raises AuditTampered when any record other than a torn last line is wrong.
         """
         ensure_private_dir(self.directory)
         self._lock_fd = _open_lock(self.directory / LOCK_FILE)
-        with self._lock, self._exclusive():
-            path = self._path
-            self._chain = self._link_from_rotated()
-            keep, torn = split_torn_tail(path.read_bytes() if path.exists() else b"")
-            self._check_current(keep)
-            self._fd = self._open_fd(path)
-            self._size = len(keep)
-            if torn:
-                self._repair(len(keep), torn)
-            # A process killed before its fsync left its lines in the page cache: make them
-            # durable, so the head we start from may be published as the anchor.
-            self._flush_locked(always=True)
-            self._announced = self._chain.seq
-            self._durable_head = (self._chain.seq, self._chain.hash)
+        with self._lock:
+            for attempt in range(1, OPEN_ATTEMPTS + 1):
+                # The last attempt checks everything under the lock: rotations overtook each look.
+                found = survey(self.directory) if attempt < OPEN_ATTEMPTS else None
+                with self._exclusive():
+                    if found is None or found.holds(self.directory):
+                        self._open_locked(found)
+                        return
+
+    def _open_locked(self, found: Survey | None) -> None:
+        """Check what `found` left unchecked (everything, when None), repair a torn tail, and
+        get ready to append. Hold both locks: no writer is mid-append, so a torn last line is
+        a crash's leftover and may be cut off."""
+        if found is None:  # nothing checked yet: all of it, here
+            rotated = [path for _, path in rotated_files(self.directory)]
+            found = Survey((), None, 0, 0, link_rotated(rotated))
+        self._chain = ChainState(found.state.seq, found.state.hash)
+        keep, torn = split_torn_tail(_read_from(self._path, found.checked))
+        self._check_lines(keep, lambda number: f"{CURRENT_FILE}:{found.lines + number}")
+        self._fd = self._open_fd(self._path)
+        self._size = found.checked + len(keep)
+        if torn:
+            self._repair(self._size, torn)
+        # A process killed before its fsync left its lines in the page cache: make them
+        # durable, so the head we start from may be published as the anchor.
+        self._flush_locked(always=True)
+        self._announced = self._chain.seq
+        self._durable_head = (self._chain.seq, self._chain.hash)
 
     def use_ring(self, ring: FsyncRing | None) -> None:
         """fsync pending records through `ring` from its thread (None: the flusher thread)."""
@@ -436,13 +461,13 @@ class AuditLog:
     def _exclusive(self) -> Iterator[None]:
         assert self._lock_fd is not None
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._flock(self._lock_fd, fcntl.LOCK_EX)
         except OSError as exc:
             raise self._fail(f"cannot lock the audit log: {exc}") from exc
         try:
             yield
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _catch_up(self) -> None:
         """Pick up records or a rotation another process made since our last append, checking
@@ -546,40 +571,6 @@ class AuditLog:
         self._fd = self._open_fd(self._path)
         self._size = 0
 
-    def _link_from_rotated(self) -> ChainState:
-        """The chain state at the end of the rotated files (or the genesis state), checked where
-        they join: each file's first record must be sealed and link on from the last record of
-        the file before it, and each file's last record must be sealed. A rotated file deleted,
-        renumbered, swapped or cut short is tampering, as damage in the current file is. (This
-        reads two lines a file, so it stays quick however long the log grows; edits inside a
-        rotated file are for `ownerlink audit verify`, which reads every record.)"""
-        state = ChainState()
-        for _, path in rotated_files(self.directory):
-            first, last = _first_line(path), read_tail(path)
-            if last.torn or not last.last:
-                raise AuditTampered(f"{path.name}: the last record is unreadable")
-            record = parse_line(first)
-            if record is None:
-                raise AuditTampered(f"{path.name}:1: unparsable record")
-            fault = state.check(first, record)
-            if fault is not None:
-                raise AuditTampered(f"{path.name}:1: {fault[0]}: {fault[1]}")
-            record = parse_line(last.last)
-            seq = record.get("seq") if record is not None else None
-            if (
-                record is None
-                or not is_sealed(last.last, record)
-                or not isinstance(seq, int)
-                or seq < state.seq
-            ):
-                raise AuditTampered(f"{path.name}: the last record is not the one its hash seals")
-            state = ChainState(seq=seq, hash=str(record["hash"]))
-        return state
-
-    def _check_current(self, data: bytes) -> None:
-        """Every whole line of the current file must chain on from the rotated files."""
-        self._check_lines(data, lambda number: f"{CURRENT_FILE}:{number}")
-
     def _check_lines(self, data: bytes, where: Callable[[int], str]) -> list[dict[str, Any]]:
         """Every line of `data` must chain on from `self._chain` (advanced as it goes);
         AuditTampered names the first that does not by `where(its line number)`. Returns the
@@ -610,9 +601,15 @@ class AuditLog:
         )
 
 
-def _first_line(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        return handle.readline().rstrip(b"\n")
+def _read_from(path: Path, offset: int) -> bytes:
+    """`path`'s bytes after the first `offset` (none when there is no such file)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return b""
+    with handle:
+        handle.seek(offset)
+        return handle.read()
 
 
 def _inode(path: Path) -> int:
