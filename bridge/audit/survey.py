@@ -31,13 +31,14 @@ ATTEMPTS = 2
 class Survey:
     """The log as checked without the lock: its rotated files, the current file's inode (None
     when there was none), and the first `checked` bytes of it, `lines` whole records that
-    chain on from the rotated files up to `state`."""
+    chain on from the rotated files up to `state`, the first and last of them `ends`."""
 
     rotated: Listing
     inode: int | None
     checked: int
     lines: int
     state: ChainState
+    ends: tuple[bytes, bytes] = (b"", b"")
 
     def holds(self, directory: Path) -> bool:
         """Are the files as surveyed, but for lines appended to the current file? Call it
@@ -50,7 +51,22 @@ class Survey:
             return False  # rotated meanwhile (or created after a crash mid-rotation)
         if current is not None and current.st_size < self.checked:
             return False  # never by an append: let the check under the lock judge the file
-        return listing(directory) == self.rotated
+        return listing(directory) == self.rotated and self._same_ends(directory / CURRENT_FILE)
+
+    def _same_ends(self, path: Path) -> bool:
+        """Are the first and last records checked still there, byte for byte? Two short reads:
+        records rewritten in place at either end since the look (the newest ones, most likely)
+        are then seen, and judged by a look that stops at them."""
+        first, last = self.ends
+        if not self.checked:
+            return True
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(len(first))
+                handle.seek(self.checked - len(last))
+                return head == first and handle.read(len(last)) == last
+        except OSError:
+            return False  # the look after this one, or the check under the lock, says why
 
 
 def survey(directory: Path) -> Survey | None:
@@ -82,7 +98,9 @@ def _survey_once(directory: Path) -> Survey | None:
         state = link_rotated([directory / name for name, _ in rotated])
         data = handle.read() if handle is not None else b""
     checked, lines = _intact_prefix(data, state)
-    return Survey(rotated, inode, checked, lines, state)
+    first = data[: data.find(b"\n") + 1] if checked else b""
+    last = data[data.rfind(b"\n", 0, checked - 1) + 1 : checked] if checked else b""
+    return Survey(rotated, inode, checked, lines, state, (first, last))
 
 
 def _intact_prefix(data: bytes, state: ChainState) -> tuple[int, int]:

@@ -187,6 +187,24 @@ def test_a_bad_record_appended_between_the_look_and_the_lock_is_tampering(tmp_pa
         open_log(tmp_path, flock=BeforeLock(add_bad))
 
 
+@pytest.mark.parametrize("line", [1, 20])
+def test_a_record_rewritten_in_place_between_the_look_and_the_lock_is_tampering(
+    tmp_path: Path, line: int
+) -> None:
+    """The first record and the last one the look checked are read again under the lock: one of
+    them rewritten in place meanwhile (same length, so the file looks only appended to) sends
+    the open back to look again, and that look stops at it for the lock's check to refuse."""
+    fill(tmp_path, 20).close()
+
+    def rewrite() -> None:
+        content = lines(tmp_path)
+        content[line - 1] = content[line - 1].replace(b'"ha"', b'"hb"')
+        write_lines(tmp_path, content)
+
+    with pytest.raises(AuditTampered, match=rf"audit\.jsonl:{line}: edited"):
+        open_log(tmp_path, flock=BeforeLock(rewrite))
+
+
 @pytest.mark.parametrize(
     ("damage", "line"),
     [
