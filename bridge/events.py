@@ -23,6 +23,7 @@ class AlertKind(enum.StrEnum):
     AUDIT_TAMPERED = "audit_tampered"
     BROKER_DRIFT = "broker_drift"
     REGISTRY_BEHIND_LOG = "registry_behind_log"
+    CLOCK_JUMPED = "clock_jumped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,14 @@ Rules, per account and per window (24 h and 1 h, both sliding):
   counts against the budget (Ford publishes no limits, so we assume it counts) and may use the
   reserve, because a command after 20 idle minutes needs a fresh token first.
 
-Time is "effective time": the largest clock reading ever seen for the account, persisted. A clock
-that jumps backwards therefore never frees budget: while it is behind, effective time moves on
-from the last reading that was not, at the pace of the monotonic clock (`_effective`). A forward
-jump is indistinguishable from the daemon having been stopped that long
-and frees what that much elapsed time would free. Effective time is persisted as the newest charged
-call, or the `budget_clock` row where no call was charged (a refusal, a prune).
+Time is "effective time" (`bridge.polling.effective`): the wall clock with the jumps seen while
+running taken out, never behind the largest time the account has seen (persisted as the newest
+charged call, or the `budget_clock` row where no call was charged: a refusal, a prune). A clock
+set back or forward while the process runs frees nothing that real time (the steady clock) did
+not; a forward jump raises one `clock_jumped` alert. Across a restart a forward jump cannot be
+told from downtime and frees what that much elapsed time would; a clock set back carries on from
+the remembered time. Instants the budget reports for the clock to wait on (`retry_at`) are on the
+wall clock; `BudgetUsage` is in effective time, and only its differences are meant to be used.
 
 SQLite is the record; each account's last day of calls is also mirrored in memory (a `_Ledger`),
 because `admits` and `charge` run on a command's path and counting rows in SQL there cost more
@@ -46,7 +48,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import time
+import threading
 from bisect import bisect_right, insort
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +62,7 @@ from bridge.errors import BudgetExhausted, StateError
 from bridge.events import Alert, AlertKind, AlertSink
 from bridge.logs import get_logger
 from bridge.polling.clock import Clock, utc_now
+from bridge.polling.effective import SETTLE_S, EffectiveClock, Reading, steady_now
 from bridge.providers.base import CallKind, Commit
 from bridge.store import Store
 
@@ -307,13 +310,20 @@ class Budget:
         alerts: AlertSink,
         clock: Clock = utc_now,
         headroom: int = HEADROOM,
-        monotonic: Callable[[], float] = time.monotonic,
+        steady: Callable[[], float] | None = None,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self._store = store
-        self._monotonic = monotonic
-        # Per account: the last clock reading that was not behind the effective time, and the
-        # monotonic clock then (see `_effective`).
-        self._anchors: dict[str, tuple[float, float]] = {}
+        # What tells a clock being set from time passing. Without one: the boot clock for the
+        # real wall clock; any other clock (a simulation's) is its own measure, jumps and all.
+        self._steady = steady or (steady_now if clock is utc_now else partial(_seconds, clock))
+        self._pace = EffectiveClock(settle=settle_s)
+        # `admits` reads it without the store's lock (the web page's threads and the event
+        # loop): two readers must not both take one jump into the lag.
+        self._pace_lock = threading.Lock()
+        # Per account, the last call row before this process first looked: calls after it may
+        # be moved when a clock found behind is set (`_settle`), the ones before never are.
+        self._first_rows: dict[str, int] = {}
         self._headroom = headroom
         self._config = config
         self._alerts = alerts
@@ -346,6 +356,7 @@ class Budget:
         in memory only, and the returned commit writes it (see the module docstring)."""
         if kind is CallKind.READ and _reads_as_commands.get():
             kind = CallKind.COMMAND
+        self._settle(account)
         if record is not None:
             commit = self._take_on_record(account, kind, record)
             if commit is not None:
@@ -353,7 +364,8 @@ class Budget:
         try:
             with self._store.transaction() as conn:
                 ledger = self._ledger(conn, account)
-                now = self._effective(account, ledger.max_seen)
+                reading = self._effective(account, ledger.max_seen)
+                now = reading.effective
                 ledger.forget_before(now)
                 fits = ledger.fits(kind, now, self._config)
                 retry_at = now if fits else self._retry_at(ledger, kind, now)
@@ -377,7 +389,7 @@ class Budget:
         if prune:
             ledger.stale_rows = 0
         if retry_at > now:
-            self._refused(account, kind, now, retry_at)
+            self._refused(account, kind, reading, retry_at)
         ledger.add(Call(now, kind))
         if kind is CallKind.READ:
             self._exhausted.discard(account)
@@ -390,9 +402,9 @@ class Budget:
             ledger = self._ledgers.get(account)
             # A mirror another process has written past (`ownerlink command`s spending the
             # budget to its limit) could admit this call over the limit: pay in a transaction.
-            if ledger is None or self._outdated(conn):
+            if ledger is None or self._outdated(conn) or self._pace.restamp_of(account):
                 return None
-            now = self._effective(account, ledger.max_seen)
+            now = self._effective(account, ledger.max_seen).effective
             ledger.forget_before(now)
             if not ledger.fits(kind, now, self._config, spare=self._headroom):
                 return None
@@ -454,30 +466,73 @@ class Budget:
         only ever add calls, so a mirror that missed one can only say yes too readily, never no:
         `charge`, which re-reads inside its write transaction, is the answer that counts.
         """
+        self._settle(account)
         ledger = self._ledgers.get(account)
         if ledger is None:
             with self._store.locked() as conn:
                 ledger = self._ledger(conn, account)
-        now = self._effective(account, ledger.max_seen)
+        now = self._effective(account, ledger.max_seen).effective
         return ledger.fits(kind, now, self._config)
 
-    def _effective(self, account: str, max_seen: float) -> float:
-        """Effective time now: the clock, unless it is behind what the account has seen (it was
-        set back). Then not frozen at the largest reading, as it once was (calls piled up at one
-        instant and the windows never slid, so once one was full nothing was admitted until the
-        clock caught up: after a clock set back a day, no poll and no command for a day), but
-        moving on from the last trusted reading at the pace of the monotonic clock, which no
-        clock change moves: a backwards jump still frees nothing that real time did not."""
-        wall, mono = self._clock().timestamp(), self._monotonic()
-        if wall >= max_seen:
-            self._anchors[account] = (wall, mono)
-            return wall
-        anchor = self._anchors.get(account)
-        if anchor is None:  # set back before this process saw a trusted reading: from here on
-            self._anchors[account] = (max_seen, mono)
-            return max_seen
-        trusted, then = anchor
-        return max(max_seen, trusted + max(0.0, mono - then))
+    def _effective(self, account: str, max_seen: float) -> Reading:
+        """Effective time now (see `bridge.polling.effective`): a clock set back or forward while
+        running frees nothing that real time did not. (Set back, it once stood still at the
+        largest reading instead: once a window was full, no poll and no command for as long as
+        the clock had gone back. Set forward, it freed as much as that much time would.)"""
+        with self._pace_lock:
+            reading = self._pace.read(
+                account, wall=self._clock().timestamp(), steady=self._steady(), max_seen=max_seen
+            )
+        if reading.held:
+            self._clock_jumped(account, reading)
+        return reading
+
+    def _settle(self, account: str) -> None:
+        """While a clock found behind at start may still be set (see `bridge.polling.effective`):
+        read the clocks, and once the setting is believed, move the calls stamped since the
+        start forward by as much, so they keep their real age, before effective time takes the
+        wall clock. Outside any transaction (its own is the move); a no-op once settled. Waits
+        while a call of the account is in flight (its row, written later, keeps the old stamp)."""
+        if not self._pace.settling(account):
+            return
+        with self._store.locked() as conn:  # memory follows the rows only once they are committed
+            self._effective(account, self._ledger(conn, account).max_seen)
+            pending = self._pace.restamp_of(account)
+            if pending is None or self._in_flight.get(account):
+                return
+            since, shift = pending
+            self._move_calls(account, since, shift)
+        log.info("budget.clock_set", account=account, shift_s=round(shift, 3))
+
+    def _move_calls(self, account: str, since: float, shift: float) -> None:
+        """The account's calls since this process first looked (and its clock row, from `since`
+        on), `shift` later: rows first, then the effective clock and the mirror (the caller holds
+        the store's lock throughout)."""
+        with self._store.transaction() as conn:
+            conn.execute(
+                "UPDATE budget_calls SET ts = ts + ? WHERE account = ? AND id > ?",
+                (shift, account, self._first_rows.get(account, 0)),
+            )
+            conn.execute(
+                "UPDATE budget_clock SET max_ts = max_ts + ? WHERE account = ? AND max_ts >= ?",
+                (shift, account, since),
+            )
+        self._pace.restamped(account, shift)
+        self._ledgers.pop(account, None)
+
+    def _clock_jumped(self, account: str, reading: Reading) -> None:
+        """One alert per forward jump held back (the reading that saw it says so)."""
+        log.warning("budget.clock_jumped", account=account, jump_s=round(reading.held, 3))
+        self._alerts.emit(
+            Alert(
+                kind=AlertKind.CLOCK_JUMPED,
+                message=f"the system clock jumped {_span(reading.held)} ahead while running; "
+                "the API call budget counts only real elapsed time, so the jump frees no call "
+                "(a restart would take it as downtime)",
+                ts=_dt(reading.wall),
+                details={"jump_s": round(reading.held, 3), "clock": _dt(reading.wall).isoformat()},
+            )
+        )
 
     def _ledger(self, conn: sqlite3.Connection, account: str) -> _Ledger:
         """The account's mirror, reloaded when another connection has written since we looked."""
@@ -485,6 +540,8 @@ class Budget:
             self._ledgers.clear()
             self._version = _data_version(conn)
         ledger = self._ledgers.get(account)
+        if account not in self._first_rows:
+            self._first_rows[account] = _last_row(conn, account)
         if ledger is None:
             ledger = self._ledgers[account] = _Ledger(_max_seen(conn, account))
             for call in _load(conn, account):
@@ -508,21 +565,30 @@ class Budget:
         return max(blocked_until(ledger.calls, kind, w, now) for w in (usage.day, usage.hour))
 
     def usage(self, account: str, now: datetime | None = None) -> BudgetUsage:
-        """The account's windows at `now` (default: the clock), in effective time; read-only."""
+        """The account's windows at `now` (default: the clock), in effective time; read-only but
+        for a believed clock setting (`_settle`)."""
+        self._settle(account)
         with self._store.locked() as conn:
             ledger = self._ledger(conn, account)
-            effective = self._effective(account, ledger.max_seen)
-            at = effective if now is None else max(now.timestamp(), effective)
+            reading = self._effective(account, ledger.max_seen)
+            # `now` as far from the clock as it was asked: the clock may be ahead of effective
+            # time (a jump held back) or behind it (set back), and neither may free a call.
+            ahead = 0.0 if now is None else max(0.0, now.timestamp() - reading.wall)
+            at = reading.effective + ahead
             calls = list(ledger.calls)
         return usage_of(calls, now=at, config=self._config)
 
     def call_times(self, account: str, since: datetime, until: datetime) -> list[datetime]:
-        """When the account's charged calls happened in [since, until] (the page's chart)."""
+        """When the account's charged calls happened in [since, until] (the page's chart), on the
+        clock as it reads now: each call its real age before now, even after a jump."""
+        with self._store.locked() as conn:
+            reading = self._effective(account, self._ledger(conn, account).max_seen)
+        shift = reading.wall - reading.effective
         rows = self._store.query(
             "SELECT ts FROM budget_calls WHERE account = ? AND ts >= ? AND ts <= ? ORDER BY ts",
-            (account, since.timestamp(), until.timestamp()),
+            (account, since.timestamp() - shift, until.timestamp() - shift),
         )
-        return [_dt(float(row[0])) for row in rows]
+        return [_dt(float(row[0]) + shift) for row in rows]
 
     @staticmethod
     def _persist_clock(conn: sqlite3.Connection, account: str, now: float) -> None:
@@ -532,7 +598,8 @@ class Budget:
             (account, now),
         )
 
-    def _refused(self, account: str, kind: CallKind, now: float, retry_at: float) -> None:
+    def _refused(self, account: str, kind: CallKind, reading: Reading, retry_at: float) -> None:
+        retry_at = reading.on_wall(retry_at)  # when the clock will say so
         log.info("budget.refused", account=account, kind=kind.value, retry_at=_dt(retry_at))
         # One alert per episode: the episode ends when a READ is admitted again.
         if account not in self._exhausted:
@@ -542,7 +609,7 @@ class Budget:
                     kind=AlertKind.BUDGET_EXHAUSTED,
                     message=f"API call budget for account {account} is used up; "
                     f"polling resumes at {_dt(retry_at).isoformat()}",
-                    ts=_dt(now),
+                    ts=_dt(reading.wall),
                     account=account,
                     details={"call_kind": kind.value, "retry_at": _dt(retry_at).isoformat()},
                 )
@@ -567,6 +634,11 @@ def _max_seen(conn: sqlite3.Connection, account: str) -> float:
     return float(row[0]) if row else -math.inf
 
 
+def _last_row(conn: sqlite3.Connection, account: str) -> int:
+    row = conn.execute("SELECT max(id) FROM budget_calls WHERE account = ?", (account,)).fetchone()
+    return int(row[0] or 0)
+
+
 def _load(conn: sqlite3.Connection, account: str) -> list[Call]:
     rows = conn.execute(
         "SELECT ts, kind FROM budget_calls WHERE account = ? ORDER BY ts", (account,)
@@ -576,3 +648,14 @@ def _load(conn: sqlite3.Connection, account: str) -> list[Call]:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
+
+
+def _seconds(clock: Clock) -> float:
+    return clock().timestamp()
+
+
+def _span(seconds: float) -> str:
+    """A jump's size as people say it: "90 s", "3.0 h", "1.5 days"."""
+    if seconds < 2 * HOUR_S:
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return f"{seconds / HOUR_S:.1f} h" if seconds < 2 * DAY_S else f"{seconds / DAY_S:.1f} days"

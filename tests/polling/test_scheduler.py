@@ -9,7 +9,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from bridge.polling.policy import Mode
 from bridge.polling.prior import ActivityPrior
 from bridge.polling.scheduler import Poller, first_poll_offsets
 from bridge.polling.timers import ApsTimer, ManualTimer
+from bridge.providers.base import CallKind
 from bridge.store import Store
 from tests.polling.fakes import START, FakeProvider, SimTime, driving, parked
 
@@ -70,11 +71,15 @@ def build(
     store: Store | None = None,
     start: datetime = START,
     vehicles: dict[str, tuple[str, str]] | None = None,
+    clock: SimTime | None = None,
+    steady: Callable[[], float] | None = None,
 ) -> Harness:
-    clock = SimTime(start)
+    clock = clock or SimTime(start)
     store = store or Store.open(tmp_path)
     alerts = CollectingAlerts()
-    ledger = Budget(store=store, config=budget or BudgetConfig(), alerts=alerts, clock=clock)
+    ledger = Budget(
+        store=store, config=budget or BudgetConfig(), alerts=alerts, clock=clock, steady=steady
+    )
     ledger.start()
     history = ActivityHistory(store=store)
     history.start()
@@ -124,6 +129,39 @@ async def test_a_driving_car_is_polled_every_couple_of_minutes(harness: Harness)
     await harness.run_for(1800)
     assert 12 <= len(harness.provider.reads) <= 20
     assert harness.docs[-1]["mode"] == Mode.DRIVING.value
+
+
+async def test_a_clock_set_forward_frees_no_read_before_real_time_does(tmp_path: Path):
+    """The hour's reads are used up when the clock jumps a day ahead: the car is not read again
+    until the first of them is an hour old in real time (before, the jump freed the hour at once),
+    the poll waits for it on the jumped clock without spinning on refusals, and one clock_jumped
+    alert says why."""
+    clock, jumped = SimTime(), [0.0]
+    h = build(
+        tmp_path,
+        budget=BudgetConfig(calls_per_day=250, calls_per_hour=10),
+        clock=clock,
+        steady=lambda: clock().timestamp() - jumped[0],  # the timer moves real time only
+    )
+    h.provider.script = lambda now: driving(now - timedelta(seconds=5))
+    await h.poller.start()
+    await h.run_for(1)
+    (first,) = h.provider.reads
+    while h.budget.admits("acct", CallKind.READ):  # another part of the account spends the rest
+        h.budget.charge("acct", CallKind.READ)
+    await h.run_for(60)
+    clock.now += timedelta(days=1)
+    jumped[0] = 86_400.0
+    await h.run_for(3000)
+    assert h.provider.reads == [first]
+    assert h.latest["car"]["mode"] == Mode.EXHAUSTED.value
+    assert datetime.fromisoformat(h.latest["car"]["next_poll"]) == first + timedelta(
+        days=1, hours=1
+    )
+    await h.run_for(1200)
+    assert h.provider.reads[1] == first + timedelta(days=1, hours=1)
+    assert [a.kind for a in h.alerts.alerts].count(AlertKind.CLOCK_JUMPED) == 1
+    await h.poller.stop()
 
 
 async def test_a_parked_car_is_polled_rarely(harness: Harness):
