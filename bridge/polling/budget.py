@@ -79,6 +79,9 @@ PRUNE_BATCH = 64
 # Calls that must be left in both windows for a command to be charged in memory first (see above):
 # far more than other processes (`ownerlink status`, `vehicles`) make between two of ours.
 HEADROOM = 10
+# A forward clock jump held back is always logged; the owner is alerted from this size on (an NTP
+# step of a few seconds is held back all the same, and is not worth an alert).
+JUMP_ALERT_S = 60.0
 
 MIGRATIONS = (
     # One row per charged call. `ts` is effective epoch seconds; rows older than a day are pruned.
@@ -523,6 +526,8 @@ class Budget:
     def _clock_jumped(self, account: str, reading: Reading) -> None:
         """One alert per forward jump held back (the reading that saw it says so)."""
         log.warning("budget.clock_jumped", account=account, jump_s=round(reading.held, 3))
+        if reading.held < JUMP_ALERT_S:
+            return
         self._alerts.emit(
             Alert(
                 kind=AlertKind.CLOCK_JUMPED,

@@ -252,6 +252,20 @@ def test_a_forward_jump_while_running_frees_nothing_early(tmp_path: Path):
     store.close()
 
 
+def test_a_step_of_seconds_is_held_back_without_an_alert(tmp_path: Path):
+    """An NTP step of ten seconds frees nothing either, but raises no alert (it is logged)."""
+    clock, steady, alerts = FakeClock(), SteadyClock(), CollectingAlerts()
+    store, budget = live_budget(tmp_path, clock, steady, alerts)
+    assert charge_until_refused(budget, CallKind.READ) == 8
+    elapse(clock, steady, HOUR_S - 5)
+    clock.ts += 10
+    assert not budget.admits("a", CallKind.READ)
+    elapse(clock, steady, 6)
+    assert budget.admits("a", CallKind.READ)
+    assert jumps(alerts) == []
+    store.close()
+
+
 def test_after_a_forward_jump_calls_come_free_with_real_elapsed_time(tmp_path: Path):
     """Held back, the jump still lets the windows slide with real time: an hour later the hour's
     reads are free again, and the day still holds every call made."""
