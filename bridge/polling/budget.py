@@ -520,7 +520,8 @@ class Budget:
                 "UPDATE budget_clock SET max_ts = max_ts + ? WHERE account = ? AND max_ts >= ?",
                 (shift, account, since),
             )
-        self._pace.restamped(account, shift)
+        with self._pace_lock:
+            self._pace.restamped(account, shift)
         self._ledgers.pop(account, None)
 
     def _clock_jumped(self, account: str, reading: Reading) -> None:

@@ -672,7 +672,10 @@ class Run:
     true_now: float = 0.0
     offset: float = 0.0
     forward_jumped: bool = False
-    # A restart after a forward jump: the new process cannot tell the jump from downtime.
+    # No reading since the restart yet: a jump now is one the process never sees happen.
+    fresh: bool = False
+    # A forward jump before a process's first reading (before its start, or after it and before
+    # the budget first looks): it cannot be told from downtime.
     credited: bool = False
     accepted: list[tuple[float, float, CallKind]] = field(default_factory=list)
     refused: list[tuple[float, CallKind]] = field(default_factory=list)
@@ -730,11 +733,14 @@ def play(
         elif action == "jump":
             run.offset += float(arg)  # type: ignore[arg-type]
             run.forward_jumped |= float(arg) > 0  # type: ignore[arg-type]
+            run.credited |= run.fresh and float(arg) > 0  # type: ignore[arg-type]
         elif action == "restart":
             store.close()
             store, budget = open_budget(state_dir, config, clock, headroom, steady, settle_s=0)
             run.credited |= run.forward_jumped
+            run.fresh = True
         else:
+            run.fresh = False
             for _ in range(25 if action == "burst" else 1):
                 record = len(run.accepted) + 1 if action == "recorded" else None
                 attempt(store, budget, run, arg, record)  # type: ignore[arg-type]
@@ -777,7 +783,8 @@ def check_limits(
 def test_no_window_ever_exceeds_its_limit(config: BudgetConfig, script):
     """Over any calls, restarts and clock jumps, no 24 h or 1 h window exceeds its limit, and reads
     never exceed the limit minus the command reserve: in effective time, and in true time too
-    unless a restart followed a forward jump (a start cannot tell a jump from downtime). Jumps
+    unless a forward jump came before a process's first look (a start cannot tell a jump from
+    downtime). Jumps
     the steady clock tells apart, forward or back, free nothing; steps within the tolerance
     (twice it, one back and one forward) may, so true windows are that much shorter."""
     with tempfile.TemporaryDirectory() as tmp:
