@@ -1,4 +1,11 @@
-"""`create_web_app`: the owner page, the OAuth 2.0 server and the REST API as one ASGI app."""
+"""`create_web_app`: the owner page, the OAuth 2.0 server and the REST API as one ASGI app.
+
+The pages are plain Starlette (`bridge.web.pagerouter`). The REST API and the OAuth back channel
+(`API_PATHS`) are a FastAPI app of their own (`bridge.web.api.app`), built when an app first
+calls them: FastAPI, the pydantic models it makes at import and OpenTelemetry, which it imports,
+are about 7 MB an owner who only opens the page does not need. Both sit behind the same
+middleware and share one `WebContext`.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +15,30 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bridge import __version__
 from bridge.config import Settings
 from bridge.errors import AuditError
 from bridge.events import AuditSink
 from bridge.logs import get_logger
 from bridge.store import Store
 from bridge.web import schema
-from bridge.web.api import routes as api_routes
 from bridge.web.api.access_log import AccessLog
 from bridge.web.context import WebContext
 from bridge.web.handlers import add_error_handlers
 from bridge.web.ingress import Ingress
+from bridge.web.lazy import Deferred
 from bridge.web.loginlimit import LoginLimiter
 from bridge.web.middleware import ApiAccessAudit, BodyLimit, SecurityHeaders
 from bridge.web.netguard import AllowlistMiddleware, HostGuard, allowed_hosts
-from bridge.web.oauth import consent, endpoints
+from bridge.web.oauth import consent
 from bridge.web.oauth.server import OAuthServer
 from bridge.web.oauth.store import OAuthStore
 from bridge.web.pages import apps as apps_pages
@@ -42,9 +52,13 @@ from bridge.web.sessions import Sessions
 
 log = get_logger(__name__)
 
-API_DESCRIPTION = (
-    "Local REST API of Ownerlink. Authenticate with an OAuth 2.0 access token from the "
-    "authorization-code flow with PKCE (S256) at /oauth/authorize and /oauth/token."
+# Served by the API app. The consent page (/oauth/authorize) is the owner's: it is a page.
+API_PATHS = (
+    "/api/",
+    "/oauth/token",
+    "/oauth/revoke",
+    "/oauth/introspect",
+    "/.well-known/oauth-authorization-server",
 )
 
 
@@ -63,7 +77,7 @@ def create_web_app(
     vehicles_view: VehiclesView,
     stepup: StepUp,
     clock: Clock = utc_now,
-) -> FastAPI:
+) -> Starlette:
     """Build the ASGI app; creates or upgrades the web and OAuth tables in `store`."""
     schema.migrate(store)
     context = _context(
@@ -77,31 +91,17 @@ def create_web_app(
         stepup=stepup,
         clock=clock,
     )
-    app = FastAPI(
-        title="Ownerlink API",
-        version=__version__,
-        description=API_DESCRIPTION,
-        openapi_url="/api/v1/openapi.json",
-        docs_url=None,
-        redoc_url=None,
+    pages = (login_pages, apps_pages, audit_pages, vehicle_pages, security_pages, consent)
+    app = Starlette(
+        routes=[
+            *(route for module in pages for route in module.router.routes),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/", _home, methods=["GET"]),
+        ],
         lifespan=_lifespan(context.access_log),
     )
     app.state.ctx = context
-    modules = (
-        login_pages,
-        apps_pages,
-        audit_pages,
-        vehicle_pages,
-        security_pages,
-        consent,
-        endpoints,
-        api_routes,
-    )
-    for module in modules:
-        app.include_router(module.router)
-    app.include_router(endpoints.metadata_router)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_api_route("/", _home, include_in_schema=False)
+    app.router.default = ApiOrNotFound(context)
     add_error_handlers(app)
     # Added innermost first: the allowlist is the outermost layer and sees every request.
     web = settings.web
@@ -162,11 +162,39 @@ async def _home(request: Request) -> Response:
     return RedirectResponse("/apps", status_code=303)
 
 
-def _lifespan(access_log: AccessLog) -> Callable[[FastAPI], Any]:
+class ApiOrNotFound:
+    """What no page route matched: `API_PATHS` go to the API app (built on the first such
+    request), anything else is the page's 404."""
+
+    def __init__(self, context: WebContext) -> None:
+        self._api = Deferred(lambda: _build_api(context))
+
+    @property
+    def built(self) -> bool:
+        return self._api.built
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(API_PATHS):
+            raise HTTPException(404)
+        await self._api(scope, receive, send)
+
+
+async def _build_api(context: WebContext) -> ASGIApp:
+    # Importing FastAPI is most of the cost: off the event loop, which keeps polling meanwhile.
+    return await run_in_threadpool(_make_api, context)
+
+
+def _make_api(context: WebContext) -> ASGIApp:
+    from bridge.web.api.app import create_api_app
+
+    return create_api_app(context)
+
+
+def _lifespan(access_log: AccessLog) -> Callable[[Starlette], Any]:
     """Flush the access log's per-minute summaries once a minute, and everything at shutdown."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         """Run the once-a-minute flush while the server is up."""
         task = asyncio.create_task(_flush_every_minute(access_log))
         try:

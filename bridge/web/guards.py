@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
-from fastapi import Depends
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
@@ -55,7 +53,7 @@ def _cookie(request: Request) -> tuple[str, str, bool]:
 
 
 async def require_owner(request: Request) -> Session:
-    """FastAPI dependency: the owner's session, or LoginRequired."""
+    """The owner's session, or LoginRequired (`PageRouter` asks before every owner page)."""
     session = current_session(request)
     if session is None or not session.owner:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -64,9 +62,6 @@ async def require_owner(request: Request) -> Session:
         raise LoginRequired(target, ended=stale or request.method == "POST")
     request.state.session = session
     return session
-
-
-OwnerSession = Annotated[Session, Depends(require_owner)]
 
 
 async def checked_form(request: Request, session: Session | None) -> FormData:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from bridge.errors import AccessError, AuditError, StateError
 from bridge.logs import get_logger
-from bridge.web.api.auth import ApiError
 from bridge.web.guards import CsrfRejected, LoginRequired
 from bridge.web.render import page
 
@@ -40,12 +38,6 @@ def error_response(request: Request, status: int, error: str, description: str) 
         link="/apps",
         link_label="Back to Connected apps",
     )
-
-
-async def api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    body = {"error": exc.error, "error_description": exc.description}
-    return JSONResponse(body, exc.status, headers=exc.headers)
 
 
 async def login_required(request: Request, exc: Exception) -> Response:
@@ -102,20 +94,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc.status_code, name, str(exc.detail))
 
 
-async def invalid_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-    )
-    return error_response(request, 422, "invalid_request", problems[:500])
-
-
-def add_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, api_error)
+def add_error_handlers(app: Starlette) -> None:
+    """The answers shared by the pages and the API (`bridge.web.api.app` adds the API's own)."""
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(CsrfRejected, csrf_rejected)
     app.add_exception_handler(AccessError, access_error)
     app.add_exception_handler(AuditError, audit_down)
     app.add_exception_handler(StateError, state_damaged)
     app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid_request)

@@ -1,11 +1,12 @@
-"""An ASGI app that builds the owner page on its first request, and answers health checks itself.
+"""ASGI apps built on their first request: the owner page, and behind it the REST API.
 
 Most owners look at the page now and then, while Home Assistant, Docker's health check and
-Prometheus ask `/healthz` and `/metrics` all day. Loading FastAPI and building the page costs
-about 13 MB that an owner who never opens it would carry for nothing. So `LazyApp` serves the
-small observability app at once and builds the full app (and starts its lifespan) the first time
-any other path is asked for; from then on it forwards to it. The build runs its imports in a
-thread, so the event loop keeps polling and taking commands meanwhile.
+Prometheus ask `/healthz` and `/metrics` all day. Loading the page (Jinja2, oauthlib, its
+modules) costs about 4 MB that an owner who never opens it would carry for nothing. So `LazyApp`
+serves the small observability app at once and builds the full app (and starts its lifespan) the
+first time any other path is asked for; from then on it forwards to it. `Deferred` does the same
+inside the page for the REST API (FastAPI, about 8 MB more), which only apps call. The builds
+run their imports in a thread, so the event loop keeps polling and taking commands meanwhile.
 """
 
 from __future__ import annotations
@@ -65,3 +66,28 @@ class LazyApp:
                 await self._lifespans.aclose()  # the built app's shutdown (flushes its logs)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class Deferred:
+    """An ASGI app that `build()` makes on its first request (one build however many requests
+    arrive meanwhile), then forwards every request to. No lifespan: what it builds has none."""
+
+    def __init__(self, build: Build) -> None:
+        self._build = build
+        self._app: ASGIApp | None = None
+        self._lock: asyncio.Lock | None = None  # made on the loop, at the first build
+
+    @property
+    def built(self) -> bool:
+        return self._app is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self._app or await self._load()
+        await app(scope, receive, send)
+
+    async def _load(self) -> ASGIApp:
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if self._app is None:
+                self._app = await self._build()
+        return self._app

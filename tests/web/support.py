@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pyotp
-from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from bridge.config import Settings
 from bridge.store import Store
@@ -34,7 +34,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 class Harness:
     """One web app on fakes, with every collaborator reachable from the test."""
 
-    app: FastAPI
+    app: Starlette
     store: Store
     clock: MutableClock
     audit: MemoryAudit

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -82,3 +87,58 @@ async def test_concurrent_first_requests_share_one_build_and_its_lifespan_runs()
     answers = await run_lifespan(lazy, ["lifespan.startup", "lifespan.shutdown"])
     assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert events == ["started", "stopped"]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# The owner's visit, then an app's first API calls, in a fresh interpreter: sys.modules shows what
+# each loaded. The harness is the web app on fakes, as the other web tests build it.
+PAGE_THEN_API = """
+import asyncio, json, sys, tempfile
+from pathlib import Path
+import httpx
+from tests.web.support import BASE_URL, build_harness, login
+
+HEAVY = ("fastapi", "pydantic.v1", "opentelemetry", "qrcode")
+
+async def visit():
+    harness = build_harness(Path(tempfile.mkdtemp()) / "state")
+    harness.registry.add("nodered", scopes=["read:status"])
+    transport = httpx.ASGITransport(app=harness.app, client=("127.0.0.1", 40000))
+    seen = {}
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        statuses = [(await login(client)).status_code]
+        for path in ("/apps", "/vehicles", "/audit", "/security", "/apps/nodered", "/nope"):
+            statuses.append((await client.get(path)).status_code)
+        seen["pages"] = statuses
+        seen["page_loaded"] = [m for m in HEAVY if m in sys.modules]
+        seen["api"] = [
+            (await client.get("/api/v1/openapi.json")).status_code,
+            (await client.get("/api/v1/me")).status_code,
+            (await client.post("/oauth/token", data={"grant_type": "x"})).status_code,
+            (await client.get("/.well-known/oauth-authorization-server")).status_code,
+        ]
+        seen["api_loaded"] = "fastapi" in sys.modules
+    print(json.dumps(seen))
+
+asyncio.run(visit())
+"""
+
+
+def test_the_owner_pages_load_no_fastapi_and_the_api_loads_it_when_called() -> None:
+    """Logging in and opening every page (and a missing one) leaves FastAPI, pydantic.v1,
+    OpenTelemetry and qrcode out of the process; the API answers once called, FastAPI then in."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", PAGE_THEN_API],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["pages"] == [303, 200, 200, 200, 200, 200, 404]
+    assert seen["page_loaded"] == []
+    assert seen["api"] == [200, 401, 400, 200]
+    assert seen["api_loaded"] is True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter
 from oauthlib.oauth2.rfc6749 import errors
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -19,9 +18,10 @@ from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import checked_form, current_session
 from bridge.web.oauth.server import AuthRequest
+from bridge.web.pagerouter import PageRouter
 from bridge.web.render import page
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 
 
 def _not_logged_in(request: Request) -> Response:
@@ -93,7 +93,7 @@ def _allowed(context: WebContext, client_id: str) -> set[str]:
     return {s.value for s in app.scopes} if app else set()
 
 
-@router.get("/oauth/authorize")
+@router.get("/oauth/authorize", public=True)
 async def authorize_form(request: Request) -> Response:
     """Show the consent page for a valid request from a logged-in owner."""
     session = current_session(request)
@@ -117,7 +117,7 @@ async def authorize_form(request: Request) -> Response:
     )
 
 
-@router.post("/oauth/authorize")
+@router.post("/oauth/authorize", public=True)
 async def authorize(request: Request) -> Response:
     """Apply the owner's decision: a code for the ticked scopes, or access_denied."""
     session = current_session(request)

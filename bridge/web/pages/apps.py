@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,12 +19,13 @@ from bridge.access import validation
 from bridge.errors import AccessError
 from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
-from bridge.web.guards import OwnerSession, checked_form
+from bridge.web.guards import checked_form
+from bridge.web.pagerouter import PageRouter
 from bridge.web.render import page
 from bridge.web.scopes_ui import parse_scopes
 from bridge.web.sessions import Session
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 
 # Written to the registry's audit records: the change came from the owner page, not the CLI.
 ACTOR = "web"
@@ -90,7 +90,7 @@ def _app_or_404(context: WebContext, app_id: str) -> App:
 
 
 @router.get("/apps")
-async def list_apps(request: Request, session: OwnerSession) -> Response:
+async def list_apps(request: Request, session: Session) -> Response:
     return await _apps_page(request, form={})
 
 
@@ -115,7 +115,7 @@ async def _apps_page(
 
 
 @router.post("/apps")
-async def add_app(request: Request, session: OwnerSession) -> Response:
+async def add_app(request: Request, session: Session) -> Response:
     """Register an app through the registry; its password goes to the one-time box."""
     form = await checked_form(request, session)
     app_id = str(form.get("app_id", "")).strip()
@@ -157,7 +157,7 @@ def _unshown_password(request: Request, session_hash: str, app_id: str) -> bool:
 
 
 @router.get("/apps/{app_id}/created")
-async def app_created(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def app_created(request: Request, app_id: str, session: Session) -> Response:
     """The broker password, once: a reload finds the box empty."""
     secret = ctx(request).once.take(session.id_hash, f"password:{app_id}")
     if secret is None:
@@ -177,7 +177,7 @@ async def app_created(request: Request, app_id: str, session: OwnerSession) -> R
 
 
 @router.get("/apps/{app_id}")
-async def app_detail(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def app_detail(request: Request, app_id: str, session: Session) -> Response:
     """One app: status, scopes, limits, REST access, activity, revoke link."""
     return await _app_page(request, _app_or_404(ctx(request), app_id))
 
@@ -230,7 +230,7 @@ def _current_fields(app: App) -> dict[str, str]:
 
 
 @router.post("/apps/{app_id}/scopes")
-async def change_scopes(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def change_scopes(request: Request, app_id: str, session: Session) -> Response:
     """Grant the newly ticked scopes and withdraw the unticked ones."""
     form = await checked_form(request, session)
     context = ctx(request)
@@ -258,12 +258,12 @@ def _describe_change(added: Iterable[Any], removed: Iterable[Any]) -> str:
 
 
 @router.get("/apps/{app_id}/revoke")
-async def confirm_revoke(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def confirm_revoke(request: Request, app_id: str, session: Session) -> Response:
     return page(request, "app_revoke.html", app=_app_or_404(ctx(request), app_id))
 
 
 @router.post("/apps/{app_id}/revoke")
-async def revoke(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def revoke(request: Request, app_id: str, session: Session) -> Response:
     await checked_form(request, session)
     context = ctx(request)
     app = _app_or_404(context, app_id)
@@ -274,7 +274,7 @@ async def revoke(request: Request, app_id: str, session: OwnerSession) -> Respon
 
 
 @router.post("/apps/{app_id}/limits")
-async def change_limits(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def change_limits(request: Request, app_id: str, session: Session) -> Response:
     """The app's IP allowlist (for REST calls) and command rate limit, as `apps allowlist` and
     `apps rate-limit` set them. Both fields are checked before either is saved: a form refused
     for one field must not have changed the other."""
@@ -322,7 +322,7 @@ def _rate_from(text: str) -> int | None:
 
 
 @router.post("/apps/{app_id}/oauth")
-async def enable_rest(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def enable_rest(request: Request, app_id: str, session: Session) -> Response:
     """Make the app an OAuth client; a client secret is shown once."""
     form = await checked_form(request, session)
     context = ctx(request)
@@ -351,7 +351,7 @@ def _register_client(context: WebContext, app: App, typed: Mapping[str, str]) ->
 
 
 @router.get("/apps/{app_id}/oauth/created")
-async def rest_enabled(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def rest_enabled(request: Request, app_id: str, session: Session) -> Response:
     """The new client secret, once (public clients have none)."""
     secret = ctx(request).once.take(session.id_hash, f"client:{app_id}")
     if secret == "":
@@ -372,7 +372,7 @@ async def rest_enabled(request: Request, app_id: str, session: OwnerSession) -> 
 
 
 @router.post("/apps/{app_id}/oauth/remove")
-async def disable_rest(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def disable_rest(request: Request, app_id: str, session: Session) -> Response:
     await checked_form(request, session)
     ctx(request).oauth.remove_client(app_id)
     _flash(request, f"REST access removed for {app_id}; its tokens no longer work.")
@@ -380,13 +380,13 @@ async def disable_rest(request: Request, app_id: str, session: OwnerSession) -> 
 
 
 @router.post("/apps/{app_id}/disable")
-async def disable_app(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def disable_app(request: Request, app_id: str, session: Session) -> Response:
     """Pause the app without deleting it, as `ownerlink apps disable` does."""
     return await _set_enabled(request, app_id, session, enabled=False)
 
 
 @router.post("/apps/{app_id}/enable")
-async def enable_app(request: Request, app_id: str, session: OwnerSession) -> Response:
+async def enable_app(request: Request, app_id: str, session: Session) -> Response:
     """Let a disabled app in again, as `ownerlink apps enable` does."""
     return await _set_enabled(request, app_id, session, enabled=True)
 

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bridge.web.context import ctx
-from bridge.web.guards import OwnerSession
+from bridge.web.pagerouter import PageRouter
 from bridge.web.render import page
+from bridge.web.sessions import Session
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 
 PAGE_ROWS = 200
 EXPORT_BATCH = 500  # records per chunk of an export
@@ -104,7 +104,7 @@ def _with_active(choices: dict[str, list[str]], wanted: AuditFilter) -> dict[str
 
 
 @router.get("/audit")
-async def audit_page(request: Request, session: OwnerSession) -> Response:
+async def audit_page(request: Request, session: Session) -> Response:
     """Matching records newest first, the chain status and filter choices."""
     context = ctx(request)
     wanted = AuditFilter.from_query(request.query_params)
@@ -148,7 +148,7 @@ def _scan(newest_first: Iterable[Mapping[str, Any]], wanted: AuditFilter) -> _Sc
 
 
 @router.get("/audit/export")
-async def export(request: Request, session: OwnerSession) -> Response:
+async def export(request: Request, session: Session) -> Response:
     """The matching records as JSON lines, oldest first and complete (hashes included), so the
     export can be checked against the chain."""
     context = ctx(request)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -23,11 +22,12 @@ from bridge.web.guards import (
     set_session_cookie,
 )
 from bridge.web.ingress import prefix_of
+from bridge.web.pagerouter import PageRouter
 from bridge.web.passwords import owner_password_hash, set_first_owner_password, verify_password
 from bridge.web.render import page
 from bridge.web.sessions import Session
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 log = get_logger(__name__)
 
 
@@ -35,7 +35,7 @@ def _needs_code(context: WebContext) -> bool:
     return context.settings.web.login_totp and context.stepup.enrolled()
 
 
-@router.get("/login")
+@router.get("/login", public=True)
 async def login_form(request: Request) -> Response:
     """The login form, with an anonymous session carrying its CSRF token."""
     context = ctx(request)
@@ -155,7 +155,7 @@ def _check_setup_code(request: Request, ip: str, typed: str) -> Response | None:
     return None
 
 
-@router.post("/login/first-password")
+@router.post("/login/first-password", public=True)
 async def first_password(request: Request) -> Response:
     """Set the first owner password (through Ingress only) and log in with it."""
     context = ctx(request)
@@ -190,7 +190,7 @@ async def first_password(request: Request) -> Response:
     return _start_owner_session(request, session, ip, "/apps")
 
 
-@router.post("/login")
+@router.post("/login", public=True)
 async def login(request: Request) -> Response:
     """Check CSRF, throttle, password (and code); start a fresh owner session."""
     context = ctx(request)
@@ -234,7 +234,7 @@ def _start_owner_session(request: Request, old: Session, ip: str, target: str) -
     return response
 
 
-@router.post("/logout")
+@router.post("/logout", public=True)
 async def logout(request: Request) -> Response:
     """End the session and clear the cookie."""
     context = ctx(request)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,12 +16,13 @@ from starlette.responses import RedirectResponse, Response
 from bridge.commands import stepup as totp
 from bridge.errors import AccessError, StateError
 from bridge.web.context import ctx
-from bridge.web.guards import OwnerSession, checked_form, owner_ip, set_session_cookie
+from bridge.web.guards import checked_form, owner_ip, set_session_cookie
+from bridge.web.pagerouter import PageRouter
 from bridge.web.passwords import owner_password_hash, set_owner_password, verify_password
-from bridge.web.qr import qr_svg
 from bridge.web.render import page
+from bridge.web.sessions import Session
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 
 
 def masked_webhook(url: str | None) -> str | None:
@@ -61,7 +61,7 @@ def _stepup_status(request: Request) -> str:
 
 
 @router.get("/security")
-async def security(request: Request, session: OwnerSession) -> Response:
+async def security(request: Request, session: Session) -> Response:
     return _security_page(request, flash=ctx(request).once.take(session.id_hash, "flash"))
 
 
@@ -90,7 +90,7 @@ async def _recheck_password(
 
 
 @router.post("/security/stepup")
-async def enrol_stepup(request: Request, session: OwnerSession) -> Response:
+async def enrol_stepup(request: Request, session: Session) -> Response:
     """A new TOTP secret, after the password is given again. It is only proposed: the current
     one stays in force until a code from the new one is typed (`confirm_stepup`), so a page
     closed or reloaded before the scan never leaves the owner without a working authenticator."""
@@ -126,6 +126,10 @@ def _new_stepup_page(
 ) -> Response:
     if secret is None:
         return page(request, "stepup_new.html", status, qr=None, secret=None, error=error)
+    # qrcode (with xml.etree) is loaded only here: a QR code is drawn once per enrolment, and the
+    # pages an owner opens every day should not carry it (about 1 MB).
+    from bridge.web.qr import qr_svg
+
     uri = totp.provisioning_uri(secret)
     qr = Markup(qr_svg(uri, title="Step-up authenticator QR code"))  # noqa: S704  # our own SVG
     return page(
@@ -141,13 +145,13 @@ def _new_stepup_page(
 
 
 @router.get("/security/stepup/new")
-async def new_stepup(request: Request, session: OwnerSession) -> Response:
+async def new_stepup(request: Request, session: Session) -> Response:
     """The QR code of the proposed secret and the form that puts it in force."""
     return _new_stepup_page(request, _pending(request, session.id_hash))
 
 
 @router.post("/security/stepup/new")
-async def confirm_stepup(request: Request, session: OwnerSession) -> Response:
+async def confirm_stepup(request: Request, session: Session) -> Response:
     """Put the proposed secret in force once a code from it shows the authenticator has it."""
     form = await checked_form(request, session)
     context = ctx(request)
@@ -175,7 +179,7 @@ async def confirm_stepup(request: Request, session: OwnerSession) -> Response:
 
 
 @router.post("/security/password")
-async def change_password(request: Request, session: OwnerSession) -> Response:
+async def change_password(request: Request, session: Session) -> Response:
     """Check the current password, store the new one, log out other sessions."""
     form = await checked_form(request, session)
     context = ctx(request)

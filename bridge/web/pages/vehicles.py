@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
 from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,17 +15,20 @@ from starlette.responses import Response
 from bridge.model import to_document
 from bridge.web.charts import budget_svg, usage_ratio
 from bridge.web.context import ctx
-from bridge.web.guards import OwnerSession, owner_ip
+from bridge.web.guards import owner_ip
+from bridge.web.pagerouter import PageRouter
 from bridge.web.ports import VehicleView
 from bridge.web.render import page
+from bridge.web.sessions import Session
 
-router = APIRouter(include_in_schema=False)
+router = PageRouter()
 
 
 @router.get("/vehicles")
-async def vehicles(request: Request, session: OwnerSession, reveal: str = "") -> Response:
-    """Every vehicle, the budget chart, and one location when asked for."""
+async def vehicles(request: Request, session: Session) -> Response:
+    """Every vehicle, the budget chart, and one location when asked for (`?reveal=<vehicle>`)."""
     context = ctx(request)
+    reveal = request.query_params.get("reveal", "")
     views = context.vehicles.vehicles()
     revealed = next((v for v in views if v.slug == reveal), None)
     if revealed is not None:
