@@ -187,6 +187,7 @@ async def _build_api(context: WebContext) -> ASGIApp:
 def _make_api(context: WebContext) -> ASGIApp:
     from bridge.web.api.app import create_api_app
 
+    context.oauth.load()  # oauthlib too, here on the worker thread
     return create_api_app(context)
 
 

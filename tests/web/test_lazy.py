@@ -98,7 +98,7 @@ from pathlib import Path
 import httpx
 from tests.web.support import BASE_URL, build_harness, login
 
-HEAVY = ("fastapi", "pydantic.v1", "opentelemetry", "qrcode")
+HEAVY = ("fastapi", "pydantic.v1", "opentelemetry", "qrcode", "oauthlib")
 
 async def visit():
     harness = build_harness(Path(tempfile.mkdtemp()) / "state")
@@ -126,7 +126,7 @@ asyncio.run(visit())
 
 def test_the_owner_pages_load_no_fastapi_and_the_api_loads_it_when_called() -> None:
     """Logging in and opening every page (and a missing one) leaves FastAPI, pydantic.v1,
-    OpenTelemetry and qrcode out of the process; the API answers once called, FastAPI then in."""
+    OpenTelemetry, qrcode and oauthlib out of the process; the API answers once called."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", PAGE_THEN_API],

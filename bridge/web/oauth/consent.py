@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlencode
 
-from oauthlib.oauth2.rfc6749 import errors
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -42,7 +41,10 @@ def _not_logged_in(request: Request) -> Response:
 
 
 def _validated(request: Request, query: str) -> AuthRequest | Response:
-    """The request, or the response for an invalid one (an error page or a redirect)."""
+    """The request, or the response for an invalid one (an error page or a redirect). Call
+    `oauth.ready()` first: oauthlib is loaded then, off the event loop."""
+    from oauthlib.oauth2.rfc6749 import errors
+
     uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
     try:
         return ctx(request).oauth.check_authorization(uri, request.headers)
@@ -100,6 +102,7 @@ async def authorize_form(request: Request) -> Response:
     if session is None or not session.owner:
         return _not_logged_in(request)
     request.state.session = session
+    await ctx(request).oauth.ready()
     checked = _validated(request, request.url.query)
     if isinstance(checked, Response):
         return checked
@@ -126,6 +129,7 @@ async def authorize(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     request.state.session = session
     query = str(form.get("query", ""))
+    await ctx(request).oauth.ready()
     checked = _validated(request, query)
     if isinstance(checked, Response):
         return checked

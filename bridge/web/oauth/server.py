@@ -3,27 +3,34 @@
 Only the authorization-code grant (with PKCE, S256) and the refresh-token grant exist: no implicit,
 no password, no client-credentials grant (RFC 9700 §2.1.2, §2.4). Registering a client links it to
 a registry app, so scopes, rate limits, IP allowlists and revocation are the app's.
+
+oauthlib (58 modules, about 1 MB) is loaded when the protocol is first needed: a consent page or
+an app's call to the API. The owner's everyday pages only read and change clients and grants.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from oauthlib.common import Request, add_params_to_uri
-from oauthlib.oauth2 import WebApplicationServer
-from oauthlib.oauth2.rfc6749 import errors
 
 from bridge.errors import AccessError
 from bridge.events import AuditSink
+from bridge.web.oauth import grants
 from bridge.web.oauth.store import Client, OAuthStore
-from bridge.web.oauth.validator import Validator
 from bridge.web.ports import Clock, Registry
+
+if TYPE_CHECKING:
+    from oauthlib.common import Request
+    from oauthlib.oauth2 import WebApplicationServer
+
+    from bridge.web.oauth.validator import Validator
 
 # oauthlib's debug logging prints codes and tokens through the standard logging module, which our
 # structlog redaction never sees; keep it quiet whatever the daemon's level.
@@ -50,6 +57,8 @@ class AuthRequest:
 
     def denied(self) -> str:
         """RFC 6749 §4.1.2.1: `access_denied` at the validated redirect URI, with the state."""
+        from oauthlib.common import add_params_to_uri
+
         pairs = [("error", "access_denied")] + ([("state", self.state)] if self.state else [])
         return str(add_params_to_uri(self.redirect_uri, pairs))
 
@@ -80,6 +89,8 @@ def redirect_uri_problem(uri: str) -> str | None:
 
 def _require_s256(request: Request) -> dict[str, Any]:
     """`plain` PKCE protects nothing once the request is seen; accept S256 only."""
+    from oauthlib.oauth2.rfc6749 import errors
+
     if request.code_challenge is not None and request.code_challenge_method != "S256":
         raise errors.InvalidRequestError(
             description="code_challenge_method must be S256", request=request
@@ -94,6 +105,8 @@ def _require_s256(request: Request) -> dict[str, Any]:
 
 
 def _verifier_shape(request: Request) -> None:
+    from oauthlib.oauth2.rfc6749 import errors
+
     if request.code_verifier is not None and not VERIFIER.match(request.code_verifier):
         raise errors.InvalidRequestError(
             description="code_verifier must be 43-128 unreserved characters", request=request
@@ -117,12 +130,48 @@ class OAuthServer:
         self.registry = registry
         self.audit = audit
         self.clock = clock
-        self.validator = Validator(
-            store=store, registry=registry, audit=audit, clock=clock, refresh_ttl_s=refresh_ttl_s
+        self._ttls = (access_ttl_s, refresh_ttl_s)
+        self._protocol: tuple[Validator, WebApplicationServer] | None = None
+        self._loading = threading.Lock()  # the API's build (a thread) and a consent page may race
+
+    @property
+    def validator(self) -> Validator:
+        return self.load()[0]
+
+    @property
+    def server(self) -> WebApplicationServer:
+        return self.load()[1]
+
+    def load(self) -> tuple[Validator, WebApplicationServer]:
+        """oauthlib's server over our validator, made (and oauthlib imported) on first use."""
+        protocol = self._protocol
+        if protocol is None:
+            with self._loading:
+                protocol = self._protocol = self._protocol or self._make_protocol()
+        return protocol
+
+    async def ready(self) -> None:
+        """`load`, with the first one's imports off the event loop."""
+        if self._protocol is None:
+            await asyncio.to_thread(self.load)
+
+    def _make_protocol(self) -> tuple[Validator, WebApplicationServer]:
+        from oauthlib.oauth2 import WebApplicationServer
+
+        from bridge.web.oauth.validator import Validator
+
+        access_ttl_s, refresh_ttl_s = self._ttls
+        validator = Validator(
+            store=self.store,
+            registry=self.registry,
+            audit=self.audit,
+            clock=self.clock,
+            refresh_ttl_s=refresh_ttl_s,
         )
-        self.server = WebApplicationServer(self.validator, token_expires_in=access_ttl_s)
-        self.server.auth_grant.custom_validators.pre_auth.append(_require_s256)
-        self.server.auth_grant.custom_validators.pre_token.append(_verifier_shape)
+        server = WebApplicationServer(validator, token_expires_in=access_ttl_s)
+        server.auth_grant.custom_validators.pre_auth.append(_require_s256)
+        server.auth_grant.custom_validators.pre_token.append(_verifier_shape)
+        return validator, server
 
     def check_authorization(self, uri: str, headers: Mapping[str, str]) -> AuthRequest:
         """A validated authorisation request; raises oauthlib's FatalClientError (show it to the
@@ -195,7 +244,7 @@ class OAuthServer:
         """How many grants still hold a live token (for the owner page): a grant whose scopes
         were all withdrawn is not counted, though the app has not tried it since."""
         live = self.store.live_tokens(app_id, now=self._now())
-        return len({token.grant_id for token in live if not self.validator.ended(token)})
+        return len({token.grant_id for token in live if not grants.ended(self.registry, token)})
 
     def remove_client(self, app_id: str) -> None:
         """Remove REST access: the client goes and every token it holds stops working."""
@@ -223,6 +272,8 @@ def _safely(call: Any) -> OAuthResponse:
     """The client's mistakes that oauthlib raises rather than answers become its answer: a body
     it cannot decode (ValueError), and checks made before the grant runs (a query string on the
     token endpoint, say, which must not carry credentials)."""
+    from oauthlib.oauth2.rfc6749 import errors
+
     try:
         headers, body, status = call()
     except errors.OAuth2Error as exc:

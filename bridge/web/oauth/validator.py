@@ -24,6 +24,7 @@ from oauthlib.oauth2 import RequestValidator
 from bridge.events import AuditSink
 from bridge.model import Scope
 from bridge.web.netguard import ip_allowed, parse_ip
+from bridge.web.oauth import grants
 from bridge.web.oauth.store import Client, Code, OAuthStore, Token, digest, scopes_text
 from bridge.web.ports import Clock, Registry
 
@@ -179,7 +180,7 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             return False
         if stored.expires_at <= self._now():
             return False
-        if self._lost_all(stored.client_id, stored.scopes, stored.scope_mark):
+        if grants.lost_all(self.registry, stored.client_id, stored.scopes, stored.scope_mark):
             return False
         held = self._still_held(stored.client_id, stored.scopes)
         if not held:
@@ -289,7 +290,7 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
     def ended(self, stored: Token) -> bool:
         """True when every scope `stored` carries has been withdrawn from the app at some moment
         since it was issued, given back since or not (the owner must consent again)."""
-        return self._lost_all(stored.client_id, stored.scopes, stored.scope_mark)
+        return grants.ended(self.registry, stored)
 
     def withdrawn(self, stored: Token) -> bool:
         """`ended`, and if so its grant revoked (once, audited) so that it stays so."""
@@ -314,15 +315,6 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         # scope, in the token or in the response's `scope`.
         stored = self.store.token(refresh_token)
         return self._still_held(stored.client_id, stored.scopes) if stored else []
-
-    def _lost_all(self, client_id: str, scopes: str, mark: int) -> bool:
-        """True when the app held none of `scopes` at some moment since `mark`, now included.
-        Disabling is a pause, not a withdrawal (client authentication refuses it meanwhile),
-        and a revoked app's tokens die with its client, so neither counts here."""
-        app = self.registry.get(client_id)
-        moments = [*self.registry.scopes_since(client_id, mark), *([app.scopes] if app else [])]
-        carried = set(scopes.split())
-        return any(not carried & {scope.value for scope in held} for held in moments)
 
     def _still_held(self, client_id: str, scopes: str) -> list[str]:
         """The scopes of `scopes` the app holds now (none when it is gone or disabled)."""
