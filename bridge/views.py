@@ -81,7 +81,7 @@ def build_web_server(daemon: Daemon, sock: socket.socket | None = None) -> WebSe
     schema.migrate(daemon.store)
 
     async def build() -> ASGIApp:
-        # The imports are most of the cost (Jinja2, oauthlib, the page's modules): off the loop.
+        # The imports are most of the cost (Jinja2, the page's modules): off the event loop.
         await asyncio.to_thread(importlib.import_module, "bridge.web.app")
         return build_web_app(daemon)
 

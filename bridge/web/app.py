@@ -169,10 +169,6 @@ class ApiOrNotFound:
     def __init__(self, context: WebContext) -> None:
         self._api = Deferred(lambda: _build_api(context))
 
-    @property
-    def built(self) -> bool:
-        return self._api.built
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith(API_PATHS):
             raise HTTPException(404)

@@ -1,12 +1,12 @@
 """ASGI apps built on their first request: the owner page, and behind it the REST API.
 
 Most owners look at the page now and then, while Home Assistant, Docker's health check and
-Prometheus ask `/healthz` and `/metrics` all day. Loading the page (Jinja2, oauthlib, its
-modules) costs about 4 MB that an owner who never opens it would carry for nothing. So `LazyApp`
-serves the small observability app at once and builds the full app (and starts its lifespan) the
-first time any other path is asked for; from then on it forwards to it. `Deferred` does the same
-inside the page for the REST API (FastAPI, about 8 MB more), which only apps call. The builds
-run their imports in a thread, so the event loop keeps polling and taking commands meanwhile.
+Prometheus ask `/healthz` and `/metrics` all day. Loading the page (Jinja2 and the page's modules)
+costs about 3 MB that an owner who never opens it would carry for nothing. So `LazyApp` serves
+the small observability app at once and builds the full app (and starts its lifespan) the first
+time any other path is asked for; from then on it forwards to it. `Deferred` does the same inside
+the page for the REST API (FastAPI and oauthlib, about 8 MB more), which only apps call. The
+builds run their imports in a thread, so the event loop keeps polling and taking commands.
 """
 
 from __future__ import annotations
