@@ -42,7 +42,11 @@ class PageRouter:
                     params["session"] = await require_owner(request)
                 return await handler(request, **params)
 
-            self.routes.append(Route(path, endpoint, methods=[method], name=handler.__name__))
+            route = Route(path, endpoint, methods=[method], name=handler.__name__)
+            # Starlette lets HEAD run every GET handler; a page's GET can have effects (a location
+            # reveal is audited), and FastAPI, which served the pages before, answered HEAD 405.
+            route.methods = {method}
+            self.routes.append(route)
             return handler
 
         return register

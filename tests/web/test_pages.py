@@ -207,6 +207,17 @@ async def test_location_is_hidden_until_revealed_and_each_reveal_is_audited(
     assert harness.audit.items[-1]["kind"] == "owner.location_viewed"
 
 
+async def test_a_head_request_reveals_no_location_and_records_no_view(
+    owner: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Pages answer GET only: HEAD, which would record a location view nobody saw, is sent to
+    the page holding the link instead (405 from a page path redirects there)."""
+    before = len(harness.audit.items)
+    answer = await owner.head("/vehicles?reveal=family-car")
+    assert answer.status_code == 303
+    assert not [r for r in harness.audit.items[before:] if r["kind"] == "owner.location_viewed"]
+
+
 async def test_vehicles_page_charts_budget_as_inline_svg(owner: httpx.AsyncClient) -> None:
     """Budget use today is drawn as an inline SVG bar chart, with the next poll shown."""
     page = (await owner.get("/vehicles")).text
