@@ -729,7 +729,10 @@ class Daemon:
         if self._anchor is not Anchor.HELD:
             return  # published once the broker's copy has been checked (see _check_anchor)
         payload = encode({"seq": seq, "hash": head})
-        self.mqtt.publish(Publish(self.topics.audit_head, payload, retain=True))
+        # Latest-only: while the broker is away a newer head replaces one not yet sent; the
+        # anchor is the newest durable head, and a reconnect publishes that one again anyway.
+        message = Publish(self.topics.audit_head, payload, retain=True, latest_only=True)
+        self.mqtt.publish(message)
 
     def _on_registry_change(self, change: AppChange) -> None:
         # Changes made through the web page arrive on a worker thread: hop onto the loop.

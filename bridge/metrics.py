@@ -158,6 +158,17 @@ class DaemonGauges(Collector):
         yield _gauge(
             "ownerlink_mqtt_reconnects", "Broker reconnects since start", daemon.mqtt.reconnects
         )
+        depth = daemon.mqtt.queue_depth()
+        yield _gauge(
+            "ownerlink_mqtt_held_messages",
+            "Messages held for the broker while it is away (one per retained topic at most)",
+            depth.held,
+        )
+        yield _gauge(
+            "ownerlink_mqtt_unacknowledged_messages",
+            "Messages handed to paho and not yet acknowledged by the broker",
+            depth.in_paho,
+        )
         yield _gauge(
             "ownerlink_audit_head_seq",
             "Sequence number of the newest audit record",

@@ -4,6 +4,12 @@ paho runs its network loop on its own thread (`loop_start`). Every paho callback
 what it was given and hands it to the asyncio loop with `loop.call_soon_threadsafe`; the one
 exception is the connect callback, which also re-subscribes and publishes `online` because those are
 paho calls that must happen before anything else on a fresh connection.
+
+While the broker is away, messages are not handed to paho (which would queue every one of them for
+the whole outage) but held in an `Outbox`: one entry per latest-only topic, a bounded number of
+others. After the next CONNACK and the `on_connect` callback (whose republish replaces what is
+held for the same topics), the held messages go to paho in order, a batch per loop iteration;
+until the last batch is out, new messages join the outbox behind them.
 """
 
 from __future__ import annotations
@@ -27,15 +33,22 @@ from pydantic import SecretStr
 from bridge.config import MqttConfig, TlsConfig
 from bridge.errors import BrokerError
 from bridge.logs import get_logger
+from bridge.mqtt.outbox import Held, Outbox
 from bridge.mqtt.topics import Publish, Topics
 
 ONLINE = "online"
 OFFLINE = "offline"
-# QoS 1 messages paho may hold while the broker is away or a burst is being written. Beyond this
-# publish() drops and logs. Start-up of a 500-vehicle fleet queues ~35,000 small discovery
-# messages in one go (most are clears), so the bound sits well above that; every retained
-# document is re-sent in full after a reconnect anyway, so a longer queue only costs memory.
+# QoS 1 messages paho may hold while a burst is being written (while the broker is away they wait
+# in our outbox instead, see MAX_HELD_ORDERED). Beyond this publish() drops and logs. Start-up of
+# a 500-vehicle fleet queues ~35,000 small discovery messages in one go (most are clears), so the
+# bound sits well above that.
 MAX_QUEUED_MESSAGES = 100_000
+# Messages that are not latest-only (command results, alerts, discovery stubs and migrations) held
+# while the broker is away; beyond this new ones are refused and logged. Latest-only messages are
+# held once per topic and never refused. Results are published again by the next start if lost.
+MAX_HELD_ORDERED = 10_000
+# Held messages handed to paho per event-loop iteration after a reconnect.
+FLUSH_BATCH = 500
 # Reason names a broker gives when it refuses our credentials: MQTT 5 codes 134/135, and the
 # 3.1.1 CONNACK codes 4/5 as paho converts them into MQTT 5 reason codes.
 CREDENTIAL_REFUSALS = frozenset({"bad user name or password", "not authorized"})
@@ -113,6 +126,15 @@ class MqttClient:
         self._confirming = 0  # publish_confirmed calls inside client.publish() right now
         self._early: set[int] = set()  # message ids acknowledged while one was
         self._confirm_lock = threading.Lock()  # a leaf: never held while calling into paho
+        # What is published while the broker is away waits here (see the module docstring).
+        # `_direct`: messages go straight to paho (connected, and the outbox flushed); `_link_up`:
+        # paho has a connection. Both set on paho's thread or the loop, under `_outbox_lock` (a
+        # leaf, like `_confirm_lock`).
+        self._outbox = Outbox(MAX_HELD_ORDERED)
+        self._outbox_lock = threading.Lock()
+        self._direct = False
+        self._link_up = False
+        self._flush_generation = 0  # a new connection's flush ends an earlier one's
         self._online = asyncio.Event()
         self._ever_connected = False
         self._stopping = False
@@ -161,6 +183,11 @@ class MqttClient:
         await asyncio.to_thread(client.loop_stop)
         self._paho = None
         self._set_offline()
+        with self._outbox_lock:
+            self._direct = self._link_up = False
+            dropped = self._outbox.clear()
+        if dropped:  # final results among them go out again at the next start (delivery.py)
+            log.warning("mqtt stopped with messages still held for the broker", n=dropped)
         log.info("mqtt stopped")
 
     async def wait_connected(self, within_s: float | None = None) -> None:
@@ -184,9 +211,43 @@ class MqttClient:
     def publish(self, message: Publish) -> None:
         """Queue one message; never blocks and may be called from any thread."""
         client = self._require_started()
+        if not self._held(message, None):
+            self._send(client, message)
+
+    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
+        """Queue one message like `publish`; `on_confirmed()` runs on the event loop once the
+        broker acknowledged it (QoS 1 PUBACK, QoS 0 written), or acknowledged a newer message
+        on the topic of a latest-only one that replaced it unsent. Never called for a message
+        that was dropped or was still unacknowledged when we stopped."""
+        client = self._require_started()
+        if not self._held(message, on_confirmed):
+            self._send_confirmed(client, message, on_confirmed)
+
+    def queue_depth(self) -> QueueDepth:
+        """How many messages wait for the broker: held by us, and given to paho unacknowledged."""
+        with self._outbox_lock:
+            held = len(self._outbox)
+        client = self._paho
+        # paho 2.2 has no public count; its dict of unacknowledged QoS>0 messages is the truth.
+        in_paho = len(client._out_messages) if client is not None else 0
+        return QueueDepth(held=held, in_paho=in_paho)
+
+    def _held(self, message: Publish, waiter: Callable[[], None] | None) -> bool:
+        """Hold `message` in the outbox unless messages go straight to paho (False then)."""
+        _check_publishable(message)  # now, not when the outbox is flushed to a caller long gone
+        with self._outbox_lock:
+            if self._direct:
+                return False
+            if self._outbox.add(message, waiter):
+                return True
+            refused = self._outbox.refused
+        log.warning("mqtt outbox full, message dropped", topic=message.topic, dropped=refused)
+        return True
+
+    def _send(self, client: paho.Client, message: Publish) -> None:
         # paho 2.x publish() only queues under its own locks; the network thread does the writing.
-        # While disconnected, QoS 1 messages wait in paho's queue and go out after the next CONNACK
-        # (after our connect callback); QoS 0 messages are dropped.
+        # Messages given to paho just before it noticed a lost connection stay in its queue and
+        # go out after the next CONNACK, before our outbox (so in order).
         try:
             info = client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
@@ -196,11 +257,9 @@ class MqttClient:
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             log.warning("mqtt queue full, message dropped", topic=message.topic)
 
-    def publish_confirmed(self, message: Publish, on_confirmed: Callable[[], None]) -> None:
-        """Queue one message like `publish`; `on_confirmed()` runs on the event loop once the
-        broker acknowledged it (QoS 1 PUBACK, QoS 0 written). Never called for a message that
-        was dropped or was still unacknowledged when we stopped."""
-        client = self._require_started()
+    def _send_confirmed(
+        self, client: paho.Client, message: Publish, on_confirmed: Callable[[], None]
+    ) -> None:
         # paho may read the PUBACK on its thread before publish() returns us the message id. Our
         # lock must not be held across publish(): paho calls on_publish holding its own locks,
         # which publish() takes too. So acknowledgements that arrive while a call is inside
@@ -305,6 +364,19 @@ class MqttClient:
         client.on_message = self._paho_message
         client.on_publish = self._paho_published
 
+    def _release(self, client: paho.Client, held: Held) -> None:
+        """Hand one held message to paho (on the loop, while flushing the outbox)."""
+        waiters = held.waiters
+        try:
+            if not waiters:
+                self._send(client, held.message)
+            elif len(waiters) == 1:
+                self._send_confirmed(client, held.message, waiters[0])
+            else:
+                self._send_confirmed(client, held.message, lambda: _call_all(waiters))
+        except BrokerError:  # checked when it was published: only a paho surprise gets here
+            log.exception("mqtt held message could not be sent", topic=held.message.topic)
+
     def _require_started(self) -> paho.Client:
         client = self._paho
         if client is None:
@@ -327,12 +399,17 @@ class MqttClient:
         for topic_filter, qos in subscriptions:
             self._send_subscribe(client, topic_filter, qos)
         client.publish(self.topics.bridge_state, ONLINE, qos=1, retain=True)
+        with self._outbox_lock:
+            self._link_up = True
         self._hand_over(self._connected, bool(flags.session_present))
 
     def _paho_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _properties: Any
     ) -> None:
-        # Also called after a refused CONNACK, when we were never connected.
+        # Also called after a refused CONNACK, when we were never connected. From now on, until
+        # the next connection's flush, messages wait in the outbox instead of paho's queue.
+        with self._outbox_lock:
+            self._direct = self._link_up = False
         self._hand_over(self._disconnected, str(reason))
 
     def _paho_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
@@ -385,8 +462,33 @@ class MqttClient:
         )
         if session_present:
             log.warning("mqtt broker resumed a session despite clean start")
-        if self._on_connect is not None:
-            self._on_connect()
+        self._flush_generation += 1
+        try:
+            if self._on_connect is not None:
+                self._on_connect()  # its republish replaces what the outbox holds for a topic
+        finally:
+            self._flush(self._flush_generation)
+
+    def _flush(self, generation: int) -> None:
+        """Hand a batch of held messages to paho, then yield to the loop and go on; once the
+        outbox is empty, new messages go straight to paho. Stops if the connection is lost."""
+        client = self._paho
+        if client is None or generation != self._flush_generation:
+            return
+        with self._outbox_lock:
+            if not self._link_up:
+                return  # the next connection flushes what is left
+            batch = self._outbox.take(FLUSH_BATCH)
+            self._direct = not batch
+            replaced = self._outbox.replaced if not batch else 0
+            self._outbox.replaced -= replaced
+        if replaced:
+            log.info("mqtt outbox sent; older values were replaced unsent", replaced=replaced)
+        if not batch:
+            return
+        for held in batch:
+            self._release(client, held)
+        self._loop.call_soon(self._flush, generation)
 
     def _disconnected(self, reason: str) -> None:
         was_connected = self._online.is_set()
@@ -419,6 +521,29 @@ class MqttClient:
 
     def _set_offline(self) -> None:
         self._online.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Messages waiting for the broker (see MqttClient.queue_depth)."""
+
+    held: int  # in our outbox while the broker is away
+    in_paho: int  # handed to paho and not yet acknowledged
+
+
+def _check_publishable(message: Publish) -> None:
+    """paho's own checks on a topic and QoS, made when a message is published even if it is
+    held: a wildcard or empty topic, or a QoS other than 0-2, is the caller's error."""
+    topic = message.topic.encode()
+    if not topic or b"+" in topic or b"#" in topic or len(topic) > 65535:
+        raise BrokerError(f"cannot publish to {message.topic!r}: not a topic to publish to")
+    if message.qos not in (0, 1, 2):
+        raise BrokerError(f"cannot publish to {message.topic!r}: QoS {message.qos}")
+
+
+def _call_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:

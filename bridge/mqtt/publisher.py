@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -72,6 +73,18 @@ def location_document(location: Location, updated_at: datetime | None) -> dict[s
     }
 
 
+def _retained(topic: str, payload: str) -> Publish:
+    """A retained document (or its clear): only the newest one matters, so one still waiting for
+    the broker is replaced by a newer one rather than sent first (`bridge.mqtt.outbox`)."""
+    return Publish(topic, payload, retain=True, latest_only=True)
+
+
+def _replaceable(messages: Sequence[Publish]) -> list[Publish]:
+    """Discovery configs and clears are latest-only. Device-payload stubs (which remove a
+    component) and migration markers are not: Home Assistant acts on seeing them, in turn."""
+    return [replace(message, latest_only=True) for message in messages]
+
+
 # -- states ------------------------------------------------------------------------------------
 
 
@@ -117,7 +130,7 @@ class StatePublisher:
         """`<base>/<vehicle>/availability`: is the car's API reachable and authorised."""
         self._vehicles.add(vehicle)
         payload = ONLINE if online else OFFLINE
-        self._send_changed(Publish(self._topics.availability(vehicle), payload, retain=True))
+        self._send_changed(_retained(self._topics.availability(vehicle), payload))
 
     def publish_budget(self, vehicle: str, document: Mapping[str, Any]) -> None:
         """`<base>/<vehicle>/budget`: calls used and left today, the next poll, the polling mode."""
@@ -134,7 +147,7 @@ class StatePublisher:
         topics = [self._topics.state(vehicle, kind) for kind in kinds]
         for topic in (*topics, self._topics.availability(vehicle)):
             self._sent.pop(topic, None)
-            self._sink.publish(Publish(topic, "", retain=True))
+            self._sink.publish(_retained(topic, ""))
         self._locations.pop(vehicle, None)
         self._vehicles.discard(vehicle)
 
@@ -179,10 +192,10 @@ class StatePublisher:
             return
         # No app may see where the car is: make sure no retained copy is left for anyone, including
         # one an earlier run published (hence a clear on first sight, not only after a location).
-        self._send_changed(Publish(self._topics.state(vehicle, "location"), "", retain=True))
+        self._send_changed(_retained(self._topics.state(vehicle, "location"), ""))
 
     def _document(self, vehicle: str, kind: StateKind, document: Mapping[str, Any]) -> Publish:
-        return Publish(self._topics.state(vehicle, kind), encode(document), retain=True)
+        return _retained(self._topics.state(vehicle, kind), encode(document))
 
     def _send_changed(self, message: Publish) -> None:
         if self._sent.get(message.topic) != message:
@@ -309,7 +322,7 @@ class DiscoveryManager:
     def republish(self) -> None:
         """Send the current discovery again (after a reconnect or Home Assistant's birth)."""
         for messages in self._published.values():
-            self._send(messages)
+            self._send(_replaceable(messages))
 
     def current(self, slug: str) -> list[Publish]:
         """What is published for a vehicle now (for inspection and tests)."""
@@ -332,11 +345,13 @@ class DiscoveryManager:
         self._published[key] = current
         if not (clears or after):
             self._remember(key, current)  # nothing to take away: safe to write down at once
-            self._send(current)
+            self._send(_replaceable(current))
             return
         # Until the broker has the clears, what is retained may be either: remember both.
         self._remember(key, [*previous, *current])
-        messages = [*before, *clears, *current, *after]
+        # `clears` holds empty payloads (replaceable) and device stubs (to be seen in turn).
+        removing = [replace(m, latest_only=not m.payload) for m in clears]
+        messages = [*before, *removing, *_replaceable(current), *_replaceable(after)]
         self._send(messages, then=lambda: self._settled(key, current))
 
     def _clear(self, key: str, previous: list[Publish]) -> None:
@@ -346,7 +361,7 @@ class DiscoveryManager:
             if key not in self._published:  # not offered again meanwhile
                 self._remember(key, [])
 
-        self._send(removals(previous, []), then=cleared)
+        self._send(_replaceable(removals(previous, [])), then=cleared)
 
     def _settled(self, key: str, current: list[Publish]) -> None:
         """The broker has what was sent for `key`: unless a later change is on its way, the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 StateKind = Literal["status", "health", "location", "budget"]
@@ -28,12 +28,19 @@ def encode(document: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """One message to publish. Parts build these; only the MQTT adapter sends them."""
+    """One message to publish. Parts build these; only the MQTT adapter sends them.
+
+    `latest_only`: only the newest message on this topic matters (a retained document, a
+    discovery config or clear, the audit head), so while the broker is away a newer one replaces
+    it unsent (`bridge.mqtt.outbox`). Leave it False for what every receiver must see in turn
+    (command results, alerts). It is how the message travels, not what it says: not compared.
+    """
 
     topic: str
     payload: str | bytes
     retain: bool = False
     qos: int = 1
+    latest_only: bool = field(default=False, compare=False)
 
 
 class PublishSink(Protocol):

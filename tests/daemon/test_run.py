@@ -100,6 +100,8 @@ async def test_healthz_and_metrics_answer(daemon: Daemon) -> None:
     for name in (
         "ownerlink_up 1.0",
         "ownerlink_mqtt_connected 1.0",
+        "ownerlink_mqtt_held_messages 0.0",
+        "ownerlink_mqtt_unacknowledged_messages",
         "ownerlink_budget_used",
         "ownerlink_provider_calls_total",
         "ownerlink_audit_head_seq",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from bridge.commands.delivery import ResultDelivery
+from bridge.commands.results import CommandResult
 from bridge.config import TlsConfig
 from bridge.errors import BrokerError
-from bridge.model import Scope
-from bridge.mqtt.client import InboundMessage, MqttClient
+from bridge.model import CommandStatus, Scope
+from bridge.mqtt.client import InboundMessage, MqttClient, QueueDepth
 from bridge.mqtt.publisher import DiscoveryManager, StatePublisher
 from bridge.mqtt.topics import Publish, Topics
+from bridge.store import Store
 from tests.conftest import BrokerAddress
 from tests.mqtt.conftest import Inbox, PasswordBroker, TlsBroker, running
 from tests.mqtt.helpers import Watcher, ev, mqtt_config, retained, state
@@ -230,7 +236,7 @@ CHILD = """
 import asyncio, sys
 from bridge.config import MqttConfig
 from bridge.logs import configure
-from bridge.mqtt.client import InboundMessage, MqttClient
+from bridge.mqtt.client import InboundMessage, MqttClient, QueueDepth
 
 async def main() -> None:
     configure("warning", "console", sys.stderr)  # stdout carries only our "connected" line
@@ -332,6 +338,109 @@ async def test_broker_restart_restores_online_subscriptions_discovery_and_states
         assert client.reconnects == 1
     finally:
         await client.stop()
+
+
+async def test_an_outage_sends_the_latest_state_once_and_every_result_after_it(
+    own_broker: MosquittoProcess, base_topic: str, tmp_path: Path
+) -> None:
+    """A broker outage during which a retained document changes 5,000 times and a command's
+    result is decided: the client holds two messages (paho none), and once the broker is back
+    it receives the newest document once (the reconnect's republish included) and the result,
+    whose confirmation moves the delivery mark."""
+    host, port = own_broker.host, own_broker.port
+    config = mqtt_config(host, port, base_topic)
+    topics = Topics(base=base_topic, discovery_prefix=config.discovery_prefix)
+    inbox = Inbox()  # the app waiting for the result: subscribed again before anything is sent
+    client = MqttClient(
+        config,
+        loop=asyncio.get_running_loop(),
+        on_message=inbox,
+        on_connect=lambda: states.republish_states(),  # noqa: PLW0108 - states is built below
+    )
+    states = StatePublisher(client, topics, location_allowed=lambda: False)
+    store = Store.open(tmp_path)
+    delivery = ResultDelivery(store=store, sink=client, topics=topics)
+    delivery.start(head_seq=0)
+    budget, result = topics.state("car", "budget"), topics.result("ha", "car")
+    client.subscribe(result)
+    client.start()
+    try:
+        await client.wait_connected(10)
+        async with Watcher(host, port, f"{base_topic}/#") as w:
+            await asyncio.to_thread(own_broker.stop)
+            await _wait_until(lambda: not client.connected)
+            for n in range(5000):
+                states.publish_budget("car", {"left": n})
+            delivery.send(_final_result(), seq=1)
+            with pytest.raises(BrokerError):
+                client.publish(Publish(f"{base_topic}/#", "held or not, a wildcard is an error"))
+            assert client.queue_depth() == QueueDepth(held=2, in_paho=0)
+            mark = w.mark()
+            await asyncio.to_thread(own_broker.start)
+            await w.wait_for(budget, b'{"left":4999}', since=mark, timeout=15)
+            assert json.loads((await inbox.wait_for(result, timeout=15)).payload)["id"] == "c1"
+            await _wait_until(lambda: _mark(store) == 1)
+            assert len(w.on(budget, since=mark)) == 1
+        assert client.queue_depth() == QueueDepth(held=0, in_paho=0)
+    finally:
+        await client.stop()
+        store.close()
+    received = _received_since_start(own_broker, client_id=config.client_id)
+    assert received.count(budget) == 1 and received.count(result) == 1
+
+
+async def test_held_messages_go_out_in_order_across_batches_after_a_reconnect(
+    own_broker: MosquittoProcess, base_topic: str
+) -> None:
+    """2,000 alerts published while the broker is away arrive in order once it is back, and one
+    published while the held ones are still going out arrives after them."""
+    config = mqtt_config(own_broker.host, own_broker.port, base_topic)
+    inbox = Inbox()
+    topic = f"{base_topic}/bridge/event"
+    async with running(config, inbox) as client:
+        client.subscribe(topic)
+        await asyncio.to_thread(own_broker.stop)
+        await _wait_until(lambda: not client.connected)
+        for n in range(2000):
+            client.publish(Publish(topic, str(n)))
+        await asyncio.to_thread(own_broker.start)
+        await client.wait_connected(10)
+        assert client.queue_depth().held > 0  # the first batch is out, the rest still held
+        client.publish(Publish(topic, "after"))
+        await inbox.wait_for(topic, b"after", timeout=15)
+    got = [m.payload for m in inbox.messages if m.topic == topic]
+    assert got == [*(str(n).encode() for n in range(2000)), b"after"]
+
+
+async def _wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+def _final_result() -> CommandResult:
+    return CommandResult(
+        id="c1",
+        command="lock",
+        action="LOCK",
+        status=CommandStatus.SUCCEEDED,
+        reason="ok",
+        ts=datetime.now(UTC),
+        app="ha",
+        vehicle="car",
+    )
+
+
+def _mark(store: Store) -> int:
+    rows = store.query("SELECT seq FROM result_delivery")
+    return int(rows[0][0]) if rows else -1
+
+
+def _received_since_start(broker: MosquittoProcess, *, client_id: str) -> list[str]:
+    """The topics the broker's log says it received from `client_id` since it last started."""
+    log = broker.log().rsplit(" starting", 1)[-1]
+    prefix = f"Received PUBLISH from {client_id} "
+    return [line.split("'")[1] for line in log.splitlines() if prefix in line]
 
 
 async def test_first_connect_is_retried_until_the_broker_is_up(

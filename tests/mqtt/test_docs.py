@@ -15,6 +15,7 @@ from bridge.commands.parse import ParsedCommand, parse_command
 from bridge.events import AlertKind
 from bridge.model import Operation, Scope
 from bridge.mqtt.catalog import BRIDGE, all_vehicle_keys
+from bridge.mqtt.client import FLUSH_BATCH, MAX_HELD_ORDERED, MAX_QUEUED_MESSAGES
 from bridge.mqtt.discovery import build_vehicle_discovery
 from bridge.mqtt.topics import Topics
 from tests.mqtt.helpers import ev
@@ -149,3 +150,11 @@ def test_mqtt_doc_names_every_entity_alert_and_topic() -> None:
         "<prefix>/device/ownerlink_<vehicle>/config",
     ):
         assert f"`{pattern}`" in text, pattern
+
+
+def test_the_outage_policy_in_the_docs_matches_the_client() -> None:
+    """docs/mqtt.md states the outbox's bound and batch size as the client has them."""
+    text = " ".join((DOCS / "mqtt.md").read_text().split())
+    assert f"up to {MAX_HELD_ORDERED:,} (`MAX_HELD_ORDERED`)" in text
+    assert f"{FLUSH_BATCH} messages per pass" in text
+    assert f"capped at {MAX_QUEUED_MESSAGES:,} messages" in text

@@ -16,6 +16,7 @@ from bridge.errors import StateError
 from bridge.model import Scope
 from bridge.mqtt.discovery import DiscoveryMode, VehicleDescription, removals
 from bridge.mqtt.memory import RetainedDiscovery, from_shadow, shadow
+from bridge.mqtt.outbox import Outbox
 from bridge.mqtt.publisher import DiscoveryManager
 from bridge.mqtt.topics import Publish, Topics
 from bridge.store import Store
@@ -168,6 +169,33 @@ def test_moving_to_the_device_layout_migrates_the_entities_home_assistant_has() 
         assert all(json.loads(m.payload) == {"migrate_discovery": True} for m in ours[:device])
         assert {m.topic for m in ours[device + 1 :]} == {m.topic for m in ours[:device]}
         assert all(not m.payload for m in ours[device + 1 :])
+
+
+def test_a_migration_held_through_a_broker_outage_keeps_its_order() -> None:
+    """Sent while the broker is away (held in the outbox) and republished on the reconnect:
+    markers, device payload and clears still reach the broker in that order, and the removal
+    stubs of a withdrawn scope before the device payload that lacks them."""
+    broker, memory = Broker(), DictMemory()
+    run(broker, memory, [ev()], mode="entity")
+    second = run(broker, memory, [ev()])
+    third = run(broker, memory, [ev()], scopes=ALL - {Scope.COMMAND_UNLOCK})
+    device = "ha/device/ownerlink_car/config"
+    republish = [m for m in third if m.topic == device and m.latest_only]
+    outbox = Outbox(max_ordered=1000)
+    for message in [*second, *third, *republish]:
+        outbox.add(message)
+    sent = [held.message for held in outbox.take(10_000)]
+    ours = [m for m in sent if "/ownerlink_car/" in m.topic]
+    markers = [i for i, m in enumerate(ours) if "migrate_discovery" in str(m.payload)]
+    configs = [i for i, m in enumerate(ours) if m.topic == device]
+    clears = [i for i, m in enumerate(ours) if not m.payload]
+    assert markers and clears and max(markers) < configs[0] < min(clears)
+    # Three, not four: the republished payload took the place of the one held.
+    first, stub, final = (json.loads(ours[i].payload)["cmps"] for i in configs)
+    assert "lock" in first and stub["lock"] == {"p": "lock"} and "lock" not in final
+    fresh = Broker()
+    fresh.apply(sent)
+    assert fresh.discovery() == broker.discovery()
 
 
 def test_without_a_record_nothing_is_migrated() -> None:
