@@ -122,10 +122,16 @@ def run_crash(
             online_s.append(daemon.wait_online(mqtt))
             verified = audit_verify(config)
             assert verified.returncode == 0, verified.stdout + verified.stderr
+        except BaseException:
+            if daemon.alive:  # a failed run must not leave its daemon running for the next tests
+                daemon.kill()
+            raise
         finally:
             stream.stop()
-        wait_until(lambda: settled(config, last_start), 30, what="the last commands to end")
-        exit_code = daemon.stop()
+        try:
+            wait_until(lambda: settled(config, last_start), 30, what="the last commands to end")
+        finally:
+            exit_code = daemon.stop()
         executed = sim.executed()
         sources = run_sources(config, mqtt)
         secrets = known_secrets(config, sim)
