@@ -103,14 +103,15 @@ def create_web_app(
     app.state.ctx = context
     app.router.default = ApiOrNotFound(context)
     add_error_handlers(app)
-    # Added innermost first: the allowlist is the outermost layer and sees every request.
+    # Added innermost first: the allowlist sees every request before anything else decides on
+    # it; only the security headers wrap it, so its refusals carry them too.
     web = settings.web
     app.add_middleware(ApiAccessAudit, access_log=context.access_log, touch=registry.touch)
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(HostGuard, hosts=allowed_hosts(web.allowed_hosts, web.public_url))
     app.add_middleware(Ingress, trusted=web.ingress_from)
     app.add_middleware(BodyLimit)
     app.add_middleware(AllowlistMiddleware, allow_cidrs=web.allow_cidrs)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

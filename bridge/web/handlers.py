@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match
 
 from bridge.errors import AccessError, AuditError, StateError
 from bridge.logs import get_logger
 from bridge.web.guards import CsrfRejected, LoginRequired
+from bridge.web.netguard import is_api_path
 from bridge.web.render import page
 
 log = get_logger(__name__)
@@ -22,14 +25,21 @@ HTTP_ERROR_NAMES = {
     405: "method_not_allowed",
     413: "request_too_large",
 }
-API_PREFIXES = ("/api/", "/oauth/token", "/oauth/revoke", "/oauth/introspect")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def error_response(request: Request, status: int, error: str, description: str) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    error: str,
+    description: str,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     """JSON for API clients, a page for the owner's browser."""
-    if request.url.path.startswith(API_PREFIXES):
-        return JSONResponse({"error": error, "error_description": description}, status)
-    return page(
+    if is_api_path(request.url.path):
+        body = {"error": error, "error_description": description}
+        return JSONResponse(body, status, headers=headers)
+    answer = page(
         request,
         "message.html",
         status,
@@ -38,6 +48,8 @@ def error_response(request: Request, status: int, error: str, description: str) 
         link="/apps",
         link_label="Back to Connected apps",
     )
+    answer.headers.update(headers or {})
+    return answer
 
 
 async def login_required(request: Request, exc: Exception) -> Response:
@@ -81,17 +93,28 @@ async def state_damaged(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = request.url.path
-    if (
-        exc.status_code == 405
-        and request.method in {"GET", "HEAD"}
-        and not path.startswith(API_PREFIXES)
-    ):
+    if exc.status_code == 405 and request.method in {"GET", "HEAD"} and not is_api_path(path):
         # A form refused with an error is shown at its POST address; Enter in the address bar
         # there asks for it with GET. Send the owner to the page that holds the form, not to
         # "Not possible: Method Not Allowed".
         return RedirectResponse(path.rstrip("/").rsplit("/", 1)[0] or "/", status_code=303)
     name = HTTP_ERROR_NAMES.get(exc.status_code, "http_error")
-    return error_response(request, exc.status_code, name, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(request, exc.status_code, name, str(exc.detail), headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """A 405 must name every method the path takes (RFC 9110 §15.5.6). Starlette's own `Allow`
+    names only the first route on the path, and a page's GET and POST are two routes."""
+    routes = request.app.router.routes
+
+    def takes(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] == Match.FULL for route in routes)
+
+    return ", ".join(method for method in METHODS if takes(method))
 
 
 def add_error_handlers(app: Starlette) -> None:

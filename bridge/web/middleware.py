@@ -6,14 +6,14 @@ import contextlib
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.errors import AuditError
 from bridge.logs import get_logger
 from bridge.web.api.access_log import AccessLog
 from bridge.web.ingress import prefix_of
-from bridge.web.netguard import client_ip
+from bridge.web.netguard import client_ip, refusal
 
 log = get_logger(__name__)
 
@@ -42,7 +42,8 @@ NO_STORE = (b"cache-control", b"no-store")
 
 class SecurityHeaders:
     """Adds SECURITY_HEADERS to every HTTP response, HSTS to those sent over TLS, and
-    `no-store` to all but static files."""
+    `no-store` to all but static files. The outermost layer, so that the guards' own refusals
+    (address, host, body size) carry them too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,11 +53,12 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         cacheable = str(scope.get("path", "")).startswith("/static/")
-        headers = INGRESS_HEADERS if prefix_of(scope) else SECURITY_HEADERS
-        always = [*headers, HSTS] if scope.get("scheme") == "https" else headers
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # Read now, not on the way in: the Ingress layer inside sets the prefix.
+                headers = INGRESS_HEADERS if prefix_of(scope) else SECURITY_HEADERS
+                always = [*headers, HSTS] if scope.get("scheme") == "https" else headers
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 extra = [h for h in always if h[0] not in present]
                 if not cacheable and NO_STORE[0] not in present:
@@ -88,7 +90,7 @@ class BodyLimit:
             return
         length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
-            await PlainTextResponse(TOO_LARGE, 413)(scope, receive, send)
+            await refusal(scope, 413, "request_too_large", TOO_LARGE)(scope, receive, send)
             return
         read = 0
 

@@ -7,10 +7,24 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from urllib.parse import urlsplit
 
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 IpAddress = IPv4Address | IPv6Address
+# Paths whose clients are programs: their errors are JSON `{error, error_description}` (RFC 6749
+# §5.2, RFC 6750 §3), whichever layer refuses them; the owner's pages answer with text or a page.
+API_PREFIXES = ("/api/", "/oauth/token", "/oauth/revoke", "/oauth/introspect", "/.well-known/")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
+def refusal(scope: Scope, status: int, error: str, description: str) -> Response:
+    """A guard's answer, before any route runs: JSON on API paths, plain text elsewhere."""
+    if is_api_path(str(scope.get("path", ""))):
+        return JSONResponse({"error": error, "error_description": description}, status)
+    return PlainTextResponse(description, status)
 
 
 def parse_ip(text: str | None) -> IpAddress | None:
@@ -53,8 +67,8 @@ class AllowlistMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not ip_allowed(parse_ip(client_ip(scope)), self.allow_cidrs):
-            response = PlainTextResponse("forbidden: address not in web.allow_cidrs", 403)
-            await response(scope, receive, send)
+            text = "forbidden: address not in web.allow_cidrs"
+            await refusal(scope, 403, "ip_not_allowed", text)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -111,7 +125,7 @@ class HostGuard:
             host = host_of(header)
             if not host_allowed(host, self.hosts):
                 text = f"bad request: this server does not answer to {host!r}; add the name to "
-                response = PlainTextResponse(text + "web.allowed_hosts to use it", 400)
-                await response(scope, receive, send)
+                text += "web.allowed_hosts to use it"
+                await refusal(scope, 400, "invalid_request", text)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -314,6 +314,33 @@ async def test_a_page_asked_for_under_a_foreign_name_is_refused_before_anything_
     assert (await login(client_for())).status_code == 303
 
 
+GUARDED = ("/login", "/oauth/token", "/api/v1/vehicles/family-car/commands/lock")
+
+
+async def test_the_guards_refusals_carry_the_security_headers_and_speak_json_to_the_api(
+    client_for: ClientFactory,
+) -> None:
+    """An address outside web.allow_cidrs (403), a foreign Host (400) and an oversized body
+    (413) are refused before any route runs. Those refusals went out as bare text without the
+    security headers or no-store, and an OAuth or API client got no `{error,
+    error_description}` (RFC 6749 §5.2, RFC 6750 §3) to read."""
+    rebound = client_for()
+    rebound.headers["host"] = "rebind.attacker.example"
+    big = {"content": b"x=" + b"a" * MAX_BODY_BYTES}
+    senders = ((client_for("192.168.1.50"), {}, 403), (rebound, {}, 400), (client_for(), big, 413))
+    for sender, extra, status in senders:
+        for path in GUARDED:
+            response = await sender.post(path, **extra)
+            assert response.status_code == status, path
+            assert response.headers["cache-control"] == "no-store", path
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+            if path == "/login":
+                assert response.headers["content-type"].startswith("text/plain")
+                continue
+            assert set(response.json()) == {"error", "error_description"}, path
+
+
 async def test_listed_host_names_are_served(tmp_path: Path) -> None:
     """web.allowed_hosts and the host of web.public_url are answered like an address; the
     issuer is then the public URL, whatever name the request used."""

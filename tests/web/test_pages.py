@@ -419,3 +419,25 @@ async def test_the_api_still_answers_405_in_json(owner: httpx.AsyncClient) -> No
     response = await owner.get("/oauth/token")
     assert response.status_code == 405
     assert response.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/oauth/token", "POST"),
+        ("TRACE", "/api/v1/vehicles/family-car/status", "GET"),
+        ("PUT", "/api/v1/me", "GET"),
+        ("DELETE", "/.well-known/oauth-authorization-server", "GET"),
+        ("PATCH", "/apps", "GET, POST"),
+    ],
+)
+async def test_a_405_names_the_methods_the_path_takes(
+    owner: httpx.AsyncClient, method: str, path: str, allowed: str
+) -> None:
+    """RFC 9110 §15.5.6: a 405 must carry `Allow`. The error handler dropped the header Starlette
+    had put on the exception, and the OAuth metadata, a JSON document, answered with a page."""
+    response = await owner.request(method, path)
+    assert response.status_code == 405
+    assert sorted(response.headers["allow"].split(", ")) == sorted(allowed.split(", "))
+    if path != "/apps":
+        assert response.json()["error"] == "method_not_allowed"
