@@ -176,6 +176,38 @@ async def test_malformed_requests_get_a_400_not_a_server_error(
     assert token.json()["error"] == "invalid_request"
 
 
+async def test_every_back_channel_refusal_names_its_error_and_describes_it(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """RFC 6749 §5.2's shape, `error` with `error_description`: oauthlib left the description
+    out of invalid_grant, invalid_client, unsupported_grant_type and invalid_scope, and a body
+    that was not UTF-8 got a bare `{"error": "invalid_request"}`."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    tokens = (await exchange(client, rest, code, verifier)).json()
+    wrong = RestClient(rest.client_id, "not-the-secret")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    wider = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    refusals = {
+        "invalid_scope": await client.post(
+            "/oauth/token", data={**wider, "scope": "read:status read:health", **rest.auth()}
+        ),
+        "invalid_grant": await exchange(client, rest, code, verifier),
+        "invalid_client": await refresh(client, wrong, tokens["refresh_token"]),
+        "unsupported_grant_type": await client.post(
+            "/oauth/token", data={"grant_type": "password", **rest.auth()}
+        ),
+        "invalid_request": await client.post("/oauth/token", content=b"\xff\xfe", headers=form),
+    }
+    for error, response in refusals.items():
+        assert response.status_code in (400, 401), error
+        assert response.json()["error"] == error
+        assert response.json()["error_description"], error
+    for path in ("/oauth/revoke", "/oauth/introspect"):
+        response = await client.post(path, data={"token": "x", **wrong.auth()})
+        assert response.json()["error_description"], path
+
+
 async def test_a_code_dies_with_the_rest_access_it_was_issued_under(
     owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
 ) -> None:

@@ -71,7 +71,8 @@ async def _call(request: Request, endpoint: str) -> Response:
     try:
         body = (await request.body()).decode("utf-8")
     except UnicodeDecodeError:
-        return JSONResponse({"error": "invalid_request"}, status_code=400)
+        error = {"error": "invalid_request", "error_description": "the body is not UTF-8"}
+        return JSONResponse(error, status_code=400)
     headers = {k: v for k, v in request.headers.items() if k.lower() != PEER_HEADER.lower()}
     headers[PEER_HEADER] = request.client.host if request.client else ""
     uri = str(request.url)

@@ -11,6 +11,7 @@ an app's call to the API. The owner's everyday pages only read and change client
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -277,8 +278,37 @@ def _safely(call: Any) -> OAuthResponse:
     try:
         headers, body, status = call()
     except errors.OAuth2Error as exc:
-        return {**exc.headers, "Content-Type": "application/json"}, exc.json, exc.status_code
+        headers = {**exc.headers, "Content-Type": "application/json"}
+        body, status = exc.json, exc.status_code
     except ValueError:
         err = errors.InvalidRequestError(description="malformed request body")
         return {"Content-Type": "application/json"}, err.json, 400
-    return dict(headers), body, int(status)
+    return dict(headers), described(body) if int(status) >= 400 else body, int(status)
+
+
+# oauthlib leaves error_description out of most refusals (invalid_grant, invalid_client,
+# unsupported_grant_type, invalid_scope). RFC 6749 §5.2 makes it optional, but it is what a
+# developer reads, and the API's own errors always carry one.
+ERROR_DESCRIPTIONS = {
+    "invalid_request": "the request is missing a parameter or is otherwise malformed",
+    "invalid_client": "client authentication failed (unknown, disabled or revoked client, wrong "
+    "secret, or an address its allowlist does not admit)",
+    "invalid_grant": "the code or refresh token is invalid, expired, already used, revoked, or "
+    "was issued to another client or redirect URI",
+    "unauthorized_client": "this client may not use this grant type",
+    "unsupported_grant_type": "only the authorization_code and refresh_token grants exist here",
+    "invalid_scope": "the scope is unknown or wider than the grant",
+    "unsupported_token_type": "this token type cannot be revoked here",
+}
+
+
+def described(body: str | None) -> str | None:
+    """An error body with `error_description` filled in when oauthlib left it out."""
+    try:
+        doc = json.loads(body or "")
+    except ValueError:
+        return body
+    if not isinstance(doc, dict) or "error" not in doc or doc.get("error_description"):
+        return body
+    doc["error_description"] = ERROR_DESCRIPTIONS.get(str(doc["error"]), "the request was refused")
+    return json.dumps(doc)
