@@ -245,3 +245,33 @@ async def test_openapi_document_covers_the_api_and_not_the_owner_pages(
     assert "/api/v1/vehicles/{vehicle}/commands/{command}" in paths
     assert "/oauth/token" in paths
     assert not any(p.startswith(("/apps", "/login", "/audit", "/security")) for p in paths)
+
+
+async def test_openapi_document_declares_the_oauth_flow_and_the_error_shapes(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every /api/v1 operation was shown as open to anyone, the OAuth refusals had no body schema
+    and the token body made nothing but grant_type required: clients and generators built from
+    the document could not know to get a token, or what a refusal looks like."""
+    doc = (await client.get("/api/v1/openapi.json")).json()
+    flow = doc["components"]["securitySchemes"]["ownerlink"]["flows"]["authorizationCode"]
+    assert (flow["authorizationUrl"], flow["tokenUrl"]) == ("/oauth/authorize", "/oauth/token")
+    assert set(flow["scopes"]) == {scope.value for scope in Scope}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            secured = operation.get("security") == [{"ownerlink": []}]
+            assert secured == path.startswith("/api/v1/"), (method, path)
+            if path.startswith("/oauth/"):
+                error = operation["responses"]["400"]["content"]["application/json"]["schema"]
+                assert error["required"] == ["error", "error_description"], path
+            if secured:
+                assert "503" in operation["responses"], path  # audit_unavailable
+    token = doc["paths"]["/oauth/token"]["post"]["requestBody"]["content"]
+    variants = token["application/x-www-form-urlencoded"]["schema"]["oneOf"]
+    assert [v["required"] for v in variants] == [
+        ["grant_type", "code", "code_verifier"],
+        ["grant_type", "refresh_token"],
+    ]
+    revoke = doc["paths"]["/oauth/revoke"]["post"]["requestBody"]["content"]
+    hint = revoke["application/x-www-form-urlencoded"]["schema"]["properties"]["token_type_hint"]
+    assert "enum" not in hint  # a hint the server does not know is ignored (RFC 7009 §2.1)

@@ -13,14 +13,27 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import OAuth2AuthorizationCodeBearer
 from starlette.requests import Request
 
 from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
 from bridge.web.netguard import ip_allowed, parse_ip
+from bridge.web.scopes_ui import SCOPE_INFO
 
 REALM = 'Bearer realm="ownerlink"'
 _SCOPES = {scope.value: scope for scope in Scope}
+# Declares the API's authentication in the OpenAPI document, which without it showed every
+# operation as open to anyone. It checks nothing (`auto_error=False`): `authenticate` does.
+DECLARED_AUTH = OAuth2AuthorizationCodeBearer(
+    authorizationUrl="/oauth/authorize",
+    tokenUrl="/oauth/token",
+    refreshUrl="/oauth/token",
+    scheme_name="ownerlink",
+    scopes={name: info.label for name, info in SCOPE_INFO.items()},
+    description="Authorization code with PKCE (S256 only); see docs/api.md",
+    auto_error=False,
+)
 
 
 class ApiError(Exception):
@@ -103,7 +116,9 @@ def _rate_limit(context: WebContext, app: App) -> None:
     window.record(app.id, now)
 
 
-async def authenticate(request: Request) -> Principal:
+async def authenticate(
+    request: Request, _declared: Annotated[str | None, Depends(DECLARED_AUTH)]
+) -> Principal:
     """FastAPI dependency: the caller behind the bearer token, after its app's IP allowlist and
     request rate limit. Stores the app id on `request.state` for the access log."""
     context = ctx(request)

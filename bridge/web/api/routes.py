@@ -63,7 +63,7 @@ class CommandResult(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 404, 422, 429)
+    code: {"model": ErrorBody} for code in (401, 403, 404, 422, 429, 503)
 }
 
 

@@ -31,38 +31,71 @@ _FORM = "application/x-www-form-urlencoded"
 TOKENS_PER_MINUTE = 10
 
 
-def _form_body(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+def _form_body(schema: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI request body for a form-encoded OAuth endpoint (parsed by oauthlib, not us)."""
-    schema = {"type": "object", "properties": fields, "required": required}
     return {"requestBody": {"required": True, "content": {_FORM: {"schema": schema}}}}
 
 
-_STR: dict[str, Any] = {"type": "string", "maxLength": 512}
+def _fields(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": fields, "required": required}
+
+
+_STR: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 512}
+# Empty is not refused here: a client authenticating with HTTP Basic may send empty ones.
+_OPTIONAL: dict[str, Any] = {"type": "string", "maxLength": 512}
+_CLIENT = {"client_id": _OPTIONAL, "client_secret": _OPTIONAL}
+# One variant per grant, each with what that grant cannot do without (RFC 6749 §4.1.3, §6).
 TOKEN_BODY = _form_body(
     {
-        "grant_type": {"type": "string", "enum": ["authorization_code", "refresh_token"]},
-        "code": _STR,
-        "redirect_uri": _STR,
-        "code_verifier": _STR,
-        "refresh_token": _STR,
-        "client_id": _STR,
-        "client_secret": _STR,
-        "scope": _STR,
-    },
-    ["grant_type"],
+        "oneOf": [
+            _fields(
+                {
+                    "grant_type": {"type": "string", "enum": ["authorization_code"]},
+                    "code": _STR,
+                    "redirect_uri": _STR,
+                    "code_verifier": {"type": "string", "pattern": "^[A-Za-z0-9._~-]{43,128}$"},
+                    **_CLIENT,
+                },
+                ["grant_type", "code", "code_verifier"],
+            ),
+            _fields(
+                {
+                    "grant_type": {"type": "string", "enum": ["refresh_token"]},
+                    "refresh_token": _STR,
+                    "scope": _OPTIONAL,
+                    **_CLIENT,
+                },
+                ["grant_type", "refresh_token"],
+            ),
+        ]
+    }
 )
 TOKEN_ONLY_BODY = _form_body(
-    {
-        "token": _STR,
-        "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
-        "client_id": _STR,
-        "client_secret": _STR,
-    },
-    ["token"],
+    _fields(
+        {
+            "token": _STR,
+            # Only a hint (RFC 7009 §2.1, RFC 7662 §2.1): an unknown one is ignored, not refused.
+            "token_type_hint": {"type": "string", "examples": ["access_token", "refresh_token"]},
+            **_CLIENT,
+        },
+        ["token"],
+    )
 )
+_ERROR = {
+    "application/json": {
+        "schema": _fields(
+            {"error": {"type": "string"}, "error_description": {"type": "string"}},
+            ["error", "error_description"],
+        )
+    }
+}
 OAUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "OAuth error (invalid_request, invalid_grant, …)"},
-    401: {"description": "invalid_client"},
+    400: {"description": "OAuth error (invalid_request, invalid_grant, …)", "content": _ERROR},
+    401: {"description": "invalid_client", "content": _ERROR},
+}
+TOKEN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **OAUTH_RESPONSES,
+    429: {"description": "rate_limited: too many token responses a minute", "content": _ERROR},
 }
 
 
@@ -125,7 +158,7 @@ def _client_challenge(headers: dict[str, str]) -> dict[str, str]:
 @router.post(
     "/token",
     openapi_extra=TOKEN_BODY,
-    responses=OAUTH_RESPONSES,
+    responses=TOKEN_RESPONSES,
     summary="Exchange a code (with PKCE) or rotate a refresh token",
 )
 async def token(request: Request) -> Response:
