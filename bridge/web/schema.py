@@ -86,6 +86,11 @@ OAUTH_STEPS = (
     """
     CREATE INDEX oauth_tokens_expiry ON oauth_tokens (expires_at)
     """,
+    # Whether the authorisation request named its redirect URI: the token request must then
+    # name it too (RFC 6749 §4.1.3). Codes live a minute, so older rows hardly matter.
+    """
+    ALTER TABLE oauth_codes ADD COLUMN redirect_named INTEGER NOT NULL DEFAULT 1
+    """,
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -133,6 +133,28 @@ async def test_token_request_with_another_redirect_uri_is_refused(
     response = await exchange(client, rest, code, verifier, "http://127.0.0.1:9999/other")
     assert response.status_code == 400
     assert response.json()["error"] in {"invalid_request", "invalid_grant"}
+
+
+async def test_a_code_asked_for_with_a_redirect_uri_needs_it_again_at_the_token_endpoint(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """RFC 6749 §4.1.3: redirect_uri is required in the token request when the authorisation
+    request carried it. Left out, oauthlib filled in the app's only registered URI and the code
+    was exchanged. A request that named none at either step still works."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    data = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
+    unnamed = await client.post("/oauth/token", data={**data, **rest.auth()})
+    assert unnamed.status_code == 400
+    assert unnamed.json()["error"] == "invalid_request"
+    assert (await exchange(client, rest, code, verifier)).status_code == 200
+    query = authorize_query(rest.client_id, challenge, "read:status").replace(
+        f"&redirect_uri={quote(REDIRECT, safe='')}", ""
+    )
+    assert "redirect_uri" not in query
+    code = code_from(await consent(owner, query, ticked=["read:status"]))
+    data["code"] = code
+    assert (await client.post("/oauth/token", data={**data, **rest.auth()})).status_code == 200
 
 
 async def test_reused_code_is_refused_and_revokes_what_it_produced(

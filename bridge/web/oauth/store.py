@@ -68,6 +68,7 @@ class Code:
     used_at: float | None
     grant_id: int | None
     scope_mark: int
+    redirect_named: bool  # the authorisation request named redirect_uri (not the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,8 @@ class OAuthStore:
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, scopes, challenge, "
-                "challenge_method, expires_at, scope_mark) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "challenge_method, expires_at, scope_mark, redirect_named) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     digest(code),
                     record.client_id,
@@ -155,16 +157,31 @@ class OAuthStore:
                     record.challenge_method,
                     record.expires_at,
                     record.scope_mark,
+                    int(record.redirect_named),
                 ),
             )
 
     def code(self, code: str) -> Code | None:
         rows = self.store.query(
             "SELECT client_id, redirect_uri, scopes, challenge, challenge_method, expires_at, "
-            "used_at, grant_id, scope_mark FROM oauth_codes WHERE code_hash = ?",
+            "used_at, grant_id, scope_mark, redirect_named FROM oauth_codes WHERE code_hash = ?",
             (digest(code),),
         )
-        return Code(*rows[0]) if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        return Code(
+            client_id=row["client_id"],
+            redirect_uri=row["redirect_uri"],
+            scopes=row["scopes"],
+            challenge=row["challenge"],
+            challenge_method=row["challenge_method"],
+            expires_at=row["expires_at"],
+            used_at=row["used_at"],
+            grant_id=row["grant_id"],
+            scope_mark=row["scope_mark"],
+            redirect_named=bool(row["redirect_named"]),
+        )
 
     def use_code(self, code: str, *, grant_id: int, now: float) -> None:
         """Mark a code spent and remember the grant it became, for reuse detection."""

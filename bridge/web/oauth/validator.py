@@ -162,6 +162,7 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             grant_id=None,
             # Read by the consent route before it checked the app's scopes (OAuthServer.authorize).
             scope_mark=int(request.ownerlink_mark),
+            redirect_named=not request.using_default_redirect_uri,
         )
         self.store.save_code(code["code"], record)
 
@@ -216,9 +217,13 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
         *a: Any,
         **kw: Any,
     ) -> bool:
-        """The token request names the redirect URI the code was issued for."""
+        """The token request names the redirect URI the code was issued for; it may leave it
+        out (oauthlib then fills in the only registered one) only if the authorisation request
+        did too (RFC 6749 §4.1.3)."""
         stored = self.store.code(code)
-        return stored is not None and stored.redirect_uri == redirect_uri
+        if stored is None or stored.redirect_uri != redirect_uri:
+            return False
+        return not (stored.redirect_named and request.using_default_redirect_uri)
 
     def invalidate_authorization_code(
         self, client_id: str, code: str, request: Request, *a: Any, **kw: Any
