@@ -587,6 +587,26 @@ async def test_confidential_client_with_wrong_secret_is_refused(
     assert basic.status_code == 200
 
 
+async def test_a_client_authenticating_two_ways_at_once_is_refused(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """RFC 6749 §2.3: one authentication method per request. With HTTP Basic right, a
+    client_secret in the body went unchecked whatever it said, and the request was served."""
+    verifier, challenge = pkce()
+    code = await get_code(owner, rest, challenge)
+    data = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier}
+    data |= {"redirect_uri": REDIRECT, "client_secret": "anything at all"}
+    basic = ("dash", rest.secret or "")
+    both = await client.post("/oauth/token", data=data, auth=basic)
+    assert both.status_code == 401
+    assert both.json()["error"] == "invalid_client"
+    for path in ("/oauth/revoke", "/oauth/introspect"):
+        refused = await client.post(path, data={"token": "x", "client_secret": "y"}, auth=basic)
+        assert refused.status_code == 401, path
+    del data["client_secret"]
+    assert (await client.post("/oauth/token", data=data, auth=basic)).status_code == 200
+
+
 async def test_token_endpoint_applies_the_apps_ip_allowlist(
     owner: httpx.AsyncClient, rest: RestClient, client_for: ClientFactory, harness: Harness
 ) -> None:

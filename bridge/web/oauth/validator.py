@@ -87,6 +87,10 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
             return False
         if request.client_id and request.client_id != client_id:
             return False  # Basic and body disagree: refuse rather than guess
+        if _basic_header(request) and request.client_secret:
+            # Two authentication methods at once (RFC 6749 §2.3); the body's secret would go
+            # unchecked, whatever it said.
+            return False
         # Both are hex digests, but as bytes like every other comparison here: compare_digest
         # raises TypeError for str with non-ASCII characters.
         if not hmac.compare_digest(digest(secret).encode(), client.secret_hash.encode()):
@@ -373,8 +377,8 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
 
 def _client_credentials(request: Request) -> tuple[str | None, str | None]:
     """(client_id, secret) from HTTP Basic (RFC 6749 §2.3.1, form-encoded parts) or the body."""
-    header = (request.headers or {}).get("Authorization", "")
-    if header.lower().startswith("basic "):
+    header = _basic_header(request)
+    if header:
         try:
             decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
@@ -382,3 +386,9 @@ def _client_credentials(request: Request) -> tuple[str | None, str | None]:
         user, sep, password = decoded.partition(":")
         return (unquote_plus(user), unquote_plus(password)) if sep else (None, None)
     return request.client_id, request.client_secret
+
+
+def _basic_header(request: Request) -> str:
+    """The request's HTTP Basic Authorization header, or ""."""
+    header = str((request.headers or {}).get("Authorization", ""))
+    return header if header.lower().startswith("basic ") else ""
