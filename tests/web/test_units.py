@@ -164,11 +164,20 @@ def test_budget_bars_are_drawn_against_the_hourly_cap() -> None:
         ({"status": "rejected", "reason": "duplicate_id"}, 409),
         ({"status": "rejected", "reason": "unknown_vehicle"}, 404),
         ({"status": "rejected", "reason": "malformed"}, 400),
+        ({"status": "rejected", "reason": "audit_unavailable"}, 503),
+        ({"status": "rejected", "reason": "shutting_down"}, 503),
     ],
 )
 def test_command_results_map_to_http_statuses(doc: dict[str, str], status: int) -> None:
     """A refusal's reason picks the status a client can act on; done and in-flight are 2xx."""
     assert result_status(doc) == status
+
+
+def test_a_bridge_halted_on_a_tampered_audit_log_answers_503_not_403() -> None:
+    """With the audit log failing its check every command is refused `audit_tampered`: the
+    bridge cannot take commands, like `audit_unavailable`, and it answered 403, which tells
+    an app that it lacks a permission it does have."""
+    assert result_status({"status": "rejected", "reason": "audit_tampered"}) == 503
 
 
 def test_access_log_writes_first_of_a_kind_and_summarises_repeats() -> None:
