@@ -245,6 +245,25 @@ async def test_a_code_dies_with_the_rest_access_it_was_issued_under(
     assert (await exchange(client, again, code, verifier)).json()["error"] == "invalid_grant"
 
 
+async def test_removing_rest_access_asks_for_confirmation_first(
+    owner: httpx.AsyncClient, rest: RestClient, harness: Harness
+) -> None:
+    """The app's page only links to a confirmation page; a single press of a button on the
+    app's page ended every token and the client secret, which cannot be shown again."""
+    app_page = (await owner.get("/apps/dash")).text
+    assert 'action="/apps/dash/oauth/remove"' not in app_page
+    assert 'href="/apps/dash/oauth/remove"' in app_page
+    confirm = await owner.get("/apps/dash/oauth/remove")
+    assert confirm.status_code == 200
+    assert "Yes, remove REST access for Dash" in confirm.text
+    assert harness.app.state.ctx.oauth.client_of("dash") is not None
+    removal = await owner.post("/apps/dash/oauth/remove", data={"csrf": csrf_of(confirm.text)})
+    assert removal.status_code == 303
+    assert harness.app.state.ctx.oauth.client_of("dash") is None
+    # With nothing left to remove, the address leads back to the app's page.
+    assert (await owner.get("/apps/dash/oauth/remove")).headers["location"] == "/apps/dash"
+
+
 async def test_codes_expire_after_a_minute(
     owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient, harness: Harness
 ) -> None:

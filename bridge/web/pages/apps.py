@@ -371,6 +371,18 @@ async def rest_enabled(request: Request, app_id: str, session: Session) -> Respo
     )
 
 
+@router.get("/apps/{app_id}/oauth/remove")
+async def confirm_disable_rest(request: Request, app_id: str, session: Session) -> Response:
+    """Asks before removing REST access: it ends every token and the client secret cannot be
+    shown again, so one stray tap or Enter on the app's page must not do it."""
+    context = ctx(request)
+    app = _app_or_404(context, app_id)
+    if context.oauth.client_of(app.id) is None:
+        return _see_other(f"/apps/{app.id}")
+    grants = context.oauth.active_grants(app.id)
+    return page(request, "app_rest_remove.html", app=app, grants=grants)
+
+
 @router.post("/apps/{app_id}/oauth/remove")
 async def disable_rest(request: Request, app_id: str, session: Session) -> Response:
     await checked_form(request, session)
