@@ -373,3 +373,258 @@ def test_each_vehicles_location_button_and_the_budget_meter_have_their_own_names
         button = page.get_by_role("button", name=f"Show location of {name}", exact=True)
         assert button.count() == 1, name
     assert page.get_by_role("meter", name="Share of today's API budget used").count() == 1
+
+
+# axe-core's rules for WCAG 2.2 A and AA, and its best practices (landmarks, one h1, headings in
+# order, regions), as the owner page promises in docs/security.md.
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    """axe-core's script, as the axe-playwright-python package (test extra) ships it."""
+    from importlib.resources import files
+
+    try:
+        return (files("axe_playwright_python") / "axe.min.js").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        _no_browser("axe-playwright-python (axe-core for the tests) is not installed")
+        raise
+
+
+def axe_violations(page: Any, source: str) -> list[str]:
+    """axe-core's violations on the page as shown, one line each (rule and elements). Run by
+    the driver, not as a page script, so the page's own CSP stays in force."""
+    page.evaluate(source)
+    options = {"runOnly": {"type": "tag", "values": AXE_TAGS}, "resultTypes": ["violations"]}
+    results = page.evaluate("options => axe.run(document, options)", options)
+    return [
+        f"{page.url} {v['id']}: {v['help']} at {[n['target'] for n in v['nodes']]}"
+        for v in results["violations"]
+    ]
+
+
+def with_rest_client(harness: Harness, app_id: str, redirect: str | None = None) -> None:
+    """An app with REST access (a public client), made as the owner page would."""
+    from tests.web.oauth_helpers import REDIRECT
+
+    harness.registry.add(app_id, scopes=["read:status", "command:lock"])
+    uris = [redirect or REDIRECT]
+    harness.app.state.ctx.oauth.register_client(app_id, kind="public", uris=uris)
+
+
+def consent_url(base_url: str, app_id: str, redirect: str | None = None) -> str:
+    from tests.web.oauth_helpers import REDIRECT, authorize_query, pkce
+
+    _verifier, challenge = pkce()
+    query = authorize_query(app_id, challenge, "read:status", redirect_uri=redirect or REDIRECT)
+    return f"{base_url}/oauth/authorize?{query}"
+
+
+def an_apps_own_page() -> Starlette:
+    """Where the browser is sent back with the code."""
+
+    async def callback(_request: Request) -> Response:
+        return HTMLResponse("<!doctype html><title>The app</title>")
+
+    return Starlette(routes=[Route("/callback", callback)])
+
+
+def owner_pages(page: Any, base_url: str) -> Iterator[str]:
+    """Walks the page through every owner page and state, yielding the heading each should show:
+    login (and its error), apps, a new app's password, an app's page (and a refused form), REST
+    access and its removal, revoke, vehicles, audit, security, step-up's QR, consent, errors."""
+    page.goto(f"{base_url}/login")
+    yield "Log in"
+    log_in(page, base_url, "definitely wrong")
+    yield "Log in"
+    log_in(page, base_url)
+    page.get_by_label("App id").fill("garage")
+    page.get_by_role("button", name="Add app").click()
+    yield "App garage added"
+    pages = {
+        "/apps": "Connected apps",
+        "/apps/garage": "garage garage",
+        "/vehicles": "Vehicles",
+        "/audit": "Audit log",
+        "/security": "Security",
+    }
+    for path, heading in pages.items():
+        page.goto(f"{base_url}{path}")
+        yield heading
+    page.goto(f"{base_url}/apps/garage")
+    page.get_by_label("Commands per minute").fill("0")
+    page.get_by_role("button", name="Save limits").click()
+    yield "garage garage"
+    page.get_by_label("Redirect URIs").fill("https://garage.example.org/callback")
+    page.get_by_role("button", name="Enable REST access").click()
+    yield "REST access for garage"
+    page.goto(f"{base_url}/apps/garage/oauth/remove")
+    yield "Remove REST access for garage?"
+    page.goto(f"{base_url}/apps/garage/revoke")
+    yield "Revoke garage?"
+    page.goto(f"{base_url}/security")
+    page.get_by_label("Your password (to enrol)").fill(OWNER_PASSWORD)
+    page.get_by_role("button", name="Enrol an authenticator").click()
+    yield "New authenticator secret"
+    page.goto(consent_url(base_url, "dash"))
+    yield "Authorise dash?"
+    page.goto(f"{base_url}/oauth/authorize?client_id=nobody")
+    yield "This authorisation request is invalid"
+    page.goto(f"{base_url}/apps/nobody")
+    yield "Not possible"
+    page.goto(f"{base_url}/apps")
+    page.evaluate("document.querySelector('form[action=\"/apps\"] input[name=csrf]').remove()")
+    page.get_by_label("App id").fill("sneaky")
+    page.get_by_role("button", name="Add app").click()
+    yield "Form refused"
+
+
+@pytest.mark.parametrize("viewport", [PHONE, {"width": 1280, "height": 800}], ids=str)
+def test_every_owner_page_passes_axe_and_fits_the_screen(
+    browser: Any, base_url: str, harness: Harness, axe_source: str, viewport: dict[str, int]
+) -> None:
+    """axe-core finds no WCAG 2.2 AA or best-practice violation on any page or state, and at
+    375px none scrolls sideways."""
+    with_rest_client(harness, "dash")
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    found: list[str] = []
+    headings = []
+    for heading in owner_pages(page, base_url):
+        headings.append((page.locator("h1").inner_text(), heading))
+        found += axe_violations(page, axe_source)
+        assert page_width(page) <= viewport["width"], page.url
+    assert [shown for shown, _ in headings] == [wanted for _, wanted in headings]
+    assert len(headings) == 17
+    assert found == []
+    context.close()
+
+
+def relative_luminance(css_rgb: str) -> float:
+    """WCAG's relative luminance of a computed `rgb(r, g, b)` colour."""
+    channels = [int(c) / 255 for c in css_rgb[css_rgb.index("(") + 1 : -1].split(",")[:3]]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(a: str, b: str) -> float:
+    light, dark = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+FOCUSED = (
+    "() => { const e = document.activeElement, s = getComputedStyle(e); return {"
+    "outline: s.outlineStyle, colour: s.outlineColor, width: parseFloat(s.outlineWidth),"
+    "text: (e.innerText || e.value || e.id || '').trim(), tag: e.tagName}; }"
+)
+
+
+def tab_to(page: Any, text: str, limit: int = 80) -> dict[str, Any]:
+    """Presses Tab until the focused element's text (or id) is `text`; checks that its focus
+    ring shows and stands out from the white page by WCAG's 3:1 for non-text contrast."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        focused: dict[str, Any] = page.evaluate(FOCUSED)
+        if focused["text"] == text:
+            assert focused["outline"] != "none" and focused["width"] >= 2, focused
+            assert contrast(focused["colour"], "rgb(255, 255, 255)") >= 3, focused
+            return focused
+    raise AssertionError(f"{text!r} cannot be reached with Tab: {focused}")
+
+
+def press_enter(page: Any) -> None:
+    """Enter on a link or a form's control, waiting for the page it leads to."""
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def test_an_owner_with_only_a_keyboard_logs_in_approves_revokes_enrols_and_logs_out(
+    page: Any, base_url: str, harness: Harness
+) -> None:
+    """Tab and Enter alone do every action, each control showing a focus ring that stands out;
+    revoking and removing REST access each ask first. The yellow ring alone was 1.6:1 on the
+    white page."""
+
+    with ServerThread(an_apps_own_page()) as app_url:
+        redirect = f"{app_url}/callback"
+        with_rest_client(harness, "dash", redirect)
+        keyboard_only(page, base_url, harness, redirect)
+
+
+def keyboard_only(page: Any, base_url: str, harness: Harness, redirect: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}/login")
+    # The password field takes the focus itself (autofocus, applied as the page first renders).
+    expect(page.get_by_label("Owner password")).to_be_focused()
+    page.keyboard.type(OWNER_PASSWORD)
+    press_enter(page)
+    expect(page.get_by_role("heading", name="Connected apps")).to_be_visible()
+    tab_to(page, "Skip to content")
+
+    page.goto(consent_url(base_url, "dash", redirect))
+    tab_to(page, "Allow")
+    press_enter(page)
+    page.wait_for_url(lambda url: url.startswith(f"{redirect}?code="))
+
+    page.goto(f"{base_url}/apps/dash")
+    tab_to(page, "Remove REST access…")
+    press_enter(page)
+    expect(
+        page.get_by_role("heading", name="Remove REST access for dash?", exact=True)
+    ).to_be_visible()
+    assert harness.app.state.ctx.oauth.client_of("dash") is not None  # only asked so far
+    tab_to(page, "Yes, remove REST access for dash")
+    press_enter(page)
+    expect(page.get_by_role("status")).to_contain_text("REST access removed for dash")
+    tab_to(page, "Revoke dash…")
+    press_enter(page)
+    tab_to(page, "Yes, revoke dash")
+    press_enter(page)
+    expect(page.get_by_role("status")).to_contain_text("Revoked dash")
+
+    page.goto(f"{base_url}/security")
+    tab_to(page, "stepup-password")
+    page.keyboard.type(OWNER_PASSWORD)
+    press_enter(page)
+    secret = page.locator("code.secret").inner_text()
+    tab_to(page, "stepup-code")
+    page.keyboard.type(_totp(secret, harness))
+    press_enter(page)
+    expect(page.get_by_role("status")).to_be_visible()
+    assert harness.stepup.enrolled()
+
+    tab_to(page, "Log out")
+    press_enter(page)
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+
+
+def _totp(secret: str, harness: Harness) -> str:
+    import pyotp
+
+    return pyotp.TOTP(secret).at(harness.clock())
+
+
+def test_header_links_ticks_and_audit_rows_suit_a_phone(
+    browser: Any, base_url: str, harness: Harness
+) -> None:
+    """At 375px the header's links and Log out were 19-24px tall and the scope ticks 13px, hard
+    to hit with a thumb; an audit record stood 160px tall, its details squeezed to a few letters
+    a line."""
+    harness.audit.append("command.decision", app="garage", vehicle="family-car", decision="allowed")
+    context = browser.new_context(viewport=PHONE)
+    page = context.new_page()
+    log_in(page, base_url)
+    targets = page.locator("header a:not(.skip), header button")
+    assert targets.count() == 6
+    for box in (targets.nth(i).bounding_box() for i in range(targets.count())):
+        assert box["height"] >= 44, box
+    ticks = page.locator("input[type=checkbox]")
+    for box in (ticks.nth(i).bounding_box() for i in range(ticks.count())):
+        assert min(box["width"], box["height"]) >= 20, box
+    page.goto(f"{base_url}/audit")
+    rows = page.locator("table.audit tbody tr")
+    heights = [rows.nth(i).bounding_box()["height"] for i in range(rows.count())]
+    assert heights and max(heights) < 100, heights
+    context.close()

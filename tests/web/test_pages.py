@@ -100,6 +100,29 @@ async def test_revoking_asks_for_confirmation_first(
     assert "Revoked script" in (await owner.get("/apps")).text
 
 
+TITLE = re.compile(r"<title>([^<]*)</title>")
+
+
+async def test_a_forms_outcome_is_in_the_title_a_screen_reader_reads_first(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """The page after a form announces how it went in its title, "Error: " first when refused:
+    the message on the page, shown as it loads, is not announced as a live region."""
+    refused = await login(client, "definitely wrong")
+    assert TITLE.search(refused.text).group(1) == "Error: Log in · Ownerlink"  # type: ignore[union-attr]
+    assert 'aria-invalid="true" aria-describedby="page-error"' in refused.text
+    assert 'id="page-error" role="alert"' in refused.text
+    await login(client)
+    await add_app(client, "script", ["read:status"])
+    confirm = await client.get("/apps/script/revoke")
+    await client.post("/apps/script/revoke", data={"csrf": csrf_of(confirm.text)})
+    titles = [TITLE.search((await client.get("/apps")).text) for _ in range(2)]
+    assert [t.group(1) for t in titles if t] == [
+        "Revoked script (script). · Connected apps · Ownerlink",
+        "Connected apps · Ownerlink",  # the message is shown once
+    ]
+
+
 async def test_unknown_app_page_is_404(owner: httpx.AsyncClient) -> None:
     """An app that does not exist has no page."""
     assert (await owner.get("/apps/nope")).status_code == 404
