@@ -35,7 +35,6 @@ from bridge.access.broker import build_enforcement
 from bridge.access.sync import SyncLoop
 from bridge.access.webhook import WebhookSender
 from bridge.audit.anchor import ANCHOR_FIX, MalformedHead, anchor_problem, fetch_head
-from bridge.audit.chain import read_records
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.read import records_after
 from bridge.audit.ring import open_ring
@@ -47,8 +46,8 @@ from bridge.commands.forward import VehicleRoute
 from bridge.commands.inflight import no_owner_command_running
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
 from bridge.commands.reasons import Reason
-from bridge.commands.recover import after_a_stop, unfinished
 from bridge.commands.results import error_text
+from bridge.commands.settled import load_settled, read_after, save_settled, settled_through
 from bridge.commands.stepup import StepUp
 from bridge.config import Settings
 from bridge.errors import (
@@ -559,53 +558,73 @@ class Daemon:
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
-        car without an outcome get theirs (`timed_out`) now."""
+        car without an outcome get theirs (`timed_out`) now. Only the records after the point
+        the last start settled are read (bridge.commands.settled): the log is kept forever."""
         directory = audit_directory(self.settings.state_dir)
+        settled = load_settled(self.store, self.audit.head[0])
         # Held (when free) before the log is read: an `ownerlink command` ending in between
         # would otherwise have its outcome written after our read, and be answered twice.
         with no_owner_command_running(self.settings.state_dir) as alone:
-            results, interrupted = await asyncio.to_thread(
-                lambda: after_a_stop(read_records(directory), after_seq=mark)
-            )
-            resent = self.delivery.republish(undelivered(results, after_seq=mark, now=self.clock()))
+            found = await asyncio.to_thread(read_after, directory, settled=settled, mark=mark)
+            owed = undelivered(found.results, after_seq=mark, now=self.clock())
+            resent = self.delivery.republish(owed)
             if resent:
                 log.warning(
                     "final results kept from the broker by the last stop sent again", n=resent
                 )
+            interrupted, owner = found.interrupted, []
             if not alone:
                 # An `ownerlink command` is still waiting for the car: it writes its outcome.
                 owner = [d for d in interrupted if d.get("source") == OWNER_SOURCE]
                 interrupted = [d for d in interrupted if d.get("source") != OWNER_SOURCE]
-                if owner:
-                    self._owner_wait = asyncio.get_running_loop().create_task(
-                        self._finish_owner_commands_later(directory)
-                    )
-            self._answer_interrupted(interrupted)
+            answered = self._answer_interrupted(interrupted)
+            # Settled once answered: past the results sent again (a kill may beat their PUBACK)
+            # and, until they are answered too, before the owner commands left open.
+            later = settled_through(found.newest, (seq for seq, _ in owed))
+            if answered:
+                self._save_settled(settled_through(later, (_seq(d) for d in owner)))
+            if owner:
+                self._owner_wait = asyncio.get_running_loop().create_task(
+                    self._finish_owner_commands_later(directory, later if answered else None)
+                )
 
-    async def _finish_owner_commands_later(self, directory: Path) -> None:
+    async def _finish_owner_commands_later(self, directory: Path, settle_to: int | None) -> None:
         """Once no `ownerlink command` runs, answer the owner commands still without an outcome:
-        their process died before the car answered (bridge.commands.inflight)."""
+        their process died before the car answered (bridge.commands.inflight). Then the start's
+        read is settled as far as it would have been without them (`settle_to`)."""
         while True:
             await asyncio.sleep(OWNER_COMMAND_WAIT_S)
             try:
                 with no_owner_command_running(self.settings.state_dir) as alone:
                     if not alone:
                         continue
-                    open_ = await asyncio.to_thread(lambda: unfinished(read_records(directory)))
-                    left = [d for d in open_ if d.get("source") == OWNER_SOURCE]
-                    self._answer_interrupted(left)
+                    settled = load_settled(self.store, self.audit.head[0])
+                    found = await asyncio.to_thread(
+                        read_after, directory, settled=settled, mark=self.audit.head[0]
+                    )
+                    left = [d for d in found.interrupted if d.get("source") == OWNER_SOURCE]
+                    if self._answer_interrupted(left) and settle_to is not None:
+                        self._save_settled(settle_to)
                     return
             except Exception:  # a background task: say so, never die silently
                 log.exception("could not answer owner commands left open")
                 return
 
-    def _answer_interrupted(self, interrupted: list[Mapping[str, Any]]) -> None:
+    def _answer_interrupted(self, interrupted: list[Mapping[str, Any]]) -> bool:
+        """Answer them; False when not all could be (the audit log failed: pipeline halted)."""
         self._charge_interrupted(interrupted)
         finished = self.pipeline.finish_interrupted(interrupted)
         if finished:
             log.warning(
                 "commands interrupted by the last stop were answered timed_out", count=finished
             )
+        return finished == len(interrupted)
+
+    def _save_settled(self, seq: int) -> None:
+        try:
+            save_settled(self.store, seq)
+        except StateError:  # the next start reads further back, nothing worse
+            log.exception("could not record how far the audit log was settled", seq=seq)
 
     def _charge_interrupted(self, decisions: list[Mapping[str, Any]]) -> None:
         """A command the last stop interrupted may have reached the car before its budget row
@@ -941,6 +960,12 @@ class Daemon:
     @property
     def vehicles(self) -> list[BridgedVehicle]:
         return list(self._vehicles)
+
+
+def _seq(record: Mapping[str, Any]) -> int:
+    """A record's seq; 0 for one without (then nothing is taken as settled)."""
+    seq = record.get("seq")
+    return seq if isinstance(seq, int) else 0
 
 
 def claim_state_dir(state_dir: Path) -> int:
