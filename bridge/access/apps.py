@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -104,14 +104,16 @@ class AppRegistry:
             # with, so the database is taken as it is and marked from here on.
             self._store.set_meta(REGISTRY_AT_SEQ, str(head_seq))
             return []
-        missed = missed_changes(records_after(int(mark)), int(mark))
+        read = _Newest(records_after(int(mark)), int(mark))
+        missed = missed_changes(read, int(mark))
+        notes = [self._reapply(change) for change in missed]
+        # Past every record read: each change among them is held or was just applied again (or
+        # noted). Else the mark stayed at the last app change, and every start read the whole
+        # log written since, months of it. Past the records the re-applying wrote too, which
+        # moved the mark already: the next start must not take those for missed ones.
+        self._advance_mark(read.newest)
         if not missed:
             return []
-        notes = [self._reapply(change) for change in missed]
-        # Past every change missed, and past the records applying them again wrote (which
-        # moved the mark already): the next start must not take those for missed ones.
-        now = self._store.meta(REGISTRY_AT_SEQ) or "0"
-        self._store.set_meta(REGISTRY_AT_SEQ, str(max(int(now), missed[-1].seq)))
         for note in notes:
             log.warning("registry_behind_audit_log", detail=note)
         self._alert(
@@ -122,6 +124,17 @@ class AppRegistry:
             changes=notes,
         )
         return notes
+
+    def _advance_mark(self, seq: int) -> None:
+        """Move the registry's mark on to `seq`, never back (another process may have moved it
+        further meanwhile: its change's record and commit share one transaction)."""
+        with self._store.transaction() as conn:
+            row = conn.execute(
+                "SELECT value FROM state_meta WHERE key = ?", (REGISTRY_AT_SEQ,)
+            ).fetchone()
+            now = str(row[0]) if row is not None else "0"
+            if not now.isdigit() or seq > int(now):
+                set_meta(conn, REGISTRY_AT_SEQ, str(seq))
 
     def _reapply(self, change: Missed) -> str:
         where = f"record {change.seq} ({change.kind.value} {change.app})"
@@ -598,3 +611,18 @@ def _some(scopes: frozenset[Scope]) -> frozenset[Scope]:
     if not scopes:
         raise AccessError("name at least one scope")
     return scopes
+
+
+class _Newest:
+    """The records read, passed on as they come, noting the newest seq among them."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], start: int) -> None:
+        self.records = records
+        self.newest = start
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        for record in self.records:
+            seq = record.get("seq")
+            if isinstance(seq, int) and seq > self.newest:
+                self.newest = seq
+            yield record

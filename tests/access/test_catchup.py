@@ -140,3 +140,29 @@ def test_records_after_opens_only_the_files_that_can_hold_them(tmp_path: Path) -
     assert [r["seq"] for r in records_after(directory, 25)] == [26, 27, 28, 29, 30]
     assert [r["seq"] for r in records_after(directory, 0)] == list(range(1, 31))
     assert list(records_after(directory, 30)) == []
+
+
+def test_the_mark_moves_past_what_a_catch_up_read_so_the_next_reads_no_further_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], base_topic: str
+) -> None:
+    """Months of commands and no app change: the mark stayed at the last app change, and every
+    start read all the log written since. Read once, the log is held up to its head."""
+    from datetime import UTC, datetime
+
+    from bridge.audit.log import AuditLog
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "state", port=1, base_topic=base_topic)
+    _apps(config, capsys, "add", "a", "--scopes", "read:status")
+    directory = audit_directory(tmp_path / "state")
+    with AuditLog(directory, clock=lambda: datetime.now(UTC), rotate_bytes=1 << 20) as log:
+        for n in range(50):
+            log.append("command.decision", app="a", id=f"c{n}", decision="refused", reason="x")
+    head = log.head[0]
+    _apps(config, capsys, "list")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "state" / "ownerlink.db") as conn:
+        [(mark,)] = conn.execute(
+            "SELECT value FROM state_meta WHERE key = 'registry_at_seq'"
+        ).fetchall()
+    assert int(mark) == head
