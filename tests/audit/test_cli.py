@@ -27,6 +27,7 @@ from tests.audit.helpers import (
     write_lines,
 )
 from tests.conftest import BrokerAddress
+from tests.support.opens import files_opened
 
 
 @pytest.fixture
@@ -195,6 +196,22 @@ def test_tail_counts_are_whole_numbers_from_zero(
         run(capsys, "audit", "tail", "--state-dir", str(state), "-n", "-3")
     assert exit_info.value.code == 2
     assert "argument -n: must be 0 or more, not -3" in capsys.readouterr().err
+
+
+def test_tail_reads_only_the_newest_files_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Twenty rotated files kept for years: the last ten records come from the newest files
+    alone, the older ones are not even opened."""
+    state_dir = tmp_path / "state"
+    fill(audit_directory(state_dir), 400, rotate_bytes=4096, fsync=lambda fd: None).close()
+    rotated = sorted(p.name for p in audit_directory(state_dir).glob("audit.0*.jsonl"))
+    assert len(rotated) >= 20
+    with files_opened() as opened:
+        code, out, _ = run(capsys, "audit", "tail", "--state-dir", str(state_dir), "-n", "10")
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines()] == [f"#{n}" for n in range(391, 401)]
+    assert set(opened) & set(rotated) <= set(rotated[-2:])
 
 
 def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ finds there what a read of the whole log would."""
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from bridge.commands.settled import (
 from bridge.mqtt.topics import Topics
 from bridge.store import Store
 from tests.commands.test_delivery import HeldSink
+from tests.support.opens import files_opened
 
 ROTATE = 4096  # the smallest audit.rotate_bytes: many rotated files from few records
 
@@ -54,30 +54,11 @@ def _command(log: AuditLog, n: int, *, outcome: bool = True, source: str = "mqtt
         log.append("command.outcome", **who, status="succeeded", reason="ok")
 
 
-# The lists the audit hook fills (the running test's); hooks cannot be removed, so one is added
-# for the whole session, the first time a test asks for it.
-_watching: list[list[str]] = []
-_hooked: list[bool] = []
-
-
-def _note_open(event: str, args: tuple[Any, ...]) -> None:
-    if _watching and event == "open" and isinstance(args[0], str | Path):
-        _watching[-1].append(Path(args[0]).name)
-
-
 @pytest.fixture
 def opened() -> Iterator[list[str]]:
-    """The names of the files opened while the test runs (Python's own audit hook: the real
-    opens, whoever makes them)."""
-    if not _hooked:
-        sys.addaudithook(_note_open)
-        _hooked.append(True)
-    names: list[str] = []
-    _watching.append(names)
-    try:
+    """The names of the files opened while the test runs."""
+    with files_opened() as names:
         yield names
-    finally:
-        _watching.remove(names)
 
 
 def test_a_start_opens_only_the_files_after_the_settled_point(
