@@ -598,9 +598,11 @@ class Daemon:
                 with no_owner_command_running(self.settings.state_dir) as alone:
                     if not alone:
                         continue
-                    settled = load_settled(self.store, self.audit.head[0])
+                    head = self.audit.head[0]
+                    settled = load_settled(self.store, head)
+                    # Only the open commands are wanted here: no result is after the head.
                     found = await asyncio.to_thread(
-                        read_after, directory, settled=settled, mark=self.audit.head[0]
+                        read_after, directory, settled=settled, mark=head
                     )
                     left = [d for d in found.interrupted if d.get("source") == OWNER_SOURCE]
                     if self._answer_interrupted(left) and settle_to is not None:

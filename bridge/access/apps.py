@@ -29,7 +29,7 @@ from bridge.access.passwords import generate_password
 from bridge.access.table import AppRow, AppTable, scopes_json
 from bridge.access.values import AppChange, AppDetails, ChangeKind, Listener, NewApp
 from bridge.config import AppConfig
-from bridge.errors import AccessError
+from bridge.errors import AccessError, StateError
 from bridge.events import Alert, AlertKind, AlertSink, AuditSink
 from bridge.logs import get_logger
 from bridge.model import SENSITIVE_SCOPES, App, Scope
@@ -127,14 +127,22 @@ class AppRegistry:
 
     def _advance_mark(self, seq: int) -> None:
         """Move the registry's mark on to `seq`, never back (another process may have moved it
-        further meanwhile: its change's record and commit share one transaction)."""
-        with self._store.transaction() as conn:
-            row = conn.execute(
-                "SELECT value FROM state_meta WHERE key = ?", (REGISTRY_AT_SEQ,)
-            ).fetchone()
-            now = str(row[0]) if row is not None else "0"
-            if not now.isdigit() or seq > int(now):
-                set_meta(conn, REGISTRY_AT_SEQ, str(seq))
+        further meanwhile: its change's record and commit share one transaction). Only when it
+        moves, and never at the cost of the run: `ownerlink apps list` must read while another
+        process holds the database, and a mark left behind costs the next run a longer read."""
+        held = self._store.meta(REGISTRY_AT_SEQ) or "0"
+        if held.isdigit() and seq <= int(held):
+            return
+        try:
+            with self._store.transaction() as conn:
+                row = conn.execute(
+                    "SELECT value FROM state_meta WHERE key = ?", (REGISTRY_AT_SEQ,)
+                ).fetchone()
+                now = str(row[0]) if row is not None else "0"
+                if not now.isdigit() or seq > int(now):
+                    set_meta(conn, REGISTRY_AT_SEQ, str(seq))
+        except StateError:
+            log.warning("registry mark not moved on (the database is busy)", seq=seq)
 
     def _reapply(self, change: Missed) -> str:
         where = f"record {change.seq} ({change.kind.value} {change.app})"

@@ -166,3 +166,33 @@ def test_the_mark_moves_past_what_a_catch_up_read_so_the_next_reads_no_further_b
             "SELECT value FROM state_meta WHERE key = 'registry_at_seq'"
         ).fetchall()
     assert int(mark) == head
+
+
+def test_a_mark_that_cannot_move_while_the_database_is_held_does_not_stop_a_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], base_topic: str
+) -> None:
+    """Records past the mark, and another process holding the database: `apps list` still
+    lists (the mark moves at the next run instead)."""
+    import sqlite3
+    from datetime import UTC, datetime
+
+    from bridge.audit.log import AuditLog
+
+    config = write_config(tmp_path / "c.yaml", tmp_path / "state", port=1, base_topic=base_topic)
+    _apps(config, capsys, "add", "a", "--scopes", "read:status")
+    directory = audit_directory(tmp_path / "state")
+    with AuditLog(directory, clock=lambda: datetime.now(UTC), rotate_bytes=1 << 20) as log:
+        log.append("command.decision", app="a", id="c1", decision="refused", reason="x")
+    other = sqlite3.connect(tmp_path / "state" / "ownerlink.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert "a" in _apps(config, capsys, "list")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    _apps(config, capsys, "list")
+    with sqlite3.connect(tmp_path / "state" / "ownerlink.db") as conn:
+        [(mark,)] = conn.execute(
+            "SELECT value FROM state_meta WHERE key = 'registry_at_seq'"
+        ).fetchall()
+    assert int(mark) == log.head[0]
