@@ -220,10 +220,11 @@ def migrations(
 
     Cleared first, Home Assistant would delete such an entity (its name, area and history) and
     make a new one. Its migration keeps them: `{"migrate_discovery": true}` on the old topic
-    before the device payload, the old topic cleared after it. Returns (before, after); the
-    caller leaves these topics out of `removals`. The other way round is not migrated: an owner
-    goes back to the entity layout for a Home Assistant too old to know either device payloads
-    or migrations.
+    first, then the old topic cleared (Home Assistant has let go of it, and keeps the entity in
+    its registry), then the device payload. Returns (markers, clears); the caller sends both
+    before the device payload and leaves these topics out of `removals`. The other way round is
+    not migrated: an owner goes back to the entity layout for a Home Assistant too old to know
+    either device payloads or migrations.
     """
     offered = {
         component

@@ -351,7 +351,11 @@ class DiscoveryManager:
         self._remember(key, [*previous, *current])
         # `clears` holds empty payloads (replaceable) and device stubs (to be seen in turn).
         removing = [replace(m, latest_only=not m.payload) for m in clears]
-        messages = [*before, *removing, *_replaceable(current), *_replaceable(after)]
+        # A migrated entity's old topic is cleared after its marker, before the device payload:
+        # Home Assistant has then let go of the old topic (the entity stays in its registry). A
+        # clear after the device payload reaches an entity now bound to the device topic, and
+        # Home Assistant logs a "conflicting MQTT discovery message" warning for each one.
+        messages = [*before, *_replaceable(after), *removing, *_replaceable(current)]
         self._send(messages, then=lambda: self._settled(key, current))
 
     def _clear(self, key: str, previous: list[Publish]) -> None:
