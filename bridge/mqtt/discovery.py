@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from bridge.mqtt.catalog import (
     vehicle_entities,
 )
 from bridge.mqtt.entities import EntitySpec, Grant, Source
-from bridge.mqtt.topics import Publish, Topics
+from bridge.mqtt.topics import DEFAULT_BASE, Publish, Topics
 
 DiscoveryMode = Literal["device", "entity"]
 
@@ -200,17 +201,21 @@ def removals(previous: Sequence[Publish], current: Sequence[Publish]) -> list[Pu
     then publishes `current`, which no longer has it.
     """
     now = {message.topic: message for message in current}
-    out: list[Publish] = []
+    cleared: list[Publish] = []
+    stubs: list[Publish] = []
     for old in previous:
         new = now.get(old.topic)
         if new is None:
             if old.payload:
-                out.append(Publish(old.topic, "", retain=True))
+                cleared.append(Publish(old.topic, "", retain=True))
             continue
         stub = _component_stubs(old, new)
         if stub is not None:
-            out.append(stub)
-    return out
+            stubs.append(stub)
+    # Clears first. A stub also carries the device's current components, which Home Assistant
+    # then binds to the device topic; an entity-layout clear for one of them arriving after it
+    # makes Home Assistant log a "conflicting MQTT discovery message" warning.
+    return [*cleared, *stubs]
 
 
 def migrations(
@@ -312,10 +317,10 @@ def _vehicle_info(vehicle: VehicleDescription, topics: Topics) -> dict[str, Any]
 def _bridge_device(topics: Topics, origin: Origin) -> _Device:
     return _Device(
         node_id=topics.bridge_node_id,
-        entity_prefix="ownerlink",
+        entity_prefix=_bridge_entity_prefix(topics.base),
         info={
             "identifiers": [topics.bridge_node_id],
-            "name": "Ownerlink",
+            "name": "Ownerlink" if topics.base == DEFAULT_BASE else f"Ownerlink ({topics.base})",
             "manufacturer": "Ownerlink",
             "model": "Ownerlink bridge",
             "sw_version": origin.sw_version,
@@ -324,6 +329,17 @@ def _bridge_device(topics: Topics, origin: Origin) -> _Device:
         availability={"bridge": _availability(topics.bridge_state)},
         command_topic=None,
     )
+
+
+def _bridge_entity_prefix(base: str) -> str:
+    """`ownerlink` under the default base topic (the entity ids it always had). Under another
+    base, one made from it: with the same ids, Home Assistant named a second bridge's entities
+    (the demo's beside a real one) `event.ownerlink_alerts_2`, or the real one's, whichever came
+    second. Entity ids need not be unique to us: Home Assistant adds a suffix if two collide."""
+    if base == DEFAULT_BASE:
+        return "ownerlink"
+    slug = re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
+    return slug if slug.startswith("ownerlink") else f"ownerlink_{slug}"
 
 
 # -- rendering ---------------------------------------------------------------------------------

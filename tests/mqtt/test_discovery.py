@@ -302,6 +302,28 @@ def test_the_bridge_device_is_one_per_base_topic(base: str, node: str) -> None:
     assert json.loads(car.payload)["dev"]["via_device"] == node
 
 
+@pytest.mark.parametrize(
+    ("base", "name", "prefix"),
+    [
+        ("ownerlink", "Ownerlink", "ownerlink"),
+        ("ownerlink-demo", "Ownerlink (ownerlink-demo)", "ownerlink_demo"),
+        ("home/car", "Ownerlink (home/car)", "ownerlink_home_car"),
+    ],
+)
+def test_a_second_bridge_has_its_own_name_and_entity_ids(base: str, name: str, prefix: str) -> None:
+    """Two bridges on one broker (the demo beside a real one) were two devices both named
+    "Ownerlink" offering the same entity ids, and Home Assistant (2025.4) named the second
+    one's `event.ownerlink_alerts_2`. The default base keeps the name and ids it always had."""
+    topics = Topics(base=base, discovery_prefix="homeassistant")
+    [bridge] = build_bridge_discovery(topics=topics, mode="device")
+    payload = json.loads(bridge.payload)
+    assert payload["dev"]["name"] == name
+    assert {c["default_entity_id"] for c in payload["cmps"].values()} == {
+        f"event.{prefix}_alerts",
+        f"binary_sensor.{prefix}_bridge_state",
+    }
+
+
 @given(st.from_regex(r"[A-Za-z0-9_-]{1,4}(/[A-Za-z0-9_-]{1,4}){0,2}", fullmatch=True))
 def test_no_two_base_topics_share_a_bridge_device(base: str) -> None:
     """The bridge's device id is one-to-one with the base topic: `/` and `_` no longer fold

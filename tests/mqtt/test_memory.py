@@ -115,6 +115,20 @@ def test_a_restart_with_nothing_changed_sends_no_clears() -> None:
     assert len(second) == 3  # the bridge and two vehicle devices, once each
 
 
+def test_a_first_start_clears_the_other_layout_before_any_device_payload() -> None:
+    """Without a record the start clears every entity-layout topic a vehicle could have had.
+    Sent after a device payload (or its removal stub, which also carries the current
+    components), each clear reached a component Home Assistant had just bound to the device
+    topic, and it logged a "conflicting MQTT discovery message" warning per entity (seen with
+    Home Assistant 2025.4 on every `ownerlink demo`)."""
+    sent = run(Broker(), None, [ev("car")])
+    for node in (TOPICS.bridge_node_id, "ownerlink_car"):
+        ours = [m for m in sent if f"/{node}/" in m.topic]
+        device = min(i for i, m in enumerate(ours) if m.topic == f"ha/device/{node}/config")
+        assert any(not m.payload for m in ours[:device])
+        assert all(m.topic == f"ha/device/{node}/config" for m in ours[device:])
+
+
 def test_a_vehicle_taken_out_of_the_config_is_cleared_on_the_next_start() -> None:
     broker, memory = Broker(), DictMemory()
     run(broker, memory, [ev("car"), ev("van")])
