@@ -132,8 +132,11 @@ def _state_dir(given: Path | None) -> Iterator[Path]:
 
 
 def _alias(nickname: str) -> str:
-    """`Mustang 1` → `mustang-1`: a friendly topic slug (never the VIN)."""
-    return "-".join(nickname.lower().split())[:32]
+    """`Mustang 1` → `demo-mustang-1`: a friendly topic slug (never the VIN). `demo-` because a
+    car's Home Assistant ids are made from its alias alone: a demo car sharing an alias with one
+    of the owner's real cars on the same broker took over its discovery topic, and the demo's
+    clean-up on Ctrl-C then deleted the real car's entities."""
+    return "-".join(["demo", *nickname.lower().split()])[:32]
 
 
 def demo_config(

@@ -68,6 +68,12 @@ class Recorder:
 
 
 REAL_HEAD = "ownerlink/bridge/audit_head"
+# The owner's real cars, bridged by their real Ownerlink, under the aliases the demo's cars once
+# had: their discovery must come through the demo untouched.
+REAL_CARS = sorted(
+    f"homeassistant/device/ownerlink_{alias}/config" for alias in ("mustang-1", "bronco-2")
+)
+REAL_CAR_CONFIG = json.dumps({"dev": {"identifiers": ["real"], "name": "Real car"}, "cmps": {}})
 
 
 @pytest.fixture
@@ -83,10 +89,13 @@ def stale_head(broker: BrokerAddress) -> Iterator[None]:
         5
     )
     client.publish(REAL_HEAD, stale, qos=1, retain=True).wait_for_publish(5)
+    for topic in REAL_CARS:
+        client.publish(topic, REAL_CAR_CONFIG, qos=1, retain=True).wait_for_publish(5)
     try:
         yield
     finally:
-        client.publish(REAL_HEAD, b"", qos=1, retain=True).wait_for_publish(5)
+        for topic in [REAL_HEAD, *REAL_CARS]:
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
         client.loop_stop()
         client.disconnect()
 
@@ -181,8 +190,9 @@ def test_demo_runs_end_to_end_and_stops_cleanly(
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 0
     # The test's broker is one the demo did not start: it must take back everything it retained.
-    assert _retained(broker, ["ownerlink-demo/#", "homeassistant/#"]) == []
+    assert _retained(broker, ["ownerlink-demo/#"]) == []
     assert _retained(broker, ["ownerlink/#"]) == [REAL_HEAD], "the real one's topics untouched"
+    assert _retained(broker, ["homeassistant/#"]) == REAL_CARS, "the real cars' discovery too"
     assert any("retained messages the demo left" in line for line in lines), "".join(lines)
     page = printed(lines, "owner page")
     port = re.search(r":(\d+)/", page)
