@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ from bridge.access.keeper import BrokerKeeper
 from bridge.access.passwords import generate_password
 from bridge.access.table import AppRow, AppTable, scopes_json
 from bridge.access.values import AppChange, AppDetails, ChangeKind, Listener, NewApp
+from bridge.audit.read import NewestSeq
 from bridge.config import AppConfig
 from bridge.errors import AccessError, StateError
 from bridge.events import Alert, AlertKind, AlertSink, AuditSink
@@ -104,7 +105,7 @@ class AppRegistry:
             # with, so the database is taken as it is and marked from here on.
             self._store.set_meta(REGISTRY_AT_SEQ, str(head_seq))
             return []
-        read = _Newest(records_after(int(mark)), int(mark))
+        read = NewestSeq(records_after(int(mark)), int(mark))
         missed = missed_changes(read, int(mark))
         notes = [self._reapply(change) for change in missed]
         # Past every record read: each change among them is held or was just applied again (or
@@ -619,18 +620,3 @@ def _some(scopes: frozenset[Scope]) -> frozenset[Scope]:
     if not scopes:
         raise AccessError("name at least one scope")
     return scopes
-
-
-class _Newest:
-    """The records read, passed on as they come, noting the newest seq among them."""
-
-    def __init__(self, records: Iterable[Mapping[str, Any]], start: int) -> None:
-        self.records = records
-        self.newest = start
-
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
-        for record in self.records:
-            seq = record.get("seq")
-            if isinstance(seq, int) and seq > self.newest:
-                self.newest = seq
-            yield record

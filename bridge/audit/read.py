@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,6 +52,22 @@ def last_records(directory: Path, count: int, wanted: RecordFilter) -> list[dict
             if len(found) >= count:
                 break
     return found[::-1]
+
+
+class NewestSeq:
+    """Records passed on as they are read, noting the newest seq among them (`newest`, `start`
+    until one is newer): how far a pass over the log got, for a caller that remembers it."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]], start: int) -> None:
+        self.records = records
+        self.newest = start
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        for record in self.records:
+            seq = record.get("seq")
+            if isinstance(seq, int) and seq > self.newest:
+                self.newest = seq
+            yield record
 
 
 def records_after(directory: Path, after_seq: int) -> Iterator[dict[str, Any]]:

@@ -21,12 +21,12 @@ older copy) means a read of the whole log, once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.read import records_after
+from bridge.audit.read import NewestSeq, records_after
 from bridge.commands.recover import after_a_stop
 from bridge.store import Store
 
@@ -51,18 +51,9 @@ def read_after(
 ) -> StartRead:
     """One pass, oldest first, over the records after `settled` (the files before it are not
     opened). Blocking file reads: call it off the event loop."""
-    newest = settled
-
-    def noting_newest() -> Iterator[Mapping[str, Any]]:
-        nonlocal newest
-        for record in read(directory, settled):
-            seq = record.get("seq")
-            if isinstance(seq, int) and seq > newest:
-                newest = seq
-            yield record
-
-    results, interrupted = after_a_stop(noting_newest(), after_seq=mark)
-    return StartRead(results, interrupted, newest)
+    read_so_far = NewestSeq(read(directory, settled), settled)
+    results, interrupted = after_a_stop(read_so_far, after_seq=mark)
+    return StartRead(results, interrupted, read_so_far.newest)
 
 
 def settled_through(newest: int, still_open: Iterable[int]) -> int:

@@ -82,11 +82,7 @@ async def test_a_start_settles_the_log_up_to_what_it_answered(
     ended = [("mqtt", f"c{n}", True) for n in range(150)]
     _history(settings, slug, [*ended, ("mqtt", "k1", False), ("mqtt", "c150", True)])
     assert len(rotated_files(audit_directory(settings.state_dir))) >= 10
-    running = Daemon(settings)
-    try:
-        await running.start()
-    finally:
-        await running.stop()
+    await _start_and_stop(settings)
     assert _ended(settings, "k1") == ["interrupted"]
     answer = _seq_of(settings, "command.outcome", "k1")
     assert _seq_of(settings, "command.outcome", "c150") <= _settled(settings) < answer
@@ -131,10 +127,15 @@ async def test_a_point_past_the_head_is_not_trusted(
     save_settled(store, 10_000)
     store.close()
     _history(settings, slug, [("mqtt", "k0", False), *(("mqtt", f"c{n}", True) for n in range(80))])
+    await _start_and_stop(settings)
+    assert _ended(settings, "k0") == ["interrupted"]
+    assert _settled(settings) >= _seq_of(settings, "command.outcome", "c79")
+
+
+async def _start_and_stop(settings: Settings) -> None:
+    """One whole start of the daemon (it answers what the log left open), then its stop."""
     running = Daemon(settings)
     try:
         await running.start()
     finally:
         await running.stop()
-    assert _ended(settings, "k0") == ["interrupted"]
-    assert _settled(settings) >= _seq_of(settings, "command.outcome", "c79")
