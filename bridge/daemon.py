@@ -785,14 +785,17 @@ class Daemon:
     async def _watch_audit(self) -> None:
         """Records another process wrote (`ownerlink apps revoke`, `ownerlink command`) go into
         the head on the broker within a second, so a log cut back to before them is caught by
-        `audit verify --mqtt`; and a log cut short or replaced under the running daemon stops
-        commands and raises an alert at once, instead of waiting for the next command."""
+        `audit verify --mqtt`; their commands count against the rate limits and have the car
+        read again; and a log cut short or replaced under the running daemon stops commands and
+        raises an alert at once, instead of waiting for the next command."""
         while self.audit.failed is None:
             await asyncio.sleep(AUDIT_WATCH_S)
             if self.audit.changed_on_disk():
                 with contextlib.suppress(AuditError):  # failed/tampered say what went wrong
                     await asyncio.to_thread(self.audit.refresh)
-            self._confirm_foreign(self.audit.taken_in())
+            foreign = self.audit.taken_in()
+            self.pipeline.count_elsewhere(foreign)
+            self._confirm_foreign(foreign)
         self.audit_problem = self.audit.failed
         if not self.audit.tampered:
             log.error("audit log unusable; commands stopped", problem=self.audit_problem)

@@ -16,9 +16,9 @@ import dataclasses
 import functools
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from bridge.commands.apps import OWNER_APP, AppLookup
@@ -37,7 +37,7 @@ from bridge.commands.delivery import record_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
 from bridge.commands.noise import SUPPRESSIBLE, UNKNOWN_SENDER, RefusalRecords
 from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
-from bridge.commands.ratelimit import CommandRateLimits
+from bridge.commands.ratelimit import WINDOW_S, CommandRateLimits
 from bridge.commands.reasons import BEFORE_RATE_LIMIT, Reason
 from bridge.commands.records import (
     Ticket,
@@ -47,7 +47,7 @@ from bridge.commands.records import (
     suppressed_alert,
     suppressed_fields,
 )
-from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL
+from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, recent_charges
 from bridge.commands.results import CommandResult, Ending, error_text
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
@@ -198,6 +198,13 @@ class CommandPipeline:
         first (`assemble.last_minute_charges`), against the rate limits. Before `start()`."""
         for app_id, vehicle, at in charges:
             self.rates.restore(app_id, vehicle, at)
+
+    def count_elsewhere(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Count the commands of the last minute among records another process appended to the
+        audit log (`ownerlink command` beside the daemon; oldest first), against the rate
+        limits: a script calling it in a loop shares the car's limit with the apps."""
+        since = self.clock() - timedelta(seconds=WINDOW_S)
+        self.restore_rates(recent_charges(reversed(records), since))
 
     def finish_interrupted(self, decisions: Iterable[Mapping[str, Any]]) -> int:
         """Give every command a crash left without an outcome (`decisions`, from

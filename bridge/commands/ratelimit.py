@@ -7,6 +7,7 @@ reads in the config and can check against the audit log.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 
 from bridge.model import App
@@ -29,8 +30,14 @@ class SlidingWindow:
         return events is None or len(events) < limit
 
     def record(self, key: str, now: float) -> None:
-        """Count an event at `now`."""
-        self._events.setdefault(key, deque()).append(now)
+        """Count an event at `now`. Kept in time order even when it is older than the newest:
+        another process's commands are taken in up to a second late, and pruning stops at the
+        first event still in the window, so one out of order would count past its minute."""
+        events = self._events.setdefault(key, deque())
+        if events and events[-1] > now:
+            bisect.insort(events, now)
+        else:
+            events.append(now)
 
     def __len__(self) -> int:
         """How many keys have events in the window (or had, until they are next asked about)."""
@@ -67,8 +74,9 @@ class CommandRateLimits:
         self._window.record(_vehicle_key(vehicle), now)
 
     def restore(self, app_id: str, vehicle: str, at: float) -> None:
-        """Count a command decided before this process started (from the audit log), so a
-        restart does not hand out a fresh minute's allowance. Oldest first."""
+        """Count a command decided before this process started, or by another process meanwhile
+        (both read from the audit log), so neither a restart nor `ownerlink command` beside the
+        daemon hands out a second minute's allowance."""
         self._window.record(f"app:{app_id}", at)
         self._window.record(_vehicle_key(vehicle), at)
 

@@ -115,3 +115,16 @@ def test_the_last_minute_is_read_from_the_end_of_the_log_and_counted() -> None:
     ha = App("ha", "HA", frozenset(Scope), T0, rate_limit_per_minute=1)
     assert not limits.allows(ha, "truck", now.timestamp())  # ha's one a minute is used
     assert limits.allows(ha, "truck", now.timestamp() + 55.1)
+
+
+def test_an_event_counted_late_keeps_the_window_in_time_order() -> None:
+    """Another process's commands are taken in up to a second after ours: counted where they
+    belong, they leave the window on time. Appended behind a newer one, pruning stopped at the
+    newer one, and the late event counted until that one's minute was up too."""
+    window = SlidingWindow()
+    window.record("k", 10.0)
+    window.record("k", 5.0)  # decided earlier, by `ownerlink command`, and taken in now
+    assert not window.allows("k", 2, 64.0)
+    assert window.allows("k", 2, 65.5)  # the one at 5.0 is a minute old; only 10.0 counts
+    assert not window.allows("k", 1, 65.5)
+    assert window.allows("k", 1, 70.0)

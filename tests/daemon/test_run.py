@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -521,6 +522,44 @@ async def test_a_restart_does_not_hand_out_a_fresh_minute_of_commands(
         finally:
             await running.stop()
     assert statuses == [("succeeded", "ok"), ("succeeded", "ok"), ("rejected", "rate_limited")]
+    assert [e.command for e in sim[0].vehicles[0].executed].count("lock") == 2
+
+
+async def test_commands_sent_by_ownerlink_command_beside_the_daemon_count_against_its_limit(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The car's limit is shared by every app and the owner's CLI: two `ownerlink command`s
+    run beside the daemon use it up, and the daemon's next command within the minute is
+    refused. (The daemon counted them only from its next start: a script calling the CLI in
+    a loop, and the apps, had a minute's allowance each.)"""
+    from bridge.cli.command import send
+    from bridge.commands.apps import OWNER_APP
+    from bridge.config import VehicleConfig
+    from bridge.events import CollectingAlerts
+    from bridge.model import Command
+
+    document = document_for(tmp_path, sim[1], broker, base_topic)
+    document.setdefault("commands", {})["rate_limit_per_minute"] = 2
+    settings = Settings(**document)
+    await login(settings)
+    running = Daemon(settings)
+    await running.start()
+    try:
+        car = running.vehicles[0]
+        owner = settings.model_copy(
+            update={"vehicles": {car.slug: VehicleConfig(account=car.account, id=car.vehicle_id)}}
+        )
+        for _ in range(2):
+            done = await send(
+                owner, car.slug, Command.LOCK, "LOCK", code=None, alerts=CollectingAlerts()
+            )
+            assert done.status.value == "succeeded"
+        # The daemon reads what other processes appended each second.
+        await _until(lambda: not running.pipeline.rates.allows(OWNER_APP, car.slug, time.time()))
+        result = await running.pipeline.submit_owner(car.slug, "lock", "LOCK")
+        assert (result.status.value, result.reason) == ("rejected", "rate_limited")
+    finally:
+        await running.stop()
     assert [e.command for e in sim[0].vehicles[0].executed].count("lock") == 2
 
 
