@@ -12,9 +12,10 @@ import contextlib
 import enum
 import hashlib
 import json
+import json.encoder
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,9 +28,43 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def canonical(record: Mapping[str, Any]) -> bytes:
     """The bytes a record's hash covers (the record must not contain `hash`)."""
+    return _ENCODE(record).encode("ascii")
+
+
+def _json_dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(
         record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    )
+
+
+def _fast_dumps() -> Callable[[Mapping[str, Any]], str]:
+    """What `_json_dumps` writes, byte for byte, with the C encoder that `json.dumps` builds on
+    every call built once: every record is sealed when written and again when verified, and
+    building encoders was a fifth of `audit verify`'s time. The arguments are the ones
+    `JSONEncoder.iterencode` passes for `_json_dumps`'s options, less the cycle check (a record
+    is a flat mapping). Where the C encoder is missing or differs, `json.dumps` itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _json_dumps
+
+    def refuse(value: object) -> object:  # as JSONEncoder.default: only JSON's own types
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    try:
+        encoder = make(
+            None, refuse, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, False
+        )
+    except TypeError:  # another Python's signature
+        return _json_dumps
+
+    def dumps(record: Mapping[str, Any]) -> str:
+        return "".join(encoder(record, 0))
+
+    sample = {"b": [1, 2.5, None, True], "a": "é\n\u2028", "c": {"z": -1e300, "y": ""}}
+    return dumps if dumps(sample) == _json_dumps(sample) else _json_dumps
+
+
+_ENCODE = _fast_dumps()
 
 
 def digest(body: bytes) -> str:
@@ -47,7 +82,9 @@ def seal(record: Mapping[str, Any]) -> tuple[bytes, str]:
 def parse_line(raw: bytes) -> dict[str, Any] | None:
     """A line as a record, or None when it is not a JSON object (torn, or garbage)."""
     try:
-        value = json.loads(raw)
+        # Decoded first: `json.loads` of bytes works out their encoding, which took half its
+        # time. A line that is not UTF-8 is no record either (UnicodeDecodeError is a ValueError).
+        value = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
