@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bridge.audit.chain import CURRENT_FILE, parse_line, rotated_files
+from bridge.audit.chain import CURRENT_FILE, lines_of, parse_line, rotated_files
 from bridge.audit.verify import Head
 from bridge.config import Settings
 from bridge.errors import BrokerError
@@ -60,27 +60,40 @@ def _hash_at(directory: Path, seq: int) -> str | None:
     us may rotate the log meanwhile, which only moves records from the current file to a new
     rotated one, so none can be missed. (Listed first, a rotation before the current file was
     read moved the record out of sight, and a whole log read as records cut off.)"""
-    for records in _newest_first(directory):
-        if records and isinstance(first := records[0].get("seq"), int) and first <= seq:
-            match = next((r for r in records if r.get("seq") == seq), {})
-            value = match.get("hash")
-            return value if isinstance(value, str) else None
+    for data in _newest_first(directory):
+        first = _first_seq(data)
+        if first is not None and first <= seq:
+            for raw in lines_of(data):  # one at a time: a file is tens of thousands of records
+                record = parse_line(raw)
+                if record is not None and record.get("seq") == seq:
+                    value = record.get("hash")
+                    return value if isinstance(value, str) else None
+            return None
     return None
 
 
-def _newest_first(directory: Path) -> Iterator[list[dict[str, Any]]]:
-    """Each file's records, the current file's first; a file is read only when asked for."""
-    yield _records(directory / CURRENT_FILE)
+def _newest_first(directory: Path) -> Iterator[bytes]:
+    """Each file's bytes, the current file's first; a file is read only when asked for."""
+    yield _read(directory / CURRENT_FILE)
     for _, path in reversed(rotated_files(directory)):
-        yield _records(path)
+        yield _read(path)
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
+def _read(path: Path) -> bytes:
     try:
-        lines = path.read_bytes().splitlines()
+        return path.read_bytes()
     except FileNotFoundError:
-        return []
-    return [record for record in map(parse_line, lines) if record is not None]
+        return b""
+
+
+def _first_seq(data: bytes) -> int | None:
+    """The seq of the file's first parsable record."""
+    for raw in lines_of(data):
+        record = parse_line(raw)
+        if record is not None:
+            seq = record.get("seq")
+            return seq if isinstance(seq, int) else None
+    return None
 
 
 # -- the copy on the broker -------------------------------------------------------------------

@@ -41,6 +41,7 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     DIRECTORY,
     ChainState,
+    lines_of,
     parse_line,
     rotated_files,
     rotated_name,
@@ -576,7 +577,7 @@ class AuditLog:
         AuditTampered names the first that does not by `where(its line number)`. Returns the
         records."""
         records = []
-        for number, raw in enumerate(data.splitlines(), start=1):
+        for number, raw in enumerate(lines_of(data), start=1):
             record = parse_line(raw)
             if record is None:
                 raise AuditTampered(f"{where(number)}: unparsable record")

@@ -13,6 +13,7 @@ from bridge.audit.chain import (
     CURRENT_FILE,
     chain_files,
     chain_view,
+    lines_of,
     parse_line,
     records_newest_first,
     rotated_files,
@@ -88,7 +89,7 @@ def records_after(directory: Path, after_seq: int) -> Iterator[dict[str, Any]]:
 
 
 def _after(data: bytes, after_seq: int) -> Iterator[dict[str, Any]]:
-    for raw in data.splitlines():
+    for raw in lines_of(data):
         record = parse_line(raw)
         seq = record.get("seq") if record is not None else None
         if record is not None and isinstance(seq, int) and seq > after_seq:

@@ -22,7 +22,9 @@ def register(sub: Any) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from bridge.daemon import Daemon
+    from bridge.malloc import pin_mmap_threshold
 
     settings = settings_from(args)
+    pin_mmap_threshold()  # a long-running process that reads big files now and then
     daemon = Daemon(settings, metrics_only=args.metrics_only)
     return asyncio.run(daemon.run())

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,18 @@ class StartRead:
 
 
 def read_after(
-    directory: Path, *, settled: int, mark: int, read: Reader = records_after
+    directory: Path,
+    *,
+    settled: int,
+    mark: int,
+    oldest: datetime | None = None,
+    read: Reader = records_after,
 ) -> StartRead:
     """One pass, oldest first, over the records after `settled` (the files before it are not
-    opened). Blocking file reads: call it off the event loop."""
+    opened); the results kept are those after `mark` and not before `oldest`. Blocking file
+    reads: call it off the event loop."""
     read_so_far = NewestSeq(read(directory, settled), settled)
-    results, interrupted = after_a_stop(read_so_far, after_seq=mark)
+    results, interrupted = after_a_stop(read_so_far, after_seq=mark, oldest=oldest)
     return StartRead(results, interrupted, read_so_far.newest)
 
 

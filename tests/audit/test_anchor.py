@@ -70,3 +70,23 @@ def test_a_head_is_found_while_the_daemon_rotates_the_log(tmp_path: Path) -> Non
         log.close()
     assert len(chain_files(tmp_path)) > 10  # it did rotate, many times
     assert [p for p in problems if p is not None] == []
+
+
+def test_finding_an_older_head_holds_one_record_at_a_time(tmp_path: Path) -> None:
+    """A head older than the log's (records written while the daemon was stopped, by
+    `ownerlink command`) is looked for in the file that holds it, which was parsed whole into a
+    list: some 50 MB for a 10 MB file. Now the bytes of at most two files (the one read and the
+    one before it) and one record at a time."""
+    import tracemalloc
+
+    log = fill(tmp_path, 20_000)
+    log.close()
+    heads = _heads(tmp_path)
+    size = max(path.stat().st_size for path in chain_files(tmp_path))  # the largest file
+    tracemalloc.start()
+    try:
+        assert anchor_problem(tmp_path, Head(10_000, heads[10_000]), log.head) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * size, f"{peak / 1e6:.1f} MB held for files of {size / 1e6:.1f} MB"

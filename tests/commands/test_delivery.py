@@ -80,6 +80,23 @@ def test_one_pass_over_the_log_finds_owed_results_and_interrupted_commands() -> 
     assert owed == undelivered(records, after_seq=1, now=T0)
 
 
+def test_a_long_read_keeps_only_the_results_young_enough_to_be_sent_again() -> None:
+    """A start that reads a long log past an old mark (the first after an upgrade) kept every
+    final result in it until `undelivered` dropped all but the last 15 minutes': 20,000
+    results of a month's log held at once. Only the ones it may send are kept now."""
+    oldest = T0 - timedelta(seconds=REPUBLISH_WINDOW_S)
+    old = [
+        record(n, "command.outcome", minutes_ago=60 * 24, status="succeeded", reason="ok")
+        for n in range(1, 20_001)
+    ]
+    young = record(20_001, "command.outcome", minutes_ago=1, status="succeeded", reason="ok")
+    results, _ = after_a_stop(iter([*old, young]), after_seq=0, oldest=oldest)
+    assert results == [young]
+    assert undelivered(results, after_seq=0, now=T0) == undelivered(
+        [*old, young], after_seq=0, now=T0
+    )
+
+
 def test_the_mark_moves_only_past_confirmed_results_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:
