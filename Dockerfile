@@ -12,11 +12,13 @@ LABEL org.opencontainers.image.title="ownerlink" \
 # OWNERLINK_STATE_DIR is the /data volume. Unlike a systemd unit's Environment=, every process in
 # the container sees it (the daemon, `docker compose run`, `docker exec`), so they share one state;
 # it wins over state_dir in /config/config.yaml (the add-on drops it when that file sets one).
+# MALLOC_MMAP_THRESHOLD_: glibc hands big freed buffers back (bridge/malloc.py says why).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OWNERLINK_CONFIG=/config/config.yaml \
     OWNERLINK_STATE_DIR=/data \
-    OWNERLINK_WEB__HOST=0.0.0.0
+    OWNERLINK_WEB__HOST=0.0.0.0 \
+    MALLOC_MMAP_THRESHOLD_=131072
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && groupadd --system --gid 10001 ownerlink \

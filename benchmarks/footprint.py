@@ -9,9 +9,10 @@ state directory and a fresh base topic, then measures from outside the daemon:
 - time to online: from `Popen` to the first `<base>/bridge/state` = `online` seen on the broker,
   and to the first `<base>/<vehicle>/status` document (the daemon fully up and publishing);
 - steady RSS (psutil) once the run has settled, and CPU % of one core over a quiet window;
-- the same with `web.enabled: false`, and with the web page on *and opened once* (one request
+- the same with `web.enabled: false`, with the web page on *and opened once* (one request
   for the login page once every vehicle has been polled: the page is built on its first request),
-  runs of the three interleaved (side by side);
+  and beside a long audit log that the start reads through (`write_history`: 40,000 records,
+  17 MB), runs of the four interleaved (side by side);
 - RSS and CPU with 1, 10, 100 and 500 vehicles on one account (each measured once every vehicle
   has been polled), the per-vehicle RSS slope, and 100 vehicles on 100 accounts for the cost of
   an account.
@@ -40,6 +41,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from bridge.simulator import Limits, SimClock, Simulator, create_app  # noqa: E4
 from tests.support.broker import MosquittoProcess  # noqa: E402
 
 MB = 1024 * 1024
+HISTORY_RECORDS = 40_000  # the "history" variant's audit log (see `write_history`)
 V1_PATH = "/api/fordconnect/vehicles/v1"
 # The simulator must never be what limits a run: no account limit a fleet could reach.
 OPEN_LIMITS = Limits(per_minute=1_000_000, per_day=100_000_000, suspend_after=1_000_000)
@@ -276,6 +279,9 @@ class RunSpec:
     budget: dict[str, Any] = field(default_factory=lambda: dict(BIG_BUDGET))
     polling: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # Records written to the audit log before the measured start (by a first start, then as
+    # `ownerlink command`s would while the daemon is stopped): the start reads them all.
+    audit_records: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,6 +580,8 @@ def measure(rig: Rig, spec: RunSpec, *, settle_s: float, window_s: float) -> Run
     """Start the daemon, wait until online and every vehicle polled, settle, then sample."""
     prepared = rig.prepare(spec)
     base = prepared.base
+    if spec.audit_records:
+        write_history(rig, prepared)
     with Observer(rig.broker.host, rig.broker.port, [f"{base}/#"]) as observer:
         daemon = DaemonProcess(prepared)
         daemon.start()
@@ -611,6 +619,46 @@ def measure(rig: Rig, spec: RunSpec, *, settle_s: float, window_s: float) -> Run
         exit_code=code,
         log_problems=problems(daemon.log_lines()),
     )
+
+
+def write_history(rig: Rig, prepared: Prepared) -> None:
+    """A month of an owner's commands in the audit log, as `ownerlink command` writes them while
+    the daemon is stopped (a short first start creates the state database and the log), so the
+    measured start reads them all: what the first start after an upgrade or a long stop does.
+    At about 430 bytes a record, 40,000 are a full rotated file (10 MiB) and 7 MB more."""
+    from bridge.audit.log import AuditLog, audit_directory
+
+    base = prepared.base
+    with Observer(rig.broker.host, rig.broker.port, [f"{base}/bridge/state"]) as observer:
+        daemon = DaemonProcess(prepared)
+        daemon.start()
+        try:
+            observer.wait(first(lambda t: t == f"{base}/bridge/state", b"online"), 30)
+        finally:
+            daemon.stop()
+    ticks = itertools.count()
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    log = AuditLog(
+        audit_directory(prepared.state_dir),
+        clock=lambda: month_ago + timedelta(seconds=30 * next(ticks)),
+        rotate_bytes=10 * MB,
+    )
+    log.open()
+    try:
+        for n in range(prepared.spec.audit_records // 2):
+            command = {
+                "id": f"{n:032x}",
+                "app": "owner",
+                "vehicle": next(iter(prepared.slugs)),
+                "command": "lock",
+                "action": "LOCK",
+                "source": "owner",
+                "scope": "command:lock",
+            }
+            log.append("command.decision", decision="allowed", reason="ok", **command)
+            log.append("command.outcome", status="succeeded", reason="ok", detail="", **command)
+    finally:
+        log.close()
 
 
 def open_page(port: int) -> None:
@@ -662,6 +710,7 @@ def run_footprint(quick: bool, runs: int) -> dict[str, Any]:
                 RunSpec(label="web"),
                 RunSpec(label="webopen", open_page=True),
                 RunSpec(label="noweb", web=False),
+                RunSpec(label="history", audit_records=HISTORY_RECORDS),
             ]
             for spec in variants if i % 2 == 0 else variants[::-1]:
                 results.append(report(measure(rig, spec, settle_s=settle, window_s=window)))
@@ -697,7 +746,7 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
         for label in dict.fromkeys(r.label for r in results)
     }
     variants: dict[str, dict[str, Any]] = {}
-    for label in ("web", "webopen", "noweb"):
+    for label in ("web", "webopen", "noweb", "history"):
         rs = by.get(label, [])
         variants[label] = {
             k: median_of(rs, k)
@@ -736,6 +785,8 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
     web, noweb = variants["web"], variants["noweb"]
     targets = {
         "rss_le_60mb_one_vehicle": max(web["rss_mb"], noweb["rss_mb"]) <= RSS_TARGET_MB,
+        "rss_le_60mb_after_reading_a_long_audit_log": variants["history"]["rss_mb"] is not None
+        and variants["history"]["rss_mb"] <= RSS_TARGET_MB,
         "idle_cpu_approx_0": max(web["cpu_pct"], noweb["cpu_pct"]) <= IDLE_CPU_TARGET_PCT,
         "online_within_2s": max(web["online_s"] or 99, noweb["online_s"] or 99) <= ONLINE_TARGET_S,
         "first_status_within_2s": max(web["first_status_s"] or 99, noweb["first_status_s"] or 99)
@@ -761,9 +812,16 @@ def summarise(results: list[RunResult], *, quick: bool, runs: int) -> dict[str, 
 def print_summary(summary: dict[str, Any]) -> None:
     v = summary["variants"]
     print("\nmedians of", summary["runs_per_variant"], "runs (one vehicle):")
-    names = {"web": "web on", "webopen": "web on, page opened", "noweb": "web off"}
-    for label in ("web", "webopen", "noweb"):
+    names = {
+        "web": "web on",
+        "webopen": "web on, page opened",
+        "noweb": "web off",
+        "history": f"web on, after reading {HISTORY_RECORDS} audit records",
+    }
+    for label in ("web", "webopen", "noweb", "history"):
         x = v[label]
+        if not x["runs"]:
+            continue
         print(
             f"  {names[label]}: online {x['online_s']:.2f} s, "
             f"first status {x['first_status_s']:.2f} s, RSS {x['rss_mb']:.1f} MB "

@@ -182,3 +182,14 @@ def test_the_scripts_mend_a_virtualenv_left_without_pip(tmp_path: Path) -> None:
     assert marker.exists() and has_pip()
     for script in ("demo", "bootstrap"):
         assert "bash scripts/venv\n" in (ROOT / "scripts" / script).read_text(), script
+
+
+def test_the_unit_and_the_image_set_the_threshold_the_daemon_would_pin() -> None:
+    """Set there, `ownerlink run` leaves it alone and need not load ctypes to set it."""
+    from bridge.malloc import THRESHOLD
+
+    expected = f"MALLOC_MMAP_THRESHOLD_={THRESHOLD}"
+    unit = (ROOT / "systemd" / "ownerlink.service").read_text()
+    assert f"Environment={expected}" in unit.splitlines()
+    image = (ROOT / "Dockerfile").read_text()
+    assert f"    {expected}" in image.splitlines()
