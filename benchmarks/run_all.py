@@ -580,13 +580,16 @@ def main() -> int:
         help="write the document from an earlier --results file, measuring nothing",
     )
     args = parser.parse_args()
+    if args.results is not None and args.results.is_dir():
+        # Found only after twenty minutes of measuring, it cost the run: refuse it at once.
+        parser.error(f"--results takes a file to write, not the folder {args.results}")
     if args.render_only is not None:
         results = json.loads(args.render_only.read_text())
     else:
         results = measure_all(args.quick)
-        if args.results is not None:
-            args.results.write_text(json.dumps(results, indent=1))
     outcomes = write_document(results, args.out)
+    if args.results is not None and args.render_only is None:
+        args.results.write_text(json.dumps(results, indent=1))
     return 0 if all(o.data is not None or o.summary_line for o in outcomes) else 1
 
 
