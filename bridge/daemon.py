@@ -21,7 +21,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,7 @@ from bridge.audit.ring import open_ring
 from bridge.audit.witness import replaced_database
 from bridge.commands.assemble import last_minute_charges
 from bridge.commands.dedup import DedupStore
-from bridge.commands.delivery import (
-    REPUBLISH_WINDOW_S,
-    ResultDelivery,
-    record_time,
-    undelivered,
-)
+from bridge.commands.delivery import ResultDelivery, oldest_owed, record_time, undelivered
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.inflight import no_owner_command_running
 from bridge.commands.pipeline import CommandPipeline, InboundCommand
@@ -571,9 +566,8 @@ class Daemon:
         # would otherwise have its outcome written after our read, and be answered twice.
         with no_owner_command_running(self.settings.state_dir) as alone:
             now = self.clock()
-            oldest = now - timedelta(seconds=REPUBLISH_WINDOW_S)
             found = await asyncio.to_thread(
-                read_after, directory, settled=settled, mark=mark, oldest=oldest
+                read_after, directory, settled=settled, mark=mark, oldest=oldest_owed(now)
             )
             owed = undelivered(found.results, after_seq=mark, now=now)
             resent = self.delivery.republish(owed)

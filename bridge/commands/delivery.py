@@ -82,12 +82,17 @@ def result_of(record: Mapping[str, Any]) -> CommandResult:
     )
 
 
+def oldest_owed(now: datetime) -> datetime:
+    """The time before which no final result is sent again (`REPUBLISH_WINDOW_S`)."""
+    return now - timedelta(seconds=REPUBLISH_WINDOW_S)
+
+
 def undelivered(
     records: Iterable[Mapping[str, Any]], *, after_seq: int, now: datetime
 ) -> list[tuple[int, CommandResult]]:
     """(seq, result) for final results recorded after `after_seq` and not older than the window
     (pure: `records` are the audit log, oldest first)."""
-    oldest = now - timedelta(seconds=REPUBLISH_WINDOW_S)
+    oldest = oldest_owed(now)
     found = []
     for record in records:
         seq = record.get("seq")
