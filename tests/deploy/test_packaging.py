@@ -193,3 +193,32 @@ def test_the_unit_and_the_image_set_the_threshold_the_daemon_would_pin() -> None
     assert f"Environment={expected}" in unit.splitlines()
     image = (ROOT / "Dockerfile").read_text()
     assert f"    {expected}" in image.splitlines()
+
+
+def test_a_python_the_machine_lacks_is_skipped_not_failed(tmp_path: Path) -> None:
+    """CI runs scripts/test-pythons after the full suite; a machine without Python 3.12 or 3.13
+    (neither on PATH nor from pyenv) must still pass CI, saying what it skipped. A python3.12
+    that cannot even start counts as missing, so the run never tries to build a venv with it."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "test-pythons", tmp_path / "scripts" / "test-pythons")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    broken = bin_dir / "python3.12"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    for needed in ("dirname",):  # all the script calls before it looks for Pythons
+        (bin_dir / needed).symlink_to(shutil.which(needed) or f"/usr/bin/{needed}")
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
+    answer = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", "scripts/test-pythons"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert "Python 3.12 is not installed here; skipped" in answer.stdout
+    assert "Python 3.13 is not installed here; skipped" in answer.stdout
+    assert not (tmp_path / ".venv312").exists()
