@@ -206,8 +206,8 @@ def test_a_python_the_machine_lacks_is_skipped_not_failed(tmp_path: Path) -> Non
     broken = bin_dir / "python3.12"
     broken.write_text("#!/bin/sh\nexit 1\n")
     broken.chmod(0o755)
-    for needed in ("dirname",):  # all the script calls before it looks for Pythons
-        (bin_dir / needed).symlink_to(shutil.which(needed) or f"/usr/bin/{needed}")
+    # dirname is all the script calls before it looks for Pythons.
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname") or "/usr/bin/dirname")
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
     answer = subprocess.run(
         [shutil.which("bash") or "/bin/bash", "scripts/test-pythons"],
