@@ -173,6 +173,7 @@ def provider_section(f: dict[str, dict[str, Any]], results: dict[str, Outcome]) 
         ("offline spell covering the suspension began at (h)", "offline_at_h"),
         ("availability online again at (h)", "online_again_at_h"),
         ("faults stopped at (h)", "faults_cleared_at_h"),
+        ("run ended at (h)", "run_h"),
         ("first fresh state after that (h)", "first_fresh_state_after_clear_h"),
         ("ended waiting for its own budget (spent by the chaos)", "ended_waiting_for_budget"),
         ("errors logged", "error_logs"),
@@ -392,7 +393,10 @@ calls than the budget; no 429 from the simulator's own limits; a bounded number 
 simulated minute (no tight retry loop); availability offline during the suspension and online
 again after it, without a restart; a fresh state published after the faults stop (or, if the
 chaos spent the whole budget, the poller waiting for it rather than stuck); one final result
-per command, none run twice.
+per command, none run twice. The daemon's pause after a suspension (an hour by default) runs
+from the 403 it meets, which the faults and back-off place anywhere in the suspension, so a run
+whose car is still offline at its planned end goes on, for at most one more pause, until it is
+back ("run ended at").
 
 Two things the run spares the daemon, each with its own test: the token endpoint gets only the
 5xx share (the simulator rotates refresh tokens strictly, so a timeout or garbled answer *after*

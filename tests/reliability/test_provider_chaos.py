@@ -33,7 +33,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -221,8 +221,9 @@ class Chaos:
             meter = sim.limiter.meters.setdefault(account, Meter())
             meter.suspended_until = self.suspended_at + timedelta(seconds=self.plan.suspension_s)
 
-    async def until(self, elapsed_s: float) -> None:
-        while self.elapsed() < elapsed_s:
+    async def until(self, elapsed_s: float, done: Callable[[], bool] = lambda: False) -> None:
+        """Wait for `elapsed_s` simulated seconds from the start, or until `done()`."""
+        while self.elapsed() < elapsed_s and not done():
             await asyncio.sleep(0.005)
 
 
@@ -270,6 +271,15 @@ async def run_provider_chaos(
             stream.start()
             await chaos.run()
             await chaos.until(plan.length_s)
+            # The daemon's pause is counted from the 403 it met, and the faults and back-off
+            # place that anywhere within the suspension (or, with retries, just after it): a late
+            # one still gets its whole pause before "never came back online" is judged.
+            availability_topic = f"{base}/car-1/availability"
+            await chaos.until(
+                plan.length_s + plan.suspension_pause_s,
+                lambda: last_payload(mqtt, availability_topic) == b"online",
+            )
+            ended_at = sim.sim.now()
             stream.finish()
             await await_until(
                 lambda: not stream.unanswered(), 60, what="an answer to every command"
@@ -290,7 +300,8 @@ async def run_provider_chaos(
             for c in transport.calls
         )
     )
-    availability = sim_times(mqtt, f"{base}/car-1/availability", sim, anchor)
+    figures["run_h"] = round((ended_at - start).total_seconds() / 3600, 2)
+    availability = sim_times(mqtt, availability_topic, sim, anchor)
     statuses = sim_times(mqtt, f"{base}/car-1/status", sim, anchor)
     judge(
         plan,
@@ -306,6 +317,11 @@ async def run_provider_chaos(
         faults,
     )
     judge_commands(stream, mqtt, base, records, executed, figures)
+
+
+def last_payload(mqtt: MqttObserver, topic: str) -> bytes | None:
+    payloads = [m.payload for m in mqtt.snapshot() if m.topic == topic]
+    return payloads[-1] if payloads else None
 
 
 def offline_during(
