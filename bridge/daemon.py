@@ -49,6 +49,7 @@ from bridge.commands.reasons import Reason
 from bridge.commands.results import error_text
 from bridge.commands.settled import load_settled, read_after, save_settled, settled_through
 from bridge.commands.stepup import StepUp
+from bridge.commands.turns import CarTurns
 from bridge.config import Settings
 from bridge.errors import (
     AuditError,
@@ -478,6 +479,7 @@ class Daemon:
             delivery=self.delivery,
             on_refused=self._refused,
             provider_hold=self._provider_hold,
+            turns=CarTurns(self.settings.state_dir),  # shared with `ownerlink command`
         )
         if self.audit_problem is not None:
             tampered = self._audit_tampered

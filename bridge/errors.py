@@ -15,6 +15,7 @@ OwnerlinkError
 │       └── AuthUnavailable  the same from the token endpoint: no token, the car is unavailable
 ├── LoginError               the owner's login attempt failed (state mismatch, bad code)
 ├── CommandRejected          a command was refused; `reason` says why
+├── CarBusy                  another ownerlink process kept the car past a command's timeout
 ├── AuditError               the audit log cannot be trusted or written
 │   ├── AuditWriteError      fsync/write failed: stop processing commands
 │   └── AuditTampered        verification found damage
@@ -107,6 +108,11 @@ class CommandRejected(OwnerlinkError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class CarBusy(OwnerlinkError):
+    """Another ownerlink process held the vehicle's turn at the car for longer than a command
+    may wait (`commands.timeout_s`); the command was not sent."""
 
 
 class AuditError(OwnerlinkError):

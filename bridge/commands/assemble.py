@@ -14,6 +14,7 @@ from bridge.commands.pipeline import BudgetCheck, CommandPipeline, OnCommandDone
 from bridge.commands.ratelimit import WINDOW_S
 from bridge.commands.recover import recent_charges
 from bridge.commands.stepup import StepUp
+from bridge.commands.turns import CarTurns
 from bridge.config import Settings
 from bridge.events import AlertSink, CommandAudit
 from bridge.model import VehicleInfo
@@ -93,6 +94,7 @@ def build_pipeline(
         clock=clock,
         budget_ok=budget_ok,
         on_command_done=on_command_done,
+        turns=CarTurns(settings.state_dir),  # shared with the daemon and other commands
     )
 
 

@@ -11,6 +11,12 @@ A job that had to wait behind another is checked again (`recheck`) when its turn
 command for a car busy with a slow one may wait up to the command timeout, and its app may be
 revoked meanwhile. A job sent at once was checked a moment before.
 
+Other ownerlink processes on the same state directory (`ownerlink command`) have forwarders
+of their own; with `turns`, each takes the vehicle's turn at the car from `CarTurns` before its
+call, so the car still gets one command at a time. A job that had to wait for another process
+counts as having waited, and one still waiting after the command timeout ends `failed`
+(`vehicle_busy`), unsent.
+
 A job may carry `ready`, its decision record still being flushed to disk: the provider's request
 waits for it at the door (`bridge.providers.barrier`), so the flush overlaps the preparation, and
 a command whose record never becomes durable is not sent at all.
@@ -26,7 +32,8 @@ from typing import Generic, TypeVar
 
 from bridge.commands.reasons import Reason
 from bridge.commands.results import Ending, ending_for_error, ending_for_outcome
-from bridge.errors import RateLimited
+from bridge.commands.turns import CarTurns
+from bridge.errors import CarBusy, RateLimited, StateError
 from bridge.logs import get_logger
 from bridge.model import CommandStatus, Operation
 from bridge.providers.barrier import Durable, held_until
@@ -72,6 +79,11 @@ class _Worker(Generic[T]):
 
 NOT_SENT = Ending(CommandStatus.FAILED, Reason.SHUTTING_DOWN, "the bridge stopped before sending")
 IN_FLIGHT = Ending(CommandStatus.TIMED_OUT, Reason.SHUTTING_DOWN, "the bridge stopped mid-command")
+BUSY = Ending(
+    CommandStatus.FAILED,
+    Reason.VEHICLE_BUSY,
+    "another ownerlink process kept the car busy for longer than the command timeout; not sent",
+)
 
 
 class Forwarder(Generic[T]):
@@ -86,8 +98,10 @@ class Forwarder(Generic[T]):
         on_done: Callable[[Job[T], Ending], None],
         recheck: Callable[[Job[T]], Ending | None] = lambda _job: None,
         on_refused: OnRefused | None = None,
+        turns: CarTurns | None = None,
     ) -> None:
         self.timeout_s = timeout_s
+        self.turns = turns
         self.on_accepted = on_accepted
         self.on_done = on_done
         self.recheck = recheck
@@ -127,13 +141,31 @@ class Forwarder(Generic[T]):
             job = await queue.get()
             self._busy.add(job.vehicle)
             try:
-                ending = self._checked_again(job) or await self._call(job)
+                ending = await self._take_turn(job)
             except asyncio.CancelledError:
-                self._done(job, IN_FLIGHT)
+                self._done(job, IN_FLIGHT if job.sent else NOT_SENT)
                 raise
             finally:
                 self._busy.discard(job.vehicle)
             self._done(job, ending)
+
+    async def _take_turn(self, job: Job[T]) -> Ending:
+        if self.turns is None:
+            return self._checked_again(job) or await self._call(job)
+        try:
+            turn = await self.turns.take(job.vehicle, within_s=self.timeout_s)
+        except CarBusy:
+            return BUSY
+        except (StateError, OSError) as exc:  # no lock file, no turn: nothing is sent
+            log.error(  # noqa: TRY400 - the problem is the message; a traceback adds nothing
+                "cannot take the car's turn", vehicle=job.vehicle, error=str(exc)
+            )
+            return Ending(CommandStatus.FAILED, Reason.STATE_UNAVAILABLE, f"not sent: {exc}")
+        try:
+            job.waited = job.waited or turn.waited
+            return self._checked_again(job) or await self._call(job)
+        finally:
+            turn.release()
 
     def _checked_again(self, job: Job[T]) -> Ending | None:
         if not job.waited:

@@ -49,6 +49,7 @@ from bridge.commands.records import (
 )
 from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, recent_charges
 from bridge.commands.results import CommandResult, Ending, error_text
+from bridge.commands.turns import CarTurns
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
 from bridge.events import AlertSink, CommandAudit
@@ -138,6 +139,7 @@ class CommandPipeline:
         delivery: ResultSender | None = None,
         on_refused: OnRefused | None = None,
         provider_hold: ProviderHold | None = None,
+        turns: CarTurns | None = None,
     ) -> None:
         self.topics = topics
         self.commands = commands
@@ -166,6 +168,7 @@ class CommandPipeline:
             on_done=self._complete,
             recheck=self._still_allowed,
             on_refused=on_refused,
+            turns=turns,
         )
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._halted: Reason | None = None

@@ -40,6 +40,7 @@ class Reason(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     # Outcomes after forwarding.
     VEHICLE_FAILED = "vehicle_failed"  # the provider reported the car did not do it
+    VEHICLE_BUSY = "vehicle_busy"  # another ownerlink process kept the car past the timeout
     FORBIDDEN = "forbidden"
     REAUTH_REQUIRED = "reauth_required"
     PROVIDER_RATE_LIMITED = "provider_rate_limited"
