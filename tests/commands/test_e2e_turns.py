@@ -111,7 +111,8 @@ async def test_the_owners_command_waits_while_the_daemons_is_at_the_car(
     args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
 ) -> None:
     """Home Assistant's LOCK is at the car; `ownerlink command ice unlock`, started meanwhile,
-    reaches the car only once the lock has ended, and both succeed; the audit log verifies."""
+    reaches the car only once the lock has ended (saying on stderr that it waits), and both
+    succeed; the audit log verifies."""
     settings = e2e_settings(**args)
     async with running(settings, args["sim"], args["base"], broker) as e2e:
         config = owner_config(e2e, broker, tmp_path / "config.yaml")
@@ -126,6 +127,7 @@ async def test_the_owners_command_waits_while_the_daemons_is_at_the_car(
 
         assert owner.returncode == 0, err.decode()
         assert out.decode().strip() == "lock UNLOCK on ice: succeeded"
+        assert "car busy with another ownerlink process's command: waiting" in err.decode()
         assert (daemons["status"], daemons["action"]) == ("succeeded", "LOCK")
         (lock, lock_at), (unlock, unlock_at) = received(e2e, 1)[before:]
         assert (lock, unlock) == ("lock", "unlock")
