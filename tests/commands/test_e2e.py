@@ -9,7 +9,6 @@ import os
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,20 +31,6 @@ def served() -> Iterator[tuple[Simulator, str]]:
     sim = make_sim(limits=Limits(per_minute=10**6, per_day=10**8, suspend_after=10**6))
     with serve_in_thread(sim) as base:
         yield sim, base
-
-
-@pytest.fixture
-def settings_args(
-    tmp_path: Path, served: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
-) -> dict[str, Any]:
-    sim, base = served
-    return {
-        "state_dir": tmp_path / "state",
-        "base": base,
-        "sim": sim,
-        "broker": broker,
-        "base_topic": base_topic,
-    }
 
 
 def with_code(e2e: E2E, action: str, **extra: Any) -> str:

@@ -34,6 +34,8 @@ from tests.providers.simulated import SIM_CLIENT, make_sim
 pytestmark = pytest.mark.timeout(90)
 
 CAR_TAKES_S = 3.0
+# Room to wait for the other process's command (its status polls back off: 2 or 3 of them).
+ROOM_TO_WAIT = CommandsConfig(status_poll_interval_s=0.02, timeout_s=20)
 
 
 @pytest.fixture(scope="module")
@@ -91,30 +93,14 @@ async def until_received(e2e: E2E, car: int, count: int, within_s: float = 20) -
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def args(
-    tmp_path: Path, served: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
-) -> dict[str, Any]:
-    sim, base = served
-    return {
-        "state_dir": tmp_path / "state",
-        "base": base,
-        "sim": sim,
-        "broker": broker,
-        "base_topic": base_topic,
-        # Room to wait for the other process's command (its status polls back off).
-        "commands": CommandsConfig(status_poll_interval_s=0.02, timeout_s=20),
-    }
-
-
 async def test_the_owners_command_waits_while_the_daemons_is_at_the_car(
-    args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
+    settings_args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
 ) -> None:
     """Home Assistant's LOCK is at the car; `ownerlink command ice unlock`, started meanwhile,
     reaches the car only once the lock has ended (saying on stderr that it waits), and both
     succeed; the audit log verifies."""
-    settings = e2e_settings(**args)
-    async with running(settings, args["sim"], args["base"], broker) as e2e:
+    settings = e2e_settings(**settings_args, commands=ROOM_TO_WAIT)
+    async with running(settings, settings_args["sim"], settings_args["base"], broker) as e2e:
         config = owner_config(e2e, broker, tmp_path / "config.yaml")
         code = code_at(enroll(settings.state_dir, force=True), now())
         before = len(received(e2e, 1))
@@ -136,12 +122,12 @@ async def test_the_owners_command_waits_while_the_daemons_is_at_the_car(
 
 
 async def test_the_daemons_command_waits_while_the_owners_is_at_the_car(
-    args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
+    settings_args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
 ) -> None:
     """The other way round: the owner's LOCK is at the car when Home Assistant's command comes;
     the daemon sends it only after the owner's has ended, and its result says so."""
-    settings = e2e_settings(**args)
-    async with running(settings, args["sim"], args["base"], broker) as e2e:
+    settings = e2e_settings(**settings_args, commands=ROOM_TO_WAIT)
+    async with running(settings, settings_args["sim"], settings_args["base"], broker) as e2e:
         config = owner_config(e2e, broker, tmp_path / "config.yaml")
         before = len(received(e2e, 1))
         owner = await owner_command(config, "ice", "lock")
