@@ -10,8 +10,8 @@ leaves a car taken.
 
 `flock` has no way to wake an event loop, so a process that finds the turn taken asks again
 after a short sleep (5 ms, doubling to 100 ms): the other process's command takes seconds, and
-a waiter is late by at most one sleep. Which of two waiting processes goes first is the
-kernel's choice; each process keeps its own commands in order.
+a waiter is late by at most one sleep. Of two processes waiting, the first to ask once the car
+is free goes first, not the first to arrive; each process keeps its own commands in order.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from bridge.errors import CarBusy
+from bridge.errors import CarBusy, StateError
 from bridge.files import open_lock
 from bridge.logs import get_logger
 from bridge.store import ensure_private_dir
@@ -70,10 +70,16 @@ class CarTurns:
         return Turn(fd, waited)
 
     def _open(self, vehicle: str) -> int:
-        if not self._ready:  # once per process: the folder stays
-            ensure_private_dir(self.folder)
-            self._ready = True
-        return open_lock(self.folder / f"{vehicle}.lock")
+        path = self.folder / f"{vehicle}.lock"
+        if self._ready:  # the folder was made: one open, no look at its parents
+            try:
+                return open_lock(path)
+            except StateError as exc:
+                if not isinstance(exc.__cause__, FileNotFoundError):
+                    raise  # removed since (a tidy-up by hand): made again below
+        ensure_private_dir(self.folder)
+        self._ready = True
+        return open_lock(path)
 
     @staticmethod
     async def _wait(fd: int, vehicle: str, within_s: float) -> bool:

@@ -60,6 +60,17 @@ async def test_a_free_turn_is_taken_at_once_and_a_held_one_waits(tmp_path: Path)
     got.release()  # twice is harmless
 
 
+async def test_a_folder_removed_while_running_is_made_again(tmp_path: Path) -> None:
+    turns = CarTurns(tmp_path)
+    (await turns.take("ev", within_s=1)).release()
+    (tmp_path / FOLDER / "ev.lock").unlink()
+    (tmp_path / FOLDER).rmdir()
+    held = await turns.take("ev", within_s=1)
+    assert held.waited is False
+    assert (tmp_path / FOLDER).stat().st_mode & 0o777 == 0o700
+    held.release()
+
+
 async def test_a_turn_not_free_in_time_is_refused_and_leaks_nothing(tmp_path: Path) -> None:
     held = await CarTurns(tmp_path).take("ev", within_s=1)
     lock = tmp_path / FOLDER / "ev.lock"
