@@ -657,7 +657,7 @@ class Daemon:
             self._web_socket = listen_socket(self.settings.web)
 
     async def _build_web(self) -> None:
-        self.metrics.registry.register(DaemonGauges(self))
+        self.metrics.add_collector(DaemonGauges(self))
         self.web = None
         if self.serve_web and not self.metrics_only:
             from bridge.views import build_web_server  # the web stack loads only when served

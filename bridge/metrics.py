@@ -2,17 +2,23 @@
 
 Counters are fed by thin decorators the daemon puts around its parts (the provider, the call
 gate, the audit sink); gauges are read from the parts when Prometheus scrapes.
+
+The counters are plain numbers here, and prometheus_client renders them (and the gauges) when
+`/metrics` is first asked for: most owners never scrape it, and the library costs about 1 MB of
+memory that the daemon would otherwise carry for nothing (its import brings an HTTP server, a
+WSGI server and gzip along).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,44 +31,102 @@ from bridge.model import CommandOutcome, Operation, VehicleInfo, VehicleState
 from bridge.providers.base import CallGate, CallKind, Commit, OnAccepted, Provider
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from bridge.daemon import Daemon
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 T = TypeVar("T")
 
 
+class Collector(Protocol):
+    """What prometheus_client's registry asks of a collector."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Count:
+    """One labelled counter: `labels(*values).inc(n)`, as prometheus_client's `Counter` has it."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.values: dict[tuple[str, ...], float] = {}
+        self.created: dict[tuple[str, ...], float] = {}  # the `_created` sample: when first counted
+
+    def labels(self, *values: str) -> _Child:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        return _Child(self, values)
+
+    def family(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, value in self.values.items():
+            family.add_metric(values, value, created=self.created[values])
+        return family
+
+
+class _Child:
+    __slots__ = ("_count", "_values")
+
+    def __init__(self, count: Count, values: tuple[str, ...]) -> None:
+        self._count = count
+        self._values = values
+
+    def inc(self, amount: float = 1) -> None:
+        count, values = self._count, self._values
+        if values not in count.values:
+            count.created[values] = time.time()
+        count.values[values] = count.values.get(values, 0) + amount
+
+
 class Metrics:
-    """The daemon's counters, in a registry of their own (no process-global state)."""
+    """The daemon's counters, and the collectors read at scrape time (no process-global state)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.polls = Counter(
-            "ownerlink_polls", "Vehicle reads that succeeded", ["vehicle"], registry=self.registry
+        self.polls = Count("ownerlink_polls", "Vehicle reads that succeeded", ("vehicle",))
+        self.provider_calls = Count(
+            "ownerlink_provider_calls", "Provider requests by kind", ("account", "kind")
         )
-        self.provider_calls = Counter(
-            "ownerlink_provider_calls",
-            "Provider requests by kind",
-            ["account", "kind"],
-            registry=self.registry,
+        self.provider_errors = Count(
+            "ownerlink_provider_errors", "Provider errors by kind", ("account", "error")
         )
-        self.provider_errors = Counter(
-            "ownerlink_provider_errors",
-            "Provider errors by kind",
-            ["account", "error"],
-            registry=self.registry,
+        self.commands = Count(
+            "ownerlink_commands", "Command decisions and outcomes", ("decision", "reason")
         )
-        self.commands = Counter(
-            "ownerlink_commands",
-            "Command decisions and outcomes",
-            ["decision", "reason"],
-            registry=self.registry,
+        self.audit_records = Count("ownerlink_audit_records", "Audit records written", ("kind",))
+        self._counts = (
+            self.polls,
+            self.provider_calls,
+            self.provider_errors,
+            self.commands,
+            self.audit_records,
         )
-        self.audit_records = Counter(
-            "ownerlink_audit_records", "Audit records written", ["kind"], registry=self.registry
-        )
+        self._collectors: list[Collector] = []
+
+    def add_collector(self, collector: Collector) -> None:
+        self._collectors.append(collector)
+
+    def collect(self) -> Iterator[Metric]:
+        for count in self._counts:
+            yield count.family()
+
+    async def load(self) -> None:
+        """Import prometheus_client off the event loop, before the first `render`."""
+        if "prometheus_client" not in sys.modules:
+            await asyncio.to_thread(importlib.import_module, "prometheus_client")
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition of every counter and collector."""
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in (self, *self._collectors):
+            registry.register(collector)
+        return generate_latest(registry)
 
 
 class CountingGate:
@@ -141,7 +205,7 @@ class CountingProvider:
         return result
 
 
-class DaemonGauges(Collector):
+class DaemonGauges:
     """Gauges read from the running daemon at scrape time."""
 
     def __init__(self, daemon: Daemon) -> None:
@@ -177,6 +241,8 @@ class DaemonGauges(Collector):
         yield from self._budget()
 
     def _budget(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         used = GaugeMetricFamily(
             "ownerlink_budget_used", "Provider calls in the last 24 h", labels=["account"]
         )
@@ -192,7 +258,9 @@ class DaemonGauges(Collector):
         yield left
 
 
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, value: float) -> Metric:
+    from prometheus_client.core import GaugeMetricFamily
+
     return GaugeMetricFamily(name, doc, value=value)
 
 
@@ -223,6 +291,7 @@ def routes(daemon: Daemon) -> list[Route]:
         return JSONResponse(document, status_code=200 if ready else 503)
 
     async def metrics(_request: Request) -> Response:
+        await daemon.metrics.load()
         return Response(daemon.metrics.render(), media_type=CONTENT_TYPE)
 
     return [Route("/healthz", healthz), Route("/metrics", metrics)]
