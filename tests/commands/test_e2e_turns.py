@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from bridge.simulator import Limits, SimClock, Simulator, Timings, serve_in_thre
 from tests.commands.e2e import E2E, e2e_settings, now, running
 from tests.conftest import BrokerAddress
 from tests.providers.simulated import SIM_CLIENT, make_sim
+from tests.support.daemon import await_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,13 +86,6 @@ def received(e2e: E2E, car: int) -> list[tuple[str, datetime]]:
     return [(e["command"], datetime.fromisoformat(e["at"])) for e in executed]
 
 
-async def until_received(e2e: E2E, car: int, count: int, within_s: float = 20) -> None:
-    deadline = time.monotonic() + within_s
-    while len(received(e2e, car)) < count:
-        assert time.monotonic() < deadline, "the car never got the command"
-        await asyncio.sleep(0.05)
-
-
 async def test_the_owners_command_waits_while_the_daemons_is_at_the_car(
     settings_args: dict[str, Any], broker: BrokerAddress, tmp_path: Path
 ) -> None:
@@ -131,7 +124,9 @@ async def test_the_daemons_command_waits_while_the_owners_is_at_the_car(
         config = owner_config(e2e, broker, tmp_path / "config.yaml")
         before = len(received(e2e, 1))
         owner = await owner_command(config, "ice", "lock")
-        await until_received(e2e, 1, before + 1)
+        await await_until(
+            lambda: len(received(e2e, 1)) > before, 20, interval=0.05, what="the owner's command"
+        )
 
         e2e.app.send("ha", "ice", "lock", "LOCK")
         accepted = await e2e.app.next(timeout=20)

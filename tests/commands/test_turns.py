@@ -23,6 +23,7 @@ from bridge.commands.turns import FOLDER, CarTurns
 from bridge.errors import CarBusy
 from bridge.model import CommandStatus, Operation
 from tests.commands.fakes import ALL_OPERATIONS, FakeProvider
+from tests.support.daemon import await_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -159,10 +160,7 @@ class Forwarding:
         self.forwarder.enqueue(Job("ev", self.route, operation, name))
 
     async def ended(self, name: str, within_s: float = 5) -> Ending:
-        deadline = time.monotonic() + within_s
-        while name not in self.endings:
-            assert time.monotonic() < deadline, f"{name} never ended"
-            await asyncio.sleep(0.01)
+        await await_until(lambda: name in self.endings, within_s, what=f"{name} to end")
         return self.endings[name]
 
 
