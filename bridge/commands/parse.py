@@ -156,9 +156,9 @@ def _decode(payload: bytes) -> dict[str, Any]:
 
 def _decode_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise _Malformed(f"bad JSON: {_json_problem(exc)}") from exc
+        value = strict_json(text)
+    except ValueError as exc:
+        raise _Malformed(f"bad JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise _Malformed("JSON payload must be an object")
     unknown = sorted(set(value) - ALLOWED_KEYS)
@@ -169,6 +169,15 @@ def _decode_object(text: str) -> dict[str, Any]:
     if "action" not in value:
         raise _Malformed('JSON payload has no "action"')
     return value
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as every command surface reads it: a key given twice, NaN and Infinity are errors
+    (ValueError saying where), not whatever one parser or another would keep."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ValueError(_json_problem(exc)) from exc
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

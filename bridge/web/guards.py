@@ -26,6 +26,12 @@ class LoginRequired(Exception):
         self.ended = ended  # a session cookie came, or a form: the owner was logged in
 
 
+# Fetch Metadata: a form posted from another origin. "same-site" too: SameSite cookies ignore
+# ports, so any other web app on this host (or a page on a sibling name) is the same site, and
+# with the token stolen or leaked its post must still be refused. Old browsers send nothing.
+_OTHER_ORIGINS = frozenset({"cross-site", "same-site"})
+
+
 class CsrfRejected(Exception):
     """A form arrived without its session's CSRF token (or without a session at all)."""
 
@@ -65,7 +71,10 @@ async def require_owner(request: Request) -> Session:
 
 
 async def checked_form(request: Request, session: Session | None) -> FormData:
-    """The submitted form, once its `csrf` field matches the session's token."""
+    """The submitted form, once its `csrf` field matches the session's token, from a page of
+    this origin where the browser says where it comes from."""
+    if request.headers.get("sec-fetch-site") in _OTHER_ORIGINS:
+        raise CsrfRejected()
     form = await request.form()
     token = form.get("csrf")
     if session is None or not isinstance(token, str) or not session.csrf_ok(token):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -188,6 +189,47 @@ async def test_malformed_command_bodies_are_422(owner: httpx.AsyncClient, rest: 
         assert response.json()["error"] == "invalid_request"
 
 
+async def test_a_key_given_twice_is_refused_not_settled_by_the_parser(
+    owner: httpx.AsyncClient, rest: RestClient, harness: Harness
+) -> None:
+    """{"action": "LOCK", ..., "action": "UNLOCK"} is 422 and reaches nobody, as over MQTT:
+    a reader keeping the first key and one keeping the last must not see two commands."""
+    harness.stepup.enroll()
+    headers = await token(owner, rest, "command:lock command:unlock")
+    code = harness.stepup.code()
+    for body in (
+        f'{{"action": "LOCK", "code": "{code}", "action": "UNLOCK"}}',
+        '{"action": "LOCK", "id": "a", "id": "b"}',
+        '{"action": NaN}',
+        '{"action": "LOCK"',
+        "",
+    ):
+        response = await owner.post(
+            "/api/v1/vehicles/family-car/commands/lock",
+            content=body,
+            headers={**headers, "content-type": "application/json"},
+        )
+        assert response.status_code == 422, body
+        assert response.json()["error"] == "invalid_request"
+        assert response.json()["error_description"].startswith("body: ")
+    assert harness.pipeline.forwarded == []
+
+
+async def test_a_command_without_a_token_is_401_whatever_its_body(
+    client: httpx.AsyncClient,
+) -> None:
+    """The token is checked before the body is read: a caller without one learns nothing of
+    what the body should be (RFC 6750 section 3.1)."""
+    for body in ('{"action":', '{"action": "LOCK", "extra": 1}', '{"action": "LOCK"}'):
+        response = await client.post(
+            "/api/v1/vehicles/family-car/commands/lock",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 401, body
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
 async def test_every_access_is_audited_and_repeats_are_summarised(
     owner: httpx.AsyncClient, rest: RestClient, harness: Harness
 ) -> None:
@@ -215,6 +257,28 @@ async def test_every_access_is_audited_and_repeats_are_summarised(
     await owner.post("/api/v1/vehicles/family-car/commands/lock.json", json={}, headers=headers)
     routes = [r.get("route") for r in harness.audit.items if r["kind"] == "api.access"]
     assert routes[-1] == "/api/v1/vehicles/{vehicle}/commands/{command}"
+
+
+async def test_what_a_caller_makes_up_does_not_grow_the_audit_log(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    """Anyone the allowlist admits can call without a token: a made-up 60 KB vehicle name or
+    method is not written into the fsync'd access records, which stay a few hundred bytes."""
+    huge = "v" * 60_000
+    assert (await client.get(f"/api/v1/vehicles/{huge}/status")).status_code == 401
+    assert (await client.request("PURGEEVERYTHING", "/api/v1/vehicles")).status_code == 405
+    assert (await client.get("/api/v1/vehicles/no-such-car/status")).status_code == 401
+    records = [r for r in harness.audit.items if r["kind"] == "api.access"]
+    assert [(r["vehicle"], r["method"], r["status"]) for r in records] == [
+        (None, "GET", 401),
+        (None, "other", 405),
+    ]  # the third is a repeat of the first kind this minute: counted, not written
+    assert max(len(json.dumps(r)) for r in records) < 400
+    harness.clock.advance(60)
+    harness.app.state.ctx.access_log.flush()
+    assert harness.audit.items[-1]["repeats"] == [
+        {"route": "/api/v1/vehicles/{vehicle}/status", "vehicle": None, "status": 401, "count": 1}
+    ]
 
 
 async def test_no_vehicle_data_goes_out_while_its_access_cannot_be_audited(

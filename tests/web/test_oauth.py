@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -434,6 +434,62 @@ async def test_an_app_refreshing_in_a_loop_gets_429_and_cannot_grow_the_database
     rows = harness.store.query("SELECT count(*) AS n FROM oauth_tokens")[0]["n"]
     assert rows == 2  # the newest access and refresh token, nothing expired
     assert (await refresh(client, rest, fresh["refresh_token"])).status_code == 200
+
+
+async def test_a_narrower_refresh_narrows_the_access_token_not_the_grant(
+    owner: httpx.AsyncClient, rest: RestClient, client: httpx.AsyncClient
+) -> None:
+    """RFC 6749 section 6: asking for less on refresh gives an access token with less, and a
+    refresh token with the old one's scopes; the next plain refresh has them all again."""
+    tokens = await tokens_for(owner, client, rest, "read:status read:health")
+    narrow = await client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "scope": "read:status",
+            **rest.auth(),
+        },
+    )
+    assert narrow.status_code == 200, narrow.text
+    assert narrow.json()["scope"] == "read:status"
+    me = await client.get("/api/v1/me", headers=bearer(narrow.json()["access_token"]))
+    assert me.json()["scopes"] == ["read:status"]
+    again = await refresh(client, rest, narrow.json()["refresh_token"])
+    assert again.status_code == 200, again.text
+    assert sorted(again.json()["scope"].split()) == ["read:health", "read:status"]
+
+
+async def test_a_parameter_given_twice_is_refused_before_anything_reads_it(
+    owner: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    """RFC 6749 forbids repeating a parameter; the token limit read the first client_id and
+    oauthlib the last, so `client_id=no-such&client_id=pub` escaped the limit. Now every such
+    request is 400 invalid_request, at the token, revocation and introspection endpoints and at
+    the consent page (which shows the error, redirecting nowhere), and nothing was issued."""
+    public = await add_rest_app(owner, "pub", ["read:status"], kind="public")
+    token = (await tokens_for(owner, client, public))["refresh_token"]
+    twice = urlencode(
+        [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", "no-such-client"),
+            ("client_id", public.client_id),
+        ]
+    )
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for path in ("/oauth/token", "/oauth/revoke", "/oauth/introspect"):
+        response = await client.post(path, content=twice, headers=form)
+        assert response.status_code == 400, path
+        assert response.json()["error"] == "invalid_request"
+        assert "'client_id' is given more than once" in response.json()["error_description"]
+    assert (await refresh(client, public, token)).status_code == 200  # neither used nor revoked
+    _, challenge = pkce()
+    query = authorize_query(public.client_id, challenge, "read:status") + "&state=other"
+    page = await owner.get(f"/oauth/authorize?{query}")
+    assert page.status_code == 400
+    assert "location" not in page.headers
+    assert "given more than once" in page.text
 
 
 async def test_revoking_a_refresh_token_ends_its_access_tokens(

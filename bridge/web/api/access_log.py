@@ -8,14 +8,18 @@ the minute is over (on the next access, the periodic flush, or shutdown).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bridge.config import SLUG_PATTERN
 from bridge.events import AuditSink
 from bridge.web.ports import Clock
 
 AccessKey = tuple[str, str | None, int]  # (route, vehicle, status)
+_ALIAS = re.compile(SLUG_PATTERN)
+_METHOD = re.compile(r"[A-Z]{1,10}")
 
 
 @dataclass
@@ -52,7 +56,11 @@ class AccessLog:
             if window is not None:
                 self._summarise(who, window)
             window = self._windows[who] = _Window(minute)
-        # Errors are keyed without the vehicle: the path is the caller's to invent.
+        # Anyone the allowlist admits can ask, token or not, so nothing they make up may grow
+        # the log: the path's vehicle is written only when it could be an alias (an invented
+        # 60 KB name would be fsync'd once a minute per kind), and errors are keyed without it.
+        vehicle = vehicle if vehicle is not None and _ALIAS.fullmatch(vehicle) else None
+        method = method if _METHOD.fullmatch(method) else "other"
         key: AccessKey = (route, vehicle if status < 400 else None, status)
         if key in window.seen:
             window.repeats[key] += 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from bridge.commands.parse import action_word
+from bridge.commands.parse import action_word, strict_json
 from bridge.commands.reasons import Reason
 from bridge.model import OPERATIONS, Command, CommandStatus, Scope, VehicleState
 from bridge.mqtt.publisher import health_document, location_document, status_document
@@ -50,6 +51,33 @@ class CommandRequest(BaseModel):
     action: str = Field(max_length=16, description="LOCK, UNLOCK, START, STOP or PRESS")
     code: str | None = Field(default=None, max_length=16, description="step-up TOTP code")
     id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+
+
+# The command body is read by `command_body`, not by FastAPI, so the document declares it here.
+COMMAND_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": CommandRequest.model_json_schema()}},
+    }
+}
+
+
+async def command_body(request: Request, caller: Caller) -> CommandRequest:
+    """The command's JSON body, read once the caller is known (FastAPI would parse it first,
+    answering a caller without a token about the body), and read as MQTT payloads are: a key
+    given twice is refused, not settled by whichever one a parser keeps."""
+    try:
+        value = strict_json(await request.body())
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", f"body: bad JSON: {exc}"[:500]) from exc
+    try:
+        return CommandRequest.model_validate(value)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from exc
+
+
+CommandBody = Annotated[CommandRequest, Depends(command_body)]
 
 
 class CommandResult(BaseModel):
@@ -127,9 +155,10 @@ async def location(request: Request, vehicle: VehicleSlug, caller: Caller) -> di
     response_model=CommandResult,
     responses=COMMAND_RESPONSES,
     summary="Send a command (needs its command:* scope; unlock and remote start need a code)",
+    openapi_extra=COMMAND_BODY,
 )
 async def command(
-    request: Request, vehicle: VehicleSlug, command: Command, body: CommandRequest, caller: Caller
+    request: Request, vehicle: VehicleSlug, command: Command, body: CommandBody, caller: Caller
 ) -> JSONResponse:
     """Run a command through the pipeline, which decides on the scopes of both the app and the
     token (`granted`): a command refused for its scope is recorded and alerted as over MQTT."""

@@ -16,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from bridge.model import App, Scope
 from bridge.web.context import WebContext, ctx
 from bridge.web.guards import checked_form, current_session
-from bridge.web.oauth.server import AuthRequest
+from bridge.web.oauth.server import AuthRequest, repeated_parameter
 from bridge.web.pagerouter import PageRouter
 from bridge.web.render import page
 
@@ -45,6 +45,15 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
     `oauth.ready()` first: oauthlib is loaded then, off the event loop."""
     from oauthlib.oauth2.rfc6749 import errors
 
+    repeated = repeated_parameter(query)
+    if repeated is not None:  # not redirected: which redirect_uri, which state?
+        return page(
+            request,
+            "message.html",
+            400,
+            heading="This authorisation request is invalid",
+            message=f"invalid_request: the parameter {repeated[:40]!r} is given more than once",
+        )
     uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
     try:
         return ctx(request).oauth.check_authorization(uri, request.headers)

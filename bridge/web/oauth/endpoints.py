@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from bridge.model import Scope
 from bridge.web.context import WebContext, ctx
-from bridge.web.oauth.server import OAuthResponse
+from bridge.web.oauth.server import OAuthResponse, repeated_parameter
 from bridge.web.oauth.validator import PEER_HEADER
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
@@ -106,6 +106,11 @@ async def _call(request: Request, endpoint: str) -> Response:
     except UnicodeDecodeError:
         error = {"error": "invalid_request", "error_description": "the body is not UTF-8"}
         return JSONResponse(error, status_code=400)
+    repeated = repeated_parameter(body)
+    if repeated is not None:
+        # The token limit here and oauthlib would each read the one they keep.
+        text = f"the parameter {repeated[:40]!r} is given more than once"
+        return JSONResponse({"error": "invalid_request", "error_description": text}, 400)
     headers = {k: v for k, v in request.headers.items() if k.lower() != PEER_HEADER.lower()}
     headers[PEER_HEADER] = request.client.host if request.client else ""
     uri = str(request.url)

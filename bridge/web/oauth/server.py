@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from bridge.errors import AccessError
 from bridge.events import AuditSink
@@ -36,6 +36,19 @@ if TYPE_CHECKING:
 # oauthlib's debug logging prints codes and tokens through the standard logging module, which our
 # structlog redaction never sees; keep it quiet whatever the daemon's level.
 logging.getLogger("oauthlib").setLevel(logging.WARNING)
+
+
+def repeated_parameter(query: str) -> str | None:
+    """The first parameter of a form or query given more than once, which RFC 6749 (section
+    3.1) forbids: readers differ on which of the two they keep, and a request must mean one
+    thing to every check that reads it."""
+    seen: set[str] = set()
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
 
 # RFC 7636 §4.1: 43-128 characters from the unreserved set.
 VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")

@@ -262,11 +262,20 @@ class Validator(RequestValidator):  # type: ignore[misc]  # oauthlib ships no ty
                 kind="refresh",
                 grant_id=grant_id,
                 client_id=client_id,
-                scopes=scopes,
+                scopes=self._refresh_scopes(request, scopes),
                 scope_mark=mark,
                 now=now,
                 ttl_s=self.refresh_ttl_s,
             )
+
+    def _refresh_scopes(self, request: Request, scopes: str) -> str:
+        """A new refresh token keeps the old one's scopes (RFC 6749 section 6), less any the owner
+        withdrew since: a refresh asking for fewer narrows only the access token it returns."""
+        if request.grant_type != "refresh_token":
+            return scopes
+        return scopes_text(
+            self._still_held(request.client.client_id, request.ownerlink_refresh.scopes)
+        )
 
     def _grant_for(self, request: Request, scopes: str, now: float) -> int:
         """The grant new tokens join: a fresh one for a code, the old token's for a refresh."""
