@@ -1,7 +1,7 @@
 """`ownerlink audit verify` and `ownerlink audit tail`: check and read the audit log.
 
 Both only read; they work while the daemon runs, and both refuse an audit directory that does not
-exist. `verify` exits 0 when the chain is intact and 1 naming the first bad record; with
+exist (`verify` also one without a log file in it). `verify` exits 0 when the chain is intact and 1 naming the first bad record; with
 `--head SEQ:HASH` (or `--mqtt`, which reads the head the daemon publishes retained) it also
 catches records cut off the end.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bridge.audit.anchor import clear_head, fetch_head
+from bridge.audit.chain import CURRENT_FILE, chain_files
 from bridge.audit.log import AuditLog, audit_directory
 from bridge.audit.read import RecordFilter, follow, format_record, last_records, last_seq
 from bridge.audit.verify import Head, Report, verify
@@ -32,9 +33,10 @@ def register(sub: Any) -> None:
         help="check the hash chain; exit 1 at the first bad record",
         description=(
             "Check the hash chain. Exit 0 when intact; 1 at the first bad record, or when the "
-            "audit directory does not exist (a wrong --state-dir or --dir must not pass for an "
-            "intact log); 2 for a usage or config error. An audit directory that exists but "
-            "holds no records yet is intact, with 0 records."
+            "directory holds no audit log at all (a wrong --state-dir or --dir, or a deleted "
+            "audit.jsonl, must not pass for an intact log); 2 for a usage or config error. A log "
+            "the daemon has opened always has its file, perhaps still without records: that is "
+            "intact, with 0 records."
         ),
     )
     check.add_argument(
@@ -104,7 +106,7 @@ def _count(text: str) -> int:
 
 def verify_command(args: argparse.Namespace) -> int:
     settings = None if args.dir and not args.mqtt else settings_from(args)
-    directory = _existing(args.dir or audit_directory(_require(settings).state_dir))
+    directory = _with_files(_existing(args.dir or audit_directory(_require(settings).state_dir)))
     head = args.head
     if args.mqtt and head is None:
         head = fetch_head(_require(settings))
@@ -122,6 +124,19 @@ def _existing(directory: Path) -> Path:
             "(the daemon creates it when it first starts)"
         )
     return directory
+
+
+def _with_files(directory: Path) -> Path:
+    """The audit directory, refused when it holds no file of a log: the daemon creates its
+    audit.jsonl with the folder, so an empty one is a wrong path (the state directory itself,
+    a backup folder) or a log whose file was deleted, and neither may read as intact."""
+    if chain_files(directory):
+        return directory
+    nested = audit_directory(directory)
+    hint = f"; did you mean {nested}?" if chain_files(nested) else ""
+    raise AuditError(
+        f"no audit log in {directory}: no {CURRENT_FILE} and no rotated audit files{hint}"
+    )
 
 
 def _print_report(report: Report, head: Head | None, asked_broker: bool) -> None:

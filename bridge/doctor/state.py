@@ -251,7 +251,7 @@ def check_stepup_lockouts(path: Path, now: datetime) -> Check:
 
 def read_db(path: Path, sql: str, params: Sequence[object] = ()) -> list[Any]:
     # mode=ro: doctor must not create, migrate or lock the daemon's database for writing.
-    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+    with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as conn:
         return list(conn.execute(sql, params).fetchall())
 
 

@@ -100,7 +100,8 @@ def test_verify_refuses_a_missing_audit_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A --dir or --state-dir with no audit directory is exit 1, not an intact log of 0 records;
-    an audit directory that exists and is empty is intact."""
+    so is a directory with no log file in it for `verify` (the state directory given as --dir,
+    a log whose file was deleted); a log without records yet is intact."""
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("")
     for argv in (("--dir", str(tmp_path / "nowhere")), ("--state-dir", str(a_file))):
@@ -108,9 +109,17 @@ def test_verify_refuses_a_missing_audit_directory(
             code, out, err = run(capsys, "audit", action, *argv)
             assert (code, out) == (1, ""), err
             assert err.startswith("error: no audit log at ") and len(err.splitlines()) == 1
-    audit_directory(tmp_path / "fresh").mkdir(parents=True)
+    fresh = audit_directory(tmp_path / "fresh")
+    fresh.mkdir(parents=True)
+    (fresh / "audit.lock").write_text("")  # what a deleted log leaves behind
+    code, out, err = run(capsys, "audit", "verify", "--state-dir", str(tmp_path / "fresh"))
+    assert (code, out) == (1, "")
+    assert err == f"error: no audit log in {fresh}: no audit.jsonl and no rotated audit files\n"
+    (fresh / "audit.jsonl").write_text("")
     code, out, _ = run(capsys, "audit", "verify", "--state-dir", str(tmp_path / "fresh"))
     assert code == 0 and out.startswith("audit log intact: 0 records")
+    code, _, err = run(capsys, "audit", "verify", "--dir", str(tmp_path / "fresh"))
+    assert code == 1 and err.endswith(f"; did you mean {fresh}?\n")
 
 
 @pytest.mark.parametrize("action", ["verify", "tail"])

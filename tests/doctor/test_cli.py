@@ -84,6 +84,18 @@ def test_a_healthy_installation_passes_with_exit_0(
     assert "All checks passed (1 warning)." in out
 
 
+def test_a_relative_state_dir_is_read_from_the_working_directory(
+    install: Install, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--state-dir state` run beside it: read as the other commands read it, not a traceback
+    (sqlite's read-only URI needed an absolute path)."""
+    install.write()
+    monkeypatch.chdir(install.root)
+    found = checks(install, "--state-dir", "state")
+    assert found["state database"]["status"] == "ok", found["state database"]
+    assert found["exit"] == 0
+
+
 def test_doctor_spends_no_budget_and_sends_no_token(install: Install) -> None:
     """Without --online nothing reaches the API with a token, the budget and tokens stay put."""
     tokens_before = TokenStore(install.state_dir).load("home")
