@@ -1,9 +1,9 @@
 """`ownerlink audit verify` and `ownerlink audit tail`: check and read the audit log.
 
 Both only read; they work while the daemon runs, and both refuse an audit directory that does not
-exist (`verify` also one without a log file in it). `verify` exits 0 when the chain is intact and 1 naming the first bad record; with
-`--head SEQ:HASH` (or `--mqtt`, which reads the head the daemon publishes retained) it also
-catches records cut off the end.
+exist (`verify` also one without a log file in it). `verify` exits 0 when the chain is intact and
+1 naming the first bad record; with `--head SEQ:HASH` (or `--mqtt`, which reads the head the
+daemon publishes retained) it also catches records cut off the end.
 """
 
 from __future__ import annotations
