@@ -927,8 +927,10 @@ _NAME_RULES = {
 }
 
 
-def format_errors(exc: ValidationError) -> list[str]:
-    """One `path.to.key: what is wrong` line per problem, never echoing a secret value."""
+def format_errors(exc: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One `path.to.key: what is wrong` line per problem, never echoing a secret value; a key
+    the environment set says so, or the owner searches the YAML file for it in vain."""
+    variables = {name.upper() for name in (os.environ if environ is None else environ)}
     lines = []
     for err in exc.errors(include_url=False):
         loc = err["loc"]
@@ -946,8 +948,20 @@ def format_errors(exc: ValidationError) -> list[str]:
             rule = _NAME_RULES.get(str((err.get("ctx") or {}).get("pattern")))
             message = f"not a usable name: use {rule}" if rule else message
         path = ".".join(str(part) for part in loc) or "(top level)"
-        lines.append(f"{path}: {message}")
+        variable = _variable_setting(loc, variables)
+        lines.append(f"{path}: {message}" + (f" (set by {variable})" if variable else ""))
     return lines
+
+
+def _variable_setting(loc: tuple[Any, ...], variables: set[str]) -> str | None:
+    """The environment variable that gave the value at `loc` (the key itself, or a section
+    given as JSON): the environment overrides the file, so if one exists, it was used."""
+    parts = [str(part) for part in loc if isinstance(part, str) and part != "[key]"]
+    for end in range(len(parts), 0, -1):
+        variable = "OWNERLINK_" + "__".join(parts[:end]).upper()
+        if variable in variables and variable not in NOT_SETTINGS:
+            return variable
+    return None
 
 
 def field_docs(model: type[BaseModel], prefix: str = "") -> list[tuple[str, FieldInfo]]:

@@ -12,6 +12,7 @@ OwnerlinkError
 │   ├── Unsupported          the vehicle cannot do this (406); never retry
 │   ├── NotFound             unknown vehicle or command id
 │   └── ProviderUnavailable  5xx, timeouts, dropped connections, malformed bodies; retry later
+│       ├── ProviderUnreachable  no connection could be made: the request was never sent
 │       └── AuthUnavailable  the same from the token endpoint: no token, the car is unavailable
 ├── LoginError               the owner's login attempt failed (state mismatch, bad code)
 ├── CommandRejected          a command was refused; `reason` says why
@@ -90,6 +91,11 @@ class NotFound(ProviderError):
 
 class ProviderUnavailable(ProviderError):
     """The provider could not be reached or answered nonsense; retry later with backoff."""
+
+
+class ProviderUnreachable(ProviderUnavailable):
+    """No connection to the provider could be made (refused, no route, DNS, connect timeout):
+    unlike a dropped one, the request never left, so a command is known not to have run."""
 
 
 class AuthUnavailable(ProviderUnavailable):

@@ -55,7 +55,8 @@ def replaced_by_mark(mark: str | None, directory: Path, database: Path) -> str |
         f"{proof[0]} ({proof[1]}) was written by an earlier database, so this one replaced it, "
         "and app revocations, executed command ids and the API budget's count went with it. "
         "Restore the database from a backup; or, to start over on purpose, stop Ownerlink, move "
-        "the audit files into a dated folder (keep them: they are the evidence), and start again"
+        "the audit files into a dated folder (keep them: they are the evidence), run "
+        "`ownerlink audit forget-head` (the broker still holds the old log's head), and start again"
     )
 
 
@@ -72,7 +73,8 @@ def lost_database(directory: Path, database: Path) -> str | None:
         "refuse to start on it, as app revocations, executed command ids and the API budget's "
         "count went with the old one. Restore the database from a backup; or, to start over on "
         "purpose, stop Ownerlink, move the audit files into a dated folder (keep them: they are "
-        "the evidence), and start again"
+        "the evidence), run `ownerlink audit forget-head` (the broker still holds the old log's "
+        "head), and start again"
     )
 
 

@@ -225,8 +225,22 @@ def resolve_target(settings: Settings, name: str | None) -> Target:
         vehicle = settings.vehicles[name]
         return Target(name, vehicle.account, vehicle.id)
     if name in settings.accounts:
-        return Target(name, name, None)
+        return _account_target(settings, name)
     raise ConfigError([f"vehicles.{name}: no such vehicle or account"])
+
+
+def _account_target(settings: Settings, account: str) -> Target:
+    """An account named instead of a vehicle: its one configured vehicle, else its login's only
+    car (found with a list call); with several configured, which one is for the owner to say."""
+    aliases = sorted(alias for alias, v in settings.vehicles.items() if v.account == account)
+    if len(aliases) > 1:
+        raise ConfigError(
+            [f"accounts.{account}: has {len(aliases)} vehicles; name one: {', '.join(aliases)}"]
+        )
+    if aliases:
+        vehicle = settings.vehicles[aliases[0]]
+        return Target(aliases[0], account, vehicle.id)
+    return Target(account, account, None)
 
 
 async def _read(providers: Mapping[str, Provider], target: Target) -> VehicleState:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from bridge.commands.reasons import Reason
-from bridge.commands.results import Ending, ending_for_error, ending_for_outcome
+from bridge.commands.results import Ending, ending_for_error, ending_for_outcome, state_problem
 from bridge.commands.turns import CarTurns
 from bridge.errors import CarBusy, RateLimited, StateError
 from bridge.logs import get_logger
@@ -160,7 +160,8 @@ class Forwarder(Generic[T]):
             log.error(  # noqa: TRY400 - the problem is the message; a traceback adds nothing
                 "cannot take the car's turn", vehicle=job.vehicle, error=str(exc)
             )
-            return Ending(CommandStatus.FAILED, Reason.STATE_UNAVAILABLE, f"not sent: {exc}")
+            detail = f"not sent: {state_problem(exc)}"
+            return Ending(CommandStatus.FAILED, Reason.STATE_UNAVAILABLE, detail)
         try:
             job.waited = job.waited or turn.waited
             return self._checked_again(job) or await self._call(job)

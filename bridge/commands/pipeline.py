@@ -48,7 +48,7 @@ from bridge.commands.records import (
     suppressed_fields,
 )
 from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, recent_charges
-from bridge.commands.results import CommandResult, Ending, error_text
+from bridge.commands.results import CommandResult, Ending, error_text, state_problem
 from bridge.commands.turns import CarTurns
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
@@ -412,7 +412,8 @@ class CommandPipeline:
         try:
             decision, check = self._spend(ticket, parsed, *self._decide(ticket, parsed))
         except StateError as exc:
-            self._refuse(ticket, Reason.STATE_UNAVAILABLE, error_text(exc))
+            log.error("command refused: the state is unusable", error=str(exc))  # noqa: TRY400
+            self._refuse(ticket, Reason.STATE_UNAVAILABLE, state_problem(exc))
             return
         if decision.allowed:
             self._accept(ticket, parsed, decision, check)
@@ -584,7 +585,8 @@ class CommandPipeline:
         try:
             app = self._current(ticket.app_id, ticket.granted)
         except StateError as exc:
-            return Ending(CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE, error_text(exc))
+            log.error("command refused: the state is unusable", error=str(exc))  # noqa: TRY400
+            return Ending(CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE, state_problem(exc))
         refusal = still_entitled(app, ticket.scope)
         if refusal is None:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -9,10 +10,12 @@ from typing import Any
 from bridge.commands.reasons import Reason
 from bridge.errors import (
     AuditError,
+    AuthUnavailable,
     BudgetExhausted,
     Forbidden,
     NotFound,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     ReauthRequired,
     Unsupported,
@@ -72,6 +75,9 @@ _ERRORS: tuple[tuple[type[Exception], CommandStatus, Reason], ...] = (
     (ReauthRequired, CommandStatus.FAILED, Reason.REAUTH_REQUIRED),
     (RateLimited, CommandStatus.FAILED, Reason.PROVIDER_RATE_LIMITED),
     (NotFound, CommandStatus.FAILED, Reason.NOT_FOUND),
+    # No connection, or no token to send it with: the request never left.
+    (ProviderUnreachable, CommandStatus.FAILED, Reason.PROVIDER_UNAVAILABLE),
+    (AuthUnavailable, CommandStatus.FAILED, Reason.PROVIDER_UNAVAILABLE),
     # A 5xx or a dropped connection may come after the request reached the car: not "failed".
     (ProviderUnavailable, CommandStatus.TIMED_OUT, Reason.PROVIDER_UNAVAILABLE),
     (TimeoutError, CommandStatus.TIMED_OUT, Reason.TIMEOUT),
@@ -128,6 +134,17 @@ _CAUSES = frozenset(
         Reason.FORBIDDEN.value,
     }
 )
+
+
+# An absolute path's folders, not inside a URL ("https://host/a/b" is left alone).
+_FOLDERS = re.compile(r"(?<![\w./:~-])/(?:[^\s/:]+/)+(?=[^\s/:])")
+
+
+def state_problem(problem: BaseException) -> str:
+    """`error_text` for a problem with the state directory, which goes to the app in its result:
+    a file is named, the folders it lives in on the owner's machine are not (the owner's log
+    and the audit record's alert name them in full)."""
+    return _FOLDERS.sub("", error_text(problem))
 
 
 def error_text(problem: BaseException | str) -> str:

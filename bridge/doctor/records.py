@@ -139,6 +139,6 @@ _ANCHOR_FIX = (
 )
 _AUDIT_FIX = (
     "keep the files as evidence and find out who changed them (`ownerlink audit verify` shows "
-    "the same); the daemon will not append to a broken chain: to start a new one, stop it and "
-    "move the audit files into a dated folder"
+    "the same); the daemon will not append to a broken chain: to start a new one, stop it, "
+    "move the audit files into a dated folder and run `ownerlink audit forget-head`"
 )

@@ -30,6 +30,7 @@ from bridge.errors import (
     Forbidden,
     NotFound,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     ReauthRequired,
     Unsupported,
@@ -129,6 +130,10 @@ class Edge:
             # would hold the poll (and the daemon's stop) for good.
             async with asyncio.timeout(self._timeout_s):
                 return await self._receive(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Before any byte of the request: a command's result can say it was not sent.
+            name = type(exc).__name__
+            raise ProviderUnreachable(f"{where(method, url)}: {name}: {_short(str(exc))}") from exc
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise ProviderUnavailable(f"{where(method, url)}: timed out") from exc
         except httpx.HTTPError as exc:

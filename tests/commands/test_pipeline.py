@@ -19,18 +19,21 @@ from bridge.commands.noise import RefusalRecords
 from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
 from bridge.commands.reasons import Reason
-from bridge.commands.stepup import StepUp, code_at, enroll
+from bridge.commands.stepup import StepUp, code_at, enroll, secret_path
 from bridge.config import CommandsConfig, StepUpConfig
 from bridge.errors import (
+    AuthUnavailable,
     BudgetExhausted,
     Forbidden,
     NotFound,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     ReauthRequired,
     Unsupported,
 )
 from bridge.events import AlertKind
+from bridge.files import write_private_atomic
 from bridge.model import App, CommandOutcome, CommandStatus, Operation, Scope
 from bridge.store import Store
 from tests.commands.fakes import T0, DictApps, FakeProvider, Rig, make_rig
@@ -472,6 +475,15 @@ async def test_a_waiting_command_whose_app_still_holds_the_scope_is_sent(tmp_pat
         ),
         (NotFound("404"), False, CommandStatus.FAILED, Reason.NOT_FOUND),
         (ProviderUnavailable("502"), False, CommandStatus.TIMED_OUT, Reason.PROVIDER_UNAVAILABLE),
+        # No connection, or no token to send with: known not to have run.
+        (ProviderUnreachable("refused"), False, CommandStatus.FAILED, Reason.PROVIDER_UNAVAILABLE),
+        (AuthUnavailable("token 502"), False, CommandStatus.FAILED, Reason.PROVIDER_UNAVAILABLE),
+        (
+            ProviderUnreachable("refused on a status poll"),
+            True,
+            CommandStatus.TIMED_OUT,
+            Reason.PROVIDER_UNAVAILABLE,
+        ),
         (
             ProviderUnavailable("poll failed"),
             True,
@@ -708,6 +720,22 @@ async def test_a_broken_state_database_refuses_instead_of_forgetting(rig: Rig) -
     assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE)
     assert rig.provider.executed == []
     assert rig.records()[-1]["reason"] == "state_unavailable"
+
+
+async def test_a_damaged_stepup_secret_refuses_without_showing_the_app_the_owners_paths(
+    tmp_path: Path,
+) -> None:
+    """The result (which the app reads) names the file to fix, not the folders it lives in on
+    the owner's machine; nothing is sent."""
+    state = tmp_path / "state"
+    enroll(state)
+    write_private_atomic(secret_path(state), b"not base32!\n")
+    rig = await make_rig(state)
+    result = await rig.send("ha", "lock", '{"action":"UNLOCK","code":"123456"}')
+    assert (result.status, result.reason) == (CommandStatus.REJECTED, Reason.STATE_UNAVAILABLE)
+    assert result.detail.startswith("stepup.secret holds no usable step-up secret")
+    assert str(tmp_path) not in rig.sink.messages[-1].payload
+    assert rig.provider.executed == []
 
 
 async def test_commands_before_start_are_refused(tmp_path: Path) -> None:

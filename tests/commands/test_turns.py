@@ -232,6 +232,8 @@ async def test_an_unusable_turn_file_fails_the_command_unsent(tmp_path: Path) ->
     ending = await owner.ended("first")
     assert (ending.status, ending.reason) == (CommandStatus.FAILED, Reason.STATE_UNAVAILABLE)
     assert "symbolic link" in ending.detail
+    # The app is told which file, not where the owner keeps it (the log says that).
+    assert "ev.lock" in ending.detail and str(tmp_path) not in ending.detail
     assert owner.provider.executed == []
     (tmp_path / FOLDER / "ev.lock").unlink()
     owner.send("second")

@@ -329,6 +329,7 @@ def test_a_bad_url_is_never_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_config(EXAMPLE)
     assert caught.value.problems == [
         "alerts.webhook_url: Value error, not an http:// or https:// URL"
+        " (set by OWNERLINK_ALERTS__WEBHOOK_URL)"
     ]
 
 
@@ -550,6 +551,35 @@ def test_environment_value_that_is_not_json_names_the_variable(
     (problem,) = caught.value.problems
     assert problem.startswith(expected)
     assert "command:lock" not in problem  # values are never echoed: they may be secrets
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("OWNERLINK_MQTT__PROT", "5", "mqtt.prot: unknown key (set by OWNERLINK_MQTT__PROT)"),
+        ("OWNERLINK_MQTT__PORT", "abc", "mqtt.port: Input should be a valid integer"),
+        ("OWNERLINK_MQTT", '{"port": "abc"}', "mqtt.port: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    """The environment overrides the file: a bad key or value set there says which variable set
+    it, or the owner looks for it in the YAML file in vain. The same key bad in the file does
+    not mention the environment."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE)
+    (problem,) = caught.value.problems
+    assert problem.startswith(expected) and problem.endswith(f" (set by {variable})"), problem
+
+
+def test_a_bad_value_from_the_file_does_not_mention_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE.read_text() + "\nlogging:\n  level: loud\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert all("set by" not in problem for problem in caught.value.problems)
 
 
 def test_environment_json_nested_too_deeply(monkeypatch: pytest.MonkeyPatch) -> None:

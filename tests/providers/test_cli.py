@@ -336,6 +336,9 @@ def test_vehicles_and_status_after_login(
     assert main(["status", "mache", "--config", str(config)]) == 0
     status_text = capsys.readouterr().out
     assert "lock: locked" in status_text
+    # The account named instead: its one configured vehicle, not "the login covers 3".
+    assert main(["status", "home", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vehicle_id"] == "mache"
 
     everything = json.dumps(listing) + text + status_out + status_text
     for secret in [*secrets_on_disk(tmp_path, "home"), "sim-secret"]:
@@ -369,6 +372,9 @@ def test_vehicles_names_a_configured_vehicle_the_login_does_not_cover(
     problems = {v["alias"]: v["problem"] for v in listing["configured"]}
     assert problems["typo"].startswith("vehicles.typo.id: not the id")
     assert problems["bare"].startswith("vehicles.bare.id: missing")
+    assert main(["status", "home", "--config", str(config)]) == 2
+    expected = "accounts.home: has 2 vehicles; name one: bare, typo"
+    assert capsys.readouterr().err == f"config error: {expected}\n"
 
 
 def test_status_of_an_account_that_never_logged_in_is_one_line(

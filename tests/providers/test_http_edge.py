@@ -15,6 +15,7 @@ from bridge.errors import (
     Forbidden,
     NotFound,
     ProviderUnavailable,
+    ProviderUnreachable,
     RateLimited,
     ReauthRequired,
     Unsupported,
@@ -143,6 +144,7 @@ async def test_json_that_is_not_an_object_is_provider_unavailable(tmp_path: Path
     "error",
     [
         httpx.ReadTimeout("read timed out"),
+        httpx.ConnectTimeout("connect timed out"),
         httpx.ConnectError("connection refused"),
         httpx.RemoteProtocolError("peer closed connection"),
     ],
@@ -150,7 +152,8 @@ async def test_json_that_is_not_an_object_is_provider_unavailable(tmp_path: Path
 async def test_transport_failures_are_provider_unavailable_from_the_cause(
     tmp_path: Path, error: httpx.HTTPError
 ) -> None:
-    """Timeouts, refused and dropped connections raise ProviderUnavailable from the httpx error."""
+    """Timeouts, refused and dropped connections raise ProviderUnavailable from the httpx error;
+    only a connection never made is ProviderUnreachable (the request did not leave)."""
 
     def boom(request: httpx.Request) -> httpx.Response:
         raise error
@@ -158,6 +161,8 @@ async def test_transport_failures_are_provider_unavailable_from_the_cause(
     with pytest.raises(ProviderUnavailable) as caught:
         await _read(tmp_path, boom)  # type: ignore[arg-type]
     assert caught.value.__cause__ is error
+    never_sent = isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+    assert isinstance(caught.value, ProviderUnreachable) is never_sent
 
 
 async def test_the_gate_is_charged_before_any_traffic(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import ProviderUnavailable, RateLimited
+from bridge.errors import ProviderUnavailable, ProviderUnreachable, RateLimited
 from bridge.model import CommandStatus, LockState, Operation
 from bridge.providers.base import CallKind
 from bridge.simulator import Simulator, serve_in_thread
@@ -56,7 +56,8 @@ async def test_query_login_refresh_and_read_over_http(
 
 
 async def test_a_dead_port_is_provider_unavailable(tmp_path: Path) -> None:
-    """Nothing listening at the configured URL: ProviderUnavailable, chained to the socket error."""
+    """Nothing listening at the configured URL: ProviderUnreachable (a ProviderUnavailable that
+    says nothing was sent), chained to the socket error."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -64,7 +65,7 @@ async def test_a_dead_port_is_provider_unavailable(tmp_path: Path) -> None:
         tmp_path, {"q": sim_account(f"http://127.0.0.1:{port}", "fordconnect-query")}
     )
     account = connect(settings, "q", None)
-    with pytest.raises(ProviderUnavailable) as caught:
+    with pytest.raises(ProviderUnreachable) as caught:
         await account.parts.oauth.exchange_code("code", code_verifier=None)
     assert caught.value.__cause__ is not None
     await account.parts.provider.aclose()
