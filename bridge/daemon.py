@@ -50,6 +50,7 @@ from bridge.commands.results import error_text
 from bridge.commands.settled import load_settled, read_after, save_settled, settled_through
 from bridge.commands.stepup import StepUp
 from bridge.commands.turns import CarTurns
+from bridge.commands.unrecorded import UnrecordedEndings
 from bridge.config import Settings
 from bridge.errors import (
     AuditError,
@@ -408,6 +409,8 @@ class Daemon:
         self.stepup.start()
         self.command_ids = DedupStore(store=self.store, window_s=settings.commands.dedup_window_s)
         self.command_ids.start()
+        self.kept_endings = UnrecordedEndings(self.store)
+        self.kept_endings.start()
 
     async def _build_providers(self) -> None:
         gate = CountingGate(self.budget, self.metrics)
@@ -480,6 +483,7 @@ class Daemon:
             on_refused=self._refused,
             provider_hold=self._provider_hold,
             turns=CarTurns(self.settings.state_dir),  # shared with `ownerlink command`
+            kept=self.kept_endings,
         )
         if self.audit_problem is not None:
             tampered = self._audit_tampered
@@ -516,14 +520,14 @@ class Daemon:
         self.discovery.clear_forgotten(
             on_forgotten=self.publisher.forget_vehicle, bridged_before=self._polled_before()
         )
+        # Before the check starts: once it has passed, the results owed from here are sent.
+        self._start_mark = self.delivery.start(self.audit.head[0])
         if self.audit_problem is None:
             self._check_anchor()
         self.registry.subscribe(self._on_registry_change)
         self.registry_sync = SyncLoop(registry=self.registry, poll_interval_s=REGISTRY_POLL_S)
         await self.registry_sync.start()
-        mark = self.delivery.start(self.audit.head[0])
         if self.audit_problem is None:
-            await self._finish_interrupted(mark)
             directory = audit_directory(self.settings.state_dir)
             charges = await asyncio.to_thread(last_minute_charges, directory, self.clock())
             self.pipeline.restore_rates(charges)
@@ -557,6 +561,12 @@ class Daemon:
         except StateError:  # then only a vehicle taken out of the config keeps its entities
             log.exception("could not read which vehicles earlier runs polled")
             return []
+
+    async def _finish_interrupted_safely(self) -> None:
+        try:
+            await self._finish_interrupted(self._start_mark)
+        except Exception:  # the commands waiting for the check must not wait for ever
+            log.exception("could not answer the commands the last stop left open")
 
     async def _finish_interrupted(self, mark: int) -> None:
         """Final results a crash kept from MQTT apps go out again, and commands it left at the
@@ -716,6 +726,10 @@ class Daemon:
                 problem = f"the audit log could not be compared with it: {error_text(exc)}"
                 break
         if problem is None:
+            # Only now: records and results written over a log cut short would fork the
+            # evidence and tell apps of an "interrupted" command what the broker's head denies.
+            # Commands still wait (held), so these answers come before any new one.
+            await self._finish_interrupted_safely()
             self._anchor = Anchor.HELD
             self.pipeline.release()
             self._publish_current_audit_head()

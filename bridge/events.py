@@ -21,6 +21,7 @@ class AlertKind(enum.StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     ACCOUNT_SUSPENDED = "account_suspended"
     AUDIT_TAMPERED = "audit_tampered"
+    AUDIT_FAILED = "audit_failed"
     BROKER_DRIFT = "broker_drift"
     REGISTRY_BEHIND_LOG = "registry_behind_log"
     CLOCK_JUMPED = "clock_jumped"

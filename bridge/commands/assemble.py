@@ -15,6 +15,7 @@ from bridge.commands.ratelimit import WINDOW_S
 from bridge.commands.recover import recent_charges
 from bridge.commands.stepup import StepUp
 from bridge.commands.turns import CarTurns
+from bridge.commands.unrecorded import UnrecordedEndings
 from bridge.config import Settings
 from bridge.events import AlertSink, CommandAudit
 from bridge.model import VehicleInfo
@@ -78,6 +79,8 @@ def build_pipeline(
     stepup.start()
     ids = DedupStore(store=store, window_s=settings.commands.dedup_window_s)
     ids.start()
+    kept = UnrecordedEndings(store)
+    kept.start()
     return CommandPipeline(
         topics=Topics(
             base=settings.mqtt.base_topic, discovery_prefix=settings.mqtt.discovery_prefix
@@ -95,6 +98,7 @@ def build_pipeline(
         budget_ok=budget_ok,
         on_command_done=on_command_done,
         turns=CarTurns(settings.state_dir),  # shared with the daemon and other commands
+        kept=kept,
     )
 
 

@@ -16,6 +16,7 @@ older than that has no one left waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -62,9 +63,19 @@ def record_time(record: Mapping[str, Any] | None) -> datetime | None:
         return None
 
 
+def result_time(record: Mapping[str, Any] | None) -> datetime | None:
+    """The `ts` of the result a final-result record stands for: the record's own, or, for an
+    ending recorded late (`bridge.commands.unrecorded`), when it was known and first sent."""
+    ended_at = record.get("ended_at") if record is not None else None
+    if isinstance(ended_at, str):
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(ended_at)
+    return record_time(record)
+
+
 def result_of(record: Mapping[str, Any]) -> CommandResult:
     """The result a final-result record stands for: what was, or should have been, sent."""
-    ts = record_time(record)
+    ts = result_time(record)
     if ts is None:
         raise ValueError("the record has no time")
     refused = record.get("kind") == "command.decision"

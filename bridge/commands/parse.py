@@ -88,7 +88,7 @@ def parse_command(
     try:
         fields = _decode(payload)
     except _Malformed as exc:
-        return Refusal(Reason.MALFORMED, str(exc))
+        return Refusal(Reason.MALFORMED, str(exc), id=_id_of_refused(payload))
     return build_command(topic.app, topic.vehicle, command, **fields)
 
 
@@ -233,7 +233,9 @@ def _check_id(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or ID_PATTERN.fullmatch(value) is None:
-        raise _Malformed('"id" must be 1-64 characters of A-Z a-z 0-9 . _ : -')
+        raise _Malformed(
+            '"id" must be 1-64 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit'
+        )
     return value
 
 
@@ -249,6 +251,25 @@ def _salvage(payload: bytes, max_bytes: int) -> tuple[str | None, str | None]:
     action = fields.get("action")
     word = action_word(action) if isinstance(action, str) else None
     return word, _salvage_id(fields.get("id"))
+
+
+def _id_of_refused(payload: bytes) -> str | None:
+    """The id of a JSON object refused as a whole (an unknown or repeated key, NaN, no action),
+    read leniently, so the client waiting on its own id hears why. None when the object itself
+    is unreadable, or names two ids: which one it meant is not ours to pick."""
+    ids: list[list[Any]] = []  # per object, innermost first: the payload's own comes last
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        ids.append([value for key, value in items if key == "id"])
+        return dict(items)
+
+    try:
+        value = json.loads(payload, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or len(ids[-1]) != 1:
+        return None
+    return _salvage_id(ids[-1][0])
 
 
 def _salvage_id(value: Any) -> str | None:

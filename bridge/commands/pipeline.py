@@ -33,7 +33,7 @@ from bridge.commands.decide import (
     decide,
     still_entitled,
 )
-from bridge.commands.delivery import record_time
+from bridge.commands.delivery import result_time
 from bridge.commands.forward import Forwarder, Job, VehicleRoute
 from bridge.commands.noise import SUPPRESSIBLE, UNKNOWN_SENDER, RefusalRecords
 from bridge.commands.parse import ParsedCommand, Refusal, build_command, parse_command
@@ -50,9 +50,10 @@ from bridge.commands.records import (
 from bridge.commands.recover import INTERRUPTED, INTERRUPTED_DETAIL, recent_charges
 from bridge.commands.results import CommandResult, Ending, error_text, state_problem
 from bridge.commands.turns import CarTurns
+from bridge.commands.unrecorded import KeptEnding
 from bridge.config import CommandsConfig
 from bridge.errors import AuditError, StateError
-from bridge.events import AlertSink, CommandAudit
+from bridge.events import Alert, AlertKind, AlertSink, CommandAudit
 from bridge.logs import get_logger
 from bridge.model import App, CommandStatus, Scope
 from bridge.mqtt.topics import MAX_LEVEL, CommandTopic, Publish, PublishSink, Topics
@@ -116,6 +117,16 @@ class CommandIds(Protocol):
     def forget(self, app: str, command_id: str) -> None: ...
 
 
+class KeptEndings(Protocol):
+    """What the pipeline needs from `bridge.commands.unrecorded.UnrecordedEndings`."""
+
+    def keep(self, seq: int, ending: KeptEnding) -> None: ...
+
+    def take(self, seq: int) -> KeptEnding | None: ...
+
+    def drop(self, seq: int) -> None: ...
+
+
 class CommandPipeline:
     """Checks, records and forwards commands. `await start()` on the event loop, then submit."""
 
@@ -140,6 +151,7 @@ class CommandPipeline:
         on_refused: OnRefused | None = None,
         provider_hold: ProviderHold | None = None,
         turns: CarTurns | None = None,
+        kept: KeptEndings | None = None,
     ) -> None:
         self.topics = topics
         self.commands = commands
@@ -159,6 +171,8 @@ class CommandPipeline:
         # Final results for MQTT apps go through `delivery` when there is one, so a result a
         # crash kept from the broker is sent again on the next start (see delivery.py).
         self.delivery = delivery
+        # Endings sent while their outcome record could not be written (see unrecorded.py).
+        self.kept = kept
         self.rates = CommandRateLimits(commands.rate_limit_per_minute)
         self.noise = RefusalRecords(commands.refusals_recorded_per_minute)
         self._summaries: dict[str, asyncio.TimerHandle] = {}  # sender → its summary, scheduled
@@ -216,6 +230,7 @@ class CommandPipeline:
         `ownerlink command` was still running then, once it has ended."""
         count = 0
         for decision in decisions:
+            kept = self._kept_ending(decision.get("seq"))
             ticket = Ticket(
                 source=str(decision.get("source", "mqtt")),
                 app_id=decision.get("app"),
@@ -226,27 +241,57 @@ class CommandPipeline:
                 id=str(decision.get("id", "")),
                 action=decision.get("action"),
             )
+            ending = Ending(CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL)
+            fields = outcome_fields(ticket, ending, 0.0)
+            if kept is not None:  # its result went out; only its record is late
+                ending = Ending(kept.status, kept.reason, kept.detail)
+                fields = {**outcome_fields(ticket, ending, 0.0), "ended_at": kept.ended_at}
             try:
-                record = self.audit.append(
-                    "command.outcome",
-                    **outcome_fields(
-                        ticket,
-                        Ending(CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL),
-                        0.0,
-                    ),
-                )
+                record = self.audit.append("command.outcome", **fields)
             except AuditError:
                 self.halt(Reason.AUDIT_UNAVAILABLE)
                 return count
-            self._publish(ticket, CommandStatus.TIMED_OUT, INTERRUPTED, INTERRUPTED_DETAIL, record)
+            if kept is not None:
+                self._drop_kept(decision.get("seq"))
+            self._publish(ticket, ending.status, ending.reason, ending.detail, record)
             count += 1
         return count
+
+    def _kept_ending(self, seq: object) -> KeptEnding | None:
+        if self.kept is None or not isinstance(seq, int):
+            return None
+        try:
+            return self.kept.take(seq)
+        except StateError:  # answered as interrupted, as if nothing had been kept
+            log.exception("could not read an ending kept from the audit log", seq=seq)
+            return None
+
+    def _drop_kept(self, seq: object) -> None:
+        assert self.kept is not None and isinstance(seq, int)
+        try:
+            self.kept.drop(seq)
+        except StateError:  # harmless: the decision has its outcome, so it is not asked again
+            log.exception("could not drop an ending now in the audit log", seq=seq)
 
     def halt(self, reason: Reason) -> None:
         """Refuse every command from now on (audit log broken, or tampered with at start)."""
         if self._halted is None:
             log.error("command pipeline halted", reason=str(reason))
+            if reason is Reason.AUDIT_UNAVAILABLE:
+                self._audit_failed()
         self._halted = reason
+
+    def _audit_failed(self) -> None:
+        """Tell the owner at once: every command is refused from now on, and the one that met
+        the failure may have been a refusal that raises no alert of its own."""
+        message = (
+            "the audit log cannot be written (a full or read-only disk?): every command is "
+            "refused until Ownerlink is restarted with the log writable"
+        )
+        try:
+            self.alerts.emit(Alert(AlertKind.AUDIT_FAILED, message, self.clock()))
+        except Exception:
+            log.exception("could not raise the audit alert")
 
     def hold(self, reason: Reason) -> None:
         """Keep new commands waiting until `release()` (the daemon's start-up check of the audit
@@ -554,6 +599,7 @@ class CommandPipeline:
                 "command.decision", **decision_fields(ticket, Reason.OK, "", decision, check)
             )
             ticket.decided = True
+            ticket.decision_seq = pending.record.get("seq")
         except AuditError as exc:
             # Not durable means not forwarded: stop here, and for every command after this one.
             self.halt(Reason.AUDIT_UNAVAILABLE)
@@ -601,17 +647,33 @@ class CommandPipeline:
         if ending.reason == Reason.AUDIT_UNAVAILABLE:
             self.halt(Reason.AUDIT_UNAVAILABLE)  # its decision record never reached the disk
         elapsed = (self.clock() - ticket.received_at).total_seconds()
-        record = None
+        record, ended_at = None, None
         try:
             record = self.audit.append("command.outcome", **outcome_fields(ticket, ending, elapsed))
         except AuditError as exc:
             self.halt(Reason.AUDIT_UNAVAILABLE)
-            detail = "; ".join(filter(None, (detail, f"audit log failed: {error_text(exc)}")))
+            failure = error_text(exc)  # said once: it may be what ended the command too
+            if failure not in detail:
+                detail = "; ".join(filter(None, (detail, f"audit log failed: {failure}")))
+            ended_at = self._keep(ticket, ending, detail)
         if ending.status is CommandStatus.REJECTED or not job.sent:
             self._free_id(ticket)  # it never reached the car: the client may send it again
-        self._finish(ticket, ending.status, ending.reason, detail, record)
+        self._finish(ticket, ending.status, ending.reason, detail, record, ts=ended_at)
         if job.sent and ending.status is not CommandStatus.REJECTED:
             self._confirm(job.vehicle)
+
+    def _keep(self, ticket: Ticket, ending: Ending, detail: str) -> datetime:
+        """Keep an ending the audit log would not take for the next start to record (instead
+        of answering the command as interrupted); when it was known, for its result's `ts`."""
+        ended_at = self.clock()
+        if self.kept is None or ticket.decision_seq is None:
+            return ended_at
+        try:
+            kept = KeptEnding(ending.status, str(ending.reason), detail, ended_at)
+            self.kept.keep(ticket.decision_seq, kept)
+        except StateError:  # the next start answers it as interrupted, as before
+            log.exception("could not keep an ending the audit log refused", command_id=ticket.id)
+        return ended_at
 
     def _free_id(self, ticket: Ticket) -> None:
         if not ticket.id_remembered or ticket.app_id is None:
@@ -650,8 +712,10 @@ class CommandPipeline:
         reason: str,
         detail: str,
         record: Mapping[str, Any] | None = None,
+        *,
+        ts: datetime | None = None,
     ) -> None:
-        result = self._publish(ticket, status, reason, detail, record)
+        result = self._publish(ticket, status, reason, detail, record, ts=ts)
         if not ticket.future.done():
             ticket.future.set_result(result)
         if ticket.app is not None and ticket.app is not OWNER_APP:
@@ -664,16 +728,19 @@ class CommandPipeline:
         reason: str,
         detail: str,
         record: Mapping[str, Any] | None = None,
+        *,
+        ts: datetime | None = None,
     ) -> CommandResult:
         """Publish one step of a command's life. `record` is the audit record that decided a
-        final result: the result carries its time, so a copy sent after a crash is identical."""
+        final result: the result carries its time, so a copy sent after a crash is identical
+        (`ts` when there is none, the time a kept ending was known: `result_time`)."""
         result = CommandResult(
             id=ticket.id,
             command=ticket.command,
             action=ticket.action,
             status=status,
             reason=str(reason),
-            ts=record_time(record) or self.clock(),
+            ts=result_time(record) or ts or self.clock(),
             app=ticket.app_id,
             vehicle=ticket.vehicle,
             detail=detail,

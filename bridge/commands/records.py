@@ -41,6 +41,7 @@ class Ticket:
     # younger than the maximum age when its turn comes (a firm limit is what the sender asked for).
     issued_at: datetime | None = None
     id_remembered: bool = False  # its client-given id is in the de-duplication store
+    decision_seq: int | None = None  # the seq of the record that allowed it
 
     @property
     def judged_at(self) -> datetime:

@@ -16,6 +16,7 @@ from bridge.commands.dedup import DedupStore
 from bridge.commands.forward import VehicleRoute
 from bridge.commands.pipeline import CommandPipeline, InboundCommand, ResultSender
 from bridge.commands.stepup import StepUp
+from bridge.commands.unrecorded import UnrecordedEndings
 from bridge.config import AppConfig, CommandsConfig, StepUpConfig
 from bridge.events import CollectingAlerts
 from bridge.model import (
@@ -184,6 +185,8 @@ async def make_rig(
     cmds = commands or CommandsConfig(rate_limit_per_minute=600)
     ids = DedupStore(store=store, window_s=cmds.dedup_window_s)
     ids.start()
+    kept = UnrecordedEndings(store)
+    kept.start()
     provider = provider or FakeProvider()
     sink = ListSink()
     topics = Topics(base="ol")
@@ -205,6 +208,7 @@ async def make_rig(
         delivery=delivery,
         on_refused=on_refused,
         provider_hold=provider_hold,
+        kept=kept,
     )
     await pipeline.start()
     return Rig(

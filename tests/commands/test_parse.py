@@ -144,6 +144,27 @@ def test_well_formed_id_is_salvaged_from_a_malformed_payload() -> None:
     assert refused('{"action":"LOCK","id":"x1","code":5}').id == "x1"
 
 
+@pytest.mark.parametrize(
+    ("payload", "echoed"),
+    [
+        ('{"action":"LOCK","extra":1,"id":"ext1"}', "ext1"),
+        ('{"action":"LOCK","action":"UNLOCK","id":"dup1"}', "dup1"),
+        ('{"action":"LOCK","issued_at":NaN,"id":"nan1"}', "nan1"),
+        ('{"id":"noaction1"}', "noaction1"),
+        ('{"action":"LOCK","id":"a","id":"b"}', None),  # which one? not ours to pick
+        ('{"action":"LOCK","extra":{"id":"inner"}}', None),
+        ('{"action":"LOCK","extra":1,"id":"has space"}', None),
+        ('{"action":"LOCK","id":"x2"', None),
+    ],
+)
+def test_the_id_of_an_object_refused_as_a_whole_is_echoed(payload: str, echoed: str | None) -> None:
+    """An unknown or repeated key, NaN or no action refuses the whole object, but the client
+    waiting on its own id still hears why: the id is read leniently, only to be echoed."""
+    result = refused(payload)
+    assert result.reason is Reason.MALFORMED
+    assert result.id == echoed
+
+
 def test_empty_code_counts_as_no_code() -> None:
     """An empty code (Home Assistant with nothing typed) is treated as absent."""
     result = parse('{"action":"UNLOCK","code":""}')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bridge.audit.chain import read_records
 from bridge.audit.log import audit_directory
 from bridge.audit.verify import verify
 from bridge.commands.apps import OWNER_ID
@@ -19,6 +21,7 @@ from bridge.commands.noise import RefusalRecords
 from bridge.commands.parse import CLEARED_RETAINED
 from bridge.commands.pipeline import InboundCommand
 from bridge.commands.reasons import Reason
+from bridge.commands.recover import unfinished
 from bridge.commands.stepup import StepUp, code_at, enroll, secret_path
 from bridge.config import CommandsConfig, StepUpConfig
 from bridge.errors import (
@@ -589,6 +592,59 @@ async def test_audit_failure_refuses_this_and_every_later_command(rig: Rig) -> N
     assert first.reason == Reason.AUDIT_UNAVAILABLE == second.reason
     assert rig.provider.executed == []
     assert rig.pipeline.halted is Reason.AUDIT_UNAVAILABLE
+    # The owner hears of it once, at once, not from the next app that is refused.
+    failed = [a for a in rig.alerts.alerts if a.kind is AlertKind.AUDIT_FAILED]
+    assert len(failed) == 1 and "restarted" in failed[0].message
+
+
+@pytest.mark.parametrize("at_the_car", [True, False], ids=["succeeded", "never-sent"])
+async def test_an_ending_the_log_refused_is_recorded_at_the_next_start_not_interrupted(
+    tmp_path: Path, at_the_car: bool
+) -> None:
+    """The outcome record fails (the log went away while the command was at the car, or its
+    decision never became durable): the app has its result, and the next start records that
+    ending late and sends the same document again, not "interrupted: may have run"."""
+    state = tmp_path / "state"
+    gate = asyncio.Event()
+    provider = FakeProvider(gate=gate) if at_the_car else FakeProvider()
+    rig = await make_rig(state, provider=provider)
+    if at_the_car:
+        waiting = rig.pipeline.submit(rig.inbound("ha", "lock", '{"action":"LOCK","id":"k-1"}'))
+        while not rig.provider.executed:
+            await asyncio.sleep(0.01)
+        rig.audit.close()  # the outcome cannot be written now
+        gate.set()
+        first = await waiting
+        expected = (CommandStatus.SUCCEEDED, Reason.OK)
+    else:
+        rig.audit._fsync = _failing_fsync  # the decision is written, its fsync fails
+        first = await rig.send("ha", "lock", '{"action":"LOCK","id":"k-1"}')
+        rig.audit.close()
+        assert first.reason == Reason.AUDIT_UNAVAILABLE
+        expected = (first.status, Reason.AUDIT_UNAVAILABLE)
+    assert (first.status, first.reason) == expected
+    assert first.detail.count("Input/output error") <= 1  # said once, not twice
+    assert rig.pipeline.halted is Reason.AUDIT_UNAVAILABLE
+    sent = rig.sink.results()[-1]
+    rig.store.close()
+
+    again = await make_rig(state)
+    decisions = unfinished(read_records(audit_directory(state)))
+    assert [d["id"] for d in decisions] == ["k-1"]
+    assert again.pipeline.finish_interrupted(decisions) == 1
+    outcome = again.records("command.outcome")[-1]
+    assert (outcome["status"], outcome["reason"]) == (expected[0].value, expected[1].value)
+    assert datetime.fromisoformat(outcome["ended_at"]) == datetime.fromisoformat(sent["ts"])
+    assert again.sink.results() == [sent]  # the same document, byte for byte in meaning
+    assert verify(audit_directory(state)).ok
+    # Kept once: a later start has nothing left to answer for it.
+    assert unfinished(read_records(audit_directory(state))) == []
+    assert again.pipeline.finish_interrupted(decisions) == 1  # called again: interrupted now
+    assert again.records("command.outcome")[-1]["reason"] == "interrupted"
+
+
+def _failing_fsync(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
 
 
 async def test_halt_for_a_tampered_log_refuses_commands(rig: Rig) -> None:

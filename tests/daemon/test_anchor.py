@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from bridge.audit.log import audit_directory
+from bridge.audit.verify import Head, verify
 from bridge.config import Settings
 from bridge.daemon import Anchor, Daemon
 from bridge.demo.broker import free_port
@@ -136,3 +137,48 @@ async def test_a_head_record_damaged_in_a_rotated_file_stops_commands_not_the_ch
         assert json.loads(still or b"{}") == held
     finally:
         await running.stop()
+
+
+async def test_a_command_cut_off_the_log_is_not_answered_before_the_check(
+    tmp_path: Path, sim: tuple[Simulator, str], broker: BrokerAddress, base_topic: str
+) -> None:
+    """The last record (a command's outcome) cut off while stopped: the next start finds the
+    cut and appends nothing first. Answering the command "interrupted" before the check wrote a
+    record over the gap (verify then said "diverged", not "truncated") and told the app a
+    result the broker's head denies."""
+    settings = _settings(tmp_path, sim[1], broker, base_topic)
+    topic = f"{base_topic}/bridge/audit_head"
+    await login(settings)
+    running = Daemon(settings)
+    await running.start()
+    try:
+        await _until(lambda: running._anchor is Anchor.HELD)
+        slug = running.vehicles[0].slug
+        done = await running.pipeline.submit_owner(slug, "lock", "LOCK")
+        assert done.status.value == "succeeded"
+        ended = running.audit.head
+        await _until(lambda: _retained_head(broker, topic) == _payload(*ended))
+    finally:
+        await running.stop()
+    directory = audit_directory(settings.state_dir)
+    current = directory / "audit.jsonl"
+    lines = current.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[-1])["kind"] == "command.outcome"
+    current.write_bytes(b"".join(lines[:-1]))
+
+    again = Daemon(settings)
+    await again.start()
+    try:
+        await _until(lambda: again._anchor is Anchor.BROKEN, 20)
+    finally:
+        await again.stop()
+    after = current.read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["seq"] for line in after] == [
+        json.loads(line)["seq"] for line in lines[:-1]
+    ]  # not a record more: the cut is left as it was found
+    report = verify(directory, head=Head(*ended))
+    assert report.problem is not None and report.problem.fault.value == "truncated"
+
+
+def _payload(seq: int, digest: str) -> bytes:
+    return json.dumps({"hash": digest, "seq": seq}, separators=(",", ":")).encode()

@@ -404,6 +404,8 @@ async def test_a_command_a_kill_left_at_the_car_is_charged_to_the_budget_once(
     for _ in range(2):
         running = Daemon(settings)
         await running.start()
+        # Answered (and charged) once the log has been checked against the broker's head.
+        await _until(lambda: running._anchor is Anchor.HELD)  # noqa: B023 - awaited here
         await running.stop()
         assert charged() == [("sim", "command", decision["seq"])]
     records = read_records(audit_directory(settings.state_dir))

@@ -13,7 +13,7 @@ from bridge.audit.log import AuditLog, audit_directory
 from bridge.commands.inflight import owner_command_running
 from bridge.commands.settled import SETTLED_KEY, save_settled
 from bridge.config import Settings
-from bridge.daemon import Daemon
+from bridge.daemon import Anchor, Daemon
 from bridge.demo.run import login
 from bridge.simulator import Simulator
 from bridge.store import Store
@@ -105,7 +105,8 @@ async def test_an_owner_command_still_running_holds_the_point_until_it_is_answer
     running = Daemon(settings)
     try:
         await running.start()
-        assert _settled(settings) == _seq_of(settings, "command.decision", "o1") - 1
+        # Settled once the log has been checked against the broker's head (a second or so).
+        await _until(lambda: _settled(settings) == _seq_of(settings, "command.decision", "o1") - 1)
         cli.close()
         await _until(lambda: _ended(settings, "o1") == ["interrupted"], 5)
         await _until(lambda: _settled(settings) >= _seq_of(settings, "command.outcome", "c60"), 5)
@@ -133,9 +134,11 @@ async def test_a_point_past_the_head_is_not_trusted(
 
 
 async def _start_and_stop(settings: Settings) -> None:
-    """One whole start of the daemon (it answers what the log left open), then its stop."""
+    """One whole start of the daemon (it answers what the log left open once the log has been
+    checked against the broker's head), then its stop."""
     running = Daemon(settings)
     try:
         await running.start()
+        await _until(lambda: running._anchor in (Anchor.HELD, Anchor.BROKEN))
     finally:
         await running.stop()
