@@ -310,10 +310,18 @@ async def login(settings: Settings) -> None:
 
 
 def enroll_stepup(settings: Settings) -> str:
-    """A fresh TOTP secret for the demo, on the record as any enrolment is."""
+    """The demo's TOTP secret: the one a kept `--state-dir` already has (an authenticator app
+    may hold it since the last run), else a fresh one, on the record as any enrolment is."""
     from bridge.audit.log import AuditLog, audit_directory
-    from bridge.commands.stepup import enroll
+    from bridge.commands.stepup import enroll, load_secret
+    from bridge.errors import StateError
 
+    try:
+        kept = load_secret(settings.state_dir)
+    except StateError:  # damaged: replaced below, as `stepup enroll --force` would
+        kept = None
+    if kept is not None:
+        return kept
     secret = enroll(settings.state_dir, force=True)
     audit = AuditLog(
         audit_directory(settings.state_dir),

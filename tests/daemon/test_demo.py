@@ -347,3 +347,26 @@ def test_a_demo_broker_that_cannot_start_is_an_error_with_mosquittos_reason() ->
             _mosquitto(binary, port),
         ):
             pass
+
+
+def test_a_kept_state_dir_keeps_its_step_up_secret(tmp_path: Path) -> None:
+    """`ownerlink demo --state-dir D` run again keeps the secret an authenticator app may hold
+    since the last run (enrolled once, on the record once); a damaged one is replaced."""
+    from bridge.audit.chain import read_records
+    from bridge.audit.log import audit_directory
+    from bridge.commands.stepup import secret_path
+    from bridge.config import Settings
+    from bridge.demo.run import enroll_stepup
+
+    settings = Settings(state_dir=tmp_path / "state")
+    first = enroll_stepup(settings)
+    assert enroll_stepup(settings) == first
+    enrolments = [
+        r
+        for r in read_records(audit_directory(settings.state_dir))
+        if r["kind"] == "stepup.enrolled"
+    ]
+    assert len(enrolments) == 1
+    secret_path(settings.state_dir).write_bytes(b"not base32!\n")
+    replaced = enroll_stepup(settings)
+    assert replaced != first and enroll_stepup(settings) == replaced
