@@ -282,8 +282,13 @@ def _grant(registry: AppRegistry, args: argparse.Namespace, settings: Settings) 
 
 
 def _withdraw(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -> int:
+    before = registry.get(args.app_id)
     app = registry.withdraw(args.app_id, _flat(args.scopes))
     print(f"{app.id}: {_scopes(app)}")
+    if before is not None:
+        unheld = sorted(set(_flat(args.scopes)) - {s.value for s in before.scopes})
+        if unheld:  # a typo'd app or scope must not read as done
+            print(f"{app.id} did not hold {', '.join(unheld)}: nothing to withdraw there")
     return _report_broker(registry, app.id)
 
 

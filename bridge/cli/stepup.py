@@ -132,11 +132,15 @@ def clear_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with _verifier(settings) as verifier:
         _require_apps(verifier.store, settings, [args.app])
+        locked = verifier.locked_until(args.app, _now()) is not None
         # The audit log is opened first: if it cannot be written, the lockout stays as it is.
         with _audit(settings) as audit:
             verifier.clear_lockout(args.app)
             audit.append("stepup.lockout_cleared", app=args.app, actor="owner")
-    print(f"{args.app}: step-up lockout lifted")
+    if locked:
+        print(f"{args.app}: step-up lockout lifted")
+    else:
+        print(f"{args.app}: was not locked out; its recent failed codes are forgotten")
     return 0
 
 

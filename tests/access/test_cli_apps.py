@@ -116,6 +116,8 @@ def test_grant_withdraw_revoke_and_their_errors(
     assert status == 0 and "read:location" in out
     status, out, _ = run(capsys, "apps", "withdraw", "nr", "read:location", *cfg)
     assert status == 0 and "read:location" not in out
+    status, out, _ = run(capsys, "apps", "withdraw", "nr", "read:health,command:unlock", *cfg)
+    assert status == 0 and "nr did not hold read:health: nothing to withdraw there" in out
     assert run(capsys, "apps", "revoke", "nr", *cfg)[0] == 0
     status, _, err = run(capsys, "apps", "revoke", "nr", *cfg)
     assert status == 1 and "error: app 'nr' was already revoked" in err

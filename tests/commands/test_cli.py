@@ -7,6 +7,7 @@ import io
 import json
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bridge.cli.command import action_name
 from bridge.commands.stepup import code_at, load_secret, secret_path
 from bridge.files import write_private_atomic
 from bridge.simulator import Limits, Simulator, serve_in_thread
+from bridge.store import Store
 from tests.audit.helpers import assert_one_error_line, run_unprivileged
 from tests.commands.e2e import now
 from tests.conftest import BrokerAddress
@@ -109,15 +111,22 @@ def test_lockouts_of_unknown_apps_are_refused(
     for app in ("owner-web-login", "owner", "nr"):
         assert run(capsys, "stepup", "clear-lockout", app, *state) == (
             0,
-            f"{app}: step-up lockout lifted\n",
+            f"{app}: was not locked out; its recent failed codes are forgotten\n",
             "",
         )
+    store = Store.open(tmp_path / "state")  # nr is locked out (five wrong codes, say)
+    with store.transaction() as conn:
+        conn.execute(
+            "INSERT INTO stepup_lockouts (app, until) VALUES ('nr', ?)", (time.time() + 900,)
+        )
+    store.close()
+    assert run(capsys, "stepup", "clear-lockout", "nr", *state)[1] == "nr: step-up lockout lifted\n"
     cleared = [
         record["app"]
         for record in map(json.loads, (audit_directory(tmp_path / "state") / "audit.jsonl").open())
         if record["kind"] == "stepup.lockout_cleared"
     ]
-    assert cleared == ["owner-web-login", "owner", "nr"]
+    assert cleared == ["owner-web-login", "owner", "nr", "nr"]
 
 
 @pytest.mark.parametrize("action", ["status", "code", "enroll"])
