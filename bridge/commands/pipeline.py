@@ -263,7 +263,7 @@ class CommandPipeline:
         try:
             return self.kept.take(seq)
         except StateError:  # answered as interrupted, as if nothing had been kept
-            log.exception("could not read an ending kept from the audit log", seq=seq)
+            log.exception("could not read the ending kept for a command", seq=seq)
             return None
 
     def _drop_kept(self, seq: object) -> None:
