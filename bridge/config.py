@@ -927,10 +927,10 @@ _NAME_RULES = {
 }
 
 
-def format_errors(exc: ValidationError, environ: Mapping[str, str] | None = None) -> list[str]:
+def format_errors(exc: ValidationError) -> list[str]:
     """One `path.to.key: what is wrong` line per problem, never echoing a secret value; a key
     the environment set says so, or the owner searches the YAML file for it in vain."""
-    variables = {name.upper() for name in (os.environ if environ is None else environ)}
+    variables = {name.upper() for name in os.environ}
     lines = []
     for err in exc.errors(include_url=False):
         loc = err["loc"]

@@ -143,7 +143,7 @@ _FOLDERS = re.compile(r"(?<![\w./:~-])/(?:[^\s/:]+/)+(?=[^\s/:])")
 def state_problem(problem: BaseException) -> str:
     """`error_text` for a problem with the state directory, which goes to the app in its result:
     a file is named, the folders it lives in on the owner's machine are not (the owner's log
-    and the audit record's alert name them in full)."""
+    names them in full)."""
     return _FOLDERS.sub("", error_text(problem))
 
 

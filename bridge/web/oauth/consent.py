@@ -47,13 +47,8 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
 
     repeated = repeated_parameter(query)
     if repeated is not None:  # not redirected: which redirect_uri, which state?
-        return page(
-            request,
-            "message.html",
-            400,
-            heading="This authorisation request is invalid",
-            message=f"invalid_request: the parameter {repeated[:40]!r} is given more than once",
-        )
+        text = f"the parameter {repeated[:40]!r} is given more than once"
+        return _invalid(request, f"invalid_request: {text}")
     uri = f"{request.url.scheme}://{request.url.netloc}/oauth/authorize?{query}"
     try:
         return ctx(request).oauth.check_authorization(uri, request.headers)
@@ -72,23 +67,22 @@ def _validated(request: Request, query: str) -> AuthRequest | Response:
                 link=f"/apps/{disabled.id}",
                 link_label=f"Open {disabled.name}",
             )
-        return page(
-            request,
-            "message.html",
-            400,
-            heading="This authorisation request is invalid",
-            message=f"{exc.error}: {exc.description}",
-        )
+        return _invalid(request, f"{exc.error}: {exc.description}")
     except errors.OAuth2Error as exc:
         return RedirectResponse(exc.in_uri(exc.redirect_uri), status_code=303)
     except ValueError as exc:  # oauthlib's answer to a query it cannot decode (`%ZZ`)
-        return page(
-            request,
-            "message.html",
-            400,
-            heading="This authorisation request is invalid",
-            message=f"invalid_request: {exc}",
-        )
+        return _invalid(request, f"invalid_request: {exc}")
+
+
+def _invalid(request: Request, message: str) -> Response:
+    """The error page for a request that cannot be answered by a redirect."""
+    return page(
+        request,
+        "message.html",
+        400,
+        heading="This authorisation request is invalid",
+        message=message,
+    )
 
 
 def _disabled_app(context: WebContext, query: str) -> App | None:
