@@ -397,17 +397,31 @@ async def test_held_messages_go_out_in_order_across_batches_after_a_reconnect(
     config = mqtt_config(own_broker.host, own_broker.port, base_topic)
     inbox = Inbox()
     topic = f"{base_topic}/bridge/event"
-    async with running(config, inbox) as client:
+    loop = asyncio.get_running_loop()
+    clients: list[MqttClient] = []
+    held_when_published: list[int] = []
+
+    def publish_after() -> None:
+        held_when_published.append(clients[0].queue_depth().held)
+        clients[0].publish(Publish(topic, "after"))
+
+    def reconnected() -> None:
+        # Scheduled from the connect hook, so it runs after the first batch went to paho and
+        # before the next one: the moment the reconnect could be racing (whenever the test
+        # itself wakes up, the flush may already be over).
+        if clients and clients[0].reconnects:
+            loop.call_soon(publish_after)
+
+    async with running(config, inbox, on_connect=reconnected) as client:
+        clients.append(client)
         client.subscribe(topic)
         await asyncio.to_thread(own_broker.stop)
         await _wait_until(lambda: not client.connected)
         for n in range(2000):
             client.publish(Publish(topic, str(n)))
         await asyncio.to_thread(own_broker.start)
-        await client.wait_connected(10)
-        assert client.queue_depth().held > 0  # the first batch is out, the rest still held
-        client.publish(Publish(topic, "after"))
         await inbox.wait_for(topic, b"after", timeout=15)
+    assert held_when_published and held_when_published[0] > 0  # published mid-flush
     got = [m.payload for m in inbox.messages if m.topic == topic]
     assert got == [*(str(n).encode() for n in range(2000)), b"after"]
 
