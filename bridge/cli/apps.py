@@ -257,9 +257,13 @@ def _list(registry: AppRegistry, args: argparse.Namespace, settings: Settings) -
     if not apps:
         print("no apps yet: add one with `ownerlink apps add ID --scopes read:status`")
         return 0
-    print(f"{'ID':<20} {'SCOPES':<48} {'LAST SEEN':<20} FLAGS")
-    for d in apps:
-        print(f"{d.app.id:<20} {_scopes(d.app):<48} {_when(d.app.last_seen):<20} {_flags(d)}")
+    rows = [("ID", "SCOPES", "LAST SEEN", "FLAGS")]
+    rows += [(d.app.id, _scopes(d.app), _when(d.app.last_seen), _flags(d)) for d in apps]
+    # Columns as wide as their longest cell: a long scope list must not push the rest askew.
+    widths = [max(len(row[n]) for row in rows) for n in range(3)]
+    for *cells, flags in rows:
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        print("  ".join([*padded, flags]).rstrip())
     return 0
 
 

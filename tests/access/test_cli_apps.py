@@ -88,6 +88,24 @@ def test_add_prints_the_password_once_and_the_topics(
     assert docs[0]["id"] == "nodered" and docs[0]["scopes"] == ["command:lock", "read:status"]
 
 
+def test_list_columns_line_up_however_long_the_scopes(
+    none_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table's columns start where their headings do, with a scope list longer than 48."""
+    cfg = ("--config", str(none_config))
+    many = "read:status,read:health,command:lock,command:unlock,command:remote_start"
+    assert run(capsys, "apps", "add", "everything-app", "--scopes", many, *cfg)[0] == 0
+    assert run(capsys, "apps", "add", "nr", "--scopes", "read:status", *cfg)[0] == 0
+    status, out, _ = run(capsys, "apps", "list", *cfg)
+    heading, *rows = out.splitlines()
+    assert status == 0 and len(rows) == 2
+    starts = [heading.index(name) for name in ("SCOPES", "LAST SEEN", "FLAGS")]
+    for row in rows:
+        assert all(row[start - 2 : start] == "  " and row[start] != " " for start in starts[:2])
+    listed = "command:lock, command:remote_start, command:unlock, read:health, read:status"
+    assert listed in rows[0] and len(listed) > 48
+
+
 @pytest.mark.parametrize("scopes", ["", " , "])
 def test_add_without_a_scope_is_a_usage_error_and_adds_nothing(
     none_config: Path, capsys: pytest.CaptureFixture[str], scopes: str
