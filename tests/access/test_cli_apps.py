@@ -343,9 +343,14 @@ async def test_revocation_from_the_cli_is_instant_for_the_daemon(
         status, _, _ = await asyncio.to_thread(
             run, capsys, "apps", "revoke", "ha", "--config", str(config)
         )
+        # The daemon's part, timed from the CLI's return (the CLI's own start-up, fsync and
+        # broker round trips are the machine's speed, not the daemon's reaction); the whole
+        # with a bound a loaded machine still meets.
+        returned = time.monotonic()
         await asyncio.wait_for(revoked.wait(), 1.0)
         assert await asyncio.to_thread(app.disconnected.wait, 1.0)
-        assert time.monotonic() - started < 1.0 and status == 0
+        assert time.monotonic() - returned < 1.0 and status == 0
+        assert time.monotonic() - started < 3.0
         assert daemon.registry.get("ha") is None
         audit = (audit_directory(tmp_path / "state") / "audit.jsonl").read_text()
         assert '"kind":"app.revoked"' in audit

@@ -229,17 +229,21 @@ def test_follow_picks_up_new_records_across_rotation(tmp_path: Path) -> None:
     log = open_log(directory, rotate_bytes=4096)
     log.append("before")
     seen: list[int] = []
-    stop = threading.Event()
+    stop, opened = threading.Event(), threading.Event()
+
+    def keep_going() -> bool:
+        opened.set()  # first asked once the file is open at its end: appends from now on count
+        return not stop.is_set()
 
     def reader() -> None:
         for record in follow(
-            directory, RecordFilter(kind="after"), poll_s=0.01, keep_going=lambda: not stop.is_set()
+            directory, RecordFilter(kind="after"), poll_s=0.01, keep_going=keep_going
         ):
             seen.append(record["n"])
 
     thread = threading.Thread(target=reader)
     thread.start()
-    time.sleep(0.1)
+    assert opened.wait(5)
     for n in range(40):
         log.append("after", n=n, pad="z" * 150)
         time.sleep(0.002)

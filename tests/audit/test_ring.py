@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,8 +117,11 @@ async def test_a_completion_already_in_the_ring_is_collected_by_the_waiter(
     try:
         for n in range(3):
             pending = log.append_pending("command.decision", n=n)
-            time.sleep(0.2)  # the kernel finishes meanwhile; nothing on the loop reads the eventfd
-            await asyncio.wait_for(pending.durable(), 1)
+            # Block (the loop with it) until the kernel has posted the completion: the eventfd
+            # turns readable, and nothing on the loop reads it. A fixed sleep raced a slow disk.
+            ready, _, _ = select.select([ring._context.fileno], [], [], 10)
+            assert ready, "the fsync did not complete within 10 s"
+            await asyncio.wait_for(pending.durable(), 5)
     finally:
         log.close()
         ring.close()

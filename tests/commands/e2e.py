@@ -90,12 +90,18 @@ def e2e_settings(
     return Settings(**options)
 
 
+PROBE_APP = "probe"  # the app name of ready()'s probe commands; nothing else uses it
+
+
 class AppClient:
     """A paho client playing an app: publishes commands, collects results."""
 
     def __init__(self, broker: BrokerAddress, topics: Topics) -> None:
         self.topics = topics
         self.results: queue.Queue[dict[str, Any]] = queue.Queue()
+        # The readiness probe's answers have their own queue: a probe answered late (it was sent
+        # again meanwhile) must never be read as the result of the test's own command.
+        self.probes: queue.Queue[dict[str, Any]] = queue.Queue()
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             protocol=paho.MQTTv5,
@@ -107,7 +113,8 @@ class AppClient:
         self.client.subscribe(f"{topics.base}/app/+/+/result", qos=1)
 
     def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
-        self.results.put(json.loads(message.payload))
+        app = message.topic.split("/")[-3]
+        (self.probes if app == PROBE_APP else self.results).put(json.loads(message.payload))
 
     def send(
         self, app: str, vehicle: str, command: str, payload: bytes | str, *, retain: bool = False
@@ -169,9 +176,9 @@ class E2E:
         """Wait until the command subscription is live (a probe command gets its answer)."""
         deadline = time.monotonic() + RESULT_WAIT_S
         while True:
-            self.app.send("probe", "ev", "lock", b"!")
+            self.app.send(PROBE_APP, "ev", "lock", b"!")
             try:
-                doc = await self.app.final(timeout=0.5)
+                doc = await asyncio.to_thread(self.app.probes.get, True, 0.5)
             except queue.Empty:
                 if time.monotonic() > deadline:
                     raise

@@ -40,6 +40,7 @@ from bridge.files import write_private_atomic
 from bridge.model import App, CommandOutcome, CommandStatus, Operation, Scope
 from bridge.store import Store
 from tests.commands.fakes import T0, DictApps, FakeProvider, Rig, make_rig
+from tests.support.daemon import await_until
 
 
 @pytest.fixture
@@ -853,16 +854,20 @@ async def test_the_count_is_recorded_a_window_after_the_first_uncounted_refusal(
     tmp_path: Path,
 ) -> None:
     rig = await make_rig(tmp_path / "state")
-    rig.pipeline.noise = RefusalRecords(per_minute=2, window_s=0.2)
+    # A window long enough that the sends below (each fsynced) cannot outlast it on a slow disk.
+    rig.pipeline.noise = RefusalRecords(per_minute=2, window_s=3)
     for _ in range(6):
         await rig.send("ha", "lock", b"{junk")
     await rig.send("nobody", "lock", "LOCK")  # unknown senders share one allowance
     await rig.send("stranger", "lock", "LOCK")
     await rig.send("intruder", "lock", "LOCK")
     assert rig.records("command.suppressed") == []
-    await asyncio.sleep(0.5)
-    summaries = {r.get("app"): r["refused"] for r in rig.records("command.suppressed")}
-    assert summaries == {"ha": 4, None: 1}
+
+    def summaries() -> dict[str | None, int]:
+        return {r.get("app"): r["refused"] for r in rig.records("command.suppressed")}
+
+    await await_until(lambda: len(summaries()) == 2, 15, what="both summaries")
+    assert summaries() == {"ha": 4, None: 1}
     alerts = [a for a in rig.alerts.alerts if "counted, not recorded" in a.message]
     assert [a.app for a in alerts] == ["ha", None]
 

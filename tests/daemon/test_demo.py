@@ -11,8 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -246,17 +248,30 @@ def test_a_second_demo_on_the_same_broker_leaves_the_running_one_alone(
     assert proc.wait(timeout=20) == 0
 
 
-def _retained(broker: BrokerAddress, filters: list[str], settle_s: float = 1.0) -> list[str]:
+def _retained(broker: BrokerAddress, filters: list[str]) -> list[str]:
     """The topics under `filters` that hold a retained message now."""
     found: list[str] = []
+    settled = threading.Event()
+    # Subscribed after the filters: the broker queues their retained messages ahead of it.
+    sentinel = f"ownerlink-test-sentinel/{uuid.uuid4().hex}"
+
+    def received(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == sentinel:
+            settled.set()
+        elif msg.retain:
+            found.append(msg.topic)
+
     client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.on_message = lambda _c, _u, msg: found.append(msg.topic) if msg.retain else None
-    client.on_connect = lambda c, *_: c.subscribe([(f, 0) for f in filters])
+    client.on_message = received
     client.connect(broker.host, broker.port)
+    client.subscribe([*((f, 0) for f in filters), (sentinel, 0)])
+    client.publish(sentinel, b"x")
     client.loop_start()
-    time.sleep(settle_s)  # retained messages arrive right after the subscription
-    client.loop_stop()
-    client.disconnect()
+    try:
+        assert settled.wait(15), "the sentinel never came back"
+    finally:
+        client.loop_stop()
+        client.disconnect()
     return sorted(found)
 
 

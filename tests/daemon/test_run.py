@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -226,20 +227,30 @@ class Listener:
     def __init__(self, broker: BrokerAddress, topic_filter: str) -> None:
         self.retained: dict[str, bytes] = {}
         self.live: list[tuple[str, bytes]] = []
+        # Subscribed after the filter: the broker queues the filter's retained messages, and
+        # forwards what others published before our sentinel, ahead of the sentinel itself.
+        self._sentinel = f"ownerlink-test-sentinel/{uuid.uuid4().hex}"
+        self._settled = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2)
         self._client.on_message = self._message
         self._client.connect(broker.host, broker.port)
-        self._client.subscribe(topic_filter)
+        self._client.subscribe([(topic_filter, 0), (self._sentinel, 0)])
         self._client.loop_start()
 
     def _message(self, _client: Any, _userdata: Any, message: Any) -> None:
-        if message.retain:
+        if message.topic == self._sentinel:
+            self._settled.set()
+        elif message.retain:
             self.retained[message.topic] = message.payload
         else:
             self.live.append((message.topic, message.payload))
 
-    async def close(self, settle_s: float = 0.5) -> None:
-        await asyncio.sleep(settle_s)
+    async def close(self, *, settle: bool = True) -> None:
+        """Stop listening; with `settle`, once every retained message and everything published
+        before this call has arrived (a sentinel of ours came back after them)."""
+        if settle:
+            self._client.publish(self._sentinel, b"x")
+            assert await asyncio.to_thread(self._settled.wait, 15), "the sentinel never came"
         self._client.loop_stop()
         self._client.disconnect()
 
@@ -352,7 +363,7 @@ async def test_an_upgrade_from_before_the_discovery_record_clears_a_vehicle_take
         after = Listener(broker, f"{prefix}/#")
         states = Listener(broker, f"{base_topic}/+/+")
         await after.close()
-        await states.close(settle_s=0)
+        await states.close(settle=False)
     bridge = Topics(base=base_topic).bridge_node_id
     assert _devices(after.retained) == {bridge, "ownerlink_kept"}
     left = {topic.split("/")[1] for topic, payload in states.retained.items() if payload}
@@ -679,7 +690,7 @@ async def test_records_written_by_another_process_move_the_published_head(
         expected = json.dumps({"hash": value, "seq": seq}, separators=(",", ":")).encode()
         await _until(lambda: (topic, expected) in anchor.live)
     finally:
-        await anchor.close(settle_s=0)
+        await anchor.close(settle=False)
 
 
 async def test_an_owner_command_from_another_process_is_confirmed_by_a_read(
@@ -737,8 +748,8 @@ async def test_a_log_cut_short_under_the_running_daemon_stops_commands_and_alert
         assert daemon.audit_problem is not None and "cut off" in daemon.audit_problem
         assert len(anchor.live) == 1, "no head was published for the shortened log"
     finally:
-        await events.close(settle_s=0)
-        await anchor.close(settle_s=0)
+        await events.close(settle=False)
+        await anchor.close(settle=False)
 
 
 async def test_starting_over_on_purpose_takes_forget_head_then_commands_run(

@@ -204,11 +204,17 @@ async def test_commands_queued_in_a_persistent_session_are_never_delivered(
     inbox = Inbox()
     async with Watcher(broker.host, broker.port, f"{base_topic}/#") as watcher:
         await watcher.publish(f"{base_topic}/app/ha/car/cmd/lock", b"UNLOCK")  # queued, stale
-        async with running(config, inbox) as client:
-            client.subscribe(command_filter)
+        # Subscribed before the start, so the SUBSCRIBE leaves before "online" (the daemon's
+        # order): once the watcher sees "online", a command it sends cannot overtake it.
+        client = MqttClient(config, loop=asyncio.get_running_loop(), on_message=inbox)
+        client.subscribe(command_filter)
+        client.start()
+        try:
             await watcher.wait_for(f"{base_topic}/bridge/state", b"online")
             await watcher.publish(f"{base_topic}/app/ha/car/cmd/lock", b"LOCK")
             await inbox.wait_for(f"{base_topic}/app/ha/car/cmd/lock")
+        finally:
+            await client.stop()
     assert [m.payload for m in inbox.messages] == [b"LOCK"]
 
 
