@@ -114,7 +114,7 @@ async def test_emit_never_blocks_and_the_queue_is_bounded(hook: Hook) -> None:
         return time.monotonic() - started
 
     took = await asyncio.to_thread(burst)
-    assert took < 0.5
+    assert took < 1.5  # one alert waiting on the hung hook would take its 2 s timeout
     assert webhook.dropped >= 39  # 50 alerts, 10 queued, at most one in flight
     hook.release.set()
     await hub.stop()
@@ -157,5 +157,5 @@ async def test_a_webhook_answering_a_byte_at_a_time_is_given_up_at_the_timeout()
         await asyncio.sleep(0.02)
     await webhook.stop(drain_timeout_s=0.1)
     server.close()
-    assert len(arrived) == 2 and arrived[1] - start < 2.0  # 4 s of trickle, cut at 0.5 s
+    assert len(arrived) == 2 and arrived[1] - start < 3.0  # 4 s of trickle, cut at 0.5 s
     assert webhook.failed >= 1

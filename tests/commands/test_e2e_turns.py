@@ -33,9 +33,12 @@ from tests.support.daemon import await_until
 
 pytestmark = pytest.mark.timeout(90)
 
-CAR_TAKES_S = 3.0
-# Room to wait for the other process's command (its status polls back off: 2 or 3 of them).
-ROOM_TO_WAIT = CommandsConfig(status_poll_interval_s=0.02, timeout_s=20)
+# Long enough that the owner's `ownerlink command`, a new Python process with its config and
+# audit checks to read first, still finds the daemon's command at the car on a loaded machine.
+CAR_TAKES_S = 6.0
+# Status polls backing off from 0.05 s see the car's 6 s out (8 polls span 12.75 s), and the
+# timeout leaves room to wait for the other process's command first.
+ROOM_TO_WAIT = CommandsConfig(status_poll_interval_s=0.05, timeout_s=45)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def owner_config(e2e: E2E, broker: BrokerAddress, path: Path) -> Path:
         "accounts": {"home": account},
         "vehicles": {s: {"account": "home", "id": v.id} for s, v in settings.vehicles.items()},
         "mqtt": {"host": broker.host, "port": broker.port, "base_topic": settings.mqtt.base_topic},
-        "commands": {"status_poll_interval_s": 0.02, "timeout_s": 20},
+        "commands": {"status_poll_interval_s": 0.05, "timeout_s": 45},
     }
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -79,7 +79,7 @@ async def test_a_turn_not_free_in_time_is_refused_and_leaks_nothing(tmp_path: Pa
     started = time.monotonic()
     with pytest.raises(CarBusy):
         await CarTurns(tmp_path).take("ev", within_s=0.3)
-    assert 0.3 <= time.monotonic() - started < 1.0
+    assert 0.3 <= time.monotonic() - started < 3.0  # gave up at the deadline, not much later
     assert open_fds(lock) == 1
     held.release()
     assert open_fds(lock) == 0

@@ -145,10 +145,7 @@ async def test_retained_unlock_waiting_at_start_is_never_executed(
     running = Daemon(settings)
     await running.start()
     try:
-        for _ in range(100):
-            if _decisions(settings):
-                break
-            await asyncio.sleep(0.05)
+        await _until(lambda: _decisions(settings), 20)  # after the anchor check's grace
         decisions = _decisions(settings)
     finally:
         await running.stop()
@@ -187,10 +184,7 @@ async def test_retained_command_published_while_running_is_refused(
     topic = f"{base_topic}/app/homeassistant/{slug}/cmd/lock"
     publish_retained(broker, topic, json.dumps({"action": "LOCK", "id": "live-retained"}))
     try:
-        for _ in range(100):
-            if _decisions(daemon.settings):
-                break
-            await asyncio.sleep(0.05)
+        await _until(lambda: _decisions(daemon.settings), 20)
     finally:
         publish_retained(broker, topic, "")
     assert [d["reason"] for d in _decisions(daemon.settings)] == ["retained"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
@@ -139,12 +140,26 @@ async def test_a_burst_of_messages_is_read_whole(broker: BrokerAddress, base_top
     topic = f"{base_topic}/burst"
     async with running(config, inbox) as client:
         client.subscribe(topic, qos=0)
-        await asyncio.sleep(0.2)  # the SUBACK
+        await _until_subscribed(client, inbox, topic)
         await asyncio.to_thread(_publish_burst, broker.host, broker.port, topic, 500, None)
         await inbox.wait_for(topic, b"499")
-    assert [m.payload for m in inbox.messages if m.topic == topic] == [
+    assert [m.payload for m in inbox.messages if m.topic == topic and m.payload != PROBE] == [
         str(n).encode() for n in range(500)
     ]
+
+
+PROBE = b"probe"
+
+
+async def _until_subscribed(client: MqttClient, inbox: Inbox, topic: str) -> None:
+    """Publish a probe on `topic` until it comes back: the subscription is live (a fixed wait
+    for the SUBACK raced a busy broker). Late copies of the probe may follow."""
+    async with asyncio.timeout(10):
+        while True:
+            client.publish(Publish(topic, PROBE))
+            with contextlib.suppress(TimeoutError):
+                await inbox.wait_for(topic, PROBE, timeout=0.2)
+                return
 
 
 async def test_stop_lets_go_of_a_broker_that_never_answers(base_topic: str) -> None:
@@ -628,12 +643,12 @@ async def test_a_burst_over_tls_is_read_whole(tls_broker: TlsBroker, base_topic:
     topic = f"{base_topic}/tls-burst"
     async with running(config, inbox) as client:
         client.subscribe(topic, qos=0)
-        await asyncio.sleep(0.2)  # the SUBACK
+        await _until_subscribed(client, inbox, topic)
         await asyncio.to_thread(
             _publish_burst, tls_broker.host, tls_broker.port, topic, 300, tls_broker.ca
         )
         await inbox.wait_for(topic, b"299")
-    assert len([m for m in inbox.messages if m.topic == topic]) == 300
+    assert len([m for m in inbox.messages if m.topic == topic and m.payload != PROBE]) == 300
 
 
 async def test_tls_insecure_skip_verify_is_an_explicit_opt_in(
