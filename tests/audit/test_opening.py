@@ -147,6 +147,7 @@ def test_opening_beside_a_writer_holds_its_appends_only_briefly(tmp_path: Path) 
     finally:
         appends = _stop(writer)
     end = start + open_s
+    # Each append's wait for the lock (the writer times its flock calls, nothing else).
     waits = [done - began for began, done in appends if done > start and began < end]
     assert lock.held[0] < open_s / 5, f"lock held {lock.held[0]:.3f} s of a {open_s:.3f} s open"
     assert max(waits) < open_s / 4, f"an append waited {max(waits):.3f} s of {open_s:.3f} s"
