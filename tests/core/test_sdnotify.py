@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge import sdnotify
+from tests.support.systemd import drain
 
 
 @pytest.mark.parametrize(
@@ -44,22 +45,12 @@ async def test_the_watchdog_is_fed_until_the_task_ends(
         async with asyncio.timeout(10):  # three pings, however slowly this machine runs today
             while len(received) < 3:
                 await asyncio.sleep(0.01)
-                received += _drain(systemd)
+                received += drain(systemd)
         feeding.cancel()
         await asyncio.gather(feeding, return_exceptions=True)
-        received += _drain(systemd)
+        received += drain(systemd)
         assert set(received) == {b"WATCHDOG=1"}
         await asyncio.sleep(0.06)
         with pytest.raises(BlockingIOError):
             systemd.recv(64)
     assert os.environ["NOTIFY_SOCKET"] == path
-
-
-def _drain(sock: socket.socket) -> list[bytes]:
-    """Every datagram waiting on the (non-blocking) socket."""
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(64))
-        except BlockingIOError:
-            return got

@@ -14,17 +14,9 @@ from bridge.demo.run import login
 from bridge.simulator import Simulator
 from tests.conftest import BrokerAddress
 from tests.daemon.test_run import _until, settings_for, sim
+from tests.support.systemd import drain
 
 __all__ = ["sim"]  # a fixture, used by name
-
-
-def _drain(sock: socket.socket) -> list[bytes]:
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(64))
-        except BlockingIOError:
-            return got
 
 
 async def test_the_daemon_tells_systemd_it_is_ready_alive_and_stopping(
@@ -45,9 +37,9 @@ async def test_the_daemon_tells_systemd_it_is_ready_alive_and_stopping(
         running = Daemon(settings)
         task = asyncio.create_task(running.run())
         received: list[bytes] = []
-        await _until(lambda: received.extend(_drain(systemd)) or received.count(b"WATCHDOG=1") >= 3)
+        await _until(lambda: received.extend(drain(systemd)) or received.count(b"WATCHDOG=1") >= 3)
         running.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
-        received += _drain(systemd)
+        received += drain(systemd)
     assert received[0] == b"READY=1" and received[-1] == b"STOPPING=1"
     assert set(received[1:-1]) == {b"WATCHDOG=1"}
