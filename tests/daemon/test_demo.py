@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -11,16 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import BrokerAddress
+from tests.mqtt.helpers import Watcher
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 30
@@ -249,30 +249,14 @@ def test_a_second_demo_on_the_same_broker_leaves_the_running_one_alone(
 
 
 def _retained(broker: BrokerAddress, filters: list[str]) -> list[str]:
-    """The topics under `filters` that hold a retained message now."""
-    found: list[str] = []
-    settled = threading.Event()
-    # Subscribed after the filters: the broker queues their retained messages ahead of it.
-    sentinel = f"ownerlink-test-sentinel/{uuid.uuid4().hex}"
+    """The topics under `filters` (each `x/#`) that hold a retained message now."""
 
-    def received(_c: Any, _u: Any, msg: Any) -> None:
-        if msg.topic == sentinel:
-            settled.set()
-        elif msg.retain:
-            found.append(msg.topic)
+    async def snapshot() -> list[str]:
+        async with Watcher(broker.host, broker.port, *filters) as watcher:
+            await watcher.settled()  # a sentinel came back after every retained message
+            return sorted(m.topic for m in watcher.messages if m.retain)
 
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.on_message = received
-    client.connect(broker.host, broker.port)
-    client.subscribe([*((f, 0) for f in filters), (sentinel, 0)])
-    client.publish(sentinel, b"x")
-    client.loop_start()
-    try:
-        assert settled.wait(15), "the sentinel never came back"
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    return sorted(found)
+    return asyncio.run(snapshot())
 
 
 def _listening(port: int) -> bool:
