@@ -532,7 +532,7 @@ class Settings(BaseSettings):
 
 
 # (key, relation, other key): pairs of keys that only make sense in this order.
-_ORDER_RULES: tuple[tuple[str, str, str], ...] = (
+ORDER_RULES: tuple[tuple[str, str, str], ...] = (
     # An id forgotten while its message is still young enough would run a second time.
     ("commands.dedup_window_s", "at least", "commands.max_age_s"),
     # Back-offs grow from the minimum to the maximum; reversed, the "maximum" is never reached.
@@ -544,7 +544,7 @@ _ORDER_RULES: tuple[tuple[str, str, str], ...] = (
 
 
 def _order_problems(settings: Settings) -> Iterator[InitErrorDetails]:
-    for key, relation, other in _ORDER_RULES:
+    for key, relation, other in ORDER_RULES:
         value, limit = _key_value(settings, key), _key_value(settings, other)
         if value > limit if relation == "at most" else value < limit:
             yield _problem(tuple(key.split(".")), f"must be {relation} {other} ({limit:g})")

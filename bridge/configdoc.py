@@ -14,7 +14,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from bridge.config import AccountConfig, AppConfig, Settings, VehicleConfig, field_docs
+from bridge.config import ORDER_RULES, AccountConfig, AppConfig, Settings, VehicleConfig, field_docs
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 _KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):")
@@ -69,12 +69,46 @@ def _type(info: FieldInfo) -> str:
     return text.replace("pydantic.types.", "").replace("bridge.model.", "").replace("|", "\\|")
 
 
+# annotated_types' constraint attributes, as the reference writes them.
+_BOUNDS = (
+    ("gt", "> {}"),
+    ("ge", "≥ {}"),
+    ("lt", "< {}"),
+    ("le", "≤ {}"),
+    ("min_length", "length ≥ {}"),
+    ("max_length", "length ≤ {}"),
+)
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _limits(key: str, info: FieldInfo) -> str:
+    """The bounds the config check enforces on one key, so the reference states them too."""
+    parts = [
+        template.format(_number(getattr(item, name)))
+        for item in info.metadata
+        for name, template in _BOUNDS
+        if getattr(item, name, None) is not None
+    ]
+    parts += [f"{relation} `{other}`" for mine, relation, other in ORDER_RULES if mine == key]
+    return ", ".join(parts)
+
+
+def _row(key: str, info: FieldInfo, note: str) -> str:
+    return f"| `{key}` | {_type(info)} | {_default(info)} | {_limits(key, info)} | {note} |"
+
+
 def _rows(prefix: str, model: Any, comments: dict[str, str], example_prefix: str) -> list[str]:
-    rows = []
-    for key, info in field_docs(model):
-        note = comments.get(f"{example_prefix}{key}", "")
-        rows.append(f"| `{prefix}{key}` | {_type(info)} | {_default(info)} | {note} |")
-    return rows
+    return [
+        _row(f"{prefix}{key}", info, comments.get(f"{example_prefix}{key}", ""))
+        for key, info in field_docs(model)
+    ]
+
+
+_HEADER = "| Key | Type | Default | Limits | Meaning |"
+_RULE = "|---|---|---|---|---|"
 
 
 def render() -> str:
@@ -93,14 +127,16 @@ def render() -> str:
         "else `/etc/ownerlink/config.yaml`, else `./config.yaml`) and when no account is",
         "configured. A section left empty (every key under it commented out) means its defaults.",
         "",
-        "| Key | Type | Default | Meaning |",
-        "|---|---|---|---|",
+        "Limits are checked at start and by `ownerlink config check` (exit status 2).",
+        "",
+        _HEADER,
+        _RULE,
     ]
     skip = tuple(f"{name}." for name in _DICT_SECTIONS)
     for key, info in field_docs(Settings):
         if key in _DICT_SECTIONS or key.startswith(skip):
             continue
-        lines.append(f"| `{key}` | {_type(info)} | {_default(info)} | {comments.get(key, '')} |")
+        lines.append(_row(key, info, comments.get(key, "")))
     for section, model in (
         ("accounts", AccountConfig),
         ("vehicles", VehicleConfig),
@@ -113,8 +149,8 @@ def render() -> str:
             "",
             comments.get(section, ""),
             "",
-            "| Key | Type | Default | Meaning |",
-            "|---|---|---|---|",
+            _HEADER,
+            _RULE,
         ]
         lines += _rows(f"{section}.{placeholder}.", model, comments, f"{section}.{example}.")
     return "\n".join(lines) + "\n"
